@@ -1,0 +1,54 @@
+//! Typed errors for everything a launch or an allocation can reject.
+
+use std::fmt;
+
+/// Errors from the device layer and the ops.
+#[derive(Debug, Clone)]
+pub enum GpuError {
+    /// No adapter at all; the message says how to install lavapipe.
+    NoAdapter(&'static str),
+    /// `DENSENET_WGPU_ADAPTER` named an adapter that does not exist.
+    AdapterNotFound { wanted: String, available: Vec<String> },
+    /// The adapter refused to open a device.
+    RequestDevice(String),
+    /// A tensor's shape does not fit the op.
+    Shape(String),
+    /// A buffer larger than the adapter can bind.
+    BufferTooLarge { tensor: String, bytes: u64, limit: u64 },
+    /// A device limit (workgroups per dimension, storage buffers per stage, u32 range).
+    Limit(String),
+    /// A shader failed to compile or a pipeline failed validation.
+    Pipeline { name: String, message: String },
+    /// An error reported by the device while running work.
+    Device(String),
+}
+
+pub type Result<T> = std::result::Result<T, GpuError>;
+
+impl fmt::Display for GpuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuError::NoAdapter(hint) => write!(f, "{hint}"),
+            GpuError::AdapterNotFound { wanted, available } => write!(
+                f,
+                "no adapter name contains {wanted:?} (from {}); available: {}",
+                super::ADAPTER_ENV,
+                if available.is_empty() { "none".to_string() } else { available.join(", ") }
+            ),
+            GpuError::RequestDevice(m) => write!(f, "could not open the device: {m}"),
+            GpuError::Shape(m) => write!(f, "shape error: {m}"),
+            GpuError::BufferTooLarge { tensor, bytes, limit } => write!(
+                f,
+                "tensor {tensor:?} needs {bytes} bytes ({:.1} MiB) but the adapter binds at most \
+                 {limit} bytes ({:.1} MiB) per storage buffer; use a smaller batch or image size",
+                *bytes as f64 / 1048576.0,
+                *limit as f64 / 1048576.0
+            ),
+            GpuError::Limit(m) => write!(f, "device limit: {m}"),
+            GpuError::Pipeline { name, message } => write!(f, "pipeline {name}: {message}"),
+            GpuError::Device(m) => write!(f, "device error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for GpuError {}

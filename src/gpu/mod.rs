@@ -1,0 +1,592 @@
+//! Device layer: adapter selection, tensors, a pipeline cache and kernel launches.
+//!
+//! Everything that talks to `wgpu` directly lives here; the ops in `crate::ops`
+//! only describe *what* to launch (shader, entry point, bindings, grid).
+
+mod error;
+mod tensor;
+
+pub use error::{GpuError, Result};
+pub use tensor::{Storage, Tensor};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+/// Largest number of workgroups a dispatch may have in one dimension (WebGPU limit).
+pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
+
+/// A WGSL source file with a stable name (used as the pipeline-cache key and in labels).
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// How a binding is declared in WGSL. Binding `i` of a launch is `@binding(i)` of group 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BindingKind {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// One buffer bound to a launch, in `@binding` order.
+pub enum Arg<'a> {
+    /// The op's `#[repr(C)]` parameter block, uploaded as a small uniform buffer.
+    Uniform(&'a [u8]),
+    /// `var<storage, read>`.
+    Read(&'a Tensor),
+    /// `var<storage, read_write>`.
+    Write(&'a Tensor),
+}
+
+impl Arg<'_> {
+    fn kind(&self) -> BindingKind {
+        match self {
+            Arg::Uniform(_) => BindingKind::Uniform,
+            Arg::Read(_) => BindingKind::Read,
+            Arg::Write(_) => BindingKind::ReadWrite,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: &'static str,
+    entry: String,
+    overrides: Vec<(String, u64)>,
+    bindings: Vec<BindingKind>,
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Byte counters for the crate's own device allocations.
+#[derive(Default)]
+pub struct MemoryStats {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryStats {
+    fn alloc(&self, bytes: u64) {
+        let now = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    fn free(&self, bytes: u64) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+    /// Bytes of device buffers currently alive.
+    pub fn live_bytes(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+    /// Highest `live_bytes` seen since creation or the last `reset_peak`.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live_bytes(), Ordering::Relaxed);
+    }
+}
+
+/// An open device plus everything built once for it.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    shader_modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    pub(crate) memory: Arc<MemoryStats>,
+    device_error: Arc<Mutex<Option<String>>>,
+}
+
+/// Environment variable that picks an adapter whose name contains the given text
+/// (case-insensitive), e.g. `DENSENET_WGPU_ADAPTER=llvmpipe` or `=nvidia`.
+pub const ADAPTER_ENV: &str = "DENSENET_WGPU_ADAPTER";
+
+const NO_ADAPTER_HINT: &str = "no WebGPU adapter found. On a machine without a GPU install Mesa's \
+software Vulkan driver (lavapipe); on Debian 12 use Mesa 25 from bookworm-backports: \
+add `deb http://deb.debian.org/debian bookworm-backports main` to apt sources, then \
+`apt-get update && apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1`. \
+`vulkaninfo --summary` should then list `llvmpipe`.";
+
+impl Gpu {
+    /// Opens the preferred adapter: the one named by `DENSENET_WGPU_ADAPTER` if set,
+    /// else a discrete GPU, then an integrated one, then any other (lavapipe is `Cpu`).
+    pub fn new() -> Result<Gpu> {
+        let wanted = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
+        Self::with_adapter(wanted.as_deref())
+    }
+
+    /// Opens the first adapter whose name contains `name` (case-insensitive), or the
+    /// preferred one when `name` is `None`.
+    pub fn with_adapter(name: Option<&str>) -> Result<Gpu> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.device_type, i.backend)
+            })
+            .collect();
+        let rank = |t: wgpu::DeviceType| match t {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 3,
+            wgpu::DeviceType::Other => 4,
+        };
+        let adapter = match name {
+            Some(wanted) => {
+                let w = wanted.to_lowercase();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                    .ok_or_else(|| GpuError::AdapterNotFound {
+                        wanted: wanted.to_string(),
+                        available: names.clone(),
+                    })?
+            }
+            None => adapters
+                .into_iter()
+                // GL adapters lack compute features we rely on; prefer Vulkan/Metal/DX12.
+                .filter(|a| a.get_info().backend != wgpu::Backend::Gl)
+                .min_by_key(|a| rank(a.get_info().device_type))
+                .ok_or(GpuError::NoAdapter(NO_ADAPTER_HINT))?,
+        };
+        let info = adapter.get_info();
+        // Ask for everything the adapter offers: lavapipe and real GPUs allow far larger
+        // buffers and more storage bindings than the WebGPU defaults.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("densenet-wgpu device"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| GpuError::RequestDevice(format!("{}: {e}", info.name)))?;
+        let device_error = Arc::new(Mutex::new(None::<String>));
+        let sink = device_error.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            shader_modules: Mutex::new(HashMap::new()),
+            memory: Arc::new(MemoryStats::default()),
+            device_error,
+        })
+    }
+
+    /// One line naming the adapter and its driver, e.g.
+    /// `llvmpipe (LLVM 15.0.6, 256 bits) [Cpu, Vulkan] Mesa 25.0.7`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} [{:?}, {:?}] {} {}",
+            self.info.name,
+            self.info.device_type,
+            self.info.backend,
+            self.info.driver,
+            self.info.driver_info
+        )
+        .trim_end()
+        .to_string()
+    }
+
+    /// The crate's own accounting of device memory.
+    pub fn memory(&self) -> &MemoryStats {
+        &self.memory
+    }
+
+    /// Largest storage buffer a kernel may bind, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// Fails with the first device error seen since the last check (validation, OOM).
+    pub fn check_device_error(&self) -> Result<()> {
+        match self.device_error.lock().unwrap().take() {
+            Some(e) => Err(GpuError::Device(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Creates a zero-filled f32 tensor (wgpu zero-initialises new buffers).
+    pub fn zeros(&self, shape: &[usize], label: &str) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let storage = Storage::new(self, numel, label)?;
+        Ok(Tensor::contiguous(Arc::new(storage), shape))
+    }
+
+    /// Uploads `data` as a tensor of `shape`.
+    pub fn upload(&self, data: &[f32], shape: &[usize], label: &str) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(GpuError::Shape(format!(
+                "{label}: {} values for shape {shape:?} ({numel} elements)",
+                data.len()
+            )));
+        }
+        let t = self.zeros(shape, label)?;
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(&t.storage.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(t)
+    }
+
+    /// Overwrites a whole contiguous tensor with `data`.
+    pub fn write(&self, tensor: &Tensor, data: &[f32]) -> Result<()> {
+        if !tensor.is_contiguous() || tensor.numel() != data.len() {
+            return Err(GpuError::Shape(format!(
+                "write into {}: {} values for shape {:?}",
+                tensor.label(),
+                data.len(),
+                tensor.shape
+            )));
+        }
+        let offset = (tensor.offset * 4) as u64;
+        self.queue
+            .write_buffer(&tensor.storage.buffer, offset, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Reads a tensor back to the host (waits for all submitted work).
+    pub fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        let storage = &tensor.storage;
+        let bytes = storage.numel as u64 * 4;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read-back"),
+            });
+        enc.copy_buffer_to_buffer(&storage.buffer, 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| GpuError::Device(e.to_string()))?
+            .map_err(|e| GpuError::Device(format!("mapping {}: {e}", storage.label)))?;
+        self.check_device_error()?;
+        let all: Vec<f32> = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| GpuError::Device(e.to_string()))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(tensor.gather(&all))
+    }
+
+    /// Blocks until all submitted work has finished; reports device errors.
+    pub fn sync(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.check_device_error()
+    }
+
+    /// Starts recording GPU work; nothing runs until [`Encoder::submit`].
+    pub fn encoder(&self, label: &str) -> Encoder<'_> {
+        Encoder {
+            gpu: self,
+            inner: Some(
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) }),
+            ),
+            launches: 0,
+        }
+    }
+
+    /// Workgroup grid for `total` workgroups, folded into y when x would exceed 65,535.
+    /// Kernels rebuild the linear index as `wg.x + wg.y * num_workgroups.x`.
+    pub fn grid_1d(total_workgroups: u32) -> [u32; 3] {
+        if total_workgroups <= MAX_WORKGROUPS_PER_DIM {
+            [total_workgroups.max(1), 1, 1]
+        } else {
+            let y = total_workgroups.div_ceil(MAX_WORKGROUPS_PER_DIM);
+            [total_workgroups.div_ceil(y), y, 1]
+        }
+    }
+
+    fn shader_module(&self, shader: &Shader) -> Arc<wgpu::ShaderModule> {
+        let mut modules = self.shader_modules.lock().unwrap();
+        modules
+            .entry(shader.name)
+            .or_insert_with(|| {
+                Arc::new(
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(shader.name),
+                            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                        }),
+                )
+            })
+            .clone()
+    }
+
+    fn pipeline(
+        &self,
+        shader: &Shader,
+        entry: &str,
+        overrides: &[(&str, f64)],
+        bindings: &[BindingKind],
+    ) -> Result<Arc<Pipeline>> {
+        let key = PipelineKey {
+            shader: shader.name,
+            entry: entry.to_string(),
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_bits()))
+                .collect(),
+            bindings: bindings.to_vec(),
+        };
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let module = self.shader_module(shader);
+        let label = format!("{}::{}", shader.name, entry);
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: match kind {
+                    BindingKind::Uniform => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    BindingKind::Read | BindingKind::ReadWrite => wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: *kind == BindingKind::Read,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                },
+                count: None,
+            })
+            .collect();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: overrides,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Pipeline {
+                name: label,
+                message: e.to_string(),
+            });
+        }
+        let p = Arc::new(Pipeline { pipeline, layout });
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Number of distinct pipelines compiled so far.
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.lock().unwrap().len()
+    }
+}
+
+/// A command encoder: ops record launches into it; `submit` hands them to the queue.
+pub struct Encoder<'g> {
+    gpu: &'g Gpu,
+    inner: Option<wgpu::CommandEncoder>,
+    launches: usize,
+}
+
+/// What to launch: a shader entry point, its override constants, its bindings and grid.
+pub struct Launch<'a> {
+    pub shader: &'a Shader,
+    pub entry: &'a str,
+    pub overrides: &'a [(&'a str, f64)],
+    pub args: &'a [Arg<'a>],
+    pub workgroups: [u32; 3],
+}
+
+impl Encoder<'_> {
+    pub fn gpu(&self) -> &Gpu {
+        self.gpu
+    }
+
+    /// Records one compute dispatch.
+    pub fn launch(&mut self, l: Launch<'_>) -> Result<()> {
+        let gpu = self.gpu;
+        if l.workgroups.iter().any(|&w| w > MAX_WORKGROUPS_PER_DIM) {
+            return Err(GpuError::Limit(format!(
+                "{}::{}: grid {:?} exceeds {} workgroups per dimension",
+                l.shader.name, l.entry, l.workgroups, MAX_WORKGROUPS_PER_DIM
+            )));
+        }
+        if l.workgroups.contains(&0) {
+            return Ok(());
+        }
+        let kinds: Vec<BindingKind> = l.args.iter().map(Arg::kind).collect();
+        let max_storage = gpu.limits.max_storage_buffers_per_shader_stage as usize;
+        let n_storage = kinds.iter().filter(|k| **k != BindingKind::Uniform).count();
+        if n_storage > max_storage {
+            return Err(GpuError::Limit(format!(
+                "{}::{}: {n_storage} storage buffers, the adapter allows {max_storage}",
+                l.shader.name, l.entry
+            )));
+        }
+        let pipeline = gpu.pipeline(l.shader, l.entry, l.overrides, &kinds)?;
+        let uniforms: Vec<Option<wgpu::Buffer>> = l
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Uniform(bytes) => Some(gpu.device.create_buffer_init(
+                    &wgpu::util::BufferInitDescriptor {
+                        label: Some(l.entry),
+                        contents: bytes,
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        let entries: Vec<wgpu::BindGroupEntry> = l
+            .args
+            .iter()
+            .zip(&uniforms)
+            .enumerate()
+            .map(|(i, (a, u))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: match a {
+                    Arg::Uniform(_) => u.as_ref().unwrap().as_entire_binding(),
+                    Arg::Read(t) | Arg::Write(t) => t.storage.buffer.as_entire_binding(),
+                },
+            })
+            .collect();
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(l.entry),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        let enc = self.inner.as_mut().expect("encoder used after submit");
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(l.entry),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(l.workgroups[0], l.workgroups[1], l.workgroups[2]);
+        drop(pass);
+        self.launches += 1;
+        Ok(())
+    }
+
+    /// Records a copy of `len` f32 values between two buffers.
+    pub fn copy(&mut self, src: &Tensor, src_off: usize, dst: &Tensor, dst_off: usize, len: usize) {
+        let enc = self.inner.as_mut().expect("encoder used after submit");
+        enc.copy_buffer_to_buffer(
+            &src.storage.buffer,
+            (src_off * 4) as u64,
+            &dst.storage.buffer,
+            (dst_off * 4) as u64,
+            (len * 4) as u64,
+        );
+    }
+
+    /// Records zero-filling of a tensor's whole storage.
+    pub fn clear(&mut self, t: &Tensor) {
+        let enc = self.inner.as_mut().expect("encoder used after submit");
+        enc.clear_buffer(&t.storage.buffer, 0, None);
+    }
+
+    /// Number of dispatches recorded.
+    pub fn launches(&self) -> usize {
+        self.launches
+    }
+
+    /// Sends the recorded work to the device (does not wait for it).
+    pub fn submit(mut self) -> Result<()> {
+        if let Some(enc) = self.inner.take() {
+            self.gpu.queue.submit([enc.finish()]);
+        }
+        self.gpu.check_device_error()
+    }
+}
+
+/// Checks a shape against an expectation; the error names the op and the tensor.
+pub fn expect_shape(op: &str, what: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got != want {
+        return Err(GpuError::Shape(format!(
+            "{op}: {what} has shape {got:?}, expected {want:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a tensor is 4-D NCHW and returns its dimensions.
+pub fn nchw(op: &str, what: &str, t: &Tensor) -> Result<[usize; 4]> {
+    match t.shape[..] {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(GpuError::Shape(format!(
+            "{op}: {what} must be 4-D (N, C, H, W), got shape {:?}",
+            t.shape
+        ))),
+    }
+}
+
+/// Converts a size to the u32 a uniform holds, with a typed error on overflow.
+pub fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| GpuError::Limit(format!("{op}: {what} = {v} exceeds u32")))
+}

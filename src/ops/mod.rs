@@ -1,0 +1,65 @@
+//! The kernels. One op = one `shaders/<op>.wgsl` (forward and backward entry points side
+//! by side) + one module here that owns its uniform, its launchers and its f64 CPU
+//! reference. Tests live in `tests/kernels/`.
+//!
+//! Conventions shared by every op:
+//! - launchers take an [`Encoder`](crate::gpu::Encoder) and only *record* work;
+//! - outputs are listed first, then inputs, then hyper-parameters;
+//! - forward entry points overwrite their outputs; backward entry points **accumulate**
+//!   (`d_input += …`), because a DenseNet feature map feeds many later layers;
+//! - shapes are checked here and rejected with [`GpuError::Shape`](crate::gpu::GpuError).
+
+use crate::gpu::Tensor;
+
+/// Builds a [`Shader`](crate::gpu::Shader) from `shaders/<name>.wgsl` with the common
+/// helpers (`shaders/common.wgsl`) prepended.
+macro_rules! shader {
+    ($name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            source: concat!(
+                include_str!("../../shaders/common.wgsl"),
+                "\n",
+                include_str!(concat!("../../shaders/", $name, ".wgsl"))
+            ),
+        }
+    };
+}
+pub(crate) use shader;
+
+pub mod adam;
+pub mod avg_pool2d;
+pub mod batch_norm;
+pub mod concat;
+pub mod conv2d;
+pub mod cross_entropy;
+pub mod global_avg_pool;
+pub mod linear;
+pub mod max_pool2d;
+pub mod relu;
+
+/// The WGSL `View` struct: where a (possibly strided) tensor's elements live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ViewParams {
+    pub offset: u32,
+    pub batch_stride: u32,
+    pub item: u32,
+    pub _pad: u32,
+}
+
+impl ViewParams {
+    pub fn of(t: &Tensor) -> ViewParams {
+        ViewParams {
+            offset: t.offset as u32,
+            batch_stride: t.batch_stride as u32,
+            item: t.item_numel().max(1) as u32,
+            _pad: 0,
+        }
+    }
+}
+
+/// Workgroups needed for `n` invocations of `wg` each.
+pub fn groups(n: usize, wg: u32) -> u32 {
+    (n as u64).div_ceil(wg as u64) as u32
+}
