@@ -6,5 +6,14 @@
 
 mod common;
 
+mod adam;
+mod avg_pool2d;
+mod batch_norm;
+mod concat;
+mod conv2d;
+mod cross_entropy;
 mod device;
+mod global_avg_pool;
+mod linear;
+mod max_pool2d;
 mod relu;

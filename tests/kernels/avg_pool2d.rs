@@ -1,0 +1,1 @@
+// tests for avg_pool2d: (in progress)

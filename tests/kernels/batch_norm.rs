@@ -1,0 +1,1 @@
+// tests for batch_norm: (in progress)

@@ -1,0 +1,1 @@
+// tests for conv2d: (in progress)

@@ -1,0 +1,1 @@
+// tests for cross_entropy: (in progress)

@@ -1,0 +1,1 @@
+// tests for global_avg_pool: (in progress)

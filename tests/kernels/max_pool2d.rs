@@ -1,0 +1,1 @@
+// tests for max_pool2d: (in progress)
