@@ -1,1 +1,160 @@
-fn main(){}
+//! Whole training steps (forward, loss, backward, Adam): median ms, images/s, peak device
+//! bytes (the crate's own allocation accounting) and process peak RSS, for both dense
+//! block modes; plus peak device memory against depth (DenseNet-121/169/201).
+//! Prints a table and writes `target/bench/train_step.jsonl`.
+//!
+//! Each (config, mode) runs in a fresh child process, so peak RSS is that run's own.
+//!
+//! `cargo bench --bench train_step [-- FILTER]`; `BENCH_STEPS=N` sets the timed steps.
+
+use std::time::Instant;
+
+use densenet_wgpu::bench::{json_num, json_str, median, peak_rss_bytes, write_jsonl};
+use densenet_wgpu::gpu::{Gpu, Result};
+use densenet_wgpu::models::{BlockMode, DenseNet, DenseNetConfig};
+use densenet_wgpu::ops::adam::AdamConfig;
+use densenet_wgpu::optim::{Adam, Schedule};
+use densenet_wgpu::rng::Rng;
+use densenet_wgpu::train::Trainer;
+
+struct Case {
+    name: &'static str,
+    preset: &'static str,
+    size: usize,
+    batch: usize,
+    /// Timed steps (the depth series only needs memory: one step).
+    steps: usize,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn cases(steps: usize) -> Vec<Case> {
+    vec![
+        Case { name: "densenet-bc_32_b64", preset: "densenet-bc", size: 32, batch: 64, steps },
+        Case { name: "densenet121_64_b8", preset: "densenet121", size: 64, batch: 8, steps },
+        Case { name: "densenet121_224_b8", preset: "densenet121", size: 224, batch: 8, steps },
+        Case { name: "depth_densenet169_64_b8", preset: "densenet169", size: 64, batch: 8, steps: 1 },
+        Case { name: "depth_densenet201_64_b8", preset: "densenet201", size: 64, batch: 8, steps: 1 },
+    ]
+}
+
+fn parse_mode(s: &str) -> BlockMode {
+    if s == "Plain" {
+        BlockMode::Plain
+    } else {
+        BlockMode::MemoryEfficient
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    // Child: `--child CASE MODE` measures one configuration and prints one JSON line.
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let (name, mode) = (&args[i + 1], parse_mode(&args[i + 2]));
+        let case = cases(steps).into_iter().find(|c| c.name == name).expect("case");
+        let gpu = Gpu::new()?;
+        let r = measure(&gpu, &case, mode)?;
+        println!(
+            "{{\"name\":{},\"mode\":{},\"model\":{},\"image_size\":{},\"batch\":{},\"ms\":{},\"images_per_s\":{},\"peak_device_bytes\":{},\"peak_rss_bytes\":{},\"first_step_s\":{},\"adapter\":{}}}",
+            json_str(case.name),
+            json_str(&format!("{mode:?}")),
+            json_str(case.preset),
+            case.size,
+            case.batch,
+            json_num(Some(r.median_ms)),
+            json_num(Some(case.batch as f64 / (r.median_ms / 1e3))),
+            r.peak_device,
+            r.peak_rss,
+            json_num(Some(r.first_s)),
+            json_str(&gpu.describe())
+        );
+        return Ok(());
+    }
+    let filter: Option<String> = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let gpu = Gpu::new()?;
+    println!("adapter: {}\n", gpu.describe());
+    drop(gpu);
+    let exe = std::env::current_exe().map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
+    println!(
+        "{:<26} {:<16} {:>10} {:>9} {:>13} {:>13} {:>11}",
+        "config", "mode", "median ms", "img/s", "peak device", "peak RSS", "first step"
+    );
+    let mut lines = Vec::new();
+    for case in &cases(steps) {
+        if filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
+            continue;
+        }
+        for mode in [BlockMode::MemoryEfficient, BlockMode::Plain] {
+            let out = std::process::Command::new(&exe)
+                .args(["--child", case.name, &format!("{mode:?}")])
+                .output()
+                .map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
+            let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+            if !out.status.success() || !line.starts_with('{') {
+                println!("{:<26} {:<16} failed: {}", case.name, format!("{mode:?}"), String::from_utf8_lossy(&out.stderr).trim());
+                continue;
+            }
+            let field = |k: &str| -> f64 {
+                line.split(&format!("\"{k}\":")).nth(1).and_then(|r| r.split([',', '}']).next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+            };
+            let r = Measured {
+                median_ms: field("ms"),
+                first_s: field("first_step_s"),
+                peak_device: field("peak_device_bytes") as u64,
+                peak_rss: field("peak_rss_bytes") as u64,
+            };
+            println!(
+                "{:<26} {:<16} {:>10.1} {:>9.1} {:>10.1} MiB {:>10.1} MiB {:>9.2} s",
+                case.name,
+                format!("{mode:?}"),
+                r.median_ms,
+                case.batch as f64 / (r.median_ms / 1e3),
+                r.peak_device as f64 / 1048576.0,
+                r.peak_rss as f64 / 1048576.0,
+                r.first_s
+            );
+            lines.push(line);
+        }
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/train_step.jsonl");
+    write_jsonl(&path, &lines).map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+struct Measured {
+    median_ms: f64,
+    first_s: f64,
+    peak_device: u64,
+    peak_rss: u64,
+}
+
+fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
+    let classes = 4;
+    let config = DenseNetConfig::preset(case.preset, classes).expect("preset");
+    let mut model = DenseNet::new(gpu, config, 0)?;
+    model.mode = mode;
+    let opt = Adam::new(gpu, &model.params, AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false }, Schedule::Constant)?;
+    let mut trainer = Trainer::new(gpu, model, opt);
+    let mut rng = Rng::new(1);
+    let images: Vec<f32> = (0..case.batch * 3 * case.size * case.size).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<usize> = (0..case.batch).map(|i| i % classes).collect();
+    gpu.sync()?;
+    gpu.memory().reset_peak();
+    let t = Instant::now();
+    trainer.train_step(&images, &labels, case.size)?;
+    let first_s = t.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for _ in 0..case.steps {
+        let t = Instant::now();
+        trainer.train_step(&images, &labels, case.size)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(Measured { median_ms: median(&mut times), first_s, peak_device: gpu.memory().peak_bytes(), peak_rss: peak_rss_bytes() })
+}

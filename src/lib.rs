@@ -3,11 +3,23 @@
 //! DenseNet training on any WebGPU adapter — a discrete GPU, or a plain CPU through
 //! Mesa's lavapipe — with hand-written WGSL kernels and a small autograd tape.
 //!
-//! - [`gpu`]: adapter, tensors, pipeline cache, launches.
+//! - [`gpu`]: adapter, tensors (with channel-slice views), pipeline cache, launches.
 //! - [`ops`]: one module per kernel (forward, backward, f64 CPU reference).
+//! - [`tape`]: records ops, replays them backwards, accumulates gradients.
+//! - [`models`]: DenseNet as torchvision defines it.
+//! - [`optim`]: Adam/AdamW and learning-rate schedules.
+//! - [`train`]: one training step, top to bottom.
+//! - [`weights`]: safetensors with torchvision's names; [`verify`]: PyTorch golden checks.
 
+pub mod bench;
 pub mod gpu;
+pub mod models;
 pub mod ops;
+pub mod optim;
 pub mod rng;
+pub mod tape;
+pub mod train;
+pub mod verify;
+pub mod weights;
 
 pub use gpu::{Gpu, GpuError, Tensor};

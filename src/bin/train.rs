@@ -1,0 +1,553 @@
+//! `train`: DenseNet training on image folders, on any WebGPU adapter.
+//!
+//! ```text
+//! train                              train on the embedded synthetic dataset (no download)
+//! train fit --data DIR [options]     train on a folder with one sub-folder per class
+//! train eval --weights FILE --data DIR
+//! train predict --weights FILE IMAGE...
+//! train verify-torch GOLDEN.safetensors
+//! train info                         print the adapter
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use densenet_wgpu::data::folder::{load_image, ImageFolder};
+use densenet_wgpu::data::loader::Loader;
+use densenet_wgpu::data::synthetic::Synthetic;
+use densenet_wgpu::data::{split, Dataset};
+use densenet_wgpu::metrics::{self, EpochMetrics};
+use densenet_wgpu::models::{BlockMode, DenseNet, DenseNetConfig};
+use densenet_wgpu::ops::adam::AdamConfig;
+use densenet_wgpu::optim::{Adam, Schedule};
+use densenet_wgpu::progress::Progress;
+use densenet_wgpu::train::{evaluate, Trainer};
+use densenet_wgpu::verify::verify_golden;
+use densenet_wgpu::weights::{self, infer_config, TensorFile};
+use densenet_wgpu::Gpu;
+
+const USAGE: &str = "\
+usage:
+  train                                  train a small DenseNet on the embedded synthetic
+                                         dataset (6 procedural classes, no download)
+  train fit --data DIR [options]         train on DIR/<class>/<image files>
+      --model NAME        densenet121 (default), densenet169, densenet201, densenet-bc, densenet-tiny
+      --image-size N      images are resized to N x N (default 224)
+      --batch-size N      default 8
+      --epochs N          default 10
+      --lr X              Adam learning rate (default 1e-3)
+      --schedule S        constant (default) | inverse-time:DECAY | cosine[:WARMUP_EPOCHS]
+      --weight-decay X    L2 weight decay (default 0); --adamw makes it decoupled
+      --val-split X       validation fraction (default 0.2)
+      --seed N            split / shuffle / init seed (default 123)
+      --augment           random resized crops and horizontal flips
+      --out DIR           run folder (default runs/<data folder name>)
+      --resume            continue from DIR/checkpoint.safetensors
+      --plain             materialised concatenation (default: memory-efficient blocks)
+  train eval --weights FILE --data DIR [--image-size N] [--batch-size N]
+                          [--val-split X --seed N: evaluate only that validation split]
+  train predict --weights FILE [--image-size N] [--top K] IMAGE...
+  train verify-torch GOLDEN.safetensors [--plain]
+  train info                             print the adapter that would be used
+
+environment: DENSENET_WGPU_ADAPTER=<name substring> picks an adapter.";
+
+type CliResult<T> = Result<T, String>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &[String]) -> CliResult<i32> {
+    let (cmd, rest) = match args.first().map(String::as_str) {
+        None => ("default", &args[..0]),
+        Some("-h") | Some("--help") | Some("help") => {
+            println!("{USAGE}");
+            return Ok(0);
+        }
+        Some(c) => (c, &args[1..]),
+    };
+    let opts = Opts::parse(rest)?;
+    match cmd {
+        "default" => cmd_default(&opts),
+        "fit" => cmd_fit(&opts),
+        "eval" => cmd_eval(&opts),
+        "predict" => cmd_predict(&opts),
+        "verify-torch" => cmd_verify(&opts),
+        "info" => {
+            let gpu = open_gpu()?;
+            println!("{}", gpu.describe());
+            Ok(0)
+        }
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+/// `--key value` options, `--flag`s and positional arguments.
+struct Opts {
+    values: HashMap<String, String>,
+    flags: Vec<String>,
+    positional: Vec<String>,
+}
+
+const FLAGS: &[&str] = &["augment", "resume", "plain", "adamw"];
+
+impl Opts {
+    fn parse(args: &[String]) -> CliResult<Opts> {
+        let mut o = Opts { values: HashMap::new(), flags: vec![], positional: vec![] };
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            if let Some(key) = a.strip_prefix("--") {
+                if let Some((k, v)) = key.split_once('=') {
+                    o.values.insert(k.to_string(), v.to_string());
+                } else if FLAGS.contains(&key) {
+                    o.flags.push(key.to_string());
+                } else {
+                    let v = args.get(i + 1).ok_or_else(|| format!("--{key} needs a value"))?;
+                    o.values.insert(key.to_string(), v.clone());
+                    i += 1;
+                }
+            } else {
+                o.positional.push(a.clone());
+            }
+            i += 1;
+        }
+        Ok(o)
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+
+    fn str(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> CliResult<T> {
+        match self.values.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| format!("--{name}: {v:?} is not a valid number")),
+        }
+    }
+
+    fn path(&self, name: &str) -> CliResult<PathBuf> {
+        self.str(name).map(PathBuf::from).ok_or_else(|| format!("--{name} is required\n{USAGE}"))
+    }
+}
+
+fn open_gpu() -> CliResult<Gpu> {
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    eprintln!("adapter: {}", gpu.describe());
+    Ok(gpu)
+}
+
+/// Everything a training run needs, however its data was chosen.
+struct RunSpec {
+    dataset: Arc<dyn Dataset>,
+    train: Vec<usize>,
+    val: Vec<usize>,
+    config: DenseNetConfig,
+    preset: String,
+    image_size: usize,
+    batch_size: usize,
+    epochs: usize,
+    lr: f64,
+    schedule: String,
+    weight_decay: f64,
+    adamw: bool,
+    seed: u64,
+    augment: bool,
+    out: PathBuf,
+    resume: bool,
+    mode: BlockMode,
+}
+
+fn cmd_default(opts: &Opts) -> CliResult<i32> {
+    let image_size = opts.num("image-size", 32usize)?;
+    let seed = opts.num("seed", 123u64)?;
+    let len = opts.num("images", 3000usize)?;
+    let dataset: Arc<dyn Dataset> = Arc::new(Synthetic::new(len, image_size, seed));
+    let (train, val) = split(len, 0.2, seed).map_err(|e| e.to_string())?;
+    let classes = dataset.classes().len();
+    println!(
+        "embedded dataset: {len} procedural {image_size}x{image_size} images of {classes} classes ({}), {} train / {} validation",
+        dataset.classes().join(", "),
+        train.len(),
+        val.len()
+    );
+    let preset = opts.str("model").unwrap_or("densenet-tiny").to_string();
+    let config = DenseNetConfig::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
+    let spec = RunSpec {
+        dataset,
+        train,
+        val,
+        config,
+        preset,
+        image_size,
+        batch_size: opts.num("batch-size", 32)?,
+        epochs: opts.num("epochs", 6)?,
+        lr: opts.num("lr", 3e-3)?,
+        schedule: opts.str("schedule").unwrap_or("cosine").to_string(),
+        weight_decay: opts.num("weight-decay", 0.0)?,
+        adamw: opts.flag("adamw"),
+        seed,
+        augment: false,
+        out: opts.str("out").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("runs/default")),
+        resume: opts.flag("resume"),
+        mode: if opts.flag("plain") { BlockMode::Plain } else { BlockMode::MemoryEfficient },
+    };
+    fit(spec)
+}
+
+fn unknown_model(name: &str) -> String {
+    format!("unknown --model {name:?}; choose one of {}", DenseNetConfig::PRESETS.join(", "))
+}
+
+fn cmd_fit(opts: &Opts) -> CliResult<i32> {
+    let data = opts.path("data")?;
+    let image_size = opts.num("image-size", 224usize)?;
+    let (folder, warnings) = ImageFolder::open(&data, image_size).map_err(|e| e.to_string())?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let seed = opts.num("seed", 123u64)?;
+    let val_split = opts.num("val-split", 0.2f64)?;
+    let (train, val) = split(folder.len(), val_split, seed).map_err(|e| e.to_string())?;
+    println!(
+        "data: {} — {} images, {} classes ({}); {} train / {} validation (seed {seed})",
+        data.display(),
+        folder.len(),
+        folder.classes().len(),
+        folder.classes().join(", "),
+        train.len(),
+        val.len()
+    );
+    let preset = opts.str("model").unwrap_or("densenet121").to_string();
+    let classes = folder.classes().len();
+    let config = DenseNetConfig::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
+    let name = data.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let spec = RunSpec {
+        dataset: Arc::new(folder),
+        train,
+        val,
+        config,
+        preset,
+        image_size,
+        batch_size: opts.num("batch-size", 8)?,
+        epochs: opts.num("epochs", 10)?,
+        lr: opts.num("lr", 1e-3)?,
+        schedule: opts.str("schedule").unwrap_or("constant").to_string(),
+        weight_decay: opts.num("weight-decay", 0.0)?,
+        adamw: opts.flag("adamw"),
+        seed,
+        augment: opts.flag("augment"),
+        out: opts.str("out").map(PathBuf::from).unwrap_or_else(|| Path::new("runs").join(name)),
+        resume: opts.flag("resume"),
+        mode: if opts.flag("plain") { BlockMode::Plain } else { BlockMode::MemoryEfficient },
+    };
+    fit(spec)
+}
+
+fn parse_schedule(s: &str, epochs: usize, steps_per_epoch: usize) -> CliResult<Schedule> {
+    let (name, arg) = match s.split_once(':') {
+        Some((n, a)) => (n, Some(a)),
+        None => (s, None),
+    };
+    let bad = || format!("--schedule {s:?}: expected constant, inverse-time:DECAY or cosine[:WARMUP_EPOCHS]");
+    Ok(match name {
+        "constant" => Schedule::Constant,
+        "inverse-time" => Schedule::InverseTime { decay: arg.ok_or_else(bad)?.parse().map_err(|_| bad())? },
+        "cosine" => {
+            let warm: f64 = match arg {
+                Some(a) => a.parse().map_err(|_| bad())?,
+                None => 0.0,
+            };
+            Schedule::Cosine {
+                total_steps: epochs * steps_per_epoch,
+                warmup_steps: (warm * steps_per_epoch as f64) as usize,
+                min_lr: 0.0,
+            }
+        }
+        _ => return Err(bad()),
+    })
+}
+
+fn fit(spec: RunSpec) -> CliResult<i32> {
+    if spec.batch_size == 0 || spec.epochs == 0 {
+        return Err("--batch-size and --epochs must be positive".into());
+    }
+    if spec.train.is_empty() {
+        return Err("no training images".into());
+    }
+    std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
+    let gpu = open_gpu()?;
+    let mut model = DenseNet::new(&gpu, spec.config.clone(), spec.seed).map_err(|e| e.to_string())?;
+    model.mode = spec.mode;
+    let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
+    let schedule = parse_schedule(&spec.schedule, spec.epochs, steps_per_epoch)?;
+    let adam = AdamConfig {
+        lr: spec.lr as f32,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: spec.weight_decay as f32,
+        decoupled: spec.adamw,
+    };
+    let opt = Adam::new(&gpu, &model.params, adam, schedule).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(&gpu, model, opt);
+    let checkpoint = spec.out.join("checkpoint.safetensors");
+    let csv = spec.out.join("metrics.csv");
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let mut start_epoch = 0;
+    if spec.resume {
+        if !checkpoint.exists() {
+            return Err(format!("--resume: {} does not exist", checkpoint.display()));
+        }
+        let file = TensorFile::read(&checkpoint).map_err(|e| e.to_string())?;
+        trainer.model.load(&gpu, &file, &["optim."]).map_err(|e| e.to_string())?;
+        trainer.opt.load(&gpu, &trainer.model.params, &file).map_err(|e| e.to_string())?;
+        history = if csv.exists() { metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))? } else { vec![] };
+        start_epoch = (trainer.opt.step as usize).div_ceil(steps_per_epoch);
+        history.truncate(start_epoch);
+        metrics::write_csv(&csv, &history).map_err(|e| format!("{}: {e}", csv.display()))?;
+        println!("resumed from {} at epoch {start_epoch} (step {})", checkpoint.display(), trainer.opt.step);
+    } else if csv.exists() {
+        std::fs::remove_file(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+    }
+    println!(
+        "model: {} ({} parameters, {:?} blocks), image {}x{}, batch {}, {} epochs, Adam lr {} ({}){}",
+        spec.preset,
+        trainer.model.num_parameters(),
+        spec.mode,
+        spec.image_size,
+        spec.image_size,
+        spec.batch_size,
+        spec.epochs,
+        spec.lr,
+        spec.schedule,
+        if spec.augment { ", augmentation on" } else { "" }
+    );
+    println!("run folder: {}", spec.out.display());
+
+    let mut best_val = f64::NEG_INFINITY;
+    for epoch in start_epoch..spec.epochs {
+        let t0 = Instant::now();
+        let lr = trainer.opt.current_lr();
+        let loader = Loader::new(
+            spec.dataset.clone(),
+            spec.train.clone(),
+            spec.batch_size,
+            Some(spec.seed.wrapping_add(epoch as u64 + 1)),
+            spec.augment,
+            false,
+        );
+        let mut bar = Progress::new(&format!("epoch {}/{}", epoch + 1, spec.epochs), spec.train.len());
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        for batch in loader.by_ref() {
+            let r = trainer.train_step(&batch.images, &batch.labels, spec.image_size).map_err(|e| e.to_string())?;
+            loss_sum += r.loss * r.count as f64;
+            correct += r.correct;
+            seen += r.count;
+            bar.inc(r.count, &format!("loss {:.4} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+        }
+        bar.finish();
+        for w in loader.take_warnings() {
+            eprintln!("warning: {w}");
+        }
+        if seen == 0 {
+            return Err("no training image could be loaded".into());
+        }
+        let (val_loss, val_acc, _) = if spec.val.is_empty() {
+            (None, None, vec![])
+        } else {
+            let (l, a, m) = run_eval(&gpu, &trainer.model, &spec.dataset, &spec.val, spec.batch_size.max(16), spec.image_size)?;
+            (Some(l), Some(a), m)
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            epochs: spec.epochs,
+            train_loss: loss_sum / seen as f64,
+            train_acc: correct as f64 / seen as f64,
+            val_loss,
+            val_acc,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        println!("{}", m.summary_line());
+        metrics::append_csv(&csv, &m).map_err(|e| format!("{}: {e}", csv.display()))?;
+        history.push(m);
+        if let Err(e) = densenet_wgpu::plot::write_curves(&spec.out.join("curves.png"), &history) {
+            eprintln!("warning: could not write curves.png: {e}");
+        }
+        save_checkpoint(&gpu, &trainer, &spec, &checkpoint, epoch + 1)?;
+        if let Some(a) = val_acc {
+            if a > best_val {
+                best_val = a;
+                save_weights(&gpu, &trainer.model, &spec, &spec.out.join("best.safetensors"), epoch + 1)?;
+            }
+        }
+    }
+    println!(
+        "wrote {}, {}, {}{}",
+        csv.display(),
+        spec.out.join("curves.png").display(),
+        checkpoint.display(),
+        if best_val.is_finite() { format!(", best.safetensors (val_acc {best_val:.4})") } else { String::new() }
+    );
+    Ok(0)
+}
+
+fn run_metadata(spec: &RunSpec, epoch: usize) -> HashMap<String, String> {
+    let mut meta = HashMap::new();
+    meta.insert("classes".into(), spec.dataset.classes().join("\n"));
+    meta.insert("image_size".into(), spec.image_size.to_string());
+    meta.insert("model".into(), spec.preset.clone());
+    meta.insert("epoch".into(), epoch.to_string());
+    meta.insert("format".into(), "pt".into());
+    meta
+}
+
+fn save_weights(gpu: &Gpu, model: &DenseNet, spec: &RunSpec, path: &Path, epoch: usize) -> CliResult<()> {
+    let entries = model.state_dict(gpu).map_err(|e| e.to_string())?;
+    weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
+}
+
+fn save_checkpoint(gpu: &Gpu, t: &Trainer, spec: &RunSpec, path: &Path, epoch: usize) -> CliResult<()> {
+    let mut entries = t.model.state_dict(gpu).map_err(|e| e.to_string())?;
+    entries.extend(t.opt.state_dict(gpu, &t.model.params).map_err(|e| e.to_string())?);
+    weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
+}
+
+/// Mean loss, accuracy and confusion matrix (rows: true class) over `indices`.
+fn run_eval(
+    gpu: &Gpu,
+    model: &DenseNet,
+    dataset: &Arc<dyn Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+    size: usize,
+) -> CliResult<(f64, f64, Vec<Vec<usize>>)> {
+    let k = dataset.classes().len();
+    let mut matrix = vec![vec![0usize; k]; k];
+    let loader = Loader::new(dataset.clone(), indices.to_vec(), batch_size, None, false, false);
+    let mut bar = Progress::new("validation", indices.len());
+    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+    for batch in loader.by_ref() {
+        let r = evaluate(gpu, model, &batch.images, &batch.labels, size).map_err(|e| e.to_string())?;
+        loss_sum += r.loss * r.count as f64;
+        correct += r.correct;
+        seen += r.count;
+        for (p, l) in r.predictions.iter().zip(&batch.labels) {
+            matrix[*l][*p] += 1;
+        }
+        bar.inc(r.count, "");
+    }
+    bar.finish();
+    for w in loader.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    if seen == 0 {
+        return Err("no validation image could be loaded".into());
+    }
+    Ok((loss_sum / seen as f64, correct as f64 / seen as f64, matrix))
+}
+
+/// Loads a weights or checkpoint file: the architecture comes from the tensor names and
+/// shapes, class names and image size from the metadata when present.
+fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(DenseNet, Option<Vec<String>>, Option<usize>)> {
+    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
+    let config = infer_config(&file).map_err(|e| e.to_string())?;
+    let mut model = DenseNet::new(gpu, config, 0).map_err(|e| e.to_string())?;
+    model.load(gpu, &file, &["optim."]).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = safetensors::SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| m.metadata().clone());
+    let classes = meta.as_ref().and_then(|m| m.get("classes")).map(|c| c.lines().map(String::from).collect());
+    let size = meta.as_ref().and_then(|m| m.get("image_size")).and_then(|s| s.parse().ok());
+    Ok((model, classes, size))
+}
+
+fn cmd_eval(opts: &Opts) -> CliResult<i32> {
+    let weights_path = opts.path("weights")?;
+    let data = opts.path("data")?;
+    let gpu = open_gpu()?;
+    let (model, classes, size) = load_model(&gpu, &weights_path)?;
+    let image_size = opts.num("image-size", size.unwrap_or(224))?;
+    let (folder, warnings) = ImageFolder::open(&data, image_size).map_err(|e| e.to_string())?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    if folder.classes().len() != model.config.num_classes {
+        return Err(format!(
+            "{} has {} classes but {} was trained for {}",
+            data.display(),
+            folder.classes().len(),
+            weights_path.display(),
+            model.config.num_classes
+        ));
+    }
+    if let Some(c) = &classes {
+        if c != folder.classes() {
+            eprintln!("warning: class folders {:?} differ from the names stored with the weights {:?}", folder.classes(), c);
+        }
+    }
+    let indices: Vec<usize> = match opts.str("val-split") {
+        Some(_) => split(folder.len(), opts.num("val-split", 0.2)?, opts.num("seed", 123)?).map_err(|e| e.to_string())?.1,
+        None => (0..folder.len()).collect(),
+    };
+    let names = folder.classes().to_vec();
+    let dataset: Arc<dyn Dataset> = Arc::new(folder);
+    let (loss, acc, matrix) = run_eval(&gpu, &model, &dataset, &indices, opts.num("batch-size", 16)?, image_size)?;
+    println!("{} images: loss={loss:.4} accuracy={acc:.4}", indices.len());
+    println!("{}", metrics::confusion_matrix_table(&names, &matrix));
+    Ok(0)
+}
+
+fn cmd_predict(opts: &Opts) -> CliResult<i32> {
+    let weights_path = opts.path("weights")?;
+    if opts.positional.is_empty() {
+        return Err(format!("predict: no image given\n{USAGE}"));
+    }
+    let gpu = open_gpu()?;
+    let (model, classes, size) = load_model(&gpu, &weights_path)?;
+    let image_size = opts.num("image-size", size.unwrap_or(224))?;
+    let top = opts.num("top", 3usize)?.min(model.config.num_classes);
+    let names = classes.unwrap_or_else(|| (0..model.config.num_classes).map(|i| format!("class {i}")).collect());
+    let mut failures = 0;
+    for path in &opts.positional {
+        let image = match load_image(Path::new(path), image_size) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {e}");
+                failures += 1;
+                continue;
+            }
+        };
+        let r = evaluate(&gpu, &model, &image, &[0], image_size).map_err(|e| e.to_string())?;
+        let mut ranked: Vec<(usize, f32)> = r.probabilities.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let shown: Vec<String> =
+            ranked[..top].iter().map(|(i, p)| format!("{} {:.1}%", names.get(*i).map(String::as_str).unwrap_or("?"), p * 100.0)).collect();
+        println!("{path}: {}", shown.join(", "));
+    }
+    Ok(if failures > 0 { 1 } else { 0 })
+}
+
+fn cmd_verify(opts: &Opts) -> CliResult<i32> {
+    let path = opts.positional.first().ok_or_else(|| format!("verify-torch: give a golden file\n{USAGE}"))?;
+    let gpu = open_gpu()?;
+    let mode = if opts.flag("plain") { BlockMode::Plain } else { BlockMode::MemoryEfficient };
+    let report = verify_golden(&gpu, Path::new(path), mode).map_err(|e| e.to_string())?;
+    print!("{}", report.table());
+    Ok(if report.passed() { 0 } else { 1 })
+}

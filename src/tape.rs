@@ -1,0 +1,668 @@
+//! The autograd tape.
+//!
+//! Every op called on a [`Tape`] launches its forward kernel(s) immediately (recorded into
+//! the tape's command encoder) and, when the tape is recording, appends an [`Op`] holding
+//! the ids of its inputs/outputs and whatever its backward needs (BN's `mean`/`inv_std`,
+//! softmax probabilities). [`Tape::backward`] walks the ops in reverse, launching backward
+//! kernels that **accumulate** into one gradient buffer per variable, and frees each
+//! variable's value and gradient as soon as no earlier op needs them.
+//!
+//! Variables may be channel slices of a larger variable ([`Tape::slice`]): a dense block
+//! is one buffer whose slices are the block input and each layer's new features; the
+//! gradient of a slice is the same slice of the block's gradient buffer, so concatenation
+//! costs nothing in either direction.
+
+use std::fmt;
+
+use crate::gpu::{Encoder, Gpu, GpuError, Result, Tensor};
+use crate::ops::avg_pool2d::Pool2dSpec;
+use crate::ops::batch_norm::BnConfig;
+use crate::ops::conv2d::{BnReluPrologue, Conv2dSpec};
+use crate::ops::{
+    avg_pool2d, batch_norm, concat, conv2d, cross_entropy, global_avg_pool, linear, max_pool2d,
+    relu,
+};
+
+/// A handle to a tensor recorded on a tape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(usize);
+
+/// A trainable tensor that lives across steps: its value, its gradient (accumulated by
+/// every backward until zeroed) and a name (torchvision's state_dict name).
+pub struct Param {
+    pub name: String,
+    pub value: Tensor,
+    pub grad: Tensor,
+}
+
+impl Param {
+    pub fn new(gpu: &Gpu, name: &str, data: &[f32], shape: &[usize]) -> Result<Param> {
+        Ok(Param {
+            name: name.to_string(),
+            value: gpu.upload(data, shape, name)?,
+            grad: gpu.zeros(shape, &format!("grad.{name}"))?,
+        })
+    }
+}
+
+/// Batch-norm running statistics, updated in place by training forwards.
+pub struct RunningStats<'a> {
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+}
+
+struct Slot {
+    name: String,
+    shape: Vec<usize>,
+    value: Option<Tensor>,
+    grad: Option<Tensor>,
+    /// `(parent, first channel)` for channel slices.
+    parent: Option<(Var, usize)>,
+    /// Gradient is wanted (false for inputs and anything computed only from them).
+    requires_grad: bool,
+    /// Parameters keep their gradient buffer after backward.
+    persistent_grad: bool,
+}
+
+/// One recorded op: what its backward needs.
+enum Op {
+    Conv2d { y: Var, x: Var, w: Var, b: Option<Var>, spec: Conv2dSpec },
+    BatchNorm { y: Var, x: Var, gamma: Var, beta: Var, mean: Tensor, inv_std: Tensor, cfg: BnConfig },
+    /// BN (batch statistics) → ReLU → conv, with the BN+ReLU output never stored: the conv
+    /// applies `max(scale*x + shift, 0)` while reading x, and backward recomputes it.
+    BnReluConv {
+        y: Var,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        w: Var,
+        mean: Tensor,
+        inv_std: Tensor,
+        scale: Tensor,
+        shift: Tensor,
+        cfg: BnConfig,
+        spec: Conv2dSpec,
+    },
+    Relu { y: Var, x: Var },
+    MaxPool { y: Var, x: Var, spec: Pool2dSpec },
+    AvgPool { y: Var, x: Var, spec: Pool2dSpec },
+    GlobalAvgPool { y: Var, x: Var },
+    Linear { y: Var, x: Var, w: Var, b: Option<Var> },
+    Concat { y: Var, inputs: Vec<Var> },
+    CrossEntropy { loss: Var, logits: Var, probs: Tensor, labels: Tensor },
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Conv2d { .. } => "conv2d",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::BnReluConv { .. } => "bn_relu_conv",
+            Op::Relu { .. } => "relu",
+            Op::MaxPool { .. } => "max_pool2d",
+            Op::AvgPool { .. } => "avg_pool2d",
+            Op::GlobalAvgPool { .. } => "global_avg_pool",
+            Op::Linear { .. } => "linear",
+            Op::Concat { .. } => "concat",
+            Op::CrossEntropy { .. } => "cross_entropy",
+        }
+    }
+
+    /// Variables read by this op's backward, outputs first.
+    fn vars(&self) -> Vec<Var> {
+        match self {
+            Op::Conv2d { y, x, w, b, .. } => [Some(*y), Some(*x), Some(*w), *b].into_iter().flatten().collect(),
+            Op::BatchNorm { y, x, gamma, beta, .. } => vec![*y, *x, *gamma, *beta],
+            Op::BnReluConv { y, x, gamma, beta, w, .. } => vec![*y, *x, *gamma, *beta, *w],
+            Op::Relu { y, x }
+            | Op::MaxPool { y, x, .. }
+            | Op::AvgPool { y, x, .. }
+            | Op::GlobalAvgPool { y, x } => vec![*y, *x],
+            Op::Linear { y, x, w, b } => [Some(*y), Some(*x), Some(*w), *b].into_iter().flatten().collect(),
+            Op::Concat { y, inputs } => std::iter::once(*y).chain(inputs.iter().copied()).collect(),
+            Op::CrossEntropy { loss, logits, .. } => vec![*loss, *logits],
+        }
+    }
+}
+
+/// Records ops and replays them backwards. See the module docs.
+pub struct Tape<'g> {
+    gpu: &'g Gpu,
+    enc: Option<Encoder<'g>>,
+    slots: Vec<Slot>,
+    ops: Vec<Op>,
+    recording: bool,
+    backward_done: bool,
+}
+
+impl<'g> Tape<'g> {
+    /// A tape that records ops for a backward pass (training).
+    pub fn new(gpu: &'g Gpu) -> Tape<'g> {
+        Tape { gpu, enc: Some(gpu.encoder("tape")), slots: Vec::new(), ops: Vec::new(), recording: true, backward_done: false }
+    }
+
+    /// A tape that only runs forward kernels (inference): nothing is kept for backward.
+    pub fn inference(gpu: &'g Gpu) -> Tape<'g> {
+        Tape { recording: false, ..Tape::new(gpu) }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    fn enc(&mut self) -> &mut Encoder<'g> {
+        self.enc.as_mut().expect("tape encoder")
+    }
+
+    /// Submits the work recorded so far (values become readable after a sync).
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(enc) = self.enc.take() {
+            enc.submit()?;
+        }
+        self.enc = Some(self.gpu.encoder("tape"));
+        Ok(())
+    }
+
+    fn push(&mut self, name: &str, value: Tensor, requires_grad: bool) -> Var {
+        self.slots.push(Slot {
+            name: name.to_string(),
+            shape: value.shape.clone(),
+            value: Some(value),
+            grad: None,
+            parent: None,
+            requires_grad,
+            persistent_grad: false,
+        });
+        Var(self.slots.len() - 1)
+    }
+
+    /// A constant input (no gradient).
+    pub fn input(&mut self, value: Tensor, name: &str) -> Var {
+        self.push(name, value, false)
+    }
+
+    /// A parameter: its gradient accumulates into `param.grad`.
+    pub fn param(&mut self, param: &Param) -> Var {
+        let v = self.push(&param.name, param.value.clone(), self.recording);
+        let slot = &mut self.slots[v.0];
+        slot.grad = Some(param.grad.clone());
+        slot.persistent_grad = true;
+        v
+    }
+
+    /// A fresh zeroed buffer, e.g. a dense block filled slice by slice.
+    pub fn alloc(&mut self, shape: &[usize], name: &str) -> Result<Var> {
+        let t = self.gpu.zeros(shape, name)?;
+        Ok(self.push(name, t, false))
+    }
+
+    /// Channels `[start, start + len)` of a 4-D variable, sharing its storage and gradient.
+    pub fn slice(&mut self, v: Var, start: usize, len: usize) -> Result<Var> {
+        let t = self.value(v)?.channels(start, len)?;
+        let name = format!("{}[{start}..{}]", self.slots[v.0].name, start + len);
+        let requires_grad = self.slots[v.0].requires_grad;
+        let s = self.push(&name, t, requires_grad);
+        self.slots[s.0].parent = Some((v, start));
+        Ok(s)
+    }
+
+    /// The current value of a variable.
+    pub fn value(&self, v: Var) -> Result<&Tensor> {
+        self.slots[v.0].value.as_ref().ok_or_else(|| {
+            GpuError::Shape(format!("tape: value of {} was released by backward", self.slots[v.0].name))
+        })
+    }
+
+    pub fn shape(&self, v: Var) -> &[usize] {
+        &self.slots[v.0].shape
+    }
+
+    pub fn name(&self, v: Var) -> &str {
+        &self.slots[v.0].name
+    }
+
+    /// Marks `out` (and every ancestor slice) as needing a gradient when `inputs` do.
+    fn mark(&mut self, out: Var, inputs: &[Var]) {
+        if self.recording && inputs.iter().any(|v| self.slots[v.0].requires_grad) {
+            let mut cur = Some(out);
+            while let Some(v) = cur {
+                self.slots[v.0].requires_grad = true;
+                cur = self.slots[v.0].parent.map(|(p, _)| p);
+            }
+        }
+    }
+
+    /// Output variable: the given destination (e.g. a block slice) or a new buffer.
+    fn output(&mut self, out: Option<Var>, shape: &[usize], name: &str) -> Result<Var> {
+        match out {
+            Some(v) => {
+                crate::gpu::expect_shape(name, "destination", self.shape(v), shape)?;
+                Ok(v)
+            }
+            None => {
+                let t = self.gpu.zeros(shape, name)?;
+                Ok(self.push(name, t, false))
+            }
+        }
+    }
+
+    fn record(&mut self, op: Op) {
+        if self.recording {
+            self.ops.push(op);
+        }
+    }
+
+    /// Convolution, optionally writing into `out` (a slice of a larger buffer).
+    pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, spec: Conv2dSpec, out: Option<Var>, name: &str) -> Result<Var> {
+        let (xs, ws) = (self.shape(x).to_vec(), self.shape(w).to_vec());
+        let [n, _, h, wd] = crate::gpu::nchw(name, "x", self.value(x)?)?;
+        let [co, _, kh, kw] = crate::gpu::nchw(name, "weight", self.value(w)?)?;
+        let (oh, ow) = conv2d::output_size(spec, h, wd, kh, kw)?;
+        let _ = (xs, ws);
+        let y = self.output(out, &[n, co, oh, ow], name)?;
+        let bt = match b {
+            Some(b) => Some(self.value(b)?.clone()),
+            None => None,
+        };
+        let (yt, xt, wt) = (self.value(y)?.clone(), self.value(x)?.clone(), self.value(w)?.clone());
+        conv2d::forward(self.enc(), &yt, &xt, &wt, bt.as_ref(), None, spec)?;
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.mark(y, &ins);
+        self.record(Op::Conv2d { y, x, w, b, spec });
+        Ok(y)
+    }
+
+    /// Batch norm (+ReLU when `cfg.relu`). Training mode uses batch statistics and updates
+    /// the running ones; inference mode uses the running statistics.
+    pub fn batch_norm(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        running: RunningStats,
+        cfg: BnConfig,
+        training: bool,
+        name: &str,
+    ) -> Result<Var> {
+        let shape = self.shape(x).to_vec();
+        let c = shape.get(1).copied().unwrap_or(0);
+        let y = self.output(None, &shape, name)?;
+        let (yt, xt, gt, bt) =
+            (self.value(y)?.clone(), self.value(x)?.clone(), self.value(gamma)?.clone(), self.value(beta)?.clone());
+        if training {
+            let mean = self.gpu.zeros(&[c], &format!("{name}.mean"))?;
+            let inv_std = self.gpu.zeros(&[c], &format!("{name}.inv_std"))?;
+            batch_norm::forward_train(self.enc(), Some(&yt), &mean, &inv_std, running.mean, running.var, &xt, &gt, &bt, cfg)?;
+            self.mark(y, &[x, gamma, beta]);
+            self.record(Op::BatchNorm { y, x, gamma, beta, mean, inv_std, cfg });
+        } else {
+            batch_norm::forward_eval(self.enc(), &yt, &xt, &gt, &bt, running.mean, running.var, cfg)?;
+        }
+        Ok(y)
+    }
+
+    /// Training-mode BN → ReLU → conv without storing the BN+ReLU output (memory-efficient
+    /// dense layers). Statistics are computed once, here; backward recomputes the
+    /// normalised input on the fly and never touches the running statistics.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_conv(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        running: RunningStats,
+        cfg: BnConfig,
+        w: Var,
+        spec: Conv2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
+        let [n, c, h, wd] = crate::gpu::nchw(name, "x", self.value(x)?)?;
+        let [co, _, kh, kw] = crate::gpu::nchw(name, "weight", self.value(w)?)?;
+        let (oh, ow) = conv2d::output_size(spec, h, wd, kh, kw)?;
+        let y = self.output(out, &[n, co, oh, ow], name)?;
+        let g = self.gpu;
+        let mean = g.zeros(&[c], &format!("{name}.mean"))?;
+        let inv_std = g.zeros(&[c], &format!("{name}.inv_std"))?;
+        let scale = g.zeros(&[c], &format!("{name}.scale"))?;
+        let shift = g.zeros(&[c], &format!("{name}.shift"))?;
+        let (yt, xt, gt, bt, wt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(gamma)?.clone(),
+            self.value(beta)?.clone(),
+            self.value(w)?.clone(),
+        );
+        let cfg = BnConfig { relu: true, ..cfg };
+        let enc = self.enc();
+        batch_norm::forward_train(enc, None, &mean, &inv_std, running.mean, running.var, &xt, &gt, &bt, cfg)?;
+        batch_norm::fold_scale_shift(enc, &scale, &shift, &gt, &bt, &mean, &inv_std)?;
+        let pro = BnReluPrologue { scale: &scale, shift: &shift };
+        conv2d::forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
+        self.mark(y, &[x, gamma, beta, w]);
+        self.record(Op::BnReluConv { y, x, gamma, beta, w, mean, inv_std, scale, shift, cfg, spec });
+        Ok(y)
+    }
+
+    pub fn relu(&mut self, x: Var, name: &str) -> Result<Var> {
+        let shape = self.shape(x).to_vec();
+        let y = self.output(None, &shape, name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        relu::forward(self.enc(), &yt, &xt)?;
+        self.mark(y, &[x]);
+        self.record(Op::Relu { y, x });
+        Ok(y)
+    }
+
+    pub fn max_pool2d(&mut self, x: Var, spec: Pool2dSpec, out: Option<Var>, name: &str) -> Result<Var> {
+        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
+        let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
+        let y = self.output(out, &[n, c, oh, ow], name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        max_pool2d::forward(self.enc(), &yt, &xt, spec)?;
+        self.mark(y, &[x]);
+        self.record(Op::MaxPool { y, x, spec });
+        Ok(y)
+    }
+
+    pub fn avg_pool2d(&mut self, x: Var, spec: Pool2dSpec, out: Option<Var>, name: &str) -> Result<Var> {
+        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
+        let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
+        let y = self.output(out, &[n, c, oh, ow], name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        avg_pool2d::forward(self.enc(), &yt, &xt, spec)?;
+        self.mark(y, &[x]);
+        self.record(Op::AvgPool { y, x, spec });
+        Ok(y)
+    }
+
+    /// Mean over H×W: (N, C, H, W) → (N, C).
+    pub fn global_avg_pool(&mut self, x: Var, name: &str) -> Result<Var> {
+        let [n, c, _, _] = crate::gpu::nchw(name, "x", self.value(x)?)?;
+        let y = self.output(None, &[n, c], name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        global_avg_pool::forward(self.enc(), &yt, &xt)?;
+        self.mark(y, &[x]);
+        self.record(Op::GlobalAvgPool { y, x });
+        Ok(y)
+    }
+
+    /// `x · Wᵀ + b`.
+    pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>, name: &str) -> Result<Var> {
+        let n = self.shape(x).first().copied().unwrap_or(0);
+        let o = self.shape(w).first().copied().unwrap_or(0);
+        let y = self.output(None, &[n, o], name)?;
+        let bt = match b {
+            Some(b) => Some(self.value(b)?.clone()),
+            None => None,
+        };
+        let (yt, xt, wt) = (self.value(y)?.clone(), self.value(x)?.clone(), self.value(w)?.clone());
+        linear::forward(self.enc(), &yt, &xt, &wt, bt.as_ref())?;
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.mark(y, &ins);
+        self.record(Op::Linear { y, x, w, b });
+        Ok(y)
+    }
+
+    /// Channel concatenation into a new buffer (the plain, copying DenseNet).
+    pub fn concat(&mut self, inputs: &[Var], name: &str) -> Result<Var> {
+        let first = self.shape(*inputs.first().ok_or_else(|| GpuError::Shape(format!("{name}: no inputs")))?).to_vec();
+        let c: usize = inputs.iter().map(|v| self.shape(*v).get(1).copied().unwrap_or(0)).sum();
+        let mut shape = first.clone();
+        if shape.len() != 4 {
+            return Err(GpuError::Shape(format!("{name}: inputs must be 4-D, got {first:?}")));
+        }
+        shape[1] = c;
+        let y = self.output(None, &shape, name)?;
+        let yt = self.value(y)?.clone();
+        let ts: Vec<Tensor> = inputs.iter().map(|v| self.value(*v).cloned()).collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = ts.iter().collect();
+        concat::forward(self.enc(), &yt, &refs)?;
+        self.mark(y, inputs);
+        self.record(Op::Concat { y, inputs: inputs.to_vec() });
+        Ok(y)
+    }
+
+    /// Mean softmax cross-entropy. Returns `(loss [1], probabilities [N, K])`.
+    pub fn cross_entropy(&mut self, logits: Var, labels: &Tensor, name: &str) -> Result<(Var, Tensor)> {
+        let shape = self.shape(logits).to_vec();
+        let loss = self.output(None, &[1], name)?;
+        let probs = self.gpu.zeros(&shape, &format!("{name}.probs"))?;
+        let (lt, xt) = (self.value(loss)?.clone(), self.value(logits)?.clone());
+        cross_entropy::forward(self.enc(), &lt, &probs, &xt, labels)?;
+        self.mark(loss, &[logits]);
+        self.record(Op::CrossEntropy { loss, logits, probs: probs.clone(), labels: labels.clone() });
+        Ok((loss, probs))
+    }
+
+    /// Gradient buffer of `v`, created zeroed on first use (a slice's gradient is the
+    /// same slice of its parent's gradient).
+    fn grad(&mut self, v: Var) -> Result<Tensor> {
+        if let Some(g) = &self.slots[v.0].grad {
+            return Ok(g.clone());
+        }
+        let g = match self.slots[v.0].parent {
+            Some((p, start)) => {
+                let len = self.slots[v.0].shape[1];
+                self.grad(p)?.channels(start, len)?
+            }
+            None => {
+                let shape = self.slots[v.0].shape.clone();
+                let name = format!("grad.{}", self.slots[v.0].name);
+                self.gpu.zeros(&shape, &name)?
+            }
+        };
+        self.slots[v.0].grad = Some(g.clone());
+        Ok(g)
+    }
+
+    /// Gradient to push into `v`, or `None` if nothing upstream of it wants one.
+    fn grad_if(&mut self, v: Var) -> Result<Option<Tensor>> {
+        if self.slots[v.0].requires_grad {
+            self.grad(v).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Back-propagates from a scalar `loss` (d loss = 1), accumulating into every
+    /// parameter's `grad`. A tape can be backwarded once: a second call is an error
+    /// (parameter gradients would silently double).
+    pub fn backward(&mut self, loss: Var) -> Result<()> {
+        if !self.recording {
+            return Err(GpuError::Shape("tape: backward on an inference tape".into()));
+        }
+        if self.backward_done {
+            return Err(GpuError::Shape(
+                "tape: backward called twice; values were released after the first call — record a new tape".into(),
+            ));
+        }
+        if self.shape(loss).iter().product::<usize>() != 1 {
+            return Err(GpuError::Shape(format!("tape: backward needs a scalar loss, {} has shape {:?}", self.name(loss), self.shape(loss))));
+        }
+        self.backward_done = true;
+        // The earliest op touching each variable: after its backward, the variable's value
+        // and gradient are no longer needed.
+        let mut first_use = vec![usize::MAX; self.slots.len()];
+        for (i, op) in self.ops.iter().enumerate() {
+            for v in op.vars() {
+                let mut cur = Some(v);
+                while let Some(c) = cur {
+                    first_use[c.0] = first_use[c.0].min(i);
+                    cur = self.slots[c.0].parent.map(|(p, _)| p);
+                }
+            }
+        }
+        let mut release: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
+        for (v, &i) in first_use.iter().enumerate() {
+            if i != usize::MAX {
+                release[i].push(v);
+            }
+        }
+        let ops = std::mem::take(&mut self.ops);
+        for (i, op) in ops.into_iter().enumerate().rev() {
+            // Only ops whose output needs a gradient do anything.
+            self.backward_op(op, loss)?;
+            for &v in &release[i] {
+                let slot = &mut self.slots[v];
+                slot.value = None;
+                if !slot.persistent_grad {
+                    slot.grad = None;
+                }
+            }
+            // Submit now and then so released buffers can really be reused.
+            if self.enc.as_ref().map(|e| e.launches()).unwrap_or(0) > 256 {
+                self.flush()?;
+            }
+        }
+        self.flush()
+    }
+
+    fn backward_op(&mut self, op: Op, loss: Var) -> Result<()> {
+        let out = op.vars()[0];
+        if !self.slots[out.0].requires_grad {
+            return Ok(());
+        }
+        let d_out = if out == loss { None } else { Some(self.grad(out)?) };
+        match op {
+            Op::CrossEntropy { logits, probs, labels, .. } => {
+                if let Some(d) = self.grad_if(logits)? {
+                    cross_entropy::backward(self.enc(), &d, &probs, &labels, 1.0)?;
+                }
+            }
+            Op::Conv2d { x, w, b, spec, .. } => {
+                let d_y = d_out.expect("conv output grad");
+                let xt = self.value(x)?.clone();
+                let wt = self.value(w)?.clone();
+                let d_w = self.grad_if(w)?;
+                let d_b = match b {
+                    Some(b) => self.grad_if(b)?,
+                    None => None,
+                };
+                let d_x = self.grad_if(x)?;
+                if let Some(d_w) = d_w {
+                    conv2d::backward_weight(self.enc(), &d_w, d_b.as_ref(), &d_y, &xt, None, spec)?;
+                }
+                if let Some(d_x) = d_x {
+                    conv2d::backward_data(self.enc(), &d_x, &d_y, &wt, spec)?;
+                }
+            }
+            Op::BatchNorm { x, gamma, beta, mean, inv_std, cfg, .. } => {
+                let d_y = d_out.expect("bn output grad");
+                let (xt, gt, bt) = (self.value(x)?.clone(), self.value(gamma)?.clone(), self.value(beta)?.clone());
+                let d_g = self.grad(gamma)?;
+                let d_b = self.grad(beta)?;
+                let d_x = match self.grad_if(x)? {
+                    Some(d) => d,
+                    // BN's backward kernel always writes d_x; give it a scratch buffer.
+                    None => self.gpu.zeros(&xt.shape, "unused d_x")?,
+                };
+                batch_norm::backward(self.enc(), &d_x, &d_g, &d_b, &d_y, &xt, &gt, &bt, &mean, &inv_std, cfg)?;
+            }
+            Op::BnReluConv { x, gamma, beta, w, mean, inv_std, scale, shift, cfg, spec, .. } => {
+                let d_y = d_out.expect("conv output grad");
+                let (xt, gt, bt, wt) =
+                    (self.value(x)?.clone(), self.value(gamma)?.clone(), self.value(beta)?.clone(), self.value(w)?.clone());
+                let pro = BnReluPrologue { scale: &scale, shift: &shift };
+                let d_w = self.grad(w)?;
+                conv2d::backward_weight(self.enc(), &d_w, None, &d_y, &xt, Some(pro), spec)?;
+                // Gradient w.r.t. the (never stored) BN+ReLU output: one transient buffer.
+                let d_act = self.gpu.zeros(&xt.shape, "d_bn_relu (transient)")?;
+                conv2d::backward_data(self.enc(), &d_act, &d_y, &wt, spec)?;
+                let d_g = self.grad(gamma)?;
+                let d_b = self.grad(beta)?;
+                let d_x = match self.grad_if(x)? {
+                    Some(d) => d,
+                    None => self.gpu.zeros(&xt.shape, "unused d_x")?,
+                };
+                batch_norm::backward(self.enc(), &d_x, &d_g, &d_b, &d_act, &xt, &gt, &bt, &mean, &inv_std, cfg)?;
+            }
+            Op::Relu { x, .. } => {
+                let d_y = d_out.expect("relu output grad");
+                if let Some(d_x) = self.grad_if(x)? {
+                    let xt = self.value(x)?.clone();
+                    relu::backward(self.enc(), &d_x, &xt, &d_y)?;
+                }
+            }
+            Op::MaxPool { x, spec, .. } => {
+                let d_y = d_out.expect("pool output grad");
+                if let Some(d_x) = self.grad_if(x)? {
+                    let xt = self.value(x)?.clone();
+                    max_pool2d::backward(self.enc(), &d_x, &d_y, &xt, spec)?;
+                }
+            }
+            Op::AvgPool { x, spec, .. } => {
+                let d_y = d_out.expect("pool output grad");
+                if let Some(d_x) = self.grad_if(x)? {
+                    avg_pool2d::backward(self.enc(), &d_x, &d_y, spec)?;
+                }
+            }
+            Op::GlobalAvgPool { x, .. } => {
+                let d_y = d_out.expect("pool output grad");
+                if let Some(d_x) = self.grad_if(x)? {
+                    global_avg_pool::backward(self.enc(), &d_x, &d_y)?;
+                }
+            }
+            Op::Linear { x, w, b, .. } => {
+                let d_y = d_out.expect("linear output grad");
+                let (xt, wt) = (self.value(x)?.clone(), self.value(w)?.clone());
+                let d_x = self.grad_if(x)?;
+                let d_w = self.grad(w)?;
+                let d_b = match b {
+                    Some(b) => self.grad_if(b)?,
+                    None => None,
+                };
+                linear::backward(self.enc(), d_x.as_ref(), &d_w, d_b.as_ref(), &d_y, &xt, &wt)?;
+            }
+            Op::Concat { inputs, .. } => {
+                let d_y = d_out.expect("concat output grad");
+                let mut start = 0;
+                for v in inputs {
+                    let c = self.shape(v)[1];
+                    if let Some(d_x) = self.grad_if(v)? {
+                        let part = d_y.channels(start, c)?;
+                        concat::copy(self.enc(), &d_x, &part, true)?;
+                    }
+                    start += c;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of recorded ops.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Finishes: submits whatever is still recorded.
+    pub fn finish(mut self) -> Result<()> {
+        if let Some(enc) = self.enc.take() {
+            enc.submit()?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Tape<'_> {
+    /// One line per recorded op: `#12 conv2d  features.denseblock1.denselayer1.conv2 (8, 12, 8, 8) <- x, weight`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, op) in self.ops.iter().enumerate() {
+            let vars = op.vars();
+            let out = &self.slots[vars[0].0];
+            let ins: Vec<&str> = vars[1..].iter().map(|v| self.slots[v.0].name.as_str()).collect();
+            writeln!(f, "#{i:<4} {:<15} {} {:?} <- {}", op.name(), out.name, out.shape, ins.join(", "))?;
+        }
+        Ok(())
+    }
+}

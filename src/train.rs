@@ -1,0 +1,117 @@
+//! One training step, top to bottom: upload → forward on a tape → loss → backward →
+//! Adam → read back the loss and the predictions. Everything between the upload and the
+//! read-back is recorded without CPU round-trips.
+
+use crate::gpu::{Gpu, GpuError, Result};
+use crate::models::DenseNet;
+use crate::optim::Adam;
+use crate::tape::Tape;
+
+/// A model and its optimizer on one device.
+pub struct Trainer<'g> {
+    pub gpu: &'g Gpu,
+    pub model: DenseNet,
+    pub opt: Adam,
+}
+
+/// What one batch produced.
+#[derive(Clone, Debug, Default)]
+pub struct BatchResult {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    pub correct: usize,
+    pub count: usize,
+    /// Arg-max class per image.
+    pub predictions: Vec<usize>,
+    /// Softmax probabilities, row-major (count x classes).
+    pub probabilities: Vec<f32>,
+}
+
+fn check_batch(images: &[f32], labels: &[usize], size: usize, classes: usize) -> Result<usize> {
+    let n = labels.len();
+    if n == 0 || images.len() != n * 3 * size * size {
+        return Err(GpuError::Shape(format!(
+            "batch: {} image values for {n} labels of 3x{size}x{size}",
+            images.len()
+        )));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+        return Err(GpuError::Shape(format!("batch: label {bad} but the model has {classes} classes")));
+    }
+    Ok(n)
+}
+
+fn summarise(loss: f32, probs: Vec<f32>, labels: &[usize], classes: usize) -> BatchResult {
+    let predictions: Vec<usize> = probs
+        .chunks(classes)
+        .map(|row| {
+            row.iter().enumerate().fold((0, f32::MIN), |best, (i, &p)| if p > best.1 { (i, p) } else { best }).0
+        })
+        .collect();
+    let correct = predictions.iter().zip(labels).filter(|(p, l)| p == l).count();
+    BatchResult { loss: loss as f64, correct, count: labels.len(), predictions, probabilities: probs }
+}
+
+impl<'g> Trainer<'g> {
+    pub fn new(gpu: &'g Gpu, model: DenseNet, opt: Adam) -> Trainer<'g> {
+        Trainer { gpu, model, opt }
+    }
+
+    /// One optimisation step on a batch of NCHW images (3 x size x size each).
+    pub fn train_step(&mut self, images: &[f32], labels: &[usize], size: usize) -> Result<BatchResult> {
+        let gpu = self.gpu;
+        let classes = self.model.config.num_classes;
+        let n = check_batch(images, labels, size, classes)?;
+        let x = gpu.upload(images, &[n, 3, size, size], "images")?;
+        let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        let y = gpu.upload(&label_values, &[n], "labels")?;
+
+        // Forward: every op launches its kernel and records what backward needs.
+        let mut tape = Tape::new(gpu);
+        let images = tape.input(x, "images");
+        let logits = self.model.forward(&mut tape, images, true)?;
+        let (loss, probs) = tape.cross_entropy(logits, &y, "loss")?;
+        let loss_value = tape.value(loss)?.clone();
+
+        // Backward: gradients accumulate into each parameter's `grad`.
+        tape.backward(loss)?;
+        tape.finish()?;
+
+        // Adam on every parameter, then zero the gradients.
+        let mut enc = gpu.encoder("adam");
+        self.opt.update(&mut enc, &self.model.params)?;
+        enc.submit()?;
+
+        // The only read-backs: the loss and the probabilities.
+        let loss = gpu.download(&loss_value)?[0];
+        if !loss.is_finite() {
+            return Err(GpuError::Device(format!(
+                "loss became {loss} at step {}: lower the learning rate",
+                self.opt.step
+            )));
+        }
+        Ok(summarise(loss, gpu.download(&probs)?, labels, classes))
+    }
+
+    /// Inference on a batch (running statistics, nothing recorded, nothing updated).
+    pub fn evaluate(&self, images: &[f32], labels: &[usize], size: usize) -> Result<BatchResult> {
+        evaluate(self.gpu, &self.model, images, labels, size)
+    }
+}
+
+/// Inference on a batch with any model.
+pub fn evaluate(gpu: &Gpu, model: &DenseNet, images: &[f32], labels: &[usize], size: usize) -> Result<BatchResult> {
+    let classes = model.config.num_classes;
+    let n = check_batch(images, labels, size, classes)?;
+    let x = gpu.upload(images, &[n, 3, size, size], "images")?;
+    let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    let y = gpu.upload(&label_values, &[n], "labels")?;
+    let mut tape = Tape::inference(gpu);
+    let images = tape.input(x, "images");
+    let logits = model.forward(&mut tape, images, false)?;
+    let (loss, probs) = tape.cross_entropy(logits, &y, "loss")?;
+    let loss_value = tape.value(loss)?.clone();
+    tape.finish()?;
+    let loss = gpu.download(&loss_value)?[0];
+    Ok(summarise(loss, gpu.download(&probs)?, labels, classes))
+}

@@ -1,0 +1,239 @@
+//! Weights in safetensors with torchvision's state_dict names: PyTorch weights load
+//! directly, and ours load in PyTorch (`model.load_state_dict(safetensors.torch.load_file(p))`).
+//!
+//! A checkpoint is the same file plus the optimizer state under `optim.` names
+//! (`optim.m.<param>`, `optim.v.<param>`, `optim.step`), which PyTorch loaders can filter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::gpu::{Gpu, GpuError};
+use crate::models::{DenseNet, DenseNetConfig};
+
+/// Errors reading, writing or applying a weight file. Messages name the file.
+#[derive(Debug)]
+pub enum WeightsError {
+    Io { path: PathBuf, message: String },
+    Format { path: PathBuf, message: String },
+    /// Names or shapes that do not fit the model: the first few mismatches.
+    Mismatch { path: PathBuf, problems: Vec<String>, total: usize },
+    Gpu(GpuError),
+}
+
+impl fmt::Display for WeightsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightsError::Io { path, message } => write!(f, "{}: {message}", path.display()),
+            WeightsError::Format { path, message } => {
+                write!(f, "{}: not a usable safetensors file: {message}", path.display())
+            }
+            WeightsError::Mismatch { path, problems, total } => {
+                write!(f, "{} does not fit this model ({total} mismatches", path.display())?;
+                if *total > problems.len() {
+                    write!(f, ", first {}", problems.len())?;
+                }
+                write!(f, "):")?;
+                for p in problems {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+            WeightsError::Gpu(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for WeightsError {}
+
+impl From<GpuError> for WeightsError {
+    fn from(e: GpuError) -> Self {
+        WeightsError::Gpu(e)
+    }
+}
+
+/// One tensor read from a file, widened to f64 (F32, F64 and I64 are accepted).
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+    pub dtype: Dtype,
+}
+
+impl HostTensor {
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.iter().map(|&v| v as f32).collect()
+    }
+}
+
+/// All tensors of a safetensors file.
+pub struct TensorFile {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+impl TensorFile {
+    pub fn read(path: &Path) -> Result<TensorFile, WeightsError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| WeightsError::Io { path: path.to_path_buf(), message: e.to_string() })?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| WeightsError::Format { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let raw = view.data();
+            let data: Vec<f64> = match view.dtype() {
+                Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+                Dtype::I64 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                other => {
+                    return Err(WeightsError::Format {
+                        path: path.to_path_buf(),
+                        message: format!("tensor {name} has dtype {other:?}; expected F32, F64 or I64"),
+                    })
+                }
+            };
+            tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data, dtype: view.dtype() });
+        }
+        Ok(TensorFile { path: path.to_path_buf(), tensors })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&HostTensor, WeightsError> {
+        self.tensors.get(name).ok_or_else(|| WeightsError::Format {
+            path: self.path.clone(),
+            message: format!("missing tensor {name:?}"),
+        })
+    }
+}
+
+/// A tensor to write.
+pub enum Entry {
+    F32(Vec<usize>, Vec<f32>),
+    I64(Vec<usize>, Vec<i64>),
+}
+
+/// Writes tensors to `path` atomically (a temporary file in the same folder, then rename),
+/// so an interrupted save never leaves a truncated file behind.
+pub fn write(path: &Path, entries: Vec<(String, Entry)>, metadata: HashMap<String, String>) -> Result<(), WeightsError> {
+    let io = |e: std::io::Error| WeightsError::Io { path: path.to_path_buf(), message: e.to_string() };
+    let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = entries
+        .into_iter()
+        .map(|(name, e)| match e {
+            Entry::F32(shape, d) => (name, bytemuck::cast_slice(&d).to_vec(), Dtype::F32, shape),
+            Entry::I64(shape, d) => (name, d.iter().flat_map(|v| v.to_le_bytes()).collect(), Dtype::I64, shape),
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, b, d, s)| {
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| WeightsError::Format { path: path.to_path_buf(), message: e.to_string() })
+        })
+        .collect::<Result<_, _>>()?;
+    let data = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| WeightsError::Format { path: path.to_path_buf(), message: e.to_string() })?;
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, data).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+impl DenseNet {
+    /// The model's state_dict: parameters, running statistics and `num_batches_tracked`.
+    pub fn state_dict(&self, gpu: &Gpu) -> Result<Vec<(String, Entry)>, WeightsError> {
+        let mut out = Vec::new();
+        for p in &self.params {
+            out.push((p.name.clone(), Entry::F32(p.value.shape.clone(), gpu.download(&p.value)?)));
+        }
+        for (name, t) in &self.buffers {
+            out.push((name.clone(), Entry::F32(t.shape.clone(), gpu.download(t)?)));
+        }
+        for (name, n) in &self.batches_tracked {
+            out.push((name.clone(), Entry::I64(vec![], vec![n.get()])));
+        }
+        Ok(out)
+    }
+
+    /// Names and shapes the model expects, in state_dict order.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut v: Vec<(String, Vec<usize>)> =
+            self.params.iter().map(|p| (p.name.clone(), p.value.shape.clone())).collect();
+        v.extend(self.buffers.iter().map(|(n, t)| (n.clone(), t.shape.clone())));
+        v.extend(self.batches_tracked.iter().map(|(n, _)| (n.clone(), vec![])));
+        v
+    }
+
+    /// Loads parameters and buffers by state_dict name. Names under `prefix_filter`
+    /// (e.g. `optim.`, `grad.`) are ignored; anything else that is missing, unexpected
+    /// or of the wrong shape is reported (the first 10 problems).
+    pub fn load(&mut self, gpu: &Gpu, file: &TensorFile, ignore_prefixes: &[&str]) -> Result<(), WeightsError> {
+        let mut problems = Vec::new();
+        let expected = self.expected_tensors();
+        let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        for (name, shape) in &expected {
+            match file.tensors.get(name) {
+                None => problems.push(format!("missing {name} {shape:?}")),
+                Some(t) if t.shape != *shape && !(shape.is_empty() && t.data.len() == 1) => {
+                    problems.push(format!("{name}: file has shape {:?}, model needs {shape:?}", t.shape))
+                }
+                Some(_) => {}
+            }
+        }
+        for name in file.tensors.keys() {
+            if !known.contains(name.as_str()) && !ignore_prefixes.iter().any(|p| name.starts_with(p)) {
+                problems.push(format!("unexpected {name}"));
+            }
+        }
+        if !problems.is_empty() {
+            let total = problems.len();
+            problems.truncate(10);
+            return Err(WeightsError::Mismatch { path: file.path.clone(), problems, total });
+        }
+        for p in &self.params {
+            gpu.write(&p.value, &file.tensors[&p.name].to_f32())?;
+        }
+        for (name, t) in &self.buffers {
+            gpu.write(t, &file.tensors[name].to_f32())?;
+        }
+        for (name, n) in &self.batches_tracked {
+            n.set(file.tensors[name].data[0] as i64);
+        }
+        Ok(())
+    }
+}
+
+/// Infers a DenseNet configuration from torchvision state_dict names and shapes.
+pub fn infer_config(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
+    let fail = |m: String| WeightsError::Format { path: file.path.clone(), message: m };
+    let conv0 = file.get("features.conv0.weight")?;
+    let num_init_features = conv0.shape[0];
+    let classifier = file.get("classifier.weight")?;
+    if classifier.shape.len() != 2 {
+        return Err(fail(format!("classifier.weight has shape {:?}", classifier.shape)));
+    }
+    let num_classes = classifier.shape[0];
+    let mut block_config = Vec::new();
+    for b in 1.. {
+        let mut layers = 0;
+        while file.tensors.contains_key(&format!("features.denseblock{b}.denselayer{}.conv1.weight", layers + 1)) {
+            layers += 1;
+        }
+        if layers == 0 {
+            break;
+        }
+        block_config.push(layers);
+    }
+    if block_config.is_empty() {
+        return Err(fail("no features.denseblock1.denselayer1.* tensors: not a DenseNet state_dict".into()));
+    }
+    let conv1 = file.get("features.denseblock1.denselayer1.conv1.weight")?;
+    let conv2 = file.get("features.denseblock1.denselayer1.conv2.weight")?;
+    let growth_rate = conv2.shape[0];
+    let inner = conv1.shape[0];
+    if growth_rate == 0 || inner % growth_rate != 0 {
+        return Err(fail(format!("conv1 out {inner} is not a multiple of growth rate {growth_rate}")));
+    }
+    Ok(DenseNetConfig { growth_rate, block_config, num_init_features, bn_size: inner / growth_rate, num_classes })
+}

@@ -1,0 +1,75 @@
+use crate::gpu;
+use densenet_wgpu::gpu::GpuError;
+use densenet_wgpu::ops::conv2d::Conv2dSpec;
+use densenet_wgpu::rng::Rng;
+use densenet_wgpu::tape::{Param, Tape};
+
+fn param(name: &str, shape: &[usize], seed: u64) -> Param {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = Rng::new(seed).vec(n, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+    Param::new(gpu(), name, &data, shape).unwrap()
+}
+
+/// loss = CE(linear(gap(concat(relu(conv(a)), relu(conv(b))))), labels); with `shared`,
+/// a and b are the same parameter.
+fn grads(shared: bool) -> (Vec<f32>, Vec<f32>) {
+    let g = gpu();
+    let x = g.upload(&Rng::new(9).vec(2 * 3 * 5 * 5, -1.0, 1.0).iter().map(|&v| v as f32).collect::<Vec<_>>(), &[2, 3, 5, 5], "x").unwrap();
+    let w1 = param("w1", &[4, 3, 3, 3], 1);
+    let w2 = param("w2", &[4, 3, 3, 3], 1); // same values as w1
+    let fc = param("fc", &[3, 8], 2);
+    let labels = g.upload(&[0.0, 2.0], &[2], "labels").unwrap();
+    let mut tape = Tape::new(g);
+    let xv = tape.input(x, "x");
+    let a = tape.param(&w1);
+    let b = if shared { a } else { tape.param(&w2) };
+    let spec = Conv2dSpec { stride: 1, padding: 1 };
+    let ya = tape.conv2d(xv, a, None, spec, None, "conv a").unwrap();
+    let yb = tape.conv2d(xv, b, None, spec, None, "conv b").unwrap();
+    let ra = tape.relu(ya, "relu a").unwrap();
+    let rb = tape.relu(yb, "relu b").unwrap();
+    let cat = tape.concat(&[ra, rb], "cat").unwrap();
+    let pooled = tape.global_avg_pool(cat, "gap").unwrap();
+    let f = tape.param(&fc);
+    let logits = tape.linear(pooled, f, None, "fc").unwrap();
+    let (loss, _) = tape.cross_entropy(logits, &labels, "loss").unwrap();
+    let listing = tape.to_string();
+    assert!(listing.contains("conv2d") && listing.contains("cross_entropy"), "{listing}");
+    tape.backward(loss).unwrap();
+    // Backward twice would double every parameter gradient: it is refused.
+    match tape.backward(loss) {
+        Err(GpuError::Shape(m)) => assert!(m.contains("twice"), "{m}"),
+        other => panic!("second backward should fail, got {other:?}"),
+    }
+    tape.finish().unwrap();
+    (g.download(&w1.grad).unwrap(), g.download(&w2.grad).unwrap())
+}
+
+#[test]
+fn a_tensor_used_twice_gets_the_sum_of_both_gradients() {
+    let (separate_a, separate_b) = grads(false);
+    let (shared, untouched) = grads(true);
+    assert!(untouched.iter().all(|&v| v == 0.0));
+    let mut nonzero = 0;
+    for i in 0..shared.len() {
+        let want = separate_a[i] + separate_b[i];
+        assert!((shared[i] - want).abs() <= 1e-6 + 1e-5 * want.abs(), "element {i}: {} vs {want}", shared[i]);
+        nonzero += (want != 0.0) as usize;
+    }
+    assert!(nonzero > shared.len() / 2);
+    // The two paths differ (different channels of the classifier), so a shared
+    // gradient that only kept one path would fail above.
+    assert!(separate_a.iter().zip(&separate_b).any(|(a, b)| (a - b).abs() > 1e-4));
+}
+
+#[test]
+fn inference_tape_refuses_backward() {
+    let g = gpu();
+    let x = g.upload(&[1.0, -1.0], &[1, 2], "x").unwrap();
+    let mut tape = Tape::inference(g);
+    let xv = tape.input(x, "x");
+    let labels = g.upload(&[0.0], &[1], "labels").unwrap();
+    let (loss, _) = tape.cross_entropy(xv, &labels, "loss").unwrap();
+    assert!(tape.is_empty());
+    assert!(tape.backward(loss).is_err());
+}
