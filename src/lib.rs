@@ -6,8 +6,12 @@
 //! - [`gpu`]: adapter, tensors, pipeline cache, launches.
 //! - [`ops`]: one module per kernel (forward, backward, f64 CPU reference).
 
+pub mod data;
 pub mod gpu;
+pub mod metrics;
 pub mod ops;
+pub mod plot;
+pub mod progress;
 pub mod rng;
 
 pub use gpu::{Gpu, GpuError, Tensor};
