@@ -10,12 +10,18 @@
 //! - [`optim`]: Adam/AdamW and learning-rate schedules.
 //! - [`train`]: one training step, top to bottom.
 //! - [`weights`]: safetensors with torchvision's names; [`verify`]: PyTorch golden checks.
+//! - [`data`]: image folders, the embedded synthetic dataset, background loading;
+//!   [`metrics`], [`plot`], [`progress`]: what a training run reports.
 
 pub mod bench;
+pub mod data;
 pub mod gpu;
+pub mod metrics;
 pub mod models;
 pub mod ops;
 pub mod optim;
+pub mod plot;
+pub mod progress;
 pub mod rng;
 pub mod tape;
 pub mod train;

@@ -1,0 +1,187 @@
+//! Training data: labelled image sources, the train/validation split, and a background
+//! loader that decodes and batches images while the GPU works.
+//!
+//! - [`Dataset`]: one labelled image as CHW `f32`, normalised with the ImageNet statistics.
+//! - [`ImageFolder`]: `root/<class>/<image>` on disk (the layout Keras'
+//!   `image_dataset_from_directory` and torchvision's `ImageFolder` read).
+//! - [`Synthetic`]: a procedural, seeded dataset for smoke tests and demos.
+//! - [`Loader`]: shuffled, augmented batches prepared on worker threads.
+//! - [`split`]: a deterministic train/validation split.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::rng::Rng;
+
+pub mod folder;
+pub mod loader;
+pub mod synthetic;
+
+pub use folder::{load_image, ImageFolder, IMAGE_EXTENSIONS};
+pub use loader::{Batch, Loader};
+pub use synthetic::Synthetic;
+
+/// Per-channel mean of ImageNet in RGB order, on pixel values scaled to [0, 1].
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// Per-channel standard deviation of ImageNet in RGB order, on pixel values scaled to [0, 1].
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// What can go wrong while finding, reading or splitting data. Every variant about a file or
+/// folder names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataError {
+    /// The dataset folder does not exist.
+    MissingDir(PathBuf),
+    /// The dataset path exists but is not a folder.
+    NotADir(PathBuf),
+    /// The dataset folder holds no class sub-folders.
+    NoClasses(PathBuf),
+    /// A class folder holds no image files.
+    EmptyClass { class: String, dir: PathBuf },
+    /// An image file could not be decoded (corrupt, truncated, or not an image).
+    Decode { path: PathBuf, message: String },
+    /// A file or folder could not be read.
+    Io { path: PathBuf, message: String },
+    /// Fewer images than an operation needs (for example a split that would leave the
+    /// training set empty).
+    TooFewImages {
+        found: usize,
+        needed: usize,
+        context: String,
+    },
+    /// An item index past the end of a dataset.
+    IndexOutOfRange { index: usize, len: usize },
+    /// A bad argument (validation fraction outside [0, 1), image size 0, ...).
+    InvalidArgument(String),
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataError::MissingDir(p) => write!(f, "dataset folder {} does not exist", p.display()),
+            DataError::NotADir(p) => write!(f, "dataset path {} is not a folder", p.display()),
+            DataError::NoClasses(p) => write!(
+                f,
+                "dataset folder {} has no class sub-folders (expected {}/<class>/<image>)",
+                p.display(),
+                p.display()
+            ),
+            DataError::EmptyClass { class, dir } => write!(
+                f,
+                "class folder {} (class \"{class}\") holds no images (extensions: {})",
+                dir.display(),
+                IMAGE_EXTENSIONS.join(", ")
+            ),
+            DataError::Decode { path, message } => {
+                write!(f, "cannot decode image {}: {message}", path.display())
+            }
+            DataError::Io { path, message } => {
+                write!(f, "cannot read {}: {message}", path.display())
+            }
+            DataError::TooFewImages {
+                found,
+                needed,
+                context,
+            } => {
+                write!(
+                    f,
+                    "too few images for {context}: found {found}, need at least {needed}"
+                )
+            }
+            DataError::IndexOutOfRange { index, len } => {
+                write!(
+                    f,
+                    "item index {index} out of range for a dataset of {len} items"
+                )
+            }
+            DataError::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for DataError {}
+
+impl DataError {
+    /// The cause without the file name, for messages that already name the file.
+    pub fn detail(&self) -> String {
+        match self {
+            DataError::Decode { message, .. } | DataError::Io { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A labelled image source. `get` returns one image as CHW `f32` (3 x size x size),
+/// normalised with [`IMAGENET_MEAN`] and [`IMAGENET_STD`], and its label.
+pub trait Dataset: Send + Sync {
+    /// Number of items.
+    fn len(&self) -> usize;
+
+    /// True when the dataset has no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Class names; labels index into this list.
+    fn classes(&self) -> &[String];
+
+    /// Side of the square images `get` returns.
+    fn image_size(&self) -> usize;
+
+    /// Item `index` as (CHW pixels, label). `augment`: `Some(rng)` applies the training
+    /// augmentation (random horizontal flip and random-resized-crop with scale in [0.6, 1]
+    /// and aspect ratio in [3/4, 4/3], then resize; synthetic data uses its own), drawing
+    /// every random number from `rng`.
+    fn get(&self, index: usize, augment: Option<&mut Rng>) -> Result<(Vec<f32>, usize), DataError>;
+
+    /// Human name of item `index` (the file path for folders), for messages.
+    fn describe(&self, index: usize) -> String;
+}
+
+/// Deterministic split of `0..n`: a permutation shuffled by `Rng::new(seed)`, whose last
+/// `round(n * val_fraction)` entries form the validation set. Returns (train, val).
+///
+/// `val_fraction` must lie in [0, 1); the training set must not end up empty.
+pub fn split(
+    n: usize,
+    val_fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+    if !(0.0..1.0).contains(&val_fraction) {
+        return Err(DataError::InvalidArgument(format!(
+            "validation fraction {val_fraction} is not in [0, 1)"
+        )));
+    }
+    let n_val = (n as f64 * val_fraction).round() as usize;
+    if n_val >= n {
+        return Err(DataError::TooFewImages {
+            found: n,
+            needed: n_val + 1,
+            context: format!("a split with validation fraction {val_fraction}"),
+        });
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed).shuffle(&mut order);
+    let val = order.split_off(n - n_val);
+    Ok((order, val))
+}
+
+/// A seed for stream `stream` of a run seeded with `seed`: distinct streams give unrelated
+/// generators, and the result depends on nothing else (not on threads or timing).
+pub fn derive_seed(seed: u64, stream: u64) -> u64 {
+    let mut rng = Rng::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    rng.next_u64()
+}
+
+/// Normalises an RGB8 image into CHW `f32`: `(pixel / 255 - mean) / std` per channel.
+pub fn normalize_rgb8(image: &image::RgbImage) -> Vec<f32> {
+    let (w, h) = image.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0.0f32; 3 * plane];
+    for (i, pixel) in image.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (pixel[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    out
+}
