@@ -320,6 +320,9 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         history = if csv.exists() { metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))? } else { vec![] };
         start_epoch = (trainer.opt.step as usize).div_ceil(steps_per_epoch);
         history.truncate(start_epoch);
+        for h in &mut history {
+            h.epochs = spec.epochs;
+        }
         metrics::write_csv(&csv, &history).map_err(|e| format!("{}: {e}", csv.display()))?;
         println!("resumed from {} at epoch {start_epoch} (step {})", checkpoint.display(), trainer.opt.step);
     } else if csv.exists() {
