@@ -18,9 +18,9 @@ macro_rules! shader {
         $crate::gpu::Shader {
             name: $name,
             source: concat!(
-                include_str!("../../shaders/common.wgsl"),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
                 "\n",
-                include_str!(concat!("../../shaders/", $name, ".wgsl"))
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl"))
             ),
         }
     };
