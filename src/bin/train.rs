@@ -347,7 +347,7 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
     for epoch in start_epoch..spec.epochs {
         let t0 = Instant::now();
         let lr = trainer.opt.current_lr();
-        let loader = Loader::new(
+        let mut loader = Loader::new(
             spec.dataset.clone(),
             spec.train.clone(),
             spec.batch_size,
@@ -443,7 +443,7 @@ fn run_eval(
 ) -> CliResult<(f64, f64, Vec<Vec<usize>>)> {
     let k = dataset.classes().len();
     let mut matrix = vec![vec![0usize; k]; k];
-    let loader = Loader::new(dataset.clone(), indices.to_vec(), batch_size, None, false, false);
+    let mut loader = Loader::new(dataset.clone(), indices.to_vec(), batch_size, None, false, false);
     let mut bar = Progress::new("validation", indices.len());
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
     for batch in loader.by_ref() {
