@@ -68,7 +68,7 @@ fn perturbed_reference_is_reported() {
     let report = verify_golden(gpu(), &path, BlockMode::MemoryEfficient).unwrap();
     let failed: Vec<_> = report.checks.iter().filter(|c| !c.passed()).collect();
     assert!(!failed.is_empty(), "{}", report.table());
-    assert!(failed.iter().any(|c| c.worst == target), "{}", report.table());
+    assert!(failed.iter().any(|c| c.worst == target.trim_start_matches("grad.")), "{}", report.table());
     // Against the float32 PyTorch outputs themselves everything else still passes (the
     // Adam-kernel check steps from the perturbed gradients, so it must fail too).
     assert!(failed.iter().all(|c| c.group.starts_with("grad") || c.group.starts_with("Adam kernel")), "{}", report.table());
