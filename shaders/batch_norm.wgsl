@@ -1,6 +1,6 @@
 // 2-D batch normalisation, per channel c over its n = N*H*W values (PyTorch semantics).
 //   training forward: mean_c    = sum(x) / n
-//                     var_c     = sum((x - mean_c)^2) / n                 (biased; second pass)
+//                     var_c     = sum((x - mean_c)^2) / n                 (biased)
 //                     inv_std_c = 1 / sqrt(var_c + eps)
 //                     y = (x - mean_c) * (gamma_c * inv_std_c) + beta_c    [then max(y, 0) if relu]
 //                     running_mean = (1 - momentum) * running_mean + momentum * mean_c
@@ -16,8 +16,11 @@
 // Layout (all entry points but `fold`): one workgroup per channel (workgroup id folded as in
 // Gpu::grid_1d). Its WG lanes stride over the channel's N*H*W values; each lane walks
 // (b, s) = (batch item, position in the H*W plane) with a cursor advanced without
-// divisions. Sums: each lane accumulates its values in registers, then a fixed-order tree
-// in workgroup memory combines the lanes (deterministic, no atomics).
+// divisions. Reductions: each lane accumulates its values in registers, then a fixed-order
+// tree in workgroup memory combines the lanes (deterministic, no atomics). The training
+// statistics take one read of x: each lane keeps Welford running moments (count, mean,
+// sum of squared deviations), and lanes are merged with Chan's formula, so the variance
+// never comes from the cancelling E[x^2] - E[x]^2.
 // `*_v4` entry points move vec4 units (needs H*W, view offsets and batch strides to be
 // multiples of 4); `*_v1` are the scalar fallback. The uniform's views and `hw` are in
 // units of the entry point (f32 or vec4); per-channel tensors are plain f32 arrays at
@@ -53,13 +56,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-var<workgroup> red: array<vec2<f32>, WG>;
+var<workgroup> red: array<vec4<f32>, WG>;
 
 // Sums `v` over the workgroup's lanes in a fixed order; every lane gets the total.
 // Must be called in uniform control flow.
-fn reduce(li: u32, v: vec2<f32>) -> vec2<f32> {
-    workgroupBarrier(); // lanes are done reading the previous total in red[0]
-    red[li] = v;
+fn reduce_sum(li: u32, v: vec2<f32>) -> vec2<f32> {
+    workgroupBarrier(); // lanes are done reading the previous result in red[0]
+    red[li] = vec4(v, 0.0, 0.0);
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
         workgroupBarrier();
         if (li < s) {
@@ -67,7 +70,35 @@ fn reduce(li: u32, v: vec2<f32>) -> vec2<f32> {
         }
     }
     workgroupBarrier();
-    return red[0];
+    return red[0].xy;
+}
+
+// Moments of a set of values: (count, mean, M2 = sum of squared deviations from the mean).
+// Merging two sets (Chan et al.): d = mean_b - mean_a,
+//   mean = mean_a + d * n_b / n,   M2 = M2_a + M2_b + d^2 * n_a * n_b / n.
+fn merge(a: vec3<f32>, b: vec3<f32>) -> vec3<f32> {
+    let n = a.x + b.x;
+    if (b.x == 0.0) {
+        return a;
+    }
+    let d = b.y - a.y;
+    let wb = b.x / n;
+    return vec3(n, a.y + d * wb, a.z + b.z + d * d * a.x * wb);
+}
+
+// Merges every lane's moments in a fixed order; every lane gets the channel's moments.
+// Must be called in uniform control flow.
+fn reduce_moments(li: u32, v: vec3<f32>) -> vec3<f32> {
+    workgroupBarrier(); // lanes are done reading the previous result in red[0]
+    red[li] = vec4(v, 0.0);
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (li < s) {
+            red[li] = vec4(merge(red[li].xyz, red[li + s].xyz), 0.0);
+        }
+    }
+    workgroupBarrier();
+    return red[0].xyz;
 }
 
 // Cursor over one channel's units: unit j = b * hw + s. Starting at lane li and stepping by
@@ -123,59 +154,59 @@ fn hsum(v: vec4<f32>) -> f32 {
 @group(0) @binding(8) var<storage, read_write> tr_y: array<f32>;         // (N, C, H, W) via p.y
 @group(0) @binding(8) var<storage, read_write> tr4_y: array<vec4<f32>>;  // (N, C, H, W) via p.y
 
-// Lane 0 stores the statistics of channel c and updates the running ones.
-fn store_stats(li: u32, c: u32, mean: f32, sq: f32, inv_std: f32) {
-    if (li == 0u) {
-        tr_mean[p.mean_off + c] = mean;
-        tr_inv_std[p.inv_std_off + c] = inv_std;
-        let m = p.momentum;
-        let rm = p.running_mean_off + c;
-        let rv = p.running_var_off + c;
-        tr_run_mean[rm] = (1.0 - m) * tr_run_mean[rm] + m * mean;
-        tr_run_var[rv] = (1.0 - m) * tr_run_var[rv] + m * (sq / p.count_unbiased);
-    }
-}
-
-// Returns (mean, inv_std) of channel c.
+// Returns (mean, inv_std) of channel c. Each lane keeps running moments of its values
+// (Welford: one read of x, no cancellation), then the lanes' moments are merged.
 fn stats_of_v1(li: u32, c: u32) -> vec2<f32> {
-    var acc = 0.0;
+    var k = 0.0;
+    var m = 0.0;
+    var m2 = 0.0;
     var w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
-        acc += tr_x[at(p.x, c, w)];
+        let v = tr_x[at(p.x, c, w)];
+        k += 1.0;
+        let d = v - m;
+        m += d / k;
+        m2 += d * (v - m);
         w = walk_next(w);
     }
-    let mean = reduce(li, vec2(acc, 0.0)).x / p.count;
-    var sq = 0.0;
-    w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        let d = tr_x[at(p.x, c, w)] - mean;
-        sq += d * d;
-        w = walk_next(w);
-    }
-    let sq_all = reduce(li, vec2(sq, 0.0)).x;
-    let inv_std = 1.0 / sqrt(sq_all / p.count + p.eps);
-    store_stats(li, c, mean, sq_all, inv_std);
-    return vec2(mean, inv_std);
+    return finish_stats(li, c, vec3(k, m, m2));
 }
 
 fn stats_of_v4(li: u32, c: u32) -> vec2<f32> {
-    var acc = vec4(0.0);
+    var k = 0.0;
+    var m = vec4(0.0);
+    var m2 = vec4(0.0);
     var w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
-        acc += tr4_x[at(p.x, c, w)];
+        let v = tr4_x[at(p.x, c, w)];
+        k += 1.0;
+        let d = v - m;
+        m += d / k;
+        m2 += d * (v - m);
         w = walk_next(w);
     }
-    let mean = reduce(li, vec2(hsum(acc), 0.0)).x / p.count;
-    var sq = vec4(0.0);
-    w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        let d = tr4_x[at(p.x, c, w)] - mean;
-        sq += d * d;
-        w = walk_next(w);
+    // The four components are four sets of k values each.
+    let lane = merge(merge(vec3(k, m.x, m2.x), vec3(k, m.y, m2.y)),
+                     merge(vec3(k, m.z, m2.z), vec3(k, m.w, m2.w)));
+    return finish_stats(li, c, lane);
+}
+
+// Merges the lanes' moments; lane 0 stores the statistics of channel c and updates the
+// running ones. Returns (mean, inv_std).
+fn finish_stats(li: u32, c: u32, lane: vec3<f32>) -> vec2<f32> {
+    let all = reduce_moments(li, lane);
+    let mean = all.y;
+    let sq = all.z; // sum over the channel of (x - mean)^2
+    let inv_std = 1.0 / sqrt(sq / p.count + p.eps);
+    if (li == 0u) {
+        tr_mean[p.mean_off + c] = mean;
+        tr_inv_std[p.inv_std_off + c] = inv_std;
+        let mo = p.momentum;
+        let rm = p.running_mean_off + c;
+        let rv = p.running_var_off + c;
+        tr_run_mean[rm] = (1.0 - mo) * tr_run_mean[rm] + mo * mean;
+        tr_run_var[rv] = (1.0 - mo) * tr_run_var[rv] + mo * (sq / p.count_unbiased);
     }
-    let sq_all = reduce(li, vec2(hsum(sq), 0.0)).x;
-    let inv_std = 1.0 / sqrt(sq_all / p.count + p.eps);
-    store_stats(li, c, mean, sq_all, inv_std);
     return vec2(mean, inv_std);
 }
 
@@ -357,7 +388,7 @@ fn backward_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         acc += vec2(g, g * xhat);
         w = walk_next(w);
     }
-    let m = bwd_params(li, c, reduce(li, acc));
+    let m = bwd_params(li, c, reduce_sum(li, acc));
     w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
         let xc = bw_x[at(p.x, c, w)] - k.mean;
@@ -388,7 +419,7 @@ fn backward_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         sgx += g * xhat;
         w = walk_next(w);
     }
-    let m = bwd_params(li, c, reduce(li, vec2(hsum(sg), hsum(sgx))));
+    let m = bwd_params(li, c, reduce_sum(li, vec2(hsum(sg), hsum(sgx))));
     w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
         let xc = bw4_x[at(p.x, c, w)] - k.mean;

@@ -417,8 +417,10 @@ pub mod reference {
         y
     }
 
-    /// Batch statistics and the normalised output. Returns
     /// `(y, mean, inv_std, new_running_mean, new_running_var)`.
+    pub type TrainOut = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+    /// Batch statistics and the normalised output.
     pub fn forward_train(
         x: &[f64],
         shape: [usize; 4],
@@ -427,7 +429,7 @@ pub mod reference {
         running_mean: &[f64],
         running_var: &[f64],
         cfg: BnConfig,
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    ) -> TrainOut {
         let c = shape[1];
         let n = (shape[0] * shape[2] * shape[3]) as f64;
         let mut mean = vec![0.0; c];
