@@ -181,7 +181,7 @@ fn stats_of_v4(li: u32, c: u32) -> vec2<f32> {
         let v = tr4_x[at(p.x, c, w)];
         k += 1.0;
         let d = v - m;
-        m += d / k;
+        m += d * (1.0 / k); // one division for the four components
         m2 += d * (v - m);
         w = walk_next(w);
     }
