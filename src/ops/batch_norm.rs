@@ -1,1 +1,529 @@
-//! (in progress)
+//! 2-D batch normalisation per channel over (N, H, W), PyTorch semantics, with an optional
+//! fused ReLU: training forward (batch statistics, running-statistics update), inference
+//! forward, folding into a per-channel affine map, and backward from the saved statistics.
+//!
+//! Every entry point (except `fold`) runs one workgroup per channel that walks the
+//! channel's values, so the statistics and the gradient sums are exact fixed-order
+//! reductions and each op is a single dispatch (see `shaders/batch_norm.wgsl`).
+
+use super::{groups, ViewParams};
+use crate::gpu::{
+    expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+};
+
+pub const SHADER: Shader = shader!("batch_norm");
+/// Lanes per workgroup of the per-channel entry points (a power of two).
+const WG: u32 = 256;
+/// Lanes per workgroup of `fold` (one invocation per channel).
+const FOLD_WG: u32 = 64;
+
+/// Hyper-parameters of a batch-norm layer.
+#[derive(Clone, Copy, Debug)]
+pub struct BnConfig {
+    /// Added to the variance before the square root.
+    pub eps: f32,
+    /// Weight of the new batch statistic in the running statistics.
+    pub momentum: f32,
+    /// Apply `max(., 0)` after the normalisation (and mask the gradient accordingly).
+    pub relu: bool,
+}
+
+impl Default for BnConfig {
+    fn default() -> Self {
+        BnConfig {
+            eps: 1e-5,
+            momentum: 0.1,
+            relu: false,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    x: ViewParams,
+    y: ViewParams,
+    d_x: ViewParams,
+    batch: u32,
+    channels: u32,
+    hw: u32,
+    units: u32,
+    count: f32,
+    count_unbiased: f32,
+    eps: f32,
+    momentum: f32,
+    relu: u32,
+    _pad: [u32; 3],
+    gamma_off: u32,
+    beta_off: u32,
+    mean_off: u32,
+    inv_std_off: u32,
+    running_mean_off: u32,
+    running_var_off: u32,
+    d_gamma_off: u32,
+    d_beta_off: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 128);
+
+/// Checks `x` and the other 4-D views against it and fills the geometry of a launch.
+/// Picks vec4 units when H*W and every view's offset and batch stride allow it.
+/// `y` and `d_x` are the tensors bound through `p.y` and `p.d_x` (either may be absent).
+fn geometry(
+    op: &str,
+    x: &Tensor,
+    y: Option<(&str, &Tensor)>,
+    d_x: Option<(&str, &Tensor)>,
+    cfg: BnConfig,
+) -> Result<(Params, u32)> {
+    let [n, c, h, w] = nchw(op, "x", x)?;
+    let all: Vec<(&str, &Tensor)> = [Some(("x", x)), y, d_x].into_iter().flatten().collect();
+    for (name, t) in &all {
+        expect_shape(op, name, &t.shape, &x.shape)?;
+        to_u32(op, &format!("{name} buffer length"), t.storage.numel)?;
+    }
+    let hw = h * w;
+    let vec = if hw % 4 == 0
+        && all
+            .iter()
+            .all(|(_, t)| t.offset % 4 == 0 && t.batch_stride % 4 == 0)
+    {
+        4
+    } else {
+        1
+    };
+    let unit_view = |t: &Tensor| ViewParams {
+        offset: (t.offset / vec) as u32,
+        batch_stride: (t.batch_stride / vec) as u32,
+        item: (t.item_numel().max(1) / vec) as u32,
+        _pad: 0,
+    };
+    let count = n * hw;
+    let p = Params {
+        x: unit_view(x),
+        y: y.map(|(_, t)| unit_view(t)).unwrap_or_default(),
+        d_x: d_x.map(|(_, t)| unit_view(t)).unwrap_or_default(),
+        batch: to_u32(op, "N", n)?,
+        channels: to_u32(op, "C", c)?,
+        hw: to_u32(op, "H*W", hw / vec)?.max(1),
+        units: to_u32(op, "N*H*W", count / vec)?,
+        count: count as f32,
+        count_unbiased: count.saturating_sub(1).max(1) as f32,
+        eps: cfg.eps,
+        momentum: cfg.momentum,
+        relu: cfg.relu as u32,
+        _pad: [0; 3],
+        gamma_off: 0,
+        beta_off: 0,
+        mean_off: 0,
+        inv_std_off: 0,
+        running_mean_off: 0,
+        running_var_off: 0,
+        d_gamma_off: 0,
+        d_beta_off: 0,
+    };
+    Ok((p, vec as u32))
+}
+
+/// Checks a per-channel tensor (shape `[C]`) and returns its offset in its buffer.
+fn per_channel(op: &str, what: &str, t: &Tensor, c: usize) -> Result<u32> {
+    expect_shape(op, what, &t.shape, &[c])?;
+    to_u32(op, &format!("{what} buffer length"), t.storage.numel)?;
+    Ok(t.offset as u32)
+}
+
+/// A tensor written by a dispatch may not share its buffer with one it reads
+/// (the device rejects such a binding).
+fn no_alias(op: &str, writes: &[(&str, &Tensor)], reads: &[(&str, &Tensor)]) -> Result<()> {
+    for (wn, w) in writes {
+        for (rn, r) in reads {
+            if w.same_storage(r) {
+                return Err(GpuError::Shape(format!(
+                    "{op}: output {wn} shares its buffer {:?} with input {rn}",
+                    w.label()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn channel_grid(op: &str, c: u32) -> Result<[u32; 3]> {
+    let g = Gpu::grid_1d(c);
+    if g[1] > crate::gpu::MAX_WORKGROUPS_PER_DIM {
+        return Err(GpuError::Limit(format!("{op}: {c} channels")));
+    }
+    Ok(g)
+}
+
+/// Training forward. Computes per-channel batch `mean` [C] and `inv_std` [C] =
+/// 1/sqrt(var_biased + eps) (saved for backward), updates `running_mean`/`running_var` [C] in
+/// place (`r = (1 - momentum) r + momentum s`, with the unbiased variance for
+/// `running_var`), and if `y` is Some writes `y = gamma * (x - mean) * inv_std + beta` (then
+/// `max(., 0)` if `cfg.relu`). `y` None = statistics only. `x` and `y` may be channel-slice
+/// views of one shape (N, C, H, W); they may not share a buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train(
+    enc: &mut Encoder,
+    y: Option<&Tensor>,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    let op = "batch_norm forward_train";
+    let (mut p, vec) = geometry(op, x, y.map(|t| ("y", t)), None, cfg)?;
+    if p.units == 0 {
+        return Err(GpuError::Shape(format!(
+            "{op}: x has shape {:?}; training needs at least one value per channel",
+            x.shape
+        )));
+    }
+    let c = x.shape[1];
+    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
+    p.beta_off = per_channel(op, "beta", beta, c)?;
+    p.mean_off = per_channel(op, "mean", mean, c)?;
+    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
+    p.running_mean_off = per_channel(op, "running_mean", running_mean, c)?;
+    p.running_var_off = per_channel(op, "running_var", running_var, c)?;
+    let mut writes = vec![
+        ("mean", mean),
+        ("inv_std", inv_std),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ];
+    if let Some(y) = y {
+        writes.push(("y", y));
+    }
+    no_alias(op, &writes, &[("x", x), ("gamma", gamma), ("beta", beta)])?;
+    let bytes = bytemuck::bytes_of(&p);
+    let mut args = vec![
+        Arg::Uniform(bytes),
+        Arg::Read(x),
+        Arg::Read(gamma),
+        Arg::Read(beta),
+        Arg::Write(mean),
+        Arg::Write(inv_std),
+        Arg::Write(running_mean),
+        Arg::Write(running_var),
+    ];
+    let entry = match y {
+        Some(y) => {
+            args.push(Arg::Write(y));
+            format!("train_v{vec}")
+        }
+        None => format!("stats_v{vec}"),
+    };
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: &entry,
+        overrides: &[("WG", WG as f64)],
+        args: &args,
+        workgroups: channel_grid(op, p.channels)?,
+    })
+}
+
+/// Inference forward with running statistics:
+/// `y = (x - running_mean) * gamma / sqrt(running_var + eps) + beta` (then `max(., 0)` if
+/// `cfg.relu`). Overwrites `y`; `x` and `y` may be views, not sharing a buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_eval(
+    enc: &mut Encoder,
+    y: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    let op = "batch_norm forward_eval";
+    let (mut p, vec) = geometry(op, x, Some(("y", y)), None, cfg)?;
+    let c = x.shape[1];
+    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
+    p.beta_off = per_channel(op, "beta", beta, c)?;
+    p.running_mean_off = per_channel(op, "running_mean", running_mean, c)?;
+    p.running_var_off = per_channel(op, "running_var", running_var, c)?;
+    no_alias(
+        op,
+        &[("y", y)],
+        &[
+            ("x", x),
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ],
+    )?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: &format!("eval_v{vec}"),
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Read(gamma),
+            Arg::Read(beta),
+            Arg::Read(running_mean),
+            Arg::Read(running_var),
+            Arg::Write(y),
+        ],
+        workgroups: channel_grid(op, p.channels)?,
+    })
+}
+
+/// Per-channel `scale = gamma * inv_std`, `shift = beta - mean * scale` (so
+/// `BN(x) = scale * x + shift`); used to apply BN(+ReLU) on the fly inside a following conv.
+/// All tensors are `[C]`.
+pub fn fold_scale_shift(
+    enc: &mut Encoder,
+    scale: &Tensor,
+    shift: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+) -> Result<()> {
+    let op = "batch_norm fold_scale_shift";
+    let c = gamma.shape.first().copied().unwrap_or(0);
+    let mut p: Params = bytemuck::Zeroable::zeroed();
+    p.channels = to_u32(op, "C", c)?;
+    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
+    p.beta_off = per_channel(op, "beta", beta, c)?;
+    p.mean_off = per_channel(op, "mean", mean, c)?;
+    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
+    p.d_gamma_off = per_channel(op, "scale", scale, c)?;
+    p.d_beta_off = per_channel(op, "shift", shift, c)?;
+    no_alias(
+        op,
+        &[("scale", scale), ("shift", shift)],
+        &[
+            ("gamma", gamma),
+            ("beta", beta),
+            ("mean", mean),
+            ("inv_std", inv_std),
+        ],
+    )?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "fold",
+        overrides: &[("WG", FOLD_WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(gamma),
+            Arg::Read(beta),
+            Arg::Read(mean),
+            Arg::Read(inv_std),
+            Arg::Write(scale),
+            Arg::Write(shift),
+        ],
+        workgroups: Gpu::grid_1d(groups(c, FOLD_WG)),
+    })
+}
+
+/// Backward from the saved `mean`/`inv_std`. `d_y` is the gradient w.r.t. the op's output
+/// (after the ReLU if `cfg.relu`; the ReLU mask is recomputed from x, gamma, beta, mean,
+/// inv_std: `mask = [BN(x) > 0]`). Accumulates, with `g = d_y * mask`,
+/// `xhat = (x - mean) * inv_std` and n = N*H*W:
+/// `d_x += gamma*inv_std/n * (n*g - sum(g) - xhat*sum(g*xhat))`,
+/// `d_gamma += sum(g * xhat)`, `d_beta += sum(g)`.
+/// `x`, `d_y` and `d_x` may be channel-slice views of one shape; `d_x` may not share a
+/// buffer with an input.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    enc: &mut Encoder,
+    d_x: &Tensor,
+    d_gamma: &Tensor,
+    d_beta: &Tensor,
+    d_y: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    let op = "batch_norm backward";
+    let (mut p, vec) = geometry(op, x, Some(("d_y", d_y)), Some(("d_x", d_x)), cfg)?;
+    let c = x.shape[1];
+    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
+    p.beta_off = per_channel(op, "beta", beta, c)?;
+    p.mean_off = per_channel(op, "mean", mean, c)?;
+    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
+    p.d_gamma_off = per_channel(op, "d_gamma", d_gamma, c)?;
+    p.d_beta_off = per_channel(op, "d_beta", d_beta, c)?;
+    no_alias(
+        op,
+        &[("d_x", d_x), ("d_gamma", d_gamma), ("d_beta", d_beta)],
+        &[
+            ("x", x),
+            ("d_y", d_y),
+            ("gamma", gamma),
+            ("beta", beta),
+            ("mean", mean),
+            ("inv_std", inv_std),
+        ],
+    )?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: &format!("backward_v{vec}"),
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Read(d_y),
+            Arg::Read(gamma),
+            Arg::Read(beta),
+            Arg::Read(mean),
+            Arg::Read(inv_std),
+            Arg::Write(d_x),
+            Arg::Write(d_gamma),
+            Arg::Write(d_beta),
+        ],
+        workgroups: channel_grid(op, p.channels)?,
+    })
+}
+
+/// f64 CPU reference. `x` is NCHW with `shape = [N, C, H, W]`; per-channel slices are `[C]`.
+pub mod reference {
+    use super::BnConfig;
+
+    fn planes(shape: [usize; 4]) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> {
+        let [n, c, h, w] = shape;
+        let hw = h * w;
+        (0..n * c).map(move |nc| (nc % c, nc * hw..(nc + 1) * hw))
+    }
+
+    /// `(y, mean, inv_std)` for the given per-channel statistics (pre-ReLU clamp applied).
+    fn normalise(
+        x: &[f64],
+        shape: [usize; 4],
+        gamma: &[f64],
+        beta: &[f64],
+        mean: &[f64],
+        inv_std: &[f64],
+        relu: bool,
+    ) -> Vec<f64> {
+        let mut y = vec![0.0; x.len()];
+        for (c, r) in planes(shape) {
+            for i in r {
+                let v = gamma[c] * (x[i] - mean[c]) * inv_std[c] + beta[c];
+                y[i] = if relu { v.max(0.0) } else { v };
+            }
+        }
+        y
+    }
+
+    /// `(y, mean, inv_std, new_running_mean, new_running_var)`.
+    pub type TrainOut = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+    /// Batch statistics and the normalised output.
+    pub fn forward_train(
+        x: &[f64],
+        shape: [usize; 4],
+        gamma: &[f64],
+        beta: &[f64],
+        running_mean: &[f64],
+        running_var: &[f64],
+        cfg: BnConfig,
+    ) -> TrainOut {
+        let c = shape[1];
+        let n = (shape[0] * shape[2] * shape[3]) as f64;
+        let mut mean = vec![0.0; c];
+        for (ch, r) in planes(shape) {
+            mean[ch] += x[r].iter().sum::<f64>();
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut sq = vec![0.0; c];
+        for (ch, r) in planes(shape) {
+            sq[ch] += x[r].iter().map(|v| (v - mean[ch]).powi(2)).sum::<f64>();
+        }
+        let eps = cfg.eps as f64;
+        let m = cfg.momentum as f64;
+        let inv_std: Vec<f64> = sq.iter().map(|s| 1.0 / (s / n + eps).sqrt()).collect();
+        let rm = (0..c)
+            .map(|i| (1.0 - m) * running_mean[i] + m * mean[i])
+            .collect();
+        let unbiased = (n - 1.0).max(1.0);
+        let rv = (0..c)
+            .map(|i| (1.0 - m) * running_var[i] + m * sq[i] / unbiased)
+            .collect();
+        let y = normalise(x, shape, gamma, beta, &mean, &inv_std, cfg.relu);
+        (y, mean, inv_std, rm, rv)
+    }
+
+    /// Inference forward with running statistics.
+    pub fn forward_eval(
+        x: &[f64],
+        shape: [usize; 4],
+        gamma: &[f64],
+        beta: &[f64],
+        running_mean: &[f64],
+        running_var: &[f64],
+        cfg: BnConfig,
+    ) -> Vec<f64> {
+        let inv_std: Vec<f64> = running_var
+            .iter()
+            .map(|v| 1.0 / (v + cfg.eps as f64).sqrt())
+            .collect();
+        normalise(x, shape, gamma, beta, running_mean, &inv_std, cfg.relu)
+    }
+
+    /// `(scale, shift)` with `scale = gamma * inv_std`, `shift = beta - mean * scale`.
+    pub fn fold_scale_shift(
+        gamma: &[f64],
+        beta: &[f64],
+        mean: &[f64],
+        inv_std: &[f64],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let scale: Vec<f64> = gamma.iter().zip(inv_std).map(|(g, s)| g * s).collect();
+        let shift = (0..gamma.len())
+            .map(|i| beta[i] - mean[i] * scale[i])
+            .collect();
+        (scale, shift)
+    }
+
+    /// Gradients for zero-initialised accumulators: `(d_x, d_gamma, d_beta)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        d_y: &[f64],
+        x: &[f64],
+        shape: [usize; 4],
+        gamma: &[f64],
+        beta: &[f64],
+        mean: &[f64],
+        inv_std: &[f64],
+        cfg: BnConfig,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let c = shape[1];
+        let n = (shape[0] * shape[2] * shape[3]) as f64;
+        let xhat = |ch: usize, i: usize| (x[i] - mean[ch]) * inv_std[ch];
+        let g = |ch: usize, i: usize| {
+            let keep = !cfg.relu || gamma[ch] * xhat(ch, i) + beta[ch] > 0.0;
+            if keep {
+                d_y[i]
+            } else {
+                0.0
+            }
+        };
+        let mut d_gamma = vec![0.0; c];
+        let mut d_beta = vec![0.0; c];
+        for (ch, r) in planes(shape) {
+            for i in r {
+                d_beta[ch] += g(ch, i);
+                d_gamma[ch] += g(ch, i) * xhat(ch, i);
+            }
+        }
+        let mut d_x = vec![0.0; x.len()];
+        for (ch, r) in planes(shape) {
+            for i in r {
+                d_x[i] = gamma[ch] * inv_std[ch] / n
+                    * (n * g(ch, i) - d_beta[ch] - xhat(ch, i) * d_gamma[ch]);
+            }
+        }
+        (d_x, d_gamma, d_beta)
+    }
+}
