@@ -79,7 +79,7 @@ fn mac(acc: ptr<function, Acc>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3:
 
 // The value C(m, n) gets from the finished tile's entry `v`: bias added, C overwritten or
 // accumulated; `old` is C's current value (read only when accumulating).
-fn epilogue(v: f32, n: u32, bias: f32, old: f32) -> f32 {
+fn epilogue(v: f32, bias: f32, old: f32) -> f32 {
     var r = v;
     if ((p.flags & FLAG_BIAS) != 0u) { r += bias; }
     if ((p.flags & FLAG_ACCUMULATE) != 0u) { r = old + r; }
@@ -116,7 +116,7 @@ fn gs_store_block(blk: mat4x4<f32>, m: u32, n: u32) {
             if ((p.flags & FLAG_ACCUMULATE) != 0u) { old = gs_c[ci]; }
             var bias = 0.0;
             if ((p.flags & FLAG_BIAS) != 0u) { bias = gs_bias[p.bias_off + n + j]; }
-            gs_c[ci] = epilogue(b[r][j], n + j, bias, old);
+            gs_c[ci] = epilogue(b[r][j], bias, old);
         }
     }
 }
@@ -179,7 +179,7 @@ fn g4_store_block(blk: mat4x4<f32>, m: u32, n: u32) {
             if ((p.flags & FLAG_ACCUMULATE) != 0u) { old = g4_c[ci]; }
             var bias = 0.0;
             if ((p.flags & FLAG_BIAS) != 0u) { bias = g4_bias[p.bias_off + n + j]; }
-            g4_c[ci] = epilogue(b[r][j], n + j, bias, old);
+            g4_c[ci] = epilogue(b[r][j], bias, old);
         }
     }
 }
@@ -229,8 +229,10 @@ fn gemm_v4(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---- transpose: out (cols, rows) = in (rows, cols)^T, for `matmul` --------------------
-// Uses m = rows, n = cols, a_off (in offset), c_off (out offset). One invocation per element.
+// Uses m = rows, n = cols, a_off (in offset), c_off (out offset).
 override WG: u32 = 256;
+
+// transpose: one invocation per element (any sizes).
 @group(0) @binding(1) var<storage, read> tr_in: array<f32>;        // (rows, cols) at a_off
 @group(0) @binding(2) var<storage, read_write> tr_out: array<f32>; // (cols, rows) at c_off
 
@@ -243,6 +245,32 @@ fn transpose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let col = e / p.m;
     let row = e - col * p.m;
     tr_out[p.c_off + e] = tr_in[p.a_off + row * p.n + col];
+}
+
+// transpose_v4: one invocation per 4 x 4 block, 4 vec4 loads and 4 vec4 stores (rows, cols
+// and both offsets multiples of 4).
+@group(0) @binding(1) var<storage, read> t4_in: array<vec4<f32>>;        // (rows, cols) at a_off
+@group(0) @binding(2) var<storage, read_write> t4_out: array<vec4<f32>>; // (cols, rows) at c_off
+
+@compute @workgroup_size(WG)
+fn transpose_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let rows4 = p.m / 4u;
+    let cols4 = p.n / 4u;
+    let blk = linear_id(wg, nwg, li, WG);
+    if (blk >= rows4 * cols4) { return; }
+    let j4 = blk / rows4;          // block column (output block row)
+    let i4 = blk - j4 * rows4;     // block row
+    let src = p.a_off / 4u + 4u * i4 * cols4 + j4;
+    let r0 = t4_in[src];
+    let r1 = t4_in[src + cols4];
+    let r2 = t4_in[src + 2u * cols4];
+    let r3 = t4_in[src + 3u * cols4];
+    let dst = p.c_off / 4u + 4u * j4 * rows4 + i4;
+    t4_out[dst] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+    t4_out[dst + rows4] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    t4_out[dst + 2u * rows4] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+    t4_out[dst + 3u * rows4] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
 }
 
 // ---- bias_backward: d_b[o] += sum_n d_y[n, o] (n in order) -----------------------------

@@ -19,7 +19,7 @@ const WG_N: u32 = 8;
 /// Rows (4, 8, 12, 16) and columns (4, 8) of C per invocation.
 const TM: u32 = 16;
 const TN: u32 = 8;
-/// Workgroup size of the element-wise helpers (`transpose`, `bias_backward`).
+/// Workgroup size of the element-wise helpers (`transpose*`, `bias_backward`).
 const WG: u32 = 256;
 
 const FLAG_ACCUMULATE: u32 = 1;
@@ -326,16 +326,18 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
         ..Params::default()
     };
     to_u32(op, "a numel", m * k)?;
+    // 4 x 4 blocks as vec4 when a's rows allow it (m is already a multiple of 4).
+    let blocks = k % 4 == 0 && a.offset % 4 == 0;
     enc.launch(Launch {
         shader: &SHADER,
-        entry: "transpose",
+        entry: if blocks { "transpose_v4" } else { "transpose" },
         overrides: &[("WG", WG as f64)],
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
             Arg::Read(a),
             Arg::Write(&a_t),
         ],
-        workgroups: Gpu::grid_1d(groups(m * k, WG)),
+        workgroups: Gpu::grid_1d(groups(if blocks { m * k / 16 } else { m * k }, WG)),
     })?;
     gemm(
         enc,
