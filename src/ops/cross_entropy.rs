@@ -1,1 +1,212 @@
-//! (in progress)
+//! Softmax cross-entropy with mean reduction over the batch (PyTorch `F.cross_entropy`).
+//!
+//! forward: `loss = mean_n(logsumexp(logits[n]) - logits[n, label_n])`, and the softmax
+//! `probs` saved for backward; backward: `d_logits += d_loss * (probs - onehot(label)) / N`.
+//! Labels live on the device as f32 class indices (as the golden files store them); the
+//! caller guarantees their range ([`check_labels`] checks host labels), and the kernels turn
+//! an invalid label into NaN for its row rather than reading out of bounds.
+
+use super::groups;
+use crate::gpu::{
+    expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+};
+
+pub const SHADER: Shader = shader!("cross_entropy");
+/// Invocations of the single forward workgroup; also the backward workgroup size.
+const WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    k: u32,
+    logits_off: u32,
+    probs_off: u32,
+    labels_off: u32,
+    out_off: u32,
+    scale: f32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// Checks host-side labels before they are uploaded: each must be below `classes`.
+pub fn check_labels(labels: &[usize], classes: usize) -> Result<()> {
+    match labels.iter().position(|&l| l >= classes) {
+        Some(i) => Err(GpuError::Shape(format!(
+            "cross_entropy: label {} at position {i} is out of range for {classes} classes",
+            labels[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// (N, K) of the logits, after checking that `probs` matches and `labels` is (N).
+fn dims(op: &str, logits_or_probs: &Tensor, what: &str, labels: &Tensor) -> Result<[usize; 2]> {
+    let [n, k] = match logits_or_probs.shape[..] {
+        [n, k] if logits_or_probs.is_contiguous() => [n, k],
+        _ => {
+            return Err(GpuError::Shape(format!(
+                "{op}: {what} must be a contiguous (N, K) matrix, got {logits_or_probs:?}"
+            )))
+        }
+    };
+    if k == 0 {
+        return Err(GpuError::Shape(format!("{op}: {what} has no classes")));
+    }
+    expect_shape(op, "labels", &labels.shape, &[n])?;
+    to_u32(op, "N * K", n * k)?;
+    Ok([n, k])
+}
+
+fn offset(op: &str, t: &Tensor) -> Result<u32> {
+    to_u32(op, t.label(), t.offset + t.numel())?;
+    Ok(t.offset as u32)
+}
+
+/// `loss [1] = mean_n(logsumexp(logits[n]) - logits[n, label_n])`; `probs [N, K] =
+/// softmax(logits)` saved for backward. Row max subtracted (stable); the mean is summed in
+/// a fixed order. Overwrites `loss` and `probs`.
+pub fn forward(
+    enc: &mut Encoder,
+    loss: &Tensor,
+    probs: &Tensor,
+    logits: &Tensor,
+    labels: &Tensor,
+) -> Result<()> {
+    let op = "cross_entropy forward";
+    let [n, k] = dims(op, logits, "logits", labels)?;
+    expect_shape(op, "probs", &probs.shape, &logits.shape)?;
+    if !probs.is_contiguous() {
+        return Err(GpuError::Shape(format!(
+            "{op}: probs must be contiguous, got {probs:?}"
+        )));
+    }
+    if loss.numel() != 1 {
+        return Err(GpuError::Shape(format!(
+            "{op}: loss must hold one value, got shape {:?}",
+            loss.shape
+        )));
+    }
+    if n == 0 {
+        return Err(GpuError::Shape(format!(
+            "{op}: empty batch (mean over 0 rows)"
+        )));
+    }
+    for (out, name) in [(probs, "probs"), (loss, "loss")] {
+        for input in [logits, labels] {
+            if out.same_storage(input) {
+                return Err(GpuError::Shape(format!(
+                    "{op}: {name} shares its buffer with an input"
+                )));
+            }
+        }
+    }
+    if probs.same_storage(loss) {
+        return Err(GpuError::Shape(format!(
+            "{op}: probs and loss share a buffer"
+        )));
+    }
+    let p = Params {
+        n: n as u32,
+        k: k as u32,
+        logits_off: offset(op, logits)?,
+        probs_off: offset(op, probs)?,
+        labels_off: offset(op, labels)?,
+        out_off: offset(op, loss)?,
+        scale: 0.0,
+        _pad: 0,
+    };
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "forward",
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(logits),
+            Arg::Read(labels),
+            Arg::Write(probs),
+            Arg::Write(loss),
+        ],
+        workgroups: [1, 1, 1],
+    })
+}
+
+/// `d_logits += d_loss * (probs - onehot(label)) / N`, with `d_loss` a host f32 (1.0 for a
+/// plain loss).
+pub fn backward(
+    enc: &mut Encoder,
+    d_logits: &Tensor,
+    probs: &Tensor,
+    labels: &Tensor,
+    d_loss: f32,
+) -> Result<()> {
+    let op = "cross_entropy backward";
+    let [n, k] = dims(op, probs, "probs", labels)?;
+    expect_shape(op, "d_logits", &d_logits.shape, &probs.shape)?;
+    if !d_logits.is_contiguous() {
+        return Err(GpuError::Shape(format!(
+            "{op}: d_logits must be contiguous, got {d_logits:?}"
+        )));
+    }
+    for input in [probs, labels] {
+        if d_logits.same_storage(input) {
+            return Err(GpuError::Shape(format!(
+                "{op}: d_logits shares its buffer with an input"
+            )));
+        }
+    }
+    let p = Params {
+        n: n as u32,
+        k: k as u32,
+        logits_off: 0,
+        probs_off: offset(op, probs)?,
+        labels_off: offset(op, labels)?,
+        out_off: offset(op, d_logits)?,
+        // PyTorch's mean reduction scales the upstream gradient by 1/N first.
+        scale: d_loss / n.max(1) as f32,
+        _pad: 0,
+    };
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "backward",
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(probs),
+            Arg::Read(labels),
+            Arg::Write(d_logits),
+        ],
+        workgroups: Gpu::grid_1d(groups(n * k, WG)),
+    })
+}
+
+/// f64 CPU reference (row-major (N, K) logits, labels as class indices).
+pub mod reference {
+    /// `(loss, probs)`.
+    pub fn forward(logits: &[f64], labels: &[usize], k: usize) -> (f64, Vec<f64>) {
+        let n = labels.len();
+        let mut probs = vec![0.0; n * k];
+        let mut loss = 0.0;
+        for (r, &t) in labels.iter().enumerate() {
+            let row = &logits[r * k..(r + 1) * k];
+            let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|v| (v - mx).exp()).sum();
+            for j in 0..k {
+                probs[r * k + j] = (row[j] - mx).exp() / sum;
+            }
+            loss += mx + sum.ln() - row[t];
+        }
+        (loss / n as f64, probs)
+    }
+
+    /// `d_logits` for a zero-initialised accumulator.
+    pub fn backward(logits: &[f64], labels: &[usize], k: usize, d_loss: f64) -> Vec<f64> {
+        let n = labels.len();
+        let (_, mut g) = forward(logits, labels, k);
+        for (r, &t) in labels.iter().enumerate() {
+            g[r * k + t] -= 1.0;
+        }
+        g.iter_mut().for_each(|v| *v *= d_loss / n as f64);
+        g
+    }
+}

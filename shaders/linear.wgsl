@@ -1,0 +1,289 @@
+// Linear layer and matrix products.
+//   forward:  y[n, o]    = sum_i x[n, i] * w[o, i] + b[o]
+//   backward: d_x[n, i] += sum_o d_y[n, o] * w[o, i]
+//             d_w[o, i] += sum_n d_y[n, o] * x[n, i]
+//             d_b[o]    += sum_n d_y[n, o]
+// The three products are one register-tiled kernel family computing
+//   C[m, n] (+)= sum_k A(m, k) * B(k, n) (+ bias[n])
+// with A(m, k) = a[a_off + m * a_sm + k * a_sk], B(k, n) = b[b_off + k * b_sk + n * b_sn]
+// and C(m, n) = c[c_off + m * c_sm + n]. The sum over k runs in order k = 0, 1, ..., K-1 in
+// f32 (no atomics, no split-K), so results are bit-reproducible.
+//
+// One invocation owns a TM x TN tile of C (TM rows, TN columns, TN a multiple of 4); a
+// workgroup is WG_N x WG_M invocations (x along n). Per k an invocation loads TM values of
+// A and TN values of B and does TM * TN multiply-adds: on lavapipe every storage load is a
+// per-lane gather, so the ratio of FMAs to loads is what sets the speed.
+//   gemm_v4: A stored k-major (a_sm == 1) and B stored n-major (b_sn == 1), read as vec4
+//            along m and n (M, N, offsets and strides multiples of 4). Used by d_w = d_y^T x
+//            and by `matmul` (after transposing a).
+//   gemm:    any strides, scalar loads. Used by forward (x W^T) and d_x (d_y W).
+// Rows/columns past the edge load a clamped (valid) address and are never stored.
+
+override WG_M: u32 = 8;   // invocations per workgroup along m
+override WG_N: u32 = 8;   // invocations per workgroup along n
+override TM: u32 = 16;    // rows of C per invocation: 4, 8, 12 or 16
+override TN: u32 = 8;     // columns of C per invocation: 4 or 8
+const FLAG_ACCUMULATE: u32 = 1u; // C += result instead of C = result
+const FLAG_BIAS: u32 = 2u;       // result += bias[bias_off + n]
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_off: u32,
+    a_sm: u32,
+    a_sk: u32,
+    b_off: u32,
+    b_sk: u32,
+    b_sn: u32,
+    c_off: u32,
+    c_sm: u32,
+    bias_off: u32,
+    flags: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// The accumulator tile of one invocation is up to 4 x 2 blocks of 4 x 4: block (bm, bn) is
+// acc[2 * bm + bn]; its column r holds C(m0 + 4 bm + r, n0 + 4 bn .. + 4). Blocks beyond
+// TM / TN are removed at pipeline creation (their guards are override constants). All
+// indices into `acc` are constants so the tile stays in registers.
+alias Acc = array<mat4x4<f32>, 8>;
+
+// a.x .. a.w: A at 4 consecutive rows; b: B at 4 consecutive columns (one k).
+fn outer(a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(b * a.x, b * a.y, b * a.z, b * a.w);
+}
+
+// acc += A(rows, k) B(k, cols) for one k: a0..a3 cover rows 0-3 .. 12-15, b0/b1 columns 0-3/4-7.
+fn mac(acc: ptr<function, Acc>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>,
+       b0: vec4<f32>, b1: vec4<f32>) {
+    (*acc)[0] += outer(a0, b0);
+    if (TN > 4u) { (*acc)[1] += outer(a0, b1); }
+    if (TM > 4u) {
+        (*acc)[2] += outer(a1, b0);
+        if (TN > 4u) { (*acc)[3] += outer(a1, b1); }
+    }
+    if (TM > 8u) {
+        (*acc)[4] += outer(a2, b0);
+        if (TN > 4u) { (*acc)[5] += outer(a2, b1); }
+    }
+    if (TM > 12u) {
+        (*acc)[6] += outer(a3, b0);
+        if (TN > 4u) { (*acc)[7] += outer(a3, b1); }
+    }
+}
+
+// The value C(m, n) gets from the finished tile's entry `v`: bias added, C overwritten or
+// accumulated; `old` is C's current value (read only when accumulating).
+fn epilogue(v: f32, bias: f32, old: f32) -> f32 {
+    var r = v;
+    if ((p.flags & FLAG_BIAS) != 0u) { r += bias; }
+    if ((p.flags & FLAG_ACCUMULATE) != 0u) { r = old + r; }
+    return r;
+}
+
+// ---- gemm: arbitrary strides, scalar loads --------------------------------------------
+@group(0) @binding(1) var<storage, read> gs_a: array<f32>;         // A (M, K) via a_off/a_sm/a_sk
+@group(0) @binding(2) var<storage, read> gs_b: array<f32>;         // B (K, N) via b_off/b_sk/b_sn
+@group(0) @binding(3) var<storage, read> gs_bias: array<f32>;      // (N) at bias_off (if FLAG_BIAS)
+@group(0) @binding(4) var<storage, read_write> gs_c: array<f32>;   // C (M, N) via c_off/c_sm
+
+// Buffer offset of A(min(m0 + i, M - 1), 0): rows past the edge re-read the last row.
+fn gs_row(m0: u32, i: u32) -> u32 {
+    return p.a_off + min(m0 + i, p.m - 1u) * p.a_sm;
+}
+fn gs_col(n0: u32, j: u32) -> u32 {
+    return p.b_off + min(n0 + j, p.n - 1u) * p.b_sn;
+}
+fn gs_a4(r: vec4<u32>, ak: u32) -> vec4<f32> {
+    return vec4<f32>(gs_a[r.x + ak], gs_a[r.y + ak], gs_a[r.z + ak], gs_a[r.w + ak]);
+}
+fn gs_b4(c: vec4<u32>, bk: u32) -> vec4<f32> {
+    return vec4<f32>(gs_b[c.x + bk], gs_b[c.y + bk], gs_b[c.z + bk], gs_b[c.w + bk]);
+}
+fn gs_store_block(blk: mat4x4<f32>, m: u32, n: u32) {
+    var b = blk;
+    for (var r = 0u; r < 4u; r++) {
+        if (m + r >= p.m) { return; }
+        for (var j = 0u; j < 4u; j++) {
+            if (n + j >= p.n) { break; }
+            let ci = p.c_off + (m + r) * p.c_sm + n + j;
+            var old = 0.0;
+            if ((p.flags & FLAG_ACCUMULATE) != 0u) { old = gs_c[ci]; }
+            var bias = 0.0;
+            if ((p.flags & FLAG_BIAS) != 0u) { bias = gs_bias[p.bias_off + n + j]; }
+            gs_c[ci] = epilogue(b[r][j], bias, old);
+        }
+    }
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m0 = gid.y * TM;
+    let n0 = gid.x * TN;
+    if (m0 >= p.m || n0 >= p.n) { return; }
+    let r0 = vec4<u32>(gs_row(m0, 0u), gs_row(m0, 1u), gs_row(m0, 2u), gs_row(m0, 3u));
+    let r1 = vec4<u32>(gs_row(m0, 4u), gs_row(m0, 5u), gs_row(m0, 6u), gs_row(m0, 7u));
+    let r2 = vec4<u32>(gs_row(m0, 8u), gs_row(m0, 9u), gs_row(m0, 10u), gs_row(m0, 11u));
+    let r3 = vec4<u32>(gs_row(m0, 12u), gs_row(m0, 13u), gs_row(m0, 14u), gs_row(m0, 15u));
+    let c0 = vec4<u32>(gs_col(n0, 0u), gs_col(n0, 1u), gs_col(n0, 2u), gs_col(n0, 3u));
+    let c1 = vec4<u32>(gs_col(n0, 4u), gs_col(n0, 5u), gs_col(n0, 6u), gs_col(n0, 7u));
+    var acc: Acc;
+    for (var k = 0u; k < p.k; k++) {
+        let ak = k * p.a_sk;
+        let bk = k * p.b_sk;
+        var a1 = vec4<f32>();
+        var a2 = vec4<f32>();
+        var a3 = vec4<f32>();
+        var b1 = vec4<f32>();
+        if (TM > 4u) { a1 = gs_a4(r1, ak); }
+        if (TM > 8u) { a2 = gs_a4(r2, ak); }
+        if (TM > 12u) { a3 = gs_a4(r3, ak); }
+        if (TN > 4u) { b1 = gs_b4(c1, bk); }
+        mac(&acc, gs_a4(r0, ak), a1, a2, a3, gs_b4(c0, bk), b1);
+    }
+    gs_store_block(acc[0], m0, n0);
+    if (TN > 4u) { gs_store_block(acc[1], m0, n0 + 4u); }
+    if (TM > 4u) {
+        gs_store_block(acc[2], m0 + 4u, n0);
+        if (TN > 4u) { gs_store_block(acc[3], m0 + 4u, n0 + 4u); }
+    }
+    if (TM > 8u) {
+        gs_store_block(acc[4], m0 + 8u, n0);
+        if (TN > 4u) { gs_store_block(acc[5], m0 + 8u, n0 + 4u); }
+    }
+    if (TM > 12u) {
+        gs_store_block(acc[6], m0 + 12u, n0);
+        if (TN > 4u) { gs_store_block(acc[7], m0 + 12u, n0 + 4u); }
+    }
+}
+
+// ---- gemm_v4: A k-major, B n-major, vec4 loads -----------------------------------------
+@group(0) @binding(1) var<storage, read> g4_a: array<vec4<f32>>;   // A^T (K, M): A(m, k) at a_off + k*a_sk + m
+@group(0) @binding(2) var<storage, read> g4_b: array<vec4<f32>>;   // B (K, N): B(k, n) at b_off + k*b_sk + n
+@group(0) @binding(3) var<storage, read> g4_bias: array<f32>;      // (N) at bias_off (if FLAG_BIAS)
+@group(0) @binding(4) var<storage, read_write> g4_c: array<f32>;   // C (M, N) via c_off/c_sm
+
+fn g4_store_block(blk: mat4x4<f32>, m: u32, n: u32) {
+    var b = blk;
+    for (var r = 0u; r < 4u; r++) {
+        if (m + r >= p.m) { return; }
+        for (var j = 0u; j < 4u; j++) {
+            if (n + j >= p.n) { break; }
+            let ci = p.c_off + (m + r) * p.c_sm + n + j;
+            var old = 0.0;
+            if ((p.flags & FLAG_ACCUMULATE) != 0u) { old = g4_c[ci]; }
+            var bias = 0.0;
+            if ((p.flags & FLAG_BIAS) != 0u) { bias = g4_bias[p.bias_off + n + j]; }
+            g4_c[ci] = epilogue(b[r][j], bias, old);
+        }
+    }
+}
+
+@compute @workgroup_size(WG_N, WG_M)
+fn gemm_v4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m0 = gid.y * TM;
+    let n0 = gid.x * TN;
+    if (m0 >= p.m || n0 >= p.n) { return; }
+    // vec4 indices of this tile's row and column groups, clamped to the last valid vec4.
+    let am = p.m / 4u - 1u;
+    let bn = p.n / 4u - 1u;
+    let q0 = min(m0 / 4u, am);
+    let q1 = min(m0 / 4u + 1u, am);
+    let q2 = min(m0 / 4u + 2u, am);
+    let q3 = min(m0 / 4u + 3u, am);
+    let s0 = min(n0 / 4u, bn);
+    let s1 = min(n0 / 4u + 1u, bn);
+    var acc: Acc;
+    for (var k = 0u; k < p.k; k++) {
+        let ak = (p.a_off + k * p.a_sk) / 4u;
+        let bk = (p.b_off + k * p.b_sk) / 4u;
+        var a1 = vec4<f32>();
+        var a2 = vec4<f32>();
+        var a3 = vec4<f32>();
+        var b1 = vec4<f32>();
+        if (TM > 4u) { a1 = g4_a[ak + q1]; }
+        if (TM > 8u) { a2 = g4_a[ak + q2]; }
+        if (TM > 12u) { a3 = g4_a[ak + q3]; }
+        if (TN > 4u) { b1 = g4_b[bk + s1]; }
+        mac(&acc, g4_a[ak + q0], a1, a2, a3, g4_b[bk + s0], b1);
+    }
+    g4_store_block(acc[0], m0, n0);
+    if (TN > 4u) { g4_store_block(acc[1], m0, n0 + 4u); }
+    if (TM > 4u) {
+        g4_store_block(acc[2], m0 + 4u, n0);
+        if (TN > 4u) { g4_store_block(acc[3], m0 + 4u, n0 + 4u); }
+    }
+    if (TM > 8u) {
+        g4_store_block(acc[4], m0 + 8u, n0);
+        if (TN > 4u) { g4_store_block(acc[5], m0 + 8u, n0 + 4u); }
+    }
+    if (TM > 12u) {
+        g4_store_block(acc[6], m0 + 12u, n0);
+        if (TN > 4u) { g4_store_block(acc[7], m0 + 12u, n0 + 4u); }
+    }
+}
+
+// ---- transpose: out (cols, rows) = in (rows, cols)^T, for `matmul` --------------------
+// Uses m = rows, n = cols, a_off (in offset), c_off (out offset).
+override WG: u32 = 256;
+
+// transpose: one invocation per element (any sizes).
+@group(0) @binding(1) var<storage, read> tr_in: array<f32>;        // (rows, cols) at a_off
+@group(0) @binding(2) var<storage, read_write> tr_out: array<f32>; // (cols, rows) at c_off
+
+@compute @workgroup_size(WG)
+fn transpose(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let e = linear_id(wg, nwg, li, WG);
+    if (e >= p.m * p.n) { return; }
+    // e walks the output row-major, so writes are contiguous.
+    let col = e / p.m;
+    let row = e - col * p.m;
+    tr_out[p.c_off + e] = tr_in[p.a_off + row * p.n + col];
+}
+
+// transpose_v4: one invocation per 4 x 4 block, 4 vec4 loads and 4 vec4 stores (rows, cols
+// and both offsets multiples of 4).
+@group(0) @binding(1) var<storage, read> t4_in: array<vec4<f32>>;        // (rows, cols) at a_off
+@group(0) @binding(2) var<storage, read_write> t4_out: array<vec4<f32>>; // (cols, rows) at c_off
+
+@compute @workgroup_size(WG)
+fn transpose_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let rows4 = p.m / 4u;
+    let cols4 = p.n / 4u;
+    let blk = linear_id(wg, nwg, li, WG);
+    if (blk >= rows4 * cols4) { return; }
+    let j4 = blk / rows4;          // block column (output block row)
+    let i4 = blk - j4 * rows4;     // block row
+    let src = p.a_off / 4u + 4u * i4 * cols4 + j4;
+    let r0 = t4_in[src];
+    let r1 = t4_in[src + cols4];
+    let r2 = t4_in[src + 2u * cols4];
+    let r3 = t4_in[src + 3u * cols4];
+    let dst = p.c_off / 4u + 4u * j4 * rows4 + i4;
+    t4_out[dst] = vec4<f32>(r0.x, r1.x, r2.x, r3.x);
+    t4_out[dst + rows4] = vec4<f32>(r0.y, r1.y, r2.y, r3.y);
+    t4_out[dst + 2u * rows4] = vec4<f32>(r0.z, r1.z, r2.z, r3.z);
+    t4_out[dst + 3u * rows4] = vec4<f32>(r0.w, r1.w, r2.w, r3.w);
+}
+
+// ---- bias_backward: d_b[o] += sum_n d_y[n, o] (n in order) -----------------------------
+// Uses m = N, n = O, a_off (d_y offset), c_off (d_b offset). One invocation per o.
+@group(0) @binding(1) var<storage, read> bb_d_y: array<f32>;       // (N, O) at a_off
+@group(0) @binding(2) var<storage, read_write> bb_d_b: array<f32>; // (O) at c_off
+
+@compute @workgroup_size(WG)
+fn bias_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let o = linear_id(wg, nwg, li, WG);
+    if (o >= p.n) { return; }
+    var s = 0.0;
+    for (var r = 0u; r < p.m; r++) { s += bb_d_y[p.a_off + r * p.n + o]; }
+    bb_d_b[p.c_off + o] += s;
+}
