@@ -75,6 +75,8 @@ fn run(args: &[String]) -> CliResult<i32> {
             println!("{USAGE}");
             return Ok(0);
         }
+        // `train --epochs 3 ...`: the default run with options.
+        Some(c) if c.starts_with("--") => ("default", args),
         Some(c) => (c, &args[1..]),
     };
     let opts = Opts::parse(rest)?;
