@@ -15,9 +15,11 @@ pub const SHADER: Shader = shader!("conv2d");
 const WG: u32 = 64;
 /// Channels per invocation (the workgroup-uniform axis); at most `MAX_CH` (16) in the shader.
 const CH_TILE: u32 = 8;
-/// Pixels (forward, backward_data) or weight columns (backward_weight) per invocation;
-/// at most `MAX_PX` (8) in the shader.
+/// Pixels (general forward / backward_data) or weight columns (backward_weight) per
+/// invocation; at most `MAX_PX` (8) in the shader. The vec4 paths own 4 pixels per lane.
 const PX_TILE: u32 = 2;
+// Register arrays in the shader: MAX_CH = 16, MAX_PX = 8, vec4 tiles of at most 16.
+const _: () = assert!(CH_TILE <= 16 && PX_TILE <= 8 && CH_TILE * PX_TILE <= 16);
 /// backward_weight: split the pixel reduction into chunks until about this many
 /// workgroups run, but keep every chunk at least `MIN_CHUNK` pixels long.
 const TARGET_WORKGROUPS: u32 = 64;
@@ -41,10 +43,10 @@ pub struct BnReluPrologue<'a> {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
-    /// x (forward, backward_weight) or d_x (backward_data).
-    x: ViewParams,
-    /// y (forward) or d_y (backward).
-    y: ViewParams,
+    /// The activation summed over: x (forward, backward_weight) or d_y (backward_data).
+    inp: ViewParams,
+    /// y (forward), d_x (backward_data) or d_y (backward_weight).
+    out: ViewParams,
     n: u32,
     cin: u32,
     h: u32,
@@ -65,8 +67,15 @@ struct Params {
     chunks: u32,
     part_stride: u32,
     total: u32,
+    out_c: u32,
+    red_c: u32,
+    w_out_stride: u32,
+    w_red_stride: u32,
+    flip: u32,
+    accumulate: u32,
+    _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 112);
+const _: () = assert!(std::mem::size_of::<Params>() == 144);
 
 /// Output height and width of a convolution; a typed error if the kernel does not fit
 /// the padded input or the stride is 0.
@@ -148,9 +157,7 @@ fn geometry(
     if wcin != cin {
         return Err(GpuError::Shape(format!(
             "{op}: {} {:?} expects {wcin} input channels but {x_name} {:?} has {cin}",
-            weight.0,
-            weight.1.shape,
-            x.shape
+            weight.0, weight.1.shape, x.shape
         )));
     }
     let (oh, ow) = output_size(spec, h, w, kh, kw)
@@ -163,13 +170,23 @@ fn geometry(
     to_u32(op, "N*H*W", n * h * w)?;
     to_u32(op, "padding", spec.padding)?;
     to_u32(op, "stride", spec.stride)?;
-    Ok(Geom { n, cin, h, w, cout, oh, ow, kh, kw })
+    Ok(Geom {
+        n,
+        cin,
+        h,
+        w,
+        cout,
+        oh,
+        ow,
+        kh,
+        kw,
+    })
 }
 
-fn params(g: &Geom, x: &Tensor, y: &Tensor, spec: Conv2dSpec) -> Params {
+fn params(g: &Geom, inp: &Tensor, out: &Tensor, spec: Conv2dSpec) -> Params {
     Params {
-        x: ViewParams::of(x),
-        y: ViewParams::of(y),
+        inp: ViewParams::of(inp),
+        out: ViewParams::of(out),
         n: g.n as u32,
         cin: g.cin as u32,
         h: g.h as u32,
@@ -190,6 +207,52 @@ fn params(g: &Geom, x: &Tensor, y: &Tensor, spec: Conv2dSpec) -> Params {
         chunks: 0,
         part_stride: 0,
         total: 0,
+        out_c: 0,
+        red_c: 0,
+        w_out_stride: 0,
+        w_red_stride: 0,
+        flip: 0,
+        accumulate: 0,
+        _pad: [0; 2],
+    }
+}
+
+/// Which kernel a convolution takes (see the shader): the vec4 fast paths need
+/// stride 1, "same" output size, H*W % 4 == 0 and 16-byte aligned views.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    /// 1x1, stride 1, padding 0.
+    Conv1x1,
+    /// 3x3, stride 1, padding 1.
+    Conv3x3,
+    /// Anything else.
+    General,
+}
+
+fn aligned(t: &Tensor) -> bool {
+    t.offset % 4 == 0 && t.batch_stride % 4 == 0
+}
+
+/// True when the kernel keeps the spatial size at stride 1 and the vec4 layout holds.
+fn same_size_vec4(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> bool {
+    spec.stride == 1
+        && g.kh == g.kw
+        && g.kh == 2 * spec.padding + 1
+        && (g.h * g.w) % 4 == 0
+        && g.w >= 4
+        && aligned(a)
+        && aligned(b)
+}
+
+fn path(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> Path {
+    if !same_size_vec4(g, spec, a, b) {
+        Path::General
+    } else if g.kh == 1 {
+        Path::Conv1x1
+    } else if g.kh == 3 {
+        Path::Conv3x3
+    } else {
+        Path::General
     }
 }
 
@@ -197,7 +260,9 @@ fn params(g: &Geom, x: &Tensor, y: &Tensor, spec: Conv2dSpec) -> Params {
 fn pixel_grid(op: &str, blocks: u32, tiles: u32) -> Result<[u32; 3]> {
     let [gx, gz, _] = Gpu::grid_1d(blocks);
     if tiles > crate::gpu::MAX_WORKGROUPS_PER_DIM {
-        return Err(GpuError::Limit(format!("{op}: {tiles} channel tiles in one grid dimension")));
+        return Err(GpuError::Limit(format!(
+            "{op}: {tiles} channel tiles in one grid dimension"
+        )));
     }
     Ok([if blocks == 0 { 0 } else { gx }, tiles, gz])
 }
@@ -248,15 +313,18 @@ pub fn forward(
     }
     not_aliased(OP, ("y", y), &ins)?;
 
-    let blocks = super::groups(g.n * g.oh * g.ow, WG * PX_TILE);
-    let tiles = super::groups(g.cout, CH_TILE);
+    p.out_c = p.cout;
+    p.red_c = p.cin;
+    p.w_out_stride = (g.cin * g.kh * g.kw) as u32;
+    p.w_red_stride = (g.kh * g.kw) as u32;
     let (scale, shift) = match prologue {
         Some(pr) => (pr.scale, pr.shift),
         None => (x, x),
     };
+    let (entry, workgroups) = pick(OP, true, &g, spec, x, y, g.cout)?;
     enc.launch(Launch {
         shader: &SHADER,
-        entry: "forward",
+        entry,
         overrides: &overrides(prologue.is_some()),
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
@@ -267,8 +335,42 @@ pub fn forward(
             Arg::Read(shift),
             Arg::Write(y),
         ],
-        workgroups: pixel_grid(OP, blocks, tiles)?,
+        workgroups,
     })
+}
+
+/// Entry point and grid for forward (`is_forward`) or backward_data: `inp` is read,
+/// `out` written, `out_c` channels are produced.
+fn pick(
+    op: &str,
+    is_forward: bool,
+    g: &Geom,
+    spec: Conv2dSpec,
+    inp: &Tensor,
+    out: &Tensor,
+    out_c: usize,
+) -> Result<(&'static str, [u32; 3])> {
+    let tiles = super::groups(out_c, CH_TILE);
+    let entry = match path(g, spec, inp, out) {
+        Path::Conv1x1 => "conv1x1",
+        Path::Conv3x3 => "conv3x3",
+        Path::General => {
+            let (entry, pixels) = if is_forward {
+                ("forward", g.n * g.oh * g.ow)
+            } else {
+                ("backward_data", g.n * g.h * g.w)
+            };
+            return Ok((
+                entry,
+                pixel_grid(op, super::groups(pixels, WG * PX_TILE), tiles)?,
+            ));
+        }
+    };
+    // Fast paths: one lane per group of 4 pixels.
+    Ok((
+        entry,
+        pixel_grid(op, super::groups(g.n * g.h * g.w / 4, WG), tiles)?,
+    ))
 }
 
 /// d_x += conv_transpose(d_y, weight)   (gradient w.r.t. the conv's actual input x', i.e. x when no prologue).
@@ -282,23 +384,44 @@ pub fn backward_data(
 ) -> Result<()> {
     const OP: &str = "conv2d backward_data";
     let g = geometry(OP, "d_x", d_x, ("weight", weight), "d_y", d_y, spec)?;
-    let mut p = params(&g, d_x, d_y, spec);
+    let mut p = params(&g, d_y, d_x, spec);
     p.w_off = dense(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
     not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
 
-    let blocks = super::groups(g.n * g.h * g.w, WG * PX_TILE);
-    let tiles = super::groups(g.cin, CH_TILE);
+    p.out_c = p.cin;
+    p.red_c = p.cout;
+    p.w_out_stride = (g.kh * g.kw) as u32;
+    p.w_red_stride = (g.cin * g.kh * g.kw) as u32;
+    p.flip = 1;
+    p.accumulate = 1;
+    let (entry, workgroups) = pick(OP, false, &g, spec, d_y, d_x, g.cin)?;
+    // The general entry point binds (d_y, weight, d_x); the fast paths share forward's
+    // layout, with the weight standing in for the unused bias / prologue bindings.
+    let general = [
+        Arg::Uniform(bytemuck::bytes_of(&p)),
+        Arg::Read(d_y),
+        Arg::Read(weight),
+        Arg::Write(d_x),
+    ];
+    let fast = [
+        Arg::Uniform(bytemuck::bytes_of(&p)),
+        Arg::Read(d_y),
+        Arg::Read(weight),
+        Arg::Read(weight),
+        Arg::Read(weight),
+        Arg::Read(weight),
+        Arg::Write(d_x),
+    ];
     enc.launch(Launch {
         shader: &SHADER,
-        entry: "backward_data",
+        entry,
         overrides: &overrides(false),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(d_y),
-            Arg::Read(weight),
-            Arg::Write(d_x),
-        ],
-        workgroups: pixel_grid(OP, blocks, tiles)?,
+        args: if entry == "backward_data" {
+            &general
+        } else {
+            &fast
+        },
+        workgroups,
     })
 }
 
@@ -319,6 +442,7 @@ pub fn backward_weight(
     const OP: &str = "conv2d backward_weight";
     let g = geometry(OP, "x", x, ("d_weight", d_weight), "d_y", d_y, spec)?;
     let mut p = params(&g, x, d_y, spec);
+    let vec4 = same_size_vec4(&g, spec, x, d_y);
     let w_off = dense(OP, "d_weight", d_weight, &[g.cout, g.cin, g.kh, g.kw])?;
     let b_off = match d_bias {
         Some(b) => dense(OP, "d_bias", b, &[g.cout])?,
@@ -337,7 +461,12 @@ pub fn backward_weight(
 
     let ncol = g.cin * g.kh * g.kw;
     let nw = g.cout * ncol;
-    let npix = g.n * g.oh * g.ow;
+    // The reduction axis: pixels, or groups of 4 pixels on the vec4 path.
+    let npix = if vec4 {
+        g.n * g.oh * g.ow / 4
+    } else {
+        g.n * g.oh * g.ow
+    };
     let col_blocks = super::groups(ncol, WG * PX_TILE);
     let tiles = super::groups(g.cout, CH_TILE);
     if nw == 0 {
@@ -345,8 +474,11 @@ pub fn backward_weight(
     }
     // Chunks: enough workgroups to fill the device, chunks not too short.
     let base = (col_blocks as usize * tiles as usize).max(1);
-    let max_chunks = npix.div_ceil(MIN_CHUNK).max(1);
-    let want = (TARGET_WORKGROUPS as usize).div_ceil(base).clamp(1, max_chunks);
+    let min_chunk = if vec4 { MIN_CHUNK / 4 } else { MIN_CHUNK };
+    let max_chunks = npix.div_ceil(min_chunk).max(1);
+    let want = (TARGET_WORKGROUPS as usize)
+        .div_ceil(base)
+        .clamp(1, max_chunks);
     let chunk_len = npix.div_ceil(want).max(1);
     let chunks = npix.div_ceil(chunk_len).max(1);
     let part_stride = nw + g.cout;
@@ -370,7 +502,11 @@ pub fn backward_weight(
     };
     enc.launch(Launch {
         shader: &SHADER,
-        entry: "backward_weight_partial",
+        entry: if vec4 {
+            "backward_weight_partial_v4"
+        } else {
+            "backward_weight_partial"
+        },
         overrides: &overrides(prologue.is_some()),
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
@@ -490,7 +626,9 @@ pub mod reference {
         spec: Conv2dSpec,
     ) -> Vec<f64> {
         let mut d_x = vec![0.0; x_shape.iter().product()];
-        for_each_term(x_shape, w_shape, spec, |yi, xi, wi| d_x[xi] += d_y[yi] * w[wi]);
+        for_each_term(x_shape, w_shape, spec, |yi, xi, wi| {
+            d_x[xi] += d_y[yi] * w[wi]
+        });
         d_x
     }
 
@@ -505,7 +643,9 @@ pub mod reference {
         let (oh, ow) = out_hw(x_shape, w_shape, spec);
         let cout = w_shape[0];
         let mut d_w = vec![0.0; w_shape.iter().product()];
-        for_each_term(x_shape, w_shape, spec, |yi, xi, wi| d_w[wi] += d_y[yi] * x[xi]);
+        for_each_term(x_shape, w_shape, spec, |yi, xi, wi| {
+            d_w[wi] += d_y[yi] * x[xi]
+        });
         let mut d_b = vec![0.0; cout];
         for (i, g) in d_y.iter().enumerate() {
             d_b[(i / (oh * ow)) % cout] += g;

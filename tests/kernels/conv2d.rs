@@ -19,7 +19,11 @@ fn check_reference(xs: [usize; 4], ws: [usize; 4], sp: Conv2dSpec, bias: bool, p
     let shift = rand(15, xs[1], -0.5, 0.5);
     // x' as the conv sees it (the prologue's kink is irrelevant: gradients below are
     // w.r.t. x' and w, never through the prologue).
-    let xp = if prologue { reference::apply_prologue(&x, xs, &scale, &shift) } else { x.clone() };
+    let xp = if prologue {
+        reference::apply_prologue(&x, xs, &scale, &shift)
+    } else {
+        x.clone()
+    };
     let bias_opt = |b: &[f64]| if bias { Some(b.to_vec()) } else { None };
     let (oh, ow) = conv2d::output_size(sp, xs[2], xs[3], ws[2], ws[3]).unwrap();
     let up = rand(16, xs[0] * ws[0] * oh * ow, -1.0, 1.0);
@@ -117,7 +121,11 @@ fn run_case(c: &Case) {
     let xs = [c.n, c.cin, c.h, c.w];
     let ws = [c.cout, c.cin, c.kh, c.kw];
     let ys = [c.n, c.cout, oh, ow];
-    let (nx, nw, ny) = (xs.iter().product(), ws.iter().product(), ys.iter().product());
+    let (nx, nw, ny) = (
+        xs.iter().product(),
+        ws.iter().product(),
+        ys.iter().product(),
+    );
     let s = c.seed;
     let xv = rand(s, nx, -1.0, 1.0);
     let wv = rand(s + 1, nw, -1.0, 1.0);
@@ -141,7 +149,10 @@ fn run_case(c: &Case) {
     let shift = upload(&shv, &[c.cin], "shift");
     let d_w = upload(&prior_dw, &ws, "d_w");
     let d_b = upload(&prior_db, &[c.cout], "d_b");
-    let pro = BnReluPrologue { scale: &scale, shift: &shift };
+    let pro = BnReluPrologue {
+        scale: &scale,
+        shift: &shift,
+    };
     let pro = c.prologue.then_some(pro);
     let bias = c.bias.then_some(&b);
     let d_bias = c.bias.then_some(&d_b);
@@ -155,7 +166,11 @@ fn run_case(c: &Case) {
     // The reference sees exactly the f32 values the GPU saw.
     let r = |v: &[f64]| f64s(&f32s(v));
     let (xr, wr, br, upr) = (r(&xv), r(&wv), r(&bv), r(&upv));
-    let xp = if c.prologue { reference::apply_prologue(&xr, xs, &r(&scv), &r(&shv)) } else { xr };
+    let xp = if c.prologue {
+        reference::apply_prologue(&xr, xs, &r(&scv), &r(&shv))
+    } else {
+        xr
+    };
     let want_y = reference::forward(&xp, xs, &wr, ws, c.bias.then_some(&br[..]), sp);
     let want_dx: Vec<f64> = reference::backward_data(&upr, xs, &wr, ws, sp)
         .iter()
@@ -173,7 +188,13 @@ fn run_case(c: &Case) {
     // (~0.1..1) is far outside it; rtol 1e-4 covers the f32 rounding of the prologue.
     let tol = |k: usize| 1e-5 * (k.max(1) as f64).sqrt();
     assert_close("y", &download(&y), &want_y, tol(c.cin * c.kh * c.kw), 1e-4);
-    assert_close("d_x", &download(&d_x), &want_dx, tol(c.cout * c.kh * c.kw), 1e-4);
+    assert_close(
+        "d_x",
+        &download(&d_x),
+        &want_dx,
+        tol(c.cout * c.kh * c.kw),
+        1e-4,
+    );
     assert_close("d_w", &download(&d_w), &want_dw, tol(c.n * oh * ow), 1e-4);
     if c.bias {
         assert_close("d_b", &download(&d_b), &want_db, tol(c.n * oh * ow), 1e-4);
@@ -221,32 +242,55 @@ fn case(
 
 #[test]
 fn gpu_stem_7x7_stride2_pad3() {
-    run_case(&Case { bias: true, ..case(2, 3, 19, 23, 5, (7, 7), 2, 3) });
+    run_case(&Case {
+        bias: true,
+        ..case(2, 3, 19, 23, 5, (7, 7), 2, 3)
+    });
 }
 
 #[test]
 fn gpu_3x3_odd_channels_on_views() {
-    run_case(&Case { views: true, seed: 200, ..case(2, 13, 11, 9, 7, (3, 3), 1, 1) });
+    run_case(&Case {
+        views: true,
+        seed: 200,
+        ..case(2, 13, 11, 9, 7, (3, 3), 1, 1)
+    });
 }
 
 #[test]
 fn gpu_1x1_with_bias_and_prologue() {
-    run_case(&Case { bias: true, prologue: true, seed: 300, ..case(2, 37, 9, 13, 19, (1, 1), 1, 0) });
+    run_case(&Case {
+        bias: true,
+        prologue: true,
+        seed: 300,
+        ..case(2, 37, 9, 13, 19, (1, 1), 1, 0)
+    });
 }
 
 #[test]
 fn gpu_3x3_stride2_pad1() {
-    run_case(&Case { seed: 400, ..case(2, 6, 12, 13, 10, (3, 3), 2, 1) });
+    run_case(&Case {
+        seed: 400,
+        ..case(2, 6, 12, 13, 10, (3, 3), 2, 1)
+    });
 }
 
 #[test]
 fn gpu_non_square_5x3_kernel() {
-    run_case(&Case { bias: true, seed: 500, ..case(2, 5, 10, 8, 9, (5, 3), 1, 2) });
+    run_case(&Case {
+        bias: true,
+        seed: 500,
+        ..case(2, 5, 10, 8, 9, (5, 3), 1, 2)
+    });
 }
 
 #[test]
 fn gpu_2x2_stride2_pad0_views() {
-    run_case(&Case { views: true, seed: 600, ..case(3, 8, 10, 11, 12, (2, 2), 2, 0) });
+    run_case(&Case {
+        views: true,
+        seed: 600,
+        ..case(3, 8, 10, 11, 12, (2, 2), 2, 0)
+    });
 }
 
 #[test]
@@ -262,29 +306,97 @@ fn gpu_many_workgroups_with_remainders() {
     });
 }
 
+// The vec4 fast paths (H*W % 4 == 0, W >= 4, 16-byte aligned views): conv1x1, conv3x3
+// and backward_weight_partial_v4.
+
+#[test]
+fn gpu_fast_1x1_views_bias_prologue() {
+    run_case(&Case {
+        bias: true,
+        prologue: true,
+        views: true,
+        seed: 900,
+        ..case(2, 37, 8, 10, 19, (1, 1), 1, 0)
+    });
+}
+
+#[test]
+fn gpu_fast_3x3_views_bias_prologue() {
+    // W = 9: groups of 4 flat pixels straddle rows.
+    run_case(&Case {
+        bias: true,
+        prologue: true,
+        views: true,
+        seed: 1000,
+        ..case(3, 13, 12, 9, 7, (3, 3), 1, 1)
+    });
+}
+
+#[test]
+fn gpu_fast_3x3_many_workgroups() {
+    // 2*20*14/4 = 140 pixel groups: 3 workgroups of 64 (last partial) x 5 channel tiles.
+    run_case(&Case {
+        views: true,
+        seed: 1100,
+        ..case(2, 21, 20, 14, 35, (3, 3), 1, 1)
+    });
+}
+
+#[test]
+fn gpu_same_size_5x5_and_narrow_fallback() {
+    // 5x5 / pad 2: general forward, vec4 backward_weight with 5 taps per row.
+    run_case(&Case {
+        bias: true,
+        seed: 1200,
+        ..case(2, 5, 8, 12, 6, (5, 5), 1, 2)
+    });
+    // W = 2 < 4: every entry point falls back to the general kernels.
+    run_case(&Case {
+        views: true,
+        seed: 1300,
+        ..case(2, 4, 8, 2, 3, (1, 1), 1, 0)
+    });
+}
+
 #[test]
 fn gpu_chunked_weight_reduction() {
     // 2*40*37 = 2960 pixels with a single workgroup of weight columns: split into chunks.
-    run_case(&Case { bias: true, seed: 800, ..case(2, 5, 40, 37, 3, (1, 1), 1, 0) });
-    run_case(&Case { seed: 810, ..case(2, 3, 60, 50, 4, (7, 7), 2, 3) });
+    run_case(&Case {
+        bias: true,
+        seed: 800,
+        ..case(2, 5, 40, 37, 3, (1, 1), 1, 0)
+    });
+    run_case(&Case {
+        seed: 810,
+        ..case(2, 3, 60, 50, 4, (7, 7), 2, 3)
+    });
+    // The vec4 path: 2*40*36/4 = 720 pixel groups in 3 chunks.
+    run_case(&Case {
+        bias: true,
+        seed: 820,
+        ..case(2, 3, 40, 36, 4, (3, 3), 1, 1)
+    });
 }
 
 #[test]
 fn backward_weight_is_deterministic() {
-    let sp = spec(1, 1);
-    let (xs, ws) = ([2, 6, 37, 31], [5, 6, 3, 3]);
-    let x = upload(&rand(1, xs.iter().product(), -1.0, 1.0), &xs, "x");
-    let d_y = upload(&rand(2, 2 * 5 * 37 * 31, -1.0, 1.0), &[2, 5, 37, 31], "d_y");
-    let mut results = Vec::new();
-    for _ in 0..2 {
-        let d_w = gpu().zeros(&ws, "d_w").unwrap();
-        let d_b = gpu().zeros(&[5], "d_b").unwrap();
-        run(|e| conv2d::backward_weight(e, &d_w, Some(&d_b), &d_y, &x, None, sp).unwrap());
-        let mut v = gpu().download(&d_w).unwrap();
-        v.extend(gpu().download(&d_b).unwrap());
-        results.push(v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>());
+    // 37x31 takes the general kernels, 36x32 the vec4 ones; both reduce in chunks.
+    for (h, w) in [(37, 31), (36, 32)] {
+        let sp = spec(1, 1);
+        let (xs, ws) = ([2, 6, h, w], [5, 6, 3, 3]);
+        let x = upload(&rand(1, xs.iter().product(), -1.0, 1.0), &xs, "x");
+        let d_y = upload(&rand(2, 2 * 5 * h * w, -1.0, 1.0), &[2, 5, h, w], "d_y");
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let d_w = gpu().zeros(&ws, "d_w").unwrap();
+            let d_b = gpu().zeros(&[5], "d_b").unwrap();
+            run(|e| conv2d::backward_weight(e, &d_w, Some(&d_b), &d_y, &x, None, sp).unwrap());
+            let mut v = gpu().download(&d_w).unwrap();
+            v.extend(gpu().download(&d_b).unwrap());
+            results.push(v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>());
+        }
+        assert_eq!(results[0], results[1], "{h}x{w}");
     }
-    assert_eq!(results[0], results[1]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -309,8 +421,14 @@ fn wrong_shapes_are_typed_errors() {
     let e = &mut enc;
 
     let w_bad = g.zeros(&[3, 5, 3, 3], "w_bad").unwrap();
-    expect_shape_err(conv2d::forward(e, &y, &x, &w_bad, None, None, sp), "input channels");
-    expect_shape_err(conv2d::backward_data(e, &x, &y, &w_bad, sp), "input channels");
+    expect_shape_err(
+        conv2d::forward(e, &y, &x, &w_bad, None, None, sp),
+        "input channels",
+    );
+    expect_shape_err(
+        conv2d::backward_data(e, &x, &y, &w_bad, sp),
+        "input channels",
+    );
     let d_w_bad = g.zeros(&[3, 5, 3, 3], "d_w_bad").unwrap();
     expect_shape_err(
         conv2d::backward_weight(e, &d_w_bad, None, &y, &x, None, sp),
@@ -322,11 +440,20 @@ fn wrong_shapes_are_typed_errors() {
     expect_shape_err(conv2d::backward_data(e, &x, &y_bad, &w, sp), "d_y");
 
     let b_bad = g.zeros(&[4], "b_bad").unwrap();
-    expect_shape_err(conv2d::forward(e, &y, &x, &w, Some(&b_bad), None, sp), "bias");
-    expect_shape_err(conv2d::backward_weight(e, &w, Some(&b_bad), &y, &x, None, sp), "d_bias");
+    expect_shape_err(
+        conv2d::forward(e, &y, &x, &w, Some(&b_bad), None, sp),
+        "bias",
+    );
+    expect_shape_err(
+        conv2d::backward_weight(e, &w, Some(&b_bad), &y, &x, None, sp),
+        "d_bias",
+    );
 
     let sc_bad = g.zeros(&[3], "scale_bad").unwrap();
-    let pro = Some(BnReluPrologue { scale: &sc_bad, shift: &sc_bad });
+    let pro = Some(BnReluPrologue {
+        scale: &sc_bad,
+        shift: &sc_bad,
+    });
     expect_shape_err(conv2d::forward(e, &y, &x, &w, None, pro, sp), "prologue");
 
     let x3 = g.zeros(&[4, 5, 5], "x3").unwrap();
@@ -334,9 +461,18 @@ fn wrong_shapes_are_typed_errors() {
 
     // An 8x8 kernel does not fit a 5x5 input padded by 1.
     let w8 = g.zeros(&[3, 4, 8, 8], "w8").unwrap();
-    expect_shape_err(conv2d::forward(e, &y, &x, &w8, None, None, sp), "larger than");
-    assert!(matches!(conv2d::output_size(sp, 5, 5, 8, 8), Err(GpuError::Shape(_))));
-    assert_eq!(conv2d::output_size(spec(2, 3), 224, 224, 7, 7).unwrap(), (112, 112));
+    expect_shape_err(
+        conv2d::forward(e, &y, &x, &w8, None, None, sp),
+        "larger than",
+    );
+    assert!(matches!(
+        conv2d::output_size(sp, 5, 5, 8, 8),
+        Err(GpuError::Shape(_))
+    ));
+    assert_eq!(
+        conv2d::output_size(spec(2, 3), 224, 224, 7, 7).unwrap(),
+        (112, 112)
+    );
 
     // Writing into the buffer being read is rejected (it would be a wgpu usage conflict).
     let block = g.zeros(&[2, 7, 5, 5], "block").unwrap();
@@ -348,27 +484,39 @@ fn wrong_shapes_are_typed_errors() {
 // Timing (not a test of correctness): cargo test --release --test kernels conv2d_timing
 //   -- --ignored --nocapture
 
-fn time_ms(mut f: impl FnMut()) -> f64 {
+/// CPU seconds used by this process so far (lavapipe runs on our own threads), from
+/// /proc/self/stat; `None` where that is unavailable.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// (fastest wall ms, mean CPU ms) over 5 runs after a warm-up. The CPU time is the steadier
+/// number on a shared machine; wall time is what a training step waits for.
+fn time_ms(mut f: impl FnMut()) -> (f64, f64) {
     f();
     gpu().sync().unwrap();
-    let mut t: Vec<f64> = (0..5)
-        .map(|_| {
-            let start = std::time::Instant::now();
-            f();
-            gpu().sync().unwrap();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[2]
+    let cpu0 = cpu_seconds().unwrap_or(0.0);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        f();
+        gpu().sync().unwrap();
+        best = best.min(start.elapsed().as_secs_f64() * 1e3);
+    }
+    (best, (cpu_seconds().unwrap_or(0.0) - cpu0) * 1e3 / 5.0)
 }
 
 #[test]
 #[ignore]
 fn conv2d_timing() {
     eprintln!("adapter: {}", gpu().describe());
-    for (xs, ws, pad) in [([8, 128, 28, 28], [32, 128, 3, 3], 1), ([8, 256, 56, 56], [128, 256, 1, 1], 0)]
-    {
+    for (xs, ws, pad) in [
+        ([8, 128, 28, 28], [32, 128, 3, 3], 1),
+        ([8, 256, 56, 56], [128, 256, 1, 1], 0),
+    ] {
         let sp = spec(1, pad);
         let (oh, ow) = conv2d::output_size(sp, xs[2], xs[3], ws[2], ws[3]).unwrap();
         let ys = [xs[0], ws[0], oh, ow];
@@ -378,8 +526,11 @@ fn conv2d_timing() {
         let d_x = gpu().zeros(&xs, "d_x").unwrap();
         let d_w = gpu().zeros(&ws, "d_w").unwrap();
         let flops = 2.0 * (ys.iter().product::<usize>() * xs[1] * ws[2] * ws[3]) as f64;
-        let report = |name: &str, ms: f64| {
-            eprintln!("{xs:?} * {ws:?} {name}: {ms:.1} ms, {:.2} GFLOP/s", flops / ms / 1e6)
+        let report = |name: &str, (ms, cpu): (f64, f64)| {
+            eprintln!(
+                "{xs:?} * {ws:?} {name}: {ms:.1} ms wall ({:.2} GFLOP/s), {cpu:.0} ms CPU",
+                flops / ms / 1e6
+            )
         };
         let submit = |f: &dyn Fn(&mut densenet_wgpu::gpu::Encoder)| {
             let mut e = gpu().encoder("timing");
