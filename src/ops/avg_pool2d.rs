@@ -1,1 +1,323 @@
-//! (in progress)
+//! 2-D average pooling, PyTorch `avg_pool2d` semantics (floor mode, `count_include_pad =
+//! true`): `y[n,c,oh,ow] = (1/k²) Σ x[n,c,oh·s−p+ky,ow·s−p+kx]`; backward (gather form)
+//! `d_x += (1/k²) Σ_{windows ∋ (ih,iw)} d_y`. Also home of [`Pool2dSpec`] and
+//! [`output_size`], shared with [`max_pool2d`](super::max_pool2d).
+
+use super::{groups, ViewParams};
+use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+
+pub const SHADER: Shader = shader!("avg_pool2d");
+const WG: u32 = 64;
+
+/// Square pooling window: `kernel × kernel`, moved by `stride`, with `padding` on every side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dSpec {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// Output `(OH, OW)` of a pool over an `h × w` input, floor mode like PyTorch:
+/// `OH = (h + 2p − k) / s + 1`. Rejects a zero kernel or stride, `padding > kernel / 2`
+/// (PyTorch's rule) and inputs smaller than the window (empty output).
+pub fn output_size(spec: Pool2dSpec, h: usize, w: usize) -> Result<(usize, usize)> {
+    let Pool2dSpec {
+        kernel: k,
+        stride: s,
+        padding: p,
+    } = spec;
+    if k == 0 || s == 0 {
+        return Err(GpuError::Shape(format!(
+            "pool2d: kernel and stride must be positive, got {spec:?}"
+        )));
+    }
+    if p > k / 2 {
+        return Err(GpuError::Shape(format!(
+            "pool2d: padding {p} must be at most half the kernel size {k}"
+        )));
+    }
+    if h == 0 || w == 0 {
+        return Err(GpuError::Shape(format!("pool2d: empty input {h}x{w}")));
+    }
+    if h + 2 * p < k || w + 2 * p < k {
+        return Err(GpuError::Shape(format!(
+            "pool2d: input {h}x{w} with padding {p} is smaller than the {k}x{k} window \
+             (empty output)"
+        )));
+    }
+    Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1))
+}
+
+/// Checked geometry of one pooling call.
+pub(crate) struct PoolShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Validates an input-side tensor `x` (N, C, H, W) against an output-side tensor `y`
+/// (N, C, OH, OW) for `spec`; the names go into the error messages.
+pub(crate) fn check_pool(
+    op: &str,
+    y_name: &str,
+    y: &Tensor,
+    x_name: &str,
+    x: &Tensor,
+    spec: Pool2dSpec,
+) -> Result<PoolShape> {
+    let [n, c, h, w] = nchw(op, x_name, x)?;
+    nchw(op, y_name, y)?;
+    let (oh, ow) = output_size(spec, h, w).map_err(|e| match e {
+        GpuError::Shape(m) => GpuError::Shape(format!("{op}: {x_name} {:?}: {m}", x.shape)),
+        e => e,
+    })?;
+    crate::gpu::expect_shape(op, y_name, &y.shape, &[n, c, oh, ow])?;
+    for (name, t) in [(x_name, x), (y_name, y)] {
+        to_u32(op, name, t.storage.numel)?;
+    }
+    Ok(PoolShape { n, c, h, w, oh, ow })
+}
+
+/// Rejects two views of one allocation bound read-only and read-write in one launch.
+pub(crate) fn distinct(op: &str, out: (&str, &Tensor), input: (&str, &Tensor)) -> Result<()> {
+    if out.1.same_storage(input.1) {
+        return Err(GpuError::Shape(format!(
+            "{op}: {} and {} share the buffer {:?}; they must be distinct allocations",
+            out.0,
+            input.0,
+            out.1.label()
+        )));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    x: ViewParams, // x (forward) or d_x (backward)
+    y: ViewParams, // y (forward) or d_y (backward)
+    h: u32,
+    w: u32,
+    oh: u32,
+    ow: u32,
+    segs: u32,
+    rows: u32,
+    gx: u32,
+    planes: u32,
+    c: u32,
+    inv_area: f32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 80);
+
+/// Largest row span `(TW − 1)·S + K` the forward kernels keep in registers (`MAX_SPAN`).
+pub(crate) const MAX_SPAN: usize = 64;
+
+/// Outputs per invocation for the forward kernels: 8, fewer when the row span would not
+/// fit `MAX_SPAN`; a `GpuError::Limit` for kernels wider than `MAX_SPAN`.
+pub(crate) fn forward_tw(op: &str, spec: Pool2dSpec) -> Result<u32> {
+    let Pool2dSpec {
+        kernel: k,
+        stride: s,
+        ..
+    } = spec;
+    if k > MAX_SPAN {
+        return Err(GpuError::Limit(format!(
+            "{op}: kernel {k} exceeds {MAX_SPAN}"
+        )));
+    }
+    Ok(((MAX_SPAN - k) / s + 1).min(8) as u32)
+}
+
+/// True when a view's rows of width `w` all start on a multiple of 4 elements, so the
+/// kernels may bind it as `array<vec4<f32>>`.
+pub(crate) fn vec4_rows(t: &Tensor, w: usize) -> bool {
+    t.offset % 4 == 0 && t.batch_stride % 4 == 0 && w % 4 == 0
+}
+
+/// Entry point for a forward pool: `forward4` (x loaded as vec4s) when x's rows are
+/// aligned and each TW-output span starts at a fixed offset modulo 4.
+pub(crate) fn forward_entry(x: &Tensor, w: usize, tw: u32, spec: Pool2dSpec) -> &'static str {
+    if vec4_rows(x, w) && (tw as usize * spec.stride) % 4 == 0 {
+        "forward4"
+    } else {
+        "forward"
+    }
+}
+
+/// Workgroups for `per_plane` invocations in each of `planes` planes, folded by
+/// [`Gpu::grid_1d`]; returns `(workgroups per plane, grid)`.
+pub(crate) fn plane_grid(
+    op: &str,
+    per_plane: usize,
+    planes: usize,
+    wg: u32,
+) -> Result<(u32, [u32; 3])> {
+    let gx = groups(per_plane, wg);
+    let total = to_u32(op, "workgroups", gx as usize * planes)?;
+    Ok((
+        gx,
+        if total == 0 {
+            [0; 3]
+        } else {
+            Gpu::grid_1d(total)
+        },
+    ))
+}
+
+/// Records one launch of `entry` reading `input` and writing `output`; sets `p.gx` and
+/// derives the grid from `p.rows * p.segs`.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    enc: &mut Encoder,
+    op: &str,
+    entry: &str,
+    mut p: Params,
+    tw: u32,
+    spec: Pool2dSpec,
+    output: &Tensor,
+    input: &Tensor,
+) -> Result<()> {
+    let per_plane = p.rows as usize * p.segs as usize;
+    let (gx, workgroups) = plane_grid(op, per_plane, p.planes as usize, WG)?;
+    p.gx = gx;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry,
+        overrides: &[
+            ("WG", WG as f64),
+            ("K", spec.kernel as f64),
+            ("S", spec.stride as f64),
+            ("P", spec.padding as f64),
+            ("TW", tw as f64),
+        ],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(input),
+            Arg::Write(output),
+        ],
+        workgroups,
+    })
+}
+
+fn params(op: &str, g: &PoolShape, x: &Tensor, y: &Tensor, spec: Pool2dSpec) -> Result<Params> {
+    let u = |what: &str, v: usize| to_u32(op, what, v);
+    Ok(Params {
+        x: ViewParams::of(x),
+        y: ViewParams::of(y),
+        h: u("H", g.h)?,
+        w: u("W", g.w)?,
+        oh: u("OH", g.oh)?,
+        ow: u("OW", g.ow)?,
+        segs: 0,
+        rows: 0,
+        gx: 0,
+        planes: u("N * C", g.n * g.c)?,
+        c: u("C", g.c)?,
+        inv_area: 1.0 / (spec.kernel * spec.kernel) as f32,
+        _pad: [0; 2],
+    })
+}
+
+/// d_x elements per backward invocation: a multiple of the stride (so non-overlapping
+/// windows align with it) and of 4 (vec4 access) when that is at most 16, else 8.
+fn backward_tw(stride: usize) -> u32 {
+    let step = (1..=16)
+        .find(|m| m % stride == 0 && m % 4 == 0)
+        .unwrap_or(8);
+    (step * 8usize.div_ceil(step)) as u32
+}
+
+/// `y = avg_pool2d(x)` (overwrites `y`). `x` is (N, C, H, W), `y` is (N, C, OH, OW) with
+/// `(OH, OW) = output_size(spec, H, W)`; both may be channel-slice views.
+pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor, spec: Pool2dSpec) -> Result<()> {
+    let op = "avg_pool2d forward";
+    let g = check_pool(op, "y", y, "x", x, spec)?;
+    distinct(op, ("y", y), ("x", x))?;
+    let tw = forward_tw(op, spec)?;
+    let mut p = params(op, &g, x, y, spec)?;
+    p.rows = p.oh;
+    p.segs = p.ow.div_ceil(tw);
+    let entry = forward_entry(x, g.w, tw, spec);
+    launch(enc, op, entry, p, tw, spec, y, x)
+}
+
+/// `d_x += avg_pool2d_backward(d_y)`: every d_x element gathers `d_y / k²` from the
+/// windows containing it. `d_x` is (N, C, H, W), `d_y` is (N, C, OH, OW); views allowed.
+pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor, spec: Pool2dSpec) -> Result<()> {
+    let op = "avg_pool2d backward";
+    let g = check_pool(op, "d_y", d_y, "d_x", d_x, spec)?;
+    distinct(op, ("d_x", d_x), ("d_y", d_y))?;
+    let tw = backward_tw(spec.stride);
+    let mut p = params(op, &g, d_x, d_y, spec)?;
+    p.rows = p.h;
+    p.segs = p.w.div_ceil(tw);
+    let vec4 = vec4_rows(d_x, g.w) && tw % 4 == 0;
+    let entry = if vec4 { "backward4" } else { "backward" };
+    launch(enc, op, entry, p, tw, spec, d_x, d_y)
+}
+
+/// f64 CPU reference on contiguous NCHW data.
+pub mod reference {
+    use super::Pool2dSpec;
+
+    /// Output height and width (floor mode); the spec must be valid.
+    pub fn out_hw(spec: Pool2dSpec, h: usize, w: usize) -> (usize, usize) {
+        let Pool2dSpec {
+            kernel: k,
+            stride: s,
+            padding: p,
+        } = spec;
+        ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
+    }
+
+    /// Calls `f(out_index, in_index)` for every (output, in-image window element) pair, in
+    /// output order and row-major window order.
+    pub fn for_each_window(shape: [usize; 4], spec: Pool2dSpec, mut f: impl FnMut(usize, usize)) {
+        let [n, c, h, w] = shape;
+        let (oh, ow) = out_hw(spec, h, w);
+        let (k, s, p) = (
+            spec.kernel as isize,
+            spec.stride as isize,
+            spec.padding as isize,
+        );
+        for plane in 0..n * c {
+            for r in 0..oh {
+                for o in 0..ow {
+                    let out = (plane * oh + r) * ow + o;
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let ih = r as isize * s - p + ky;
+                            let iw = o as isize * s - p + kx;
+                            if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
+                                f(out, (plane * h + ih as usize) * w + iw as usize);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y` of shape (N, C, OH, OW) for `x` of shape `shape` = (N, C, H, W).
+    pub fn forward(x: &[f64], shape: [usize; 4], spec: Pool2dSpec) -> Vec<f64> {
+        let [n, c, h, w] = shape;
+        let (oh, ow) = out_hw(spec, h, w);
+        let area = (spec.kernel * spec.kernel) as f64;
+        let mut y = vec![0.0; n * c * oh * ow];
+        for_each_window(shape, spec, |o, i| y[o] += x[i]);
+        y.iter_mut().for_each(|v| *v /= area);
+        y
+    }
+
+    /// `d_x` (zero-initialised accumulator) of shape `shape` = (N, C, H, W).
+    pub fn backward(d_y: &[f64], shape: [usize; 4], spec: Pool2dSpec) -> Vec<f64> {
+        let area = (spec.kernel * spec.kernel) as f64;
+        let mut d_x = vec![0.0; shape.iter().product()];
+        for_each_window(shape, spec, |o, i| d_x[i] += d_y[o] / area);
+        d_x
+    }
+}

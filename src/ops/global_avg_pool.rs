@@ -1,1 +1,116 @@
-//! (in progress)
+//! Global average pooling: `y[n,c] = mean_{h,w} x[n,c,h,w]` (y is contiguous (N, C));
+//! backward `d_x[n,c,h,w] += d_y[n,c] / (H·W)`.
+
+use super::{groups, ViewParams};
+use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+
+pub const SHADER: Shader = shader!("global_avg_pool");
+const WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    x: ViewParams, // x (forward) or d_x (backward)
+    y_offset: u32, // first element of y (forward) or d_y (backward)
+    planes: u32,
+    c: u32,
+    hw: u32,
+    inv_hw: f32,
+    gx: u32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+/// Validates x (N, C, H, W) against a contiguous y (N, C); returns the uniform.
+fn params(op: &str, y_name: &str, y: &Tensor, x_name: &str, x: &Tensor) -> Result<Params> {
+    let [n, c, h, w] = nchw(op, x_name, x)?;
+    crate::gpu::expect_shape(op, y_name, &y.shape, &[n, c])?;
+    if !y.is_contiguous() {
+        return Err(GpuError::Shape(format!(
+            "{op}: {y_name} must be a contiguous (N, C) tensor"
+        )));
+    }
+    if y.same_storage(x) {
+        return Err(GpuError::Shape(format!(
+            "{op}: {y_name} and {x_name} share the buffer {:?}; they must be distinct",
+            y.label()
+        )));
+    }
+    to_u32(op, x_name, x.storage.numel)?;
+    to_u32(op, y_name, y.storage.numel)?;
+    Ok(Params {
+        x: ViewParams::of(x),
+        y_offset: to_u32(op, y_name, y.offset)?,
+        planes: to_u32(op, "N * C", n * c)?,
+        c: c as u32,
+        hw: to_u32(op, "H * W", h * w)?,
+        inv_hw: 1.0 / (h * w).max(1) as f32,
+        gx: 0,
+        _pad: [0; 2],
+    })
+}
+
+/// `y[n,c] = mean over (H, W) of x[n,c]` (overwrites `y`). `x` (N, C, H, W) may be a
+/// channel-slice view; `y` is a contiguous (N, C) tensor.
+pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor) -> Result<()> {
+    let p = params("global_avg_pool forward", "y", y, "x", x)?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "forward",
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Write(y),
+        ],
+        workgroups: Gpu::grid_1d(groups(p.planes as usize, WG)),
+    })
+}
+
+/// `d_x[n,c,h,w] += d_y[n,c] / (H·W)`. `d_x` (N, C, H, W) may be a channel-slice view;
+/// `d_y` is a contiguous (N, C) tensor.
+pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor) -> Result<()> {
+    let op = "global_avg_pool backward";
+    let mut p = params(op, "d_y", d_y, "d_x", d_x)?;
+    let item = if d_x.numel() == 0 {
+        0
+    } else {
+        d_x.item_numel()
+    };
+    p.gx = groups(item, WG);
+    let total = to_u32(op, "workgroups", p.gx as usize * d_x.shape[0])?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "backward",
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(d_y),
+            Arg::Write(d_x),
+        ],
+        workgroups: if total == 0 {
+            [0; 3]
+        } else {
+            Gpu::grid_1d(total)
+        },
+    })
+}
+
+/// f64 CPU reference on contiguous data.
+pub mod reference {
+    /// `y` (N·C values) for `x` of shape `shape` = (N, C, H, W).
+    pub fn forward(x: &[f64], shape: [usize; 4]) -> Vec<f64> {
+        let hw = shape[2] * shape[3];
+        x.chunks(hw)
+            .map(|plane| plane.iter().sum::<f64>() / hw as f64)
+            .collect()
+    }
+
+    /// `d_x` (zero-initialised accumulator) of shape `shape` = (N, C, H, W).
+    pub fn backward(d_y: &[f64], shape: [usize; 4]) -> Vec<f64> {
+        let hw = shape[2] * shape[3];
+        d_y.iter()
+            .flat_map(|&g| std::iter::repeat_n(g / hw as f64, hw))
+            .collect()
+    }
+}
