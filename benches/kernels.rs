@@ -36,9 +36,21 @@ fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     gpu.zeros(shape, "bench output")
 }
 
-type Pass<'a> = (&'static str, Cost, Box<dyn FnMut(&mut Encoder) -> Result<()> + 'a>);
+type Pass<'a> = (
+    &'static str,
+    Cost,
+    Box<dyn FnMut(&mut Encoder) -> Result<()> + 'a>,
+);
 
-fn conv_case(gpu: &Gpu, n: usize, c: usize, k: usize, s: usize, ks: usize, spec: Conv2dSpec, data_grad: bool) -> Result<Vec<Pass<'static>>> {
+/// A convolution of x (n, c, s, s) with k filters of ks x ks.
+fn conv_case(
+    gpu: &Gpu,
+    [n, c, s]: [usize; 3],
+    k: usize,
+    ks: usize,
+    spec: Conv2dSpec,
+    data_grad: bool,
+) -> Result<Vec<Pass<'static>>> {
     let x = rand_tensor(gpu, &[n, c, s, s], 1)?;
     let w = rand_tensor(gpu, &[k, c, ks, ks], 2)?;
     let (oh, ow) = conv2d::output_size(spec, s, s, ks, ks)?;
@@ -47,22 +59,39 @@ fn conv_case(gpu: &Gpu, n: usize, c: usize, k: usize, s: usize, ks: usize, spec:
     let d_x = zeros(gpu, &[n, c, s, s])?;
     let d_w = zeros(gpu, &[k, c, ks, ks])?;
     let flops = 2.0 * (n * k * oh * ow * c * ks * ks) as f64;
-    let (xb, wb, yb) = ((n * c * s * s * 4) as f64, (k * c * ks * ks * 4) as f64, (n * k * oh * ow * 4) as f64);
+    let (xb, wb, yb) = (
+        (n * c * s * s * 4) as f64,
+        (k * c * ks * ks * 4) as f64,
+        (n * k * oh * ow * 4) as f64,
+    );
     let mut passes: Vec<Pass> = Vec::new();
     let (x1, w1, y1) = (x.clone(), w.clone(), y.clone());
-    passes.push(("forward", Cost { flops, bytes: xb + wb + yb }, Box::new(move |e| conv2d::forward(e, &y1, &x1, &w1, None, None, spec))));
+    passes.push((
+        "forward",
+        Cost {
+            flops,
+            bytes: xb + wb + yb,
+        },
+        Box::new(move |e| conv2d::forward(e, &y1, &x1, &w1, None, None, spec)),
+    ));
     if data_grad {
         let (dy1, w2, dx1) = (d_y.clone(), w.clone(), d_x.clone());
         passes.push((
             "backward_data",
-            Cost { flops, bytes: yb + wb + 2.0 * xb },
+            Cost {
+                flops,
+                bytes: yb + wb + 2.0 * xb,
+            },
             Box::new(move |e| conv2d::backward_data(e, &dx1, &dy1, &w2, spec)),
         ));
     }
     let (dy2, x2, dw1) = (d_y, x, d_w);
     passes.push((
         "backward_weight",
-        Cost { flops, bytes: yb + xb + 2.0 * wb },
+        Cost {
+            flops,
+            bytes: yb + xb + 2.0 * wb,
+        },
         Box::new(move |e| conv2d::backward_weight(e, &dw1, None, &dy2, &x2, None, spec)),
     ));
     Ok(passes)
@@ -70,9 +99,48 @@ fn conv_case(gpu: &Gpu, n: usize, c: usize, k: usize, s: usize, ks: usize, spec:
 
 fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
     let mut out = Vec::new();
-    out.push(("conv3x3_n8_c128_k32_s28".to_string(), conv_case(gpu, 8, 128, 32, 28, 3, Conv2dSpec { stride: 1, padding: 1 }, true)?));
-    out.push(("conv1x1_n8_c256_k128_s56".to_string(), conv_case(gpu, 8, 256, 128, 56, 1, Conv2dSpec { stride: 1, padding: 0 }, true)?));
-    out.push(("conv7x7s2_n8_c3_k64_s224".to_string(), conv_case(gpu, 8, 3, 64, 224, 7, Conv2dSpec { stride: 2, padding: 3 }, false)?));
+    out.push((
+        "conv3x3_n8_c128_k32_s28".to_string(),
+        conv_case(
+            gpu,
+            [8, 128, 28],
+            32,
+            3,
+            Conv2dSpec {
+                stride: 1,
+                padding: 1,
+            },
+            true,
+        )?,
+    ));
+    out.push((
+        "conv1x1_n8_c256_k128_s56".to_string(),
+        conv_case(
+            gpu,
+            [8, 256, 56],
+            128,
+            1,
+            Conv2dSpec {
+                stride: 1,
+                padding: 0,
+            },
+            true,
+        )?,
+    ));
+    out.push((
+        "conv7x7s2_n8_c3_k64_s224".to_string(),
+        conv_case(
+            gpu,
+            [8, 3, 224],
+            64,
+            7,
+            Conv2dSpec {
+                stride: 2,
+                padding: 3,
+            },
+            false,
+        )?,
+    ));
 
     // Batch norm (training) + fused ReLU, x(8,256,56,56).
     {
@@ -83,20 +151,50 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
         let d_y = rand_tensor(gpu, &shape, 5)?;
         let d_x = zeros(gpu, &shape)?;
         let ch = |v: f32| gpu.upload(&[v; 256], &[256], "bn channel");
-        let (g, b, mean, inv, rm, rv, dg, db) = (ch(1.0)?, ch(0.0)?, ch(0.0)?, ch(1.0)?, ch(0.0)?, ch(1.0)?, ch(0.0)?, ch(0.0)?);
-        let cfg = BnConfig { eps: 1e-5, momentum: 0.1, relu: true };
-        let (x1, y1, g1, b1, m1, i1) = (x.clone(), y.clone(), g.clone(), b.clone(), mean.clone(), inv.clone());
+        let (g, b, mean, inv, rm, rv, dg, db) = (
+            ch(1.0)?,
+            ch(0.0)?,
+            ch(0.0)?,
+            ch(1.0)?,
+            ch(0.0)?,
+            ch(1.0)?,
+            ch(0.0)?,
+            ch(0.0)?,
+        );
+        let cfg = BnConfig {
+            eps: 1e-5,
+            momentum: 0.1,
+            relu: true,
+        };
+        let (x1, y1, g1, b1, m1, i1) = (
+            x.clone(),
+            y.clone(),
+            g.clone(),
+            b.clone(),
+            mean.clone(),
+            inv.clone(),
+        );
         let fwd: Pass = (
             "forward",
             // statistics read x, normalisation reads x and writes y
-            Cost { flops: 0.0, bytes: 3.0 * bytes },
-            Box::new(move |e| batch_norm::forward_train(e, Some(&y1), &m1, &i1, &rm, &rv, &x1, &g1, &b1, cfg)),
+            Cost {
+                flops: 0.0,
+                bytes: 3.0 * bytes,
+            },
+            Box::new(move |e| {
+                batch_norm::forward_train(e, Some(&y1), &m1, &i1, &rm, &rv, &x1, &g1, &b1, cfg)
+            }),
         );
         let bwd: Pass = (
             "backward",
             // reduction reads x and d_y; d_x pass reads x, d_y, d_x and writes d_x
-            Cost { flops: 0.0, bytes: 6.0 * bytes },
-            Box::new(move |e| batch_norm::backward(e, &d_x, &dg, &db, &d_y, &x, &g, &b, &mean, &inv, cfg)),
+            Cost {
+                flops: 0.0,
+                bytes: 6.0 * bytes,
+            },
+            Box::new(move |e| {
+                batch_norm::backward(e, &d_x, &dg, &db, &d_y, &x, &g, &b, &mean, &inv, cfg)
+            }),
         );
         out.push(("bn_n8_c256_s56".to_string(), vec![fwd, bwd]));
     }
@@ -112,14 +210,33 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
         out.push((
             "relu_n8_c256_s56".to_string(),
             vec![
-                ("forward", Cost { flops: 0.0, bytes: 2.0 * bytes }, Box::new(move |e: &mut Encoder| relu::forward(e, &y1, &x1)) as Box<dyn FnMut(&mut Encoder) -> Result<()>>),
-                ("backward", Cost { flops: 0.0, bytes: 4.0 * bytes }, Box::new(move |e: &mut Encoder| relu::backward(e, &d_x, &x, &d_y))),
+                (
+                    "forward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 2.0 * bytes,
+                    },
+                    Box::new(move |e: &mut Encoder| relu::forward(e, &y1, &x1))
+                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                ),
+                (
+                    "backward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 4.0 * bytes,
+                    },
+                    Box::new(move |e: &mut Encoder| relu::backward(e, &d_x, &x, &d_y)),
+                ),
             ],
         ));
     }
     // Average pool 2x2/s2 x(8,256,56,56).
     {
-        let spec = Pool2dSpec { kernel: 2, stride: 2, padding: 0 };
+        let spec = Pool2dSpec {
+            kernel: 2,
+            stride: 2,
+            padding: 0,
+        };
         let xb = (8 * 256 * 56 * 56 * 4) as f64;
         let x = rand_tensor(gpu, &[8, 256, 56, 56], 8)?;
         let y = zeros(gpu, &[8, 256, 28, 28])?;
@@ -128,8 +245,23 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
         out.push((
             "avgpool2_n8_c256_s56".to_string(),
             vec![
-                ("forward", Cost { flops: 0.0, bytes: 1.25 * xb }, Box::new(move |e: &mut Encoder| avg_pool2d::forward(e, &y, &x, spec)) as Box<dyn FnMut(&mut Encoder) -> Result<()>>),
-                ("backward", Cost { flops: 0.0, bytes: 2.25 * xb }, Box::new(move |e: &mut Encoder| avg_pool2d::backward(e, &d_x, &d_y, spec))),
+                (
+                    "forward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 1.25 * xb,
+                    },
+                    Box::new(move |e: &mut Encoder| avg_pool2d::forward(e, &y, &x, spec))
+                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                ),
+                (
+                    "backward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 2.25 * xb,
+                    },
+                    Box::new(move |e: &mut Encoder| avg_pool2d::backward(e, &d_x, &d_y, spec)),
+                ),
             ],
         ));
     }
@@ -145,14 +277,33 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
         out.push((
             "concat_n8_c256p32_s28".to_string(),
             vec![
-                ("forward", Cost { flops: 0.0, bytes: 2.0 * yb }, Box::new(move |e: &mut Encoder| concat::forward(e, &y, &[&a, &b])) as Box<dyn FnMut(&mut Encoder) -> Result<()>>),
-                ("backward", Cost { flops: 0.0, bytes: 3.0 * yb }, Box::new(move |e: &mut Encoder| concat::backward(e, &[&da, &dbb], &d_y))),
+                (
+                    "forward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 2.0 * yb,
+                    },
+                    Box::new(move |e: &mut Encoder| concat::forward(e, &y, &[&a, &b]))
+                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                ),
+                (
+                    "backward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 3.0 * yb,
+                    },
+                    Box::new(move |e: &mut Encoder| concat::backward(e, &[&da, &dbb], &d_y)),
+                ),
             ],
         ));
     }
     // Max pool 3x3/s2/p1 x(8,64,112,112).
     {
-        let spec = Pool2dSpec { kernel: 3, stride: 2, padding: 1 };
+        let spec = Pool2dSpec {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        };
         let xb = (8 * 64 * 112 * 112 * 4) as f64;
         let x = rand_tensor(gpu, &[8, 64, 112, 112], 13)?;
         let y = zeros(gpu, &[8, 64, 56, 56])?;
@@ -162,13 +313,31 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
         out.push((
             "maxpool3s2_n8_c64_s112".to_string(),
             vec![
-                ("forward", Cost { flops: 0.0, bytes: 1.25 * xb }, Box::new(move |e: &mut Encoder| max_pool2d::forward(e, &y, &x1, spec)) as Box<dyn FnMut(&mut Encoder) -> Result<()>>),
-                ("backward", Cost { flops: 0.0, bytes: 3.25 * xb }, Box::new(move |e: &mut Encoder| max_pool2d::backward(e, &d_x, &d_y, &x, spec))),
+                (
+                    "forward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 1.25 * xb,
+                    },
+                    Box::new(move |e: &mut Encoder| max_pool2d::forward(e, &y, &x1, spec))
+                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                ),
+                (
+                    "backward",
+                    Cost {
+                        flops: 0.0,
+                        bytes: 3.25 * xb,
+                    },
+                    Box::new(move |e: &mut Encoder| max_pool2d::backward(e, &d_x, &d_y, &x, spec)),
+                ),
             ],
         ));
     }
     // Linear layers: the classifier shape and a square 512 matmul (x·Wᵀ).
-    for (name, n, i, o) in [("linear_n8_1024_4", 8, 1024, 4), ("matmul_512", 512, 512, 512)] {
+    for (name, n, i, o) in [
+        ("linear_n8_1024_4", 8, 1024, 4),
+        ("matmul_512", 512, 512, 512),
+    ] {
         let x = rand_tensor(gpu, &[n, i], 15)?;
         let w = rand_tensor(gpu, &[o, i], 16)?;
         let bias = rand_tensor(gpu, &[o], 17)?;
@@ -183,11 +352,21 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
         out.push((
             name.to_string(),
             vec![
-                ("forward", Cost { flops, bytes }, Box::new(move |e: &mut Encoder| linear::forward(e, &y, &x1, &w1, Some(&bias))) as Box<dyn FnMut(&mut Encoder) -> Result<()>>),
+                (
+                    "forward",
+                    Cost { flops, bytes },
+                    Box::new(move |e: &mut Encoder| linear::forward(e, &y, &x1, &w1, Some(&bias)))
+                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                ),
                 (
                     "backward",
-                    Cost { flops: 2.0 * flops, bytes: 2.0 * bytes },
-                    Box::new(move |e: &mut Encoder| linear::backward(e, Some(&d_x), &d_w, Some(&d_b), &d_y, &x, &w)),
+                    Cost {
+                        flops: 2.0 * flops,
+                        bytes: 2.0 * bytes,
+                    },
+                    Box::new(move |e: &mut Encoder| {
+                        linear::backward(e, Some(&d_x), &d_w, Some(&d_b), &d_y, &x, &w)
+                    }),
                 ),
             ],
         ));
@@ -208,8 +387,14 @@ fn run() -> Result<()> {
     let adapter = gpu.describe();
     println!("adapter: {adapter}");
     let ceil = ceilings(&gpu)?;
-    println!("measured ceilings: {:.1} GFLOP/s (register FMA loop), {:.2} GB/s (64 MiB vec4 copy)\n", ceil.gflops, ceil.gbps);
-    println!("{:<26} {:<16} {:>10} {:>10} {:>8} {:>10} {:>8}", "kernel", "pass", "median ms", "GFLOP/s", "%peak", "GB/s", "%copy");
+    println!(
+        "measured ceilings: {:.1} GFLOP/s (register FMA loop), {:.2} GB/s (64 MiB vec4 copy)\n",
+        ceil.gflops, ceil.gbps
+    );
+    println!(
+        "{:<26} {:<16} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        "kernel", "pass", "median ms", "GFLOP/s", "%peak", "GB/s", "%copy"
+    );
     let mut rows = Vec::new();
     for (name, passes) in cases(&gpu)? {
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
@@ -217,7 +402,12 @@ fn run() -> Result<()> {
         }
         for (pass, cost, mut f) in passes {
             let secs = time(&gpu, 7, |e| f(e))?;
-            let row = Row { name: name.clone(), pass, ms: secs * 1e3, cost };
+            let row = Row {
+                name: name.clone(),
+                pass,
+                ms: secs * 1e3,
+                cost,
+            };
             let gflops = (row.cost.flops > 0.0).then(|| row.cost.flops / secs / 1e9);
             let gbps = row.cost.bytes / secs / 1e9;
             println!(
@@ -225,8 +415,12 @@ fn run() -> Result<()> {
                 row.name,
                 row.pass,
                 row.ms,
-                gflops.map(|g| format!("{g:.2}")).unwrap_or_else(|| "-".into()),
-                gflops.map(|g| format!("{:.0}%", 100.0 * g / ceil.gflops)).unwrap_or_else(|| "-".into()),
+                gflops
+                    .map(|g| format!("{g:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                gflops
+                    .map(|g| format!("{:.0}%", 100.0 * g / ceil.gflops))
+                    .unwrap_or_else(|| "-".into()),
                 gbps,
                 100.0 * gbps / ceil.gbps
             );
@@ -244,7 +438,8 @@ fn run() -> Result<()> {
         }
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/kernels.jsonl");
-    write_jsonl(&path, &rows).map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
+    write_jsonl(&path, &rows)
+        .map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

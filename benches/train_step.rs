@@ -35,11 +35,41 @@ fn main() {
 
 fn cases(steps: usize) -> Vec<Case> {
     vec![
-        Case { name: "densenet-bc_32_b64", preset: "densenet-bc", size: 32, batch: 64, steps },
-        Case { name: "densenet121_64_b8", preset: "densenet121", size: 64, batch: 8, steps },
-        Case { name: "densenet121_224_b8", preset: "densenet121", size: 224, batch: 8, steps },
-        Case { name: "depth_densenet169_64_b8", preset: "densenet169", size: 64, batch: 8, steps: 1 },
-        Case { name: "depth_densenet201_64_b8", preset: "densenet201", size: 64, batch: 8, steps: 1 },
+        Case {
+            name: "densenet-bc_32_b64",
+            preset: "densenet-bc",
+            size: 32,
+            batch: 64,
+            steps,
+        },
+        Case {
+            name: "densenet121_64_b8",
+            preset: "densenet121",
+            size: 64,
+            batch: 8,
+            steps,
+        },
+        Case {
+            name: "densenet121_224_b8",
+            preset: "densenet121",
+            size: 224,
+            batch: 8,
+            steps,
+        },
+        Case {
+            name: "depth_densenet169_64_b8",
+            preset: "densenet169",
+            size: 64,
+            batch: 8,
+            steps: 1,
+        },
+        Case {
+            name: "depth_densenet201_64_b8",
+            preset: "densenet201",
+            size: 64,
+            batch: 8,
+            steps: 1,
+        },
     ]
 }
 
@@ -53,11 +83,17 @@ fn parse_mode(s: &str) -> BlockMode {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let steps: usize = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     // Child: `--child CASE MODE` measures one configuration and prints one JSON line.
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let (name, mode) = (&args[i + 1], parse_mode(&args[i + 2]));
-        let case = cases(steps).into_iter().find(|c| c.name == name).expect("case");
+        let case = cases(steps)
+            .into_iter()
+            .find(|c| c.name == name)
+            .expect("case");
         let gpu = Gpu::new()?;
         let r = measure(&gpu, &case, mode)?;
         println!(
@@ -80,14 +116,18 @@ fn run() -> Result<()> {
     let gpu = Gpu::new()?;
     println!("adapter: {}\n", gpu.describe());
     drop(gpu);
-    let exe = std::env::current_exe().map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
+    let exe =
+        std::env::current_exe().map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
     println!(
         "{:<26} {:<16} {:>10} {:>9} {:>13} {:>13} {:>11}",
         "config", "mode", "median ms", "img/s", "peak device", "peak RSS", "first step"
     );
     let mut lines = Vec::new();
     for case in &cases(steps) {
-        if filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !case.name.contains(f.as_str()))
+        {
             continue;
         }
         for mode in [BlockMode::MemoryEfficient, BlockMode::Plain] {
@@ -95,13 +135,26 @@ fn run() -> Result<()> {
                 .args(["--child", case.name, &format!("{mode:?}")])
                 .output()
                 .map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
-            let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+            let line = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_string();
             if !out.status.success() || !line.starts_with('{') {
-                println!("{:<26} {:<16} failed: {}", case.name, format!("{mode:?}"), String::from_utf8_lossy(&out.stderr).trim());
+                println!(
+                    "{:<26} {:<16} failed: {}",
+                    case.name,
+                    format!("{mode:?}"),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
                 continue;
             }
             let field = |k: &str| -> f64 {
-                line.split(&format!("\"{k}\":")).nth(1).and_then(|r| r.split([',', '}']).next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+                line.split(&format!("\"{k}\":"))
+                    .nth(1)
+                    .and_then(|r| r.split([',', '}']).next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN)
             };
             let r = Measured {
                 median_ms: field("ms"),
@@ -122,8 +175,10 @@ fn run() -> Result<()> {
             lines.push(line);
         }
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/train_step.jsonl");
-    write_jsonl(&path, &lines).map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/train_step.jsonl");
+    write_jsonl(&path, &lines)
+        .map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
     println!("\nwrote {}", path.display());
     Ok(())
 }
@@ -140,10 +195,24 @@ fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
     let config = DenseNetConfig::preset(case.preset, classes).expect("preset");
     let mut model = DenseNet::new(gpu, config, 0)?;
     model.mode = mode;
-    let opt = Adam::new(gpu, &model.params, AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false }, Schedule::Constant)?;
+    let opt = Adam::new(
+        gpu,
+        &model.params,
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+        },
+        Schedule::Constant,
+    )?;
     let mut trainer = Trainer::new(gpu, model, opt);
     let mut rng = Rng::new(1);
-    let images: Vec<f32> = (0..case.batch * 3 * case.size * case.size).map(|_| rng.normal() as f32).collect();
+    let images: Vec<f32> = (0..case.batch * 3 * case.size * case.size)
+        .map(|_| rng.normal() as f32)
+        .collect();
     let labels: Vec<usize> = (0..case.batch).map(|i| i % classes).collect();
     gpu.sync()?;
     gpu.memory().reset_peak();
@@ -156,5 +225,10 @@ fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
         trainer.train_step(&images, &labels, case.size)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Measured { median_ms: median(&mut times), first_s, peak_device: gpu.memory().peak_bytes(), peak_rss: peak_rss_bytes() })
+    Ok(Measured {
+        median_ms: median(&mut times),
+        first_s,
+        peak_device: gpu.memory().peak_bytes(),
+        peak_rss: peak_rss_bytes(),
+    })
 }

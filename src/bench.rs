@@ -23,7 +23,11 @@ struct Params {
 /// Median seconds of `f` (which records work into an encoder), measured as whole
 /// submissions each followed by a device sync. Runs `f` once first (pipeline compilation,
 /// first-touch allocation), then repeats it in batches of `per_sample` launches.
-pub fn time(gpu: &Gpu, samples: usize, mut f: impl FnMut(&mut Encoder) -> Result<()>) -> Result<f64> {
+pub fn time(
+    gpu: &Gpu,
+    samples: usize,
+    mut f: impl FnMut(&mut Encoder) -> Result<()>,
+) -> Result<f64> {
     let mut enc = gpu.encoder("bench warm-up");
     f(&mut enc)?;
     enc.submit()?;
@@ -67,9 +71,17 @@ pub struct Ceilings {
 
 /// Measures a register-only FMA kernel and a 64 MiB vec4 copy.
 pub fn ceilings(gpu: &Gpu) -> Result<Ceilings> {
-    let invocations: u32 = if gpu.info.device_type == wgpu::DeviceType::Cpu { 1 << 14 } else { 1 << 22 };
+    let invocations: u32 = if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        1 << 14
+    } else {
+        1 << 22
+    };
     let out = gpu.zeros(&[invocations as usize * 4], "fma out")?;
-    let p = Params { n: invocations, seed: 0.5, _pad: [0; 2] };
+    let p = Params {
+        n: invocations,
+        seed: 0.5,
+        _pad: [0; 2],
+    };
     let t_fma = time(gpu, 5, |enc| {
         enc.launch(Launch {
             shader: &SHADER,
@@ -83,17 +95,28 @@ pub fn ceilings(gpu: &Gpu) -> Result<Ceilings> {
     let n_vec4 = (64 << 20) / 16;
     let src = gpu.zeros(&[n_vec4 * 4], "copy src")?;
     let dst = gpu.zeros(&[n_vec4 * 4], "copy dst")?;
-    let p = Params { n: n_vec4 as u32, seed: 0.0, _pad: [0; 2] };
+    let p = Params {
+        n: n_vec4 as u32,
+        seed: 0.0,
+        _pad: [0; 2],
+    };
     let t_copy = time(gpu, 5, |enc| {
         enc.launch(Launch {
             shader: &SHADER,
             entry: "copy_vec4",
             overrides: &[("WG", WG as f64)],
-            args: &[Arg::Uniform(bytemuck::bytes_of(&p)), Arg::Read(&src), Arg::Write(&dst)],
+            args: &[
+                Arg::Uniform(bytemuck::bytes_of(&p)),
+                Arg::Read(&src),
+                Arg::Write(&dst),
+            ],
             workgroups: Gpu::grid_1d(groups(n_vec4, WG)),
         })
     })?;
-    Ok(Ceilings { gflops: flops / t_fma / 1e9, gbps: 2.0 * 16.0 * n_vec4 as f64 / t_copy / 1e9 })
+    Ok(Ceilings {
+        gflops: flops / t_fma / 1e9,
+        gbps: 2.0 * 16.0 * n_vec4 as f64 / t_copy / 1e9,
+    })
 }
 
 /// Peak resident set size of this process, bytes (Linux `VmHWM`; 0 elsewhere).

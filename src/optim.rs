@@ -11,10 +11,16 @@ use crate::weights::{Entry, TensorFile, WeightsError};
 pub enum Schedule {
     Constant,
     /// `lr / (1 + decay * step)` — what Keras' `decay=` argument did.
-    InverseTime { decay: f64 },
+    InverseTime {
+        decay: f64,
+    },
     /// Half-cosine from `lr` to `min_lr` over `total_steps`, after `warmup_steps` of
     /// linear warm-up.
-    Cosine { total_steps: usize, warmup_steps: usize, min_lr: f64 },
+    Cosine {
+        total_steps: usize,
+        warmup_steps: usize,
+        min_lr: f64,
+    },
 }
 
 impl Schedule {
@@ -22,7 +28,11 @@ impl Schedule {
         match *self {
             Schedule::Constant => base,
             Schedule::InverseTime { decay } => base / (1.0 + decay * step as f64),
-            Schedule::Cosine { total_steps, warmup_steps, min_lr } => {
+            Schedule::Cosine {
+                total_steps,
+                warmup_steps,
+                min_lr,
+            } => {
                 if step < warmup_steps {
                     return base * (step + 1) as f64 / warmup_steps as f64;
                 }
@@ -46,14 +56,26 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn new(gpu: &Gpu, params: &[Param], config: AdamConfig, schedule: Schedule) -> Result<Adam> {
+    pub fn new(
+        gpu: &Gpu,
+        params: &[Param],
+        config: AdamConfig,
+        schedule: Schedule,
+    ) -> Result<Adam> {
         let mut m = Vec::new();
         let mut v = Vec::new();
         for p in params {
             m.push(gpu.zeros(&p.value.shape, &format!("optim.m.{}", p.name))?);
             v.push(gpu.zeros(&p.value.shape, &format!("optim.v.{}", p.name))?);
         }
-        Ok(Adam { base_lr: config.lr as f64, config, schedule, step: 0, m, v })
+        Ok(Adam {
+            base_lr: config.lr as f64,
+            config,
+            schedule,
+            step: 0,
+            m,
+            v,
+        })
     }
 
     /// Learning rate the next update will use.
@@ -64,7 +86,10 @@ impl Adam {
     /// Records one update of every parameter from its accumulated gradient, then zeroes
     /// the gradients for the next step.
     pub fn update(&mut self, enc: &mut Encoder, params: &[Param]) -> Result<()> {
-        let cfg = AdamConfig { lr: self.current_lr() as f32, ..self.config };
+        let cfg = AdamConfig {
+            lr: self.current_lr() as f32,
+            ..self.config
+        };
         self.step += 1;
         for ((p, m), v) in params.iter().zip(&self.m).zip(&self.v) {
             adam::step(enc, &p.value, m, v, &p.grad, cfg, self.step)?;
@@ -79,15 +104,29 @@ impl Adam {
     pub fn state_dict(&self, gpu: &Gpu, params: &[Param]) -> Result<Vec<(String, Entry)>> {
         let mut out = Vec::new();
         for ((p, m), v) in params.iter().zip(&self.m).zip(&self.v) {
-            out.push((format!("optim.m.{}", p.name), Entry::F32(m.shape.clone(), gpu.download(m)?)));
-            out.push((format!("optim.v.{}", p.name), Entry::F32(v.shape.clone(), gpu.download(v)?)));
+            out.push((
+                format!("optim.m.{}", p.name),
+                Entry::F32(m.shape.clone(), gpu.download(m)?),
+            ));
+            out.push((
+                format!("optim.v.{}", p.name),
+                Entry::F32(v.shape.clone(), gpu.download(v)?),
+            ));
         }
-        out.push(("optim.step".into(), Entry::I64(vec![], vec![self.step as i64])));
+        out.push((
+            "optim.step".into(),
+            Entry::I64(vec![], vec![self.step as i64]),
+        ));
         Ok(out)
     }
 
     /// Restores the state written by [`Adam::state_dict`].
-    pub fn load(&mut self, gpu: &Gpu, params: &[Param], file: &TensorFile) -> std::result::Result<(), WeightsError> {
+    pub fn load(
+        &mut self,
+        gpu: &Gpu,
+        params: &[Param],
+        file: &TensorFile,
+    ) -> std::result::Result<(), WeightsError> {
         for ((p, m), v) in params.iter().zip(&self.m).zip(&self.v) {
             for (t, kind) in [(m, "m"), (v, "v")] {
                 let name = format!("optim.{kind}.{}", p.name);
@@ -95,7 +134,10 @@ impl Adam {
                 if h.shape != t.shape {
                     return Err(WeightsError::Mismatch {
                         path: file.path.clone(),
-                        problems: vec![format!("{name}: file has shape {:?}, model needs {:?}", h.shape, t.shape)],
+                        problems: vec![format!(
+                            "{name}: file has shape {:?}, model needs {:?}",
+                            h.shape, t.shape
+                        )],
                         total: 1,
                     });
                 }

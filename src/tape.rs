@@ -66,8 +66,22 @@ struct Slot {
 
 /// One recorded op: what its backward needs.
 enum Op {
-    Conv2d { y: Var, x: Var, w: Var, b: Option<Var>, spec: Conv2dSpec },
-    BatchNorm { y: Var, x: Var, gamma: Var, beta: Var, mean: Tensor, inv_std: Tensor, cfg: BnConfig },
+    Conv2d {
+        y: Var,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        spec: Conv2dSpec,
+    },
+    BatchNorm {
+        y: Var,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: Tensor,
+        inv_std: Tensor,
+        cfg: BnConfig,
+    },
     /// BN (batch statistics) → ReLU → conv, with the BN+ReLU output never stored: the conv
     /// applies `max(scale*x + shift, 0)` while reading x, and backward recomputes it.
     BnReluConv {
@@ -83,13 +97,40 @@ enum Op {
         cfg: BnConfig,
         spec: Conv2dSpec,
     },
-    Relu { y: Var, x: Var },
-    MaxPool { y: Var, x: Var, spec: Pool2dSpec },
-    AvgPool { y: Var, x: Var, spec: Pool2dSpec },
-    GlobalAvgPool { y: Var, x: Var },
-    Linear { y: Var, x: Var, w: Var, b: Option<Var> },
-    Concat { y: Var, inputs: Vec<Var> },
-    CrossEntropy { loss: Var, logits: Var, probs: Tensor, labels: Tensor },
+    Relu {
+        y: Var,
+        x: Var,
+    },
+    MaxPool {
+        y: Var,
+        x: Var,
+        spec: Pool2dSpec,
+    },
+    AvgPool {
+        y: Var,
+        x: Var,
+        spec: Pool2dSpec,
+    },
+    GlobalAvgPool {
+        y: Var,
+        x: Var,
+    },
+    Linear {
+        y: Var,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+    },
+    Concat {
+        y: Var,
+        inputs: Vec<Var>,
+    },
+    CrossEntropy {
+        loss: Var,
+        logits: Var,
+        probs: Tensor,
+        labels: Tensor,
+    },
 }
 
 impl Op {
@@ -111,14 +152,29 @@ impl Op {
     /// Variables read by this op's backward, outputs first.
     fn vars(&self) -> Vec<Var> {
         match self {
-            Op::Conv2d { y, x, w, b, .. } => [Some(*y), Some(*x), Some(*w), *b].into_iter().flatten().collect(),
-            Op::BatchNorm { y, x, gamma, beta, .. } => vec![*y, *x, *gamma, *beta],
-            Op::BnReluConv { y, x, gamma, beta, w, .. } => vec![*y, *x, *gamma, *beta, *w],
+            Op::Conv2d { y, x, w, b, .. } => [Some(*y), Some(*x), Some(*w), *b]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::BatchNorm {
+                y, x, gamma, beta, ..
+            } => vec![*y, *x, *gamma, *beta],
+            Op::BnReluConv {
+                y,
+                x,
+                gamma,
+                beta,
+                w,
+                ..
+            } => vec![*y, *x, *gamma, *beta, *w],
             Op::Relu { y, x }
             | Op::MaxPool { y, x, .. }
             | Op::AvgPool { y, x, .. }
             | Op::GlobalAvgPool { y, x } => vec![*y, *x],
-            Op::Linear { y, x, w, b } => [Some(*y), Some(*x), Some(*w), *b].into_iter().flatten().collect(),
+            Op::Linear { y, x, w, b } => [Some(*y), Some(*x), Some(*w), *b]
+                .into_iter()
+                .flatten()
+                .collect(),
             Op::Concat { y, inputs } => std::iter::once(*y).chain(inputs.iter().copied()).collect(),
             Op::CrossEntropy { loss, logits, .. } => vec![*loss, *logits],
         }
@@ -138,12 +194,22 @@ pub struct Tape<'g> {
 impl<'g> Tape<'g> {
     /// A tape that records ops for a backward pass (training).
     pub fn new(gpu: &'g Gpu) -> Tape<'g> {
-        Tape { gpu, enc: Some(gpu.encoder("tape")), slots: Vec::new(), ops: Vec::new(), recording: true, backward_done: false }
+        Tape {
+            gpu,
+            enc: Some(gpu.encoder("tape")),
+            slots: Vec::new(),
+            ops: Vec::new(),
+            recording: true,
+            backward_done: false,
+        }
     }
 
     /// A tape that only runs forward kernels (inference): nothing is kept for backward.
     pub fn inference(gpu: &'g Gpu) -> Tape<'g> {
-        Tape { recording: false, ..Tape::new(gpu) }
+        Tape {
+            recording: false,
+            ..Tape::new(gpu)
+        }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -213,7 +279,10 @@ impl<'g> Tape<'g> {
     /// The current value of a variable.
     pub fn value(&self, v: Var) -> Result<&Tensor> {
         self.slots[v.0].value.as_ref().ok_or_else(|| {
-            GpuError::Shape(format!("tape: value of {} was released by backward", self.slots[v.0].name))
+            GpuError::Shape(format!(
+                "tape: value of {} was released by backward",
+                self.slots[v.0].name
+            ))
         })
     }
 
@@ -257,7 +326,15 @@ impl<'g> Tape<'g> {
     }
 
     /// Convolution, optionally writing into `out` (a slice of a larger buffer).
-    pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, spec: Conv2dSpec, out: Option<Var>, name: &str) -> Result<Var> {
+    pub fn conv2d(
+        &mut self,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        spec: Conv2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
         let (xs, ws) = (self.shape(x).to_vec(), self.shape(w).to_vec());
         let [n, _, h, wd] = crate::gpu::nchw(name, "x", self.value(x)?)?;
         let [co, _, kh, kw] = crate::gpu::nchw(name, "weight", self.value(w)?)?;
@@ -268,7 +345,11 @@ impl<'g> Tape<'g> {
             Some(b) => Some(self.value(b)?.clone()),
             None => None,
         };
-        let (yt, xt, wt) = (self.value(y)?.clone(), self.value(x)?.clone(), self.value(w)?.clone());
+        let (yt, xt, wt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(w)?.clone(),
+        );
         conv2d::forward(self.enc(), &yt, &xt, &wt, bt.as_ref(), None, spec)?;
         let mut ins = vec![x, w];
         ins.extend(b);
@@ -279,6 +360,7 @@ impl<'g> Tape<'g> {
 
     /// Batch norm (+ReLU when `cfg.relu`). Training mode uses batch statistics and updates
     /// the running ones; inference mode uses the running statistics.
+    #[allow(clippy::too_many_arguments)]
     pub fn batch_norm(
         &mut self,
         x: Var,
@@ -292,16 +374,48 @@ impl<'g> Tape<'g> {
         let shape = self.shape(x).to_vec();
         let c = shape.get(1).copied().unwrap_or(0);
         let y = self.output(None, &shape, name)?;
-        let (yt, xt, gt, bt) =
-            (self.value(y)?.clone(), self.value(x)?.clone(), self.value(gamma)?.clone(), self.value(beta)?.clone());
+        let (yt, xt, gt, bt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(gamma)?.clone(),
+            self.value(beta)?.clone(),
+        );
         if training {
             let mean = self.gpu.zeros(&[c], &format!("{name}.mean"))?;
             let inv_std = self.gpu.zeros(&[c], &format!("{name}.inv_std"))?;
-            batch_norm::forward_train(self.enc(), Some(&yt), &mean, &inv_std, running.mean, running.var, &xt, &gt, &bt, cfg)?;
+            batch_norm::forward_train(
+                self.enc(),
+                Some(&yt),
+                &mean,
+                &inv_std,
+                running.mean,
+                running.var,
+                &xt,
+                &gt,
+                &bt,
+                cfg,
+            )?;
             self.mark(y, &[x, gamma, beta]);
-            self.record(Op::BatchNorm { y, x, gamma, beta, mean, inv_std, cfg });
+            self.record(Op::BatchNorm {
+                y,
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                cfg,
+            });
         } else {
-            batch_norm::forward_eval(self.enc(), &yt, &xt, &gt, &bt, running.mean, running.var, cfg)?;
+            batch_norm::forward_eval(
+                self.enc(),
+                &yt,
+                &xt,
+                &gt,
+                &bt,
+                running.mean,
+                running.var,
+                cfg,
+            )?;
         }
         Ok(y)
     }
@@ -340,12 +454,38 @@ impl<'g> Tape<'g> {
         );
         let cfg = BnConfig { relu: true, ..cfg };
         let enc = self.enc();
-        batch_norm::forward_train(enc, None, &mean, &inv_std, running.mean, running.var, &xt, &gt, &bt, cfg)?;
+        batch_norm::forward_train(
+            enc,
+            None,
+            &mean,
+            &inv_std,
+            running.mean,
+            running.var,
+            &xt,
+            &gt,
+            &bt,
+            cfg,
+        )?;
         batch_norm::fold_scale_shift(enc, &scale, &shift, &gt, &bt, &mean, &inv_std)?;
-        let pro = BnReluPrologue { scale: &scale, shift: &shift };
+        let pro = BnReluPrologue {
+            scale: &scale,
+            shift: &shift,
+        };
         conv2d::forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
         self.mark(y, &[x, gamma, beta, w]);
-        self.record(Op::BnReluConv { y, x, gamma, beta, w, mean, inv_std, scale, shift, cfg, spec });
+        self.record(Op::BnReluConv {
+            y,
+            x,
+            gamma,
+            beta,
+            w,
+            mean,
+            inv_std,
+            scale,
+            shift,
+            cfg,
+            spec,
+        });
         Ok(y)
     }
 
@@ -359,7 +499,13 @@ impl<'g> Tape<'g> {
         Ok(y)
     }
 
-    pub fn max_pool2d(&mut self, x: Var, spec: Pool2dSpec, out: Option<Var>, name: &str) -> Result<Var> {
+    pub fn max_pool2d(
+        &mut self,
+        x: Var,
+        spec: Pool2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
         let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
         let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
         let y = self.output(out, &[n, c, oh, ow], name)?;
@@ -370,7 +516,13 @@ impl<'g> Tape<'g> {
         Ok(y)
     }
 
-    pub fn avg_pool2d(&mut self, x: Var, spec: Pool2dSpec, out: Option<Var>, name: &str) -> Result<Var> {
+    pub fn avg_pool2d(
+        &mut self,
+        x: Var,
+        spec: Pool2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
         let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
         let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
         let y = self.output(out, &[n, c, oh, ow], name)?;
@@ -401,7 +553,11 @@ impl<'g> Tape<'g> {
             Some(b) => Some(self.value(b)?.clone()),
             None => None,
         };
-        let (yt, xt, wt) = (self.value(y)?.clone(), self.value(x)?.clone(), self.value(w)?.clone());
+        let (yt, xt, wt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(w)?.clone(),
+        );
         linear::forward(self.enc(), &yt, &xt, &wt, bt.as_ref())?;
         let mut ins = vec![x, w];
         ins.extend(b);
@@ -412,32 +568,59 @@ impl<'g> Tape<'g> {
 
     /// Channel concatenation into a new buffer (the plain, copying DenseNet).
     pub fn concat(&mut self, inputs: &[Var], name: &str) -> Result<Var> {
-        let first = self.shape(*inputs.first().ok_or_else(|| GpuError::Shape(format!("{name}: no inputs")))?).to_vec();
-        let c: usize = inputs.iter().map(|v| self.shape(*v).get(1).copied().unwrap_or(0)).sum();
+        let first = self
+            .shape(
+                *inputs
+                    .first()
+                    .ok_or_else(|| GpuError::Shape(format!("{name}: no inputs")))?,
+            )
+            .to_vec();
+        let c: usize = inputs
+            .iter()
+            .map(|v| self.shape(*v).get(1).copied().unwrap_or(0))
+            .sum();
         let mut shape = first.clone();
         if shape.len() != 4 {
-            return Err(GpuError::Shape(format!("{name}: inputs must be 4-D, got {first:?}")));
+            return Err(GpuError::Shape(format!(
+                "{name}: inputs must be 4-D, got {first:?}"
+            )));
         }
         shape[1] = c;
         let y = self.output(None, &shape, name)?;
         let yt = self.value(y)?.clone();
-        let ts: Vec<Tensor> = inputs.iter().map(|v| self.value(*v).cloned()).collect::<Result<_>>()?;
+        let ts: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| self.value(*v).cloned())
+            .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = ts.iter().collect();
         concat::forward(self.enc(), &yt, &refs)?;
         self.mark(y, inputs);
-        self.record(Op::Concat { y, inputs: inputs.to_vec() });
+        self.record(Op::Concat {
+            y,
+            inputs: inputs.to_vec(),
+        });
         Ok(y)
     }
 
     /// Mean softmax cross-entropy. Returns `(loss [1], probabilities [N, K])`.
-    pub fn cross_entropy(&mut self, logits: Var, labels: &Tensor, name: &str) -> Result<(Var, Tensor)> {
+    pub fn cross_entropy(
+        &mut self,
+        logits: Var,
+        labels: &Tensor,
+        name: &str,
+    ) -> Result<(Var, Tensor)> {
         let shape = self.shape(logits).to_vec();
         let loss = self.output(None, &[1], name)?;
         let probs = self.gpu.zeros(&shape, &format!("{name}.probs"))?;
         let (lt, xt) = (self.value(loss)?.clone(), self.value(logits)?.clone());
         cross_entropy::forward(self.enc(), &lt, &probs, &xt, labels)?;
         self.mark(loss, &[logits]);
-        self.record(Op::CrossEntropy { loss, logits, probs: probs.clone(), labels: labels.clone() });
+        self.record(Op::CrossEntropy {
+            loss,
+            logits,
+            probs: probs.clone(),
+            labels: labels.clone(),
+        });
         Ok((loss, probs))
     }
 
@@ -476,7 +659,9 @@ impl<'g> Tape<'g> {
     /// (parameter gradients would silently double).
     pub fn backward(&mut self, loss: Var) -> Result<()> {
         if !self.recording {
-            return Err(GpuError::Shape("tape: backward on an inference tape".into()));
+            return Err(GpuError::Shape(
+                "tape: backward on an inference tape".into(),
+            ));
         }
         if self.backward_done {
             return Err(GpuError::Shape(
@@ -484,7 +669,11 @@ impl<'g> Tape<'g> {
             ));
         }
         if self.shape(loss).iter().product::<usize>() != 1 {
-            return Err(GpuError::Shape(format!("tape: backward needs a scalar loss, {} has shape {:?}", self.name(loss), self.shape(loss))));
+            return Err(GpuError::Shape(format!(
+                "tape: backward needs a scalar loss, {} has shape {:?}",
+                self.name(loss),
+                self.shape(loss)
+            )));
         }
         self.backward_done = true;
         // The earliest op touching each variable: after its backward, the variable's value
@@ -529,9 +718,18 @@ impl<'g> Tape<'g> {
         if !self.slots[out.0].requires_grad {
             return Ok(());
         }
-        let d_out = if out == loss { None } else { Some(self.grad(out)?) };
+        let d_out = if out == loss {
+            None
+        } else {
+            Some(self.grad(out)?)
+        };
         match op {
-            Op::CrossEntropy { logits, probs, labels, .. } => {
+            Op::CrossEntropy {
+                logits,
+                probs,
+                labels,
+                ..
+            } => {
                 if let Some(d) = self.grad_if(logits)? {
                     cross_entropy::backward(self.enc(), &d, &probs, &labels, 1.0)?;
                 }
@@ -553,9 +751,21 @@ impl<'g> Tape<'g> {
                     conv2d::backward_data(self.enc(), &d_x, &d_y, &wt, spec)?;
                 }
             }
-            Op::BatchNorm { x, gamma, beta, mean, inv_std, cfg, .. } => {
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                cfg,
+                ..
+            } => {
                 let d_y = d_out.expect("bn output grad");
-                let (xt, gt, bt) = (self.value(x)?.clone(), self.value(gamma)?.clone(), self.value(beta)?.clone());
+                let (xt, gt, bt) = (
+                    self.value(x)?.clone(),
+                    self.value(gamma)?.clone(),
+                    self.value(beta)?.clone(),
+                );
                 let d_g = self.grad(gamma)?;
                 let d_b = self.grad(beta)?;
                 let d_x = match self.grad_if(x)? {
@@ -563,13 +773,44 @@ impl<'g> Tape<'g> {
                     // BN's backward kernel always writes d_x; give it a scratch buffer.
                     None => self.gpu.zeros(&xt.shape, "unused d_x")?,
                 };
-                batch_norm::backward(self.enc(), &d_x, &d_g, &d_b, &d_y, &xt, &gt, &bt, &mean, &inv_std, cfg)?;
+                batch_norm::backward(
+                    self.enc(),
+                    &d_x,
+                    &d_g,
+                    &d_b,
+                    &d_y,
+                    &xt,
+                    &gt,
+                    &bt,
+                    &mean,
+                    &inv_std,
+                    cfg,
+                )?;
             }
-            Op::BnReluConv { x, gamma, beta, w, mean, inv_std, scale, shift, cfg, spec, .. } => {
+            Op::BnReluConv {
+                x,
+                gamma,
+                beta,
+                w,
+                mean,
+                inv_std,
+                scale,
+                shift,
+                cfg,
+                spec,
+                ..
+            } => {
                 let d_y = d_out.expect("conv output grad");
-                let (xt, gt, bt, wt) =
-                    (self.value(x)?.clone(), self.value(gamma)?.clone(), self.value(beta)?.clone(), self.value(w)?.clone());
-                let pro = BnReluPrologue { scale: &scale, shift: &shift };
+                let (xt, gt, bt, wt) = (
+                    self.value(x)?.clone(),
+                    self.value(gamma)?.clone(),
+                    self.value(beta)?.clone(),
+                    self.value(w)?.clone(),
+                );
+                let pro = BnReluPrologue {
+                    scale: &scale,
+                    shift: &shift,
+                };
                 let d_w = self.grad(w)?;
                 conv2d::backward_weight(self.enc(), &d_w, None, &d_y, &xt, Some(pro), spec)?;
                 // Gradient w.r.t. the (never stored) BN+ReLU output: one transient buffer.
@@ -581,7 +822,19 @@ impl<'g> Tape<'g> {
                     Some(d) => d,
                     None => self.gpu.zeros(&xt.shape, "unused d_x")?,
                 };
-                batch_norm::backward(self.enc(), &d_x, &d_g, &d_b, &d_act, &xt, &gt, &bt, &mean, &inv_std, cfg)?;
+                batch_norm::backward(
+                    self.enc(),
+                    &d_x,
+                    &d_g,
+                    &d_b,
+                    &d_act,
+                    &xt,
+                    &gt,
+                    &bt,
+                    &mean,
+                    &inv_std,
+                    cfg,
+                )?;
             }
             Op::Relu { x, .. } => {
                 let d_y = d_out.expect("relu output grad");
@@ -660,8 +913,18 @@ impl fmt::Display for Tape<'_> {
         for (i, op) in self.ops.iter().enumerate() {
             let vars = op.vars();
             let out = &self.slots[vars[0].0];
-            let ins: Vec<&str> = vars[1..].iter().map(|v| self.slots[v.0].name.as_str()).collect();
-            writeln!(f, "#{i:<4} {:<15} {} {:?} <- {}", op.name(), out.name, out.shape, ins.join(", "))?;
+            let ins: Vec<&str> = vars[1..]
+                .iter()
+                .map(|v| self.slots[v.0].name.as_str())
+                .collect();
+            writeln!(
+                f,
+                "#{i:<4} {:<15} {} {:?} <- {}",
+                op.name(),
+                out.name,
+                out.shape,
+                ins.join(", ")
+            )?;
         }
         Ok(())
     }

@@ -36,7 +36,9 @@ fn check_batch(images: &[f32], labels: &[usize], size: usize, classes: usize) ->
         )));
     }
     if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(GpuError::Shape(format!("batch: label {bad} but the model has {classes} classes")));
+        return Err(GpuError::Shape(format!(
+            "batch: label {bad} but the model has {classes} classes"
+        )));
     }
     Ok(n)
 }
@@ -45,11 +47,27 @@ fn summarise(loss: f32, probs: Vec<f32>, labels: &[usize], classes: usize) -> Ba
     let predictions: Vec<usize> = probs
         .chunks(classes)
         .map(|row| {
-            row.iter().enumerate().fold((0, f32::MIN), |best, (i, &p)| if p > best.1 { (i, p) } else { best }).0
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::MIN),
+                    |best, (i, &p)| if p > best.1 { (i, p) } else { best },
+                )
+                .0
         })
         .collect();
-    let correct = predictions.iter().zip(labels).filter(|(p, l)| p == l).count();
-    BatchResult { loss: loss as f64, correct, count: labels.len(), predictions, probabilities: probs }
+    let correct = predictions
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    BatchResult {
+        loss: loss as f64,
+        correct,
+        count: labels.len(),
+        predictions,
+        probabilities: probs,
+    }
 }
 
 impl<'g> Trainer<'g> {
@@ -58,7 +76,12 @@ impl<'g> Trainer<'g> {
     }
 
     /// One optimisation step on a batch of NCHW images (3 x size x size each).
-    pub fn train_step(&mut self, images: &[f32], labels: &[usize], size: usize) -> Result<BatchResult> {
+    pub fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[usize],
+        size: usize,
+    ) -> Result<BatchResult> {
         let gpu = self.gpu;
         let classes = self.model.config.num_classes;
         let n = check_batch(images, labels, size, classes)?;
@@ -100,7 +123,13 @@ impl<'g> Trainer<'g> {
 }
 
 /// Inference on a batch with any model.
-pub fn evaluate(gpu: &Gpu, model: &DenseNet, images: &[f32], labels: &[usize], size: usize) -> Result<BatchResult> {
+pub fn evaluate(
+    gpu: &Gpu,
+    model: &DenseNet,
+    images: &[f32],
+    labels: &[usize],
+    size: usize,
+) -> Result<BatchResult> {
     let classes = model.config.num_classes;
     let n = check_batch(images, labels, size, classes)?;
     let x = gpu.upload(images, &[n, 3, size, size], "images")?;

@@ -42,8 +42,15 @@ impl Report {
 
     /// A table: group, metric, value, tolerance, verdict.
     pub fn table(&self) -> String {
-        let mut s = format!("model: {}\nreference outputs: {}\n", self.model, self.reference.display());
-        s += &format!("{:<34} {:<36} {:>11} {:>11}  result\n", "group", "metric", "value", "tolerance");
+        let mut s = format!(
+            "model: {}\nreference outputs: {}\n",
+            self.model,
+            self.reference.display()
+        );
+        s += &format!(
+            "{:<34} {:<36} {:>11} {:>11}  result\n",
+            "group", "metric", "value", "tolerance"
+        );
         for c in &self.checks {
             s += &format!(
                 "{:<34} {:<36} {:>11.3e} {:>11.1e}  {}{}\n",
@@ -52,10 +59,18 @@ impl Report {
                 c.value,
                 c.tolerance,
                 if c.passed() { "ok" } else { "FAIL" },
-                if c.worst.is_empty() { String::new() } else { format!("  (worst: {})", c.worst) }
+                if c.worst.is_empty() {
+                    String::new()
+                } else {
+                    format!("  (worst: {})", c.worst)
+                }
             );
         }
-        s += if self.passed() { "all groups within tolerance\n" } else { "SOME GROUPS EXCEED TOLERANCE\n" };
+        s += if self.passed() {
+            "all groups within tolerance\n"
+        } else {
+            "SOME GROUPS EXCEED TOLERANCE\n"
+        };
         s
     }
 }
@@ -89,13 +104,25 @@ pub fn verify_golden(gpu: &Gpu, path: &Path, mode: BlockMode) -> Result<Report, 
     let file = TensorFile::read(path)?;
     let f64_path = path.with_file_name(format!(
         "{}_f64.safetensors",
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("golden")
+        path.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("golden")
     ));
-    let reference = if f64_path.exists() { TensorFile::read(&f64_path)? } else { TensorFile::read(path)? };
+    let reference = if f64_path.exists() {
+        TensorFile::read(&f64_path)?
+    } else {
+        TensorFile::read(path)?
+    };
     let config = infer_config(&file)?;
     let mut model = DenseNet::new(gpu, config.clone(), 0)?;
     model.mode = mode;
-    model.load(gpu, &file, &["input", "labels", "logits", "loss", "grad.", "after.", "adam1."])?;
+    model.load(
+        gpu,
+        &file,
+        &[
+            "input", "labels", "logits", "loss", "grad.", "after.", "adam1.",
+        ],
+    )?;
 
     let input = file.get("input")?;
     let labels = file.get("labels")?;
@@ -204,7 +231,14 @@ pub fn verify_golden(gpu: &Gpu, path: &Path, mode: BlockMode) -> Result<Report, 
     }
 
     // One Adam step from our own gradients.
-    let cfg = AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false };
+    let cfg = AdamConfig {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+    };
     let mut opt = Adam::new(gpu, &model.params, cfg, Schedule::Constant)?;
     let mut enc = gpu.encoder("adam");
     opt.update(&mut enc, &model.params)?;
@@ -244,7 +278,11 @@ pub fn verify_golden(gpu: &Gpu, path: &Path, mode: BlockMode) -> Result<Report, 
     let mut outs: Vec<(String, Tensor)> = Vec::new();
     for p in &model.params {
         let value = gpu.upload(&file.get(&p.name)?.to_f32(), &p.value.shape, &p.name)?;
-        let grad = gpu.upload(&file.get(&format!("grad.{}", p.name))?.to_f32(), &p.value.shape, "grad")?;
+        let grad = gpu.upload(
+            &file.get(&format!("grad.{}", p.name))?.to_f32(),
+            &p.value.shape,
+            "grad",
+        )?;
         let m = gpu.zeros(&p.value.shape, "m")?;
         let v = gpu.zeros(&p.value.shape, "v")?;
         adam::step(&mut enc, &value, &m, &v, &grad, cfg, 1)?;

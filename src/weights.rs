@@ -16,10 +16,20 @@ use crate::models::{DenseNet, DenseNetConfig};
 /// Errors reading, writing or applying a weight file. Messages name the file.
 #[derive(Debug)]
 pub enum WeightsError {
-    Io { path: PathBuf, message: String },
-    Format { path: PathBuf, message: String },
+    Io {
+        path: PathBuf,
+        message: String,
+    },
+    Format {
+        path: PathBuf,
+        message: String,
+    },
     /// Names or shapes that do not fit the model: the first few mismatches.
-    Mismatch { path: PathBuf, problems: Vec<String>, total: usize },
+    Mismatch {
+        path: PathBuf,
+        problems: Vec<String>,
+        total: usize,
+    },
     Gpu(GpuError),
 }
 
@@ -28,10 +38,22 @@ impl fmt::Display for WeightsError {
         match self {
             WeightsError::Io { path, message } => write!(f, "{}: {message}", path.display()),
             WeightsError::Format { path, message } => {
-                write!(f, "{}: not a usable safetensors file: {message}", path.display())
+                write!(
+                    f,
+                    "{}: not a usable safetensors file: {message}",
+                    path.display()
+                )
             }
-            WeightsError::Mismatch { path, problems, total } => {
-                write!(f, "{} does not fit this model ({total} mismatches", path.display())?;
+            WeightsError::Mismatch {
+                path,
+                problems,
+                total,
+            } => {
+                write!(
+                    f,
+                    "{} does not fit this model ({total} mismatches",
+                    path.display()
+                )?;
                 if *total > problems.len() {
                     write!(f, ", first {}", problems.len())?;
                 }
@@ -76,27 +98,52 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn read(path: &Path) -> Result<TensorFile, WeightsError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| WeightsError::Io { path: path.to_path_buf(), message: e.to_string() })?;
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| WeightsError::Format { path: path.to_path_buf(), message: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| WeightsError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
             let data: Vec<f64> = match view.dtype() {
-                Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                Dtype::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-                Dtype::I64 => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::F32 => raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::F64 => raw
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                Dtype::I64 => raw
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
                 other => {
                     return Err(WeightsError::Format {
                         path: path.to_path_buf(),
-                        message: format!("tensor {name} has dtype {other:?}; expected F32, F64 or I64"),
+                        message: format!(
+                            "tensor {name} has dtype {other:?}; expected F32, F64 or I64"
+                        ),
                     })
                 }
             };
-            tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data, dtype: view.dtype() });
+            tensors.insert(
+                name,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                    dtype: view.dtype(),
+                },
+            );
         }
-        Ok(TensorFile { path: path.to_path_buf(), tensors })
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            tensors,
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<&HostTensor, WeightsError> {
@@ -115,13 +162,25 @@ pub enum Entry {
 
 /// Writes tensors to `path` atomically (a temporary file in the same folder, then rename),
 /// so an interrupted save never leaves a truncated file behind.
-pub fn write(path: &Path, entries: Vec<(String, Entry)>, metadata: HashMap<String, String>) -> Result<(), WeightsError> {
-    let io = |e: std::io::Error| WeightsError::Io { path: path.to_path_buf(), message: e.to_string() };
+pub fn write(
+    path: &Path,
+    entries: Vec<(String, Entry)>,
+    metadata: HashMap<String, String>,
+) -> Result<(), WeightsError> {
+    let io = |e: std::io::Error| WeightsError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = entries
         .into_iter()
         .map(|(name, e)| match e {
             Entry::F32(shape, d) => (name, bytemuck::cast_slice(&d).to_vec(), Dtype::F32, shape),
-            Entry::I64(shape, d) => (name, d.iter().flat_map(|v| v.to_le_bytes()).collect(), Dtype::I64, shape),
+            Entry::I64(shape, d) => (
+                name,
+                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::I64,
+                shape,
+            ),
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
@@ -129,11 +188,16 @@ pub fn write(path: &Path, entries: Vec<(String, Entry)>, metadata: HashMap<Strin
         .map(|(n, b, d, s)| {
             safetensors::tensor::TensorView::new(*d, s.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| WeightsError::Format { path: path.to_path_buf(), message: e.to_string() })
+                .map_err(|e| WeightsError::Format {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
         })
         .collect::<Result<_, _>>()?;
-    let data = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| WeightsError::Format { path: path.to_path_buf(), message: e.to_string() })?;
+    let data = safetensors::serialize(views, Some(metadata)).map_err(|e| WeightsError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, data).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -145,7 +209,10 @@ impl DenseNet {
     pub fn state_dict(&self, gpu: &Gpu) -> Result<Vec<(String, Entry)>, WeightsError> {
         let mut out = Vec::new();
         for p in &self.params {
-            out.push((p.name.clone(), Entry::F32(p.value.shape.clone(), gpu.download(&p.value)?)));
+            out.push((
+                p.name.clone(),
+                Entry::F32(p.value.shape.clone(), gpu.download(&p.value)?),
+            ));
         }
         for (name, t) in &self.buffers {
             out.push((name.clone(), Entry::F32(t.shape.clone(), gpu.download(t)?)));
@@ -158,38 +225,64 @@ impl DenseNet {
 
     /// Names and shapes the model expects, in state_dict order.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let mut v: Vec<(String, Vec<usize>)> =
-            self.params.iter().map(|p| (p.name.clone(), p.value.shape.clone())).collect();
-        v.extend(self.buffers.iter().map(|(n, t)| (n.clone(), t.shape.clone())));
-        v.extend(self.batches_tracked.iter().map(|(n, _)| (n.clone(), vec![])));
+        let mut v: Vec<(String, Vec<usize>)> = self
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.shape.clone()))
+            .collect();
+        v.extend(
+            self.buffers
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shape.clone())),
+        );
+        v.extend(
+            self.batches_tracked
+                .iter()
+                .map(|(n, _)| (n.clone(), vec![])),
+        );
         v
     }
 
     /// Loads parameters and buffers by state_dict name. Names under `prefix_filter`
     /// (e.g. `optim.`, `grad.`) are ignored; anything else that is missing, unexpected
     /// or of the wrong shape is reported (the first 10 problems).
-    pub fn load(&mut self, gpu: &Gpu, file: &TensorFile, ignore_prefixes: &[&str]) -> Result<(), WeightsError> {
+    pub fn load(
+        &mut self,
+        gpu: &Gpu,
+        file: &TensorFile,
+        ignore_prefixes: &[&str],
+    ) -> Result<(), WeightsError> {
         let mut problems = Vec::new();
         let expected = self.expected_tensors();
-        let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let known: std::collections::HashSet<&str> =
+            expected.iter().map(|(n, _)| n.as_str()).collect();
         for (name, shape) in &expected {
             match file.tensors.get(name) {
                 None => problems.push(format!("missing {name} {shape:?}")),
                 Some(t) if t.shape != *shape && !(shape.is_empty() && t.data.len() == 1) => {
-                    problems.push(format!("{name}: file has shape {:?}, model needs {shape:?}", t.shape))
+                    problems.push(format!(
+                        "{name}: file has shape {:?}, model needs {shape:?}",
+                        t.shape
+                    ))
                 }
                 Some(_) => {}
             }
         }
         for name in file.tensors.keys() {
-            if !known.contains(name.as_str()) && !ignore_prefixes.iter().any(|p| name.starts_with(p)) {
+            if !known.contains(name.as_str())
+                && !ignore_prefixes.iter().any(|p| name.starts_with(p))
+            {
                 problems.push(format!("unexpected {name}"));
             }
         }
         if !problems.is_empty() {
             let total = problems.len();
             problems.truncate(10);
-            return Err(WeightsError::Mismatch { path: file.path.clone(), problems, total });
+            return Err(WeightsError::Mismatch {
+                path: file.path.clone(),
+                problems,
+                total,
+            });
         }
         for p in &self.params {
             gpu.write(&p.value, &file.tensors[&p.name].to_f32())?;
@@ -206,18 +299,27 @@ impl DenseNet {
 
 /// Infers a DenseNet configuration from torchvision state_dict names and shapes.
 pub fn infer_config(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
-    let fail = |m: String| WeightsError::Format { path: file.path.clone(), message: m };
+    let fail = |m: String| WeightsError::Format {
+        path: file.path.clone(),
+        message: m,
+    };
     let conv0 = file.get("features.conv0.weight")?;
     let num_init_features = conv0.shape[0];
     let classifier = file.get("classifier.weight")?;
     if classifier.shape.len() != 2 {
-        return Err(fail(format!("classifier.weight has shape {:?}", classifier.shape)));
+        return Err(fail(format!(
+            "classifier.weight has shape {:?}",
+            classifier.shape
+        )));
     }
     let num_classes = classifier.shape[0];
     let mut block_config = Vec::new();
     for b in 1.. {
         let mut layers = 0;
-        while file.tensors.contains_key(&format!("features.denseblock{b}.denselayer{}.conv1.weight", layers + 1)) {
+        while file.tensors.contains_key(&format!(
+            "features.denseblock{b}.denselayer{}.conv1.weight",
+            layers + 1
+        )) {
             layers += 1;
         }
         if layers == 0 {
@@ -226,14 +328,24 @@ pub fn infer_config(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
         block_config.push(layers);
     }
     if block_config.is_empty() {
-        return Err(fail("no features.denseblock1.denselayer1.* tensors: not a DenseNet state_dict".into()));
+        return Err(fail(
+            "no features.denseblock1.denselayer1.* tensors: not a DenseNet state_dict".into(),
+        ));
     }
     let conv1 = file.get("features.denseblock1.denselayer1.conv1.weight")?;
     let conv2 = file.get("features.denseblock1.denselayer1.conv2.weight")?;
     let growth_rate = conv2.shape[0];
     let inner = conv1.shape[0];
     if growth_rate == 0 || inner % growth_rate != 0 {
-        return Err(fail(format!("conv1 out {inner} is not a multiple of growth rate {growth_rate}")));
+        return Err(fail(format!(
+            "conv1 out {inner} is not a multiple of growth rate {growth_rate}"
+        )));
     }
-    Ok(DenseNetConfig { growth_rate, block_config, num_init_features, bn_size: inner / growth_rate, num_classes })
+    Ok(DenseNetConfig {
+        growth_rate,
+        block_config,
+        num_init_features,
+        bn_size: inner / growth_rate,
+        num_classes,
+    })
 }

@@ -106,7 +106,11 @@ const FLAGS: &[&str] = &["augment", "resume", "plain", "adamw"];
 
 impl Opts {
     fn parse(args: &[String]) -> CliResult<Opts> {
-        let mut o = Opts { values: HashMap::new(), flags: vec![], positional: vec![] };
+        let mut o = Opts {
+            values: HashMap::new(),
+            flags: vec![],
+            positional: vec![],
+        };
         let mut i = 0;
         while i < args.len() {
             let a = &args[i];
@@ -116,7 +120,9 @@ impl Opts {
                 } else if FLAGS.contains(&key) {
                     o.flags.push(key.to_string());
                 } else {
-                    let v = args.get(i + 1).ok_or_else(|| format!("--{key} needs a value"))?;
+                    let v = args
+                        .get(i + 1)
+                        .ok_or_else(|| format!("--{key} needs a value"))?;
                     o.values.insert(key.to_string(), v.clone());
                     i += 1;
                 }
@@ -139,12 +145,16 @@ impl Opts {
     fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> CliResult<T> {
         match self.values.get(name) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("--{name}: {v:?} is not a valid number")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("--{name}: {v:?} is not a valid number")),
         }
     }
 
     fn path(&self, name: &str) -> CliResult<PathBuf> {
-        self.str(name).map(PathBuf::from).ok_or_else(|| format!("--{name} is required\n{USAGE}"))
+        self.str(name)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("--{name} is required\n{USAGE}"))
     }
 }
 
@@ -205,15 +215,25 @@ fn cmd_default(opts: &Opts) -> CliResult<i32> {
         adamw: opts.flag("adamw"),
         seed,
         augment: false,
-        out: opts.str("out").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("runs/default")),
+        out: opts
+            .str("out")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("runs/default")),
         resume: opts.flag("resume"),
-        mode: if opts.flag("plain") { BlockMode::Plain } else { BlockMode::MemoryEfficient },
+        mode: if opts.flag("plain") {
+            BlockMode::Plain
+        } else {
+            BlockMode::MemoryEfficient
+        },
     };
     fit(spec)
 }
 
 fn unknown_model(name: &str) -> String {
-    format!("unknown --model {name:?}; choose one of {}", DenseNetConfig::PRESETS.join(", "))
+    format!(
+        "unknown --model {name:?}; choose one of {}",
+        DenseNetConfig::PRESETS.join(", ")
+    )
 }
 
 fn cmd_fit(opts: &Opts) -> CliResult<i32> {
@@ -238,7 +258,10 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
     let preset = opts.str("model").unwrap_or("densenet121").to_string();
     let classes = folder.classes().len();
     let config = DenseNetConfig::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
-    let name = data.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+    let name = data
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "run".into());
     let spec = RunSpec {
         dataset: Arc::new(folder),
         train,
@@ -254,9 +277,16 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
         adamw: opts.flag("adamw"),
         seed,
         augment: opts.flag("augment"),
-        out: opts.str("out").map(PathBuf::from).unwrap_or_else(|| Path::new("runs").join(name)),
+        out: opts
+            .str("out")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new("runs").join(name)),
         resume: opts.flag("resume"),
-        mode: if opts.flag("plain") { BlockMode::Plain } else { BlockMode::MemoryEfficient },
+        mode: if opts.flag("plain") {
+            BlockMode::Plain
+        } else {
+            BlockMode::MemoryEfficient
+        },
     };
     fit(spec)
 }
@@ -266,10 +296,14 @@ fn parse_schedule(s: &str, epochs: usize, steps_per_epoch: usize) -> CliResult<S
         Some((n, a)) => (n, Some(a)),
         None => (s, None),
     };
-    let bad = || format!("--schedule {s:?}: expected constant, inverse-time:DECAY or cosine[:WARMUP_EPOCHS]");
+    let bad = || {
+        format!("--schedule {s:?}: expected constant, inverse-time:DECAY or cosine[:WARMUP_EPOCHS]")
+    };
     Ok(match name {
         "constant" => Schedule::Constant,
-        "inverse-time" => Schedule::InverseTime { decay: arg.ok_or_else(bad)?.parse().map_err(|_| bad())? },
+        "inverse-time" => Schedule::InverseTime {
+            decay: arg.ok_or_else(bad)?.parse().map_err(|_| bad())?,
+        },
         "cosine" => {
             let warm: f64 = match arg {
                 Some(a) => a.parse().map_err(|_| bad())?,
@@ -294,7 +328,8 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
     }
     std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
     let gpu = open_gpu()?;
-    let mut model = DenseNet::new(&gpu, spec.config.clone(), spec.seed).map_err(|e| e.to_string())?;
+    let mut model =
+        DenseNet::new(&gpu, spec.config.clone(), spec.seed).map_err(|e| e.to_string())?;
     model.mode = spec.mode;
     let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
     let schedule = parse_schedule(&spec.schedule, spec.epochs, steps_per_epoch)?;
@@ -317,16 +352,30 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
             return Err(format!("--resume: {} does not exist", checkpoint.display()));
         }
         let file = TensorFile::read(&checkpoint).map_err(|e| e.to_string())?;
-        trainer.model.load(&gpu, &file, &["optim."]).map_err(|e| e.to_string())?;
-        trainer.opt.load(&gpu, &trainer.model.params, &file).map_err(|e| e.to_string())?;
-        history = if csv.exists() { metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))? } else { vec![] };
+        trainer
+            .model
+            .load(&gpu, &file, &["optim."])
+            .map_err(|e| e.to_string())?;
+        trainer
+            .opt
+            .load(&gpu, &trainer.model.params, &file)
+            .map_err(|e| e.to_string())?;
+        history = if csv.exists() {
+            metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?
+        } else {
+            vec![]
+        };
         start_epoch = (trainer.opt.step as usize).div_ceil(steps_per_epoch);
         history.truncate(start_epoch);
         for h in &mut history {
             h.epochs = spec.epochs;
         }
         metrics::write_csv(&csv, &history).map_err(|e| format!("{}: {e}", csv.display()))?;
-        println!("resumed from {} at epoch {start_epoch} (step {})", checkpoint.display(), trainer.opt.step);
+        println!(
+            "resumed from {} at epoch {start_epoch} (step {})",
+            checkpoint.display(),
+            trainer.opt.step
+        );
     } else if csv.exists() {
         std::fs::remove_file(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
     }
@@ -357,14 +406,26 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
             spec.augment,
             false,
         );
-        let mut bar = Progress::new(&format!("epoch {}/{}", epoch + 1, spec.epochs), spec.train.len());
+        let mut bar = Progress::new(
+            &format!("epoch {}/{}", epoch + 1, spec.epochs),
+            spec.train.len(),
+        );
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         for batch in loader.by_ref() {
-            let r = trainer.train_step(&batch.images, &batch.labels, spec.image_size).map_err(|e| e.to_string())?;
+            let r = trainer
+                .train_step(&batch.images, &batch.labels, spec.image_size)
+                .map_err(|e| e.to_string())?;
             loss_sum += r.loss * r.count as f64;
             correct += r.correct;
             seen += r.count;
-            bar.inc(r.count, &format!("loss {:.4} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            bar.inc(
+                r.count,
+                &format!(
+                    "loss {:.4} acc {:.3}",
+                    loss_sum / seen as f64,
+                    correct as f64 / seen as f64
+                ),
+            );
         }
         bar.finish();
         for w in loader.take_warnings() {
@@ -376,7 +437,14 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         let (val_loss, val_acc, _) = if spec.val.is_empty() {
             (None, None, vec![])
         } else {
-            let (l, a, m) = run_eval(&gpu, &trainer.model, &spec.dataset, &spec.val, spec.batch_size.max(16), spec.image_size)?;
+            let (l, a, m) = run_eval(
+                &gpu,
+                &trainer.model,
+                &spec.dataset,
+                &spec.val,
+                spec.batch_size.max(16),
+                spec.image_size,
+            )?;
             (Some(l), Some(a), m)
         };
         let m = EpochMetrics {
@@ -399,7 +467,13 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         if let Some(a) = val_acc {
             if a > best_val {
                 best_val = a;
-                save_weights(&gpu, &trainer.model, &spec, &spec.out.join("best.safetensors"), epoch + 1)?;
+                save_weights(
+                    &gpu,
+                    &trainer.model,
+                    &spec,
+                    &spec.out.join("best.safetensors"),
+                    epoch + 1,
+                )?;
             }
         }
     }
@@ -408,7 +482,11 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         csv.display(),
         spec.out.join("curves.png").display(),
         checkpoint.display(),
-        if best_val.is_finite() { format!(", best.safetensors (val_acc {best_val:.4})") } else { String::new() }
+        if best_val.is_finite() {
+            format!(", best.safetensors (val_acc {best_val:.4})")
+        } else {
+            String::new()
+        }
     );
     Ok(0)
 }
@@ -423,14 +501,30 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> HashMap<String, String> {
     meta
 }
 
-fn save_weights(gpu: &Gpu, model: &DenseNet, spec: &RunSpec, path: &Path, epoch: usize) -> CliResult<()> {
+fn save_weights(
+    gpu: &Gpu,
+    model: &DenseNet,
+    spec: &RunSpec,
+    path: &Path,
+    epoch: usize,
+) -> CliResult<()> {
     let entries = model.state_dict(gpu).map_err(|e| e.to_string())?;
     weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
 }
 
-fn save_checkpoint(gpu: &Gpu, t: &Trainer, spec: &RunSpec, path: &Path, epoch: usize) -> CliResult<()> {
+fn save_checkpoint(
+    gpu: &Gpu,
+    t: &Trainer,
+    spec: &RunSpec,
+    path: &Path,
+    epoch: usize,
+) -> CliResult<()> {
     let mut entries = t.model.state_dict(gpu).map_err(|e| e.to_string())?;
-    entries.extend(t.opt.state_dict(gpu, &t.model.params).map_err(|e| e.to_string())?);
+    entries.extend(
+        t.opt
+            .state_dict(gpu, &t.model.params)
+            .map_err(|e| e.to_string())?,
+    );
     weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
 }
 
@@ -445,11 +539,19 @@ fn run_eval(
 ) -> CliResult<(f64, f64, Vec<Vec<usize>>)> {
     let k = dataset.classes().len();
     let mut matrix = vec![vec![0usize; k]; k];
-    let mut loader = Loader::new(dataset.clone(), indices.to_vec(), batch_size, None, false, false);
+    let mut loader = Loader::new(
+        dataset.clone(),
+        indices.to_vec(),
+        batch_size,
+        None,
+        false,
+        false,
+    );
     let mut bar = Progress::new("validation", indices.len());
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
     for batch in loader.by_ref() {
-        let r = evaluate(gpu, model, &batch.images, &batch.labels, size).map_err(|e| e.to_string())?;
+        let r =
+            evaluate(gpu, model, &batch.images, &batch.labels, size).map_err(|e| e.to_string())?;
         loss_sum += r.loss * r.count as f64;
         correct += r.correct;
         seen += r.count;
@@ -474,11 +576,21 @@ fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(DenseNet, Option<Vec<String>
     let file = TensorFile::read(path).map_err(|e| e.to_string())?;
     let config = infer_config(&file).map_err(|e| e.to_string())?;
     let mut model = DenseNet::new(gpu, config, 0).map_err(|e| e.to_string())?;
-    model.load(gpu, &file, &["optim."]).map_err(|e| e.to_string())?;
+    model
+        .load(gpu, &file, &["optim."])
+        .map_err(|e| e.to_string())?;
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = safetensors::SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| m.metadata().clone());
-    let classes = meta.as_ref().and_then(|m| m.get("classes")).map(|c| c.lines().map(String::from).collect());
-    let size = meta.as_ref().and_then(|m| m.get("image_size")).and_then(|s| s.parse().ok());
+    let meta = safetensors::SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone());
+    let classes = meta
+        .as_ref()
+        .and_then(|m| m.get("classes"))
+        .map(|c| c.lines().map(String::from).collect());
+    let size = meta
+        .as_ref()
+        .and_then(|m| m.get("image_size"))
+        .and_then(|s| s.parse().ok());
     Ok((model, classes, size))
 }
 
@@ -503,16 +615,35 @@ fn cmd_eval(opts: &Opts) -> CliResult<i32> {
     }
     if let Some(c) = &classes {
         if c != folder.classes() {
-            eprintln!("warning: class folders {:?} differ from the names stored with the weights {:?}", folder.classes(), c);
+            eprintln!(
+                "warning: class folders {:?} differ from the names stored with the weights {:?}",
+                folder.classes(),
+                c
+            );
         }
     }
     let indices: Vec<usize> = match opts.str("val-split") {
-        Some(_) => split(folder.len(), opts.num("val-split", 0.2)?, opts.num("seed", 123)?).map_err(|e| e.to_string())?.1,
+        Some(_) => {
+            split(
+                folder.len(),
+                opts.num("val-split", 0.2)?,
+                opts.num("seed", 123)?,
+            )
+            .map_err(|e| e.to_string())?
+            .1
+        }
         None => (0..folder.len()).collect(),
     };
     let names = folder.classes().to_vec();
     let dataset: Arc<dyn Dataset> = Arc::new(folder);
-    let (loss, acc, matrix) = run_eval(&gpu, &model, &dataset, &indices, opts.num("batch-size", 16)?, image_size)?;
+    let (loss, acc, matrix) = run_eval(
+        &gpu,
+        &model,
+        &dataset,
+        &indices,
+        opts.num("batch-size", 16)?,
+        image_size,
+    )?;
     println!("{} images: loss={loss:.4} accuracy={acc:.4}", indices.len());
     println!("{}", metrics::confusion_matrix_table(&names, &matrix));
     Ok(0)
@@ -527,7 +658,11 @@ fn cmd_predict(opts: &Opts) -> CliResult<i32> {
     let (model, classes, size) = load_model(&gpu, &weights_path)?;
     let image_size = opts.num("image-size", size.unwrap_or(224))?;
     let top = opts.num("top", 3usize)?.min(model.config.num_classes);
-    let names = classes.unwrap_or_else(|| (0..model.config.num_classes).map(|i| format!("class {i}")).collect());
+    let names = classes.unwrap_or_else(|| {
+        (0..model.config.num_classes)
+            .map(|i| format!("class {i}"))
+            .collect()
+    });
     let mut failures = 0;
     for path in &opts.positional {
         let image = match load_image(Path::new(path), image_size) {
@@ -541,17 +676,32 @@ fn cmd_predict(opts: &Opts) -> CliResult<i32> {
         let r = evaluate(&gpu, &model, &image, &[0], image_size).map_err(|e| e.to_string())?;
         let mut ranked: Vec<(usize, f32)> = r.probabilities.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let shown: Vec<String> =
-            ranked[..top].iter().map(|(i, p)| format!("{} {:.1}%", names.get(*i).map(String::as_str).unwrap_or("?"), p * 100.0)).collect();
+        let shown: Vec<String> = ranked[..top]
+            .iter()
+            .map(|(i, p)| {
+                format!(
+                    "{} {:.1}%",
+                    names.get(*i).map(String::as_str).unwrap_or("?"),
+                    p * 100.0
+                )
+            })
+            .collect();
         println!("{path}: {}", shown.join(", "));
     }
     Ok(if failures > 0 { 1 } else { 0 })
 }
 
 fn cmd_verify(opts: &Opts) -> CliResult<i32> {
-    let path = opts.positional.first().ok_or_else(|| format!("verify-torch: give a golden file\n{USAGE}"))?;
+    let path = opts
+        .positional
+        .first()
+        .ok_or_else(|| format!("verify-torch: give a golden file\n{USAGE}"))?;
     let gpu = open_gpu()?;
-    let mode = if opts.flag("plain") { BlockMode::Plain } else { BlockMode::MemoryEfficient };
+    let mode = if opts.flag("plain") {
+        BlockMode::Plain
+    } else {
+        BlockMode::MemoryEfficient
+    };
     let report = verify_golden(&gpu, Path::new(path), mode).map_err(|e| e.to_string())?;
     print!("{}", report.table());
     Ok(if report.passed() { 0 } else { 1 })

@@ -8,13 +8,20 @@ pub enum GpuError {
     /// No adapter at all; the message says how to install lavapipe.
     NoAdapter(&'static str),
     /// `DENSENET_WGPU_ADAPTER` named an adapter that does not exist.
-    AdapterNotFound { wanted: String, available: Vec<String> },
+    AdapterNotFound {
+        wanted: String,
+        available: Vec<String>,
+    },
     /// The adapter refused to open a device.
     RequestDevice(String),
     /// A tensor's shape does not fit the op.
     Shape(String),
     /// A buffer larger than the adapter can bind.
-    BufferTooLarge { tensor: String, bytes: u64, limit: u64 },
+    BufferTooLarge {
+        tensor: String,
+        bytes: u64,
+        limit: u64,
+    },
     /// A device limit (workgroups per dimension, storage buffers per stage, u32 range).
     Limit(String),
     /// A shader failed to compile or a pipeline failed validation.
@@ -33,11 +40,19 @@ impl fmt::Display for GpuError {
                 f,
                 "no adapter name contains {wanted:?} (from {}); available: {}",
                 super::ADAPTER_ENV,
-                if available.is_empty() { "none".to_string() } else { available.join(", ") }
+                if available.is_empty() {
+                    "none".to_string()
+                } else {
+                    available.join(", ")
+                }
             ),
             GpuError::RequestDevice(m) => write!(f, "could not open the device: {m}"),
             GpuError::Shape(m) => write!(f, "shape error: {m}"),
-            GpuError::BufferTooLarge { tensor, bytes, limit } => write!(
+            GpuError::BufferTooLarge {
+                tensor,
+                bytes,
+                limit,
+            } => write!(
                 f,
                 "tensor {tensor:?} needs {bytes} bytes ({:.1} MiB) but the adapter binds at most \
                  {limit} bytes ({:.1} MiB) per storage buffer; use a smaller batch or image size",

@@ -20,7 +20,11 @@ impl Storage {
         let bytes = (numel.max(1) * 4) as u64;
         let limit = gpu.max_binding_bytes();
         if bytes > limit {
-            return Err(GpuError::BufferTooLarge { tensor: label.to_string(), bytes, limit });
+            return Err(GpuError::BufferTooLarge {
+                tensor: label.to_string(),
+                bytes,
+                limit,
+            });
         }
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -31,7 +35,12 @@ impl Storage {
             mapped_at_creation: false,
         });
         gpu.memory.alloc(bytes);
-        Ok(Storage { buffer, numel, label: label.to_string(), memory: gpu.memory.clone() })
+        Ok(Storage {
+            buffer,
+            numel,
+            label: label.to_string(),
+            memory: gpu.memory.clone(),
+        })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -63,7 +72,12 @@ impl Tensor {
     /// A view covering a whole storage with the given shape.
     pub fn contiguous(storage: Arc<Storage>, shape: &[usize]) -> Tensor {
         let inner = shape.iter().skip(1).product();
-        Tensor { storage, shape: shape.to_vec(), offset: 0, batch_stride: inner }
+        Tensor {
+            storage,
+            shape: shape.to_vec(),
+            offset: 0,
+            batch_stride: inner,
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -155,7 +169,11 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Tensor({:?} {:?}", self.label(), self.shape)?;
         if !self.is_contiguous() || self.offset != 0 {
-            write!(f, " offset={} batch_stride={}", self.offset, self.batch_stride)?;
+            write!(
+                f,
+                " offset={} batch_stride={}",
+                self.offset, self.batch_stride
+            )?;
         }
         write!(f, ")")
     }

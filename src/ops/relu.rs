@@ -44,7 +44,11 @@ pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor) -> Result<()> {
         shader: &SHADER,
         entry: "forward",
         overrides: &[("WG", WG as f64)],
-        args: &[Arg::Uniform(bytemuck::bytes_of(&p)), Arg::Read(x), Arg::Write(y)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Write(y),
+        ],
         workgroups: Gpu::grid_1d(groups(x.numel(), WG)),
     })
 }
@@ -73,6 +77,9 @@ pub mod reference {
     }
     /// Returns `d_x` for a zero-initialised accumulator.
     pub fn backward(x: &[f64], d_y: &[f64]) -> Vec<f64> {
-        x.iter().zip(d_y).map(|(&v, &g)| if v > 0.0 { g } else { 0.0 }).collect()
+        x.iter()
+            .zip(d_y)
+            .map(|(&v, &g)| if v > 0.0 { g } else { 0.0 })
+            .collect()
     }
 }

@@ -48,7 +48,13 @@ pub fn run(f: impl FnOnce(&mut Encoder)) {
 /// Asserts `|got - want| <= atol + rtol * |want|` elementwise; reports the worst element.
 #[track_caller]
 pub fn assert_close(name: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{name}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let mut worst = (0usize, 0.0f64);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let excess = (g - w).abs() - (atol + rtol * w.abs());

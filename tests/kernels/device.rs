@@ -19,8 +19,14 @@ fn grid_folds_past_65535_workgroups() {
     for total in [1u32, 65_535, 65_536, 1_000_000, 16_777_215] {
         let g = Gpu::grid_1d(total);
         assert!(g[0] <= MAX_WORKGROUPS_PER_DIM && g[1] <= MAX_WORKGROUPS_PER_DIM);
-        assert!(g[0] as u64 * g[1] as u64 >= total as u64, "{total} -> {g:?}");
-        assert!((g[0] as u64 * g[1] as u64) < total as u64 + g[1] as u64, "{total} -> {g:?}");
+        assert!(
+            g[0] as u64 * g[1] as u64 >= total as u64,
+            "{total} -> {g:?}"
+        );
+        assert!(
+            (g[0] as u64 * g[1] as u64) < total as u64 + g[1] as u64,
+            "{total} -> {g:?}"
+        );
     }
 }
 
@@ -29,7 +35,11 @@ fn buffer_over_binding_limit_is_typed_error() {
     let limit = gpu().max_binding_bytes();
     let too_many = (limit / 4 + 1) as usize;
     match gpu().zeros(&[too_many], "huge activation") {
-        Err(GpuError::BufferTooLarge { tensor, bytes, limit: l }) => {
+        Err(GpuError::BufferTooLarge {
+            tensor,
+            bytes,
+            limit: l,
+        }) => {
             assert_eq!(tensor, "huge activation");
             assert!(bytes > l);
         }

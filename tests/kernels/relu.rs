@@ -54,7 +54,13 @@ fn gpu_on_channel_slice_views() {
     let y = yb.channels(1, 3).unwrap();
     run(|e| relu::forward(e, &y, &x).unwrap());
     let xs = download(&x);
-    assert_close("y slice", &download(&y), &relu::reference::forward(&xs), 0.0, 0.0);
+    assert_close(
+        "y slice",
+        &download(&y),
+        &relu::reference::forward(&xs),
+        0.0,
+        0.0,
+    );
     // Channels outside the slice stay untouched.
     let all = download(&yb);
     for b in 0..n {

@@ -18,7 +18,14 @@ fn overfits_a_tiny_batch() {
         labels.push(l);
     }
     let model = DenseNet::new(g, DenseNetConfig::densenet_tiny(data.classes().len()), 1).unwrap();
-    let cfg = AdamConfig { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false };
+    let cfg = AdamConfig {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+    };
     let opt = Adam::new(g, &model.params, cfg, Schedule::Constant).unwrap();
     let mut t = Trainer::new(g, model, opt);
     let first = t.train_step(&images, &labels, 32).unwrap().loss;

@@ -6,7 +6,11 @@ use densenet_wgpu::tape::{Param, Tape};
 
 fn param(name: &str, shape: &[usize], seed: u64) -> Param {
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = Rng::new(seed).vec(n, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+    let data: Vec<f32> = Rng::new(seed)
+        .vec(n, -1.0, 1.0)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
     Param::new(gpu(), name, &data, shape).unwrap()
 }
 
@@ -14,7 +18,17 @@ fn param(name: &str, shape: &[usize], seed: u64) -> Param {
 /// a and b are the same parameter.
 fn grads(shared: bool) -> (Vec<f32>, Vec<f32>) {
     let g = gpu();
-    let x = g.upload(&Rng::new(9).vec(2 * 3 * 5 * 5, -1.0, 1.0).iter().map(|&v| v as f32).collect::<Vec<_>>(), &[2, 3, 5, 5], "x").unwrap();
+    let x = g
+        .upload(
+            &Rng::new(9)
+                .vec(2 * 3 * 5 * 5, -1.0, 1.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>(),
+            &[2, 3, 5, 5],
+            "x",
+        )
+        .unwrap();
     let w1 = param("w1", &[4, 3, 3, 3], 1);
     let w2 = param("w2", &[4, 3, 3, 3], 1); // same values as w1
     let fc = param("fc", &[3, 8], 2);
@@ -23,7 +37,10 @@ fn grads(shared: bool) -> (Vec<f32>, Vec<f32>) {
     let xv = tape.input(x, "x");
     let a = tape.param(&w1);
     let b = if shared { a } else { tape.param(&w2) };
-    let spec = Conv2dSpec { stride: 1, padding: 1 };
+    let spec = Conv2dSpec {
+        stride: 1,
+        padding: 1,
+    };
     let ya = tape.conv2d(xv, a, None, spec, None, "conv a").unwrap();
     let yb = tape.conv2d(xv, b, None, spec, None, "conv b").unwrap();
     let ra = tape.relu(ya, "relu a").unwrap();
@@ -34,7 +51,10 @@ fn grads(shared: bool) -> (Vec<f32>, Vec<f32>) {
     let logits = tape.linear(pooled, f, None, "fc").unwrap();
     let (loss, _) = tape.cross_entropy(logits, &labels, "loss").unwrap();
     let listing = tape.to_string();
-    assert!(listing.contains("conv2d") && listing.contains("cross_entropy"), "{listing}");
+    assert!(
+        listing.contains("conv2d") && listing.contains("cross_entropy"),
+        "{listing}"
+    );
     tape.backward(loss).unwrap();
     // Backward twice would double every parameter gradient: it is refused.
     match tape.backward(loss) {
@@ -53,13 +73,20 @@ fn a_tensor_used_twice_gets_the_sum_of_both_gradients() {
     let mut nonzero = 0;
     for i in 0..shared.len() {
         let want = separate_a[i] + separate_b[i];
-        assert!((shared[i] - want).abs() <= 1e-6 + 1e-5 * want.abs(), "element {i}: {} vs {want}", shared[i]);
+        assert!(
+            (shared[i] - want).abs() <= 1e-6 + 1e-5 * want.abs(),
+            "element {i}: {} vs {want}",
+            shared[i]
+        );
         nonzero += (want != 0.0) as usize;
     }
     assert!(nonzero > shared.len() / 2);
     // The two paths differ (different channels of the classifier), so a shared
     // gradient that only kept one path would fail above.
-    assert!(separate_a.iter().zip(&separate_b).any(|(a, b)| (a - b).abs() > 1e-4));
+    assert!(separate_a
+        .iter()
+        .zip(&separate_b)
+        .any(|(a, b)| (a - b).abs() > 1e-4));
 }
 
 #[test]
