@@ -189,6 +189,14 @@ pub struct Tape<'g> {
     ops: Vec<Op>,
     recording: bool,
     backward_done: bool,
+    /// Per-op device time when profiling (each op is followed by a device sync).
+    profile: Option<Profile>,
+}
+
+/// Device time per (pass, op, output shape), for finding the slow kernels.
+struct Profile {
+    mark: std::time::Instant,
+    totals: std::collections::BTreeMap<String, (f64, usize)>,
 }
 
 impl<'g> Tape<'g> {
@@ -201,6 +209,7 @@ impl<'g> Tape<'g> {
             ops: Vec::new(),
             recording: true,
             backward_done: false,
+            profile: None,
         }
     }
 
@@ -320,9 +329,64 @@ impl<'g> Tape<'g> {
     }
 
     fn record(&mut self, op: Op) {
+        let key = format!(
+            "forward  {:<15} {:?}",
+            op.name(),
+            self.slots[op.vars()[0].0].shape
+        );
+        self.profile_mark(key);
         if self.recording {
             self.ops.push(op);
         }
+    }
+
+    /// Times every op from now on: each op's kernels are submitted and waited for, and
+    /// the time is added to its (pass, op, shape) line of [`Tape::profile_report`].
+    /// Slows the step down; for finding slow kernels only.
+    pub fn enable_profiling(&mut self) -> Result<()> {
+        self.flush()?;
+        self.gpu.sync()?;
+        self.profile = Some(Profile {
+            mark: std::time::Instant::now(),
+            totals: Default::default(),
+        });
+        Ok(())
+    }
+
+    fn profile_mark(&mut self, key: String) {
+        if self.profile.is_none() {
+            return;
+        }
+        // Errors surface at the next regular submission.
+        let _ = self.flush();
+        let _ = self.gpu.sync();
+        let p = self.profile.as_mut().expect("profile");
+        let t = p.mark.elapsed().as_secs_f64();
+        let e = p.totals.entry(key).or_insert((0.0, 0));
+        e.0 += t;
+        e.1 += 1;
+        p.mark = std::time::Instant::now();
+    }
+
+    /// Profiled time per (pass, op, output shape), slowest first, with a total line.
+    pub fn profile_report(&self) -> String {
+        let Some(p) = &self.profile else {
+            return "profiling was not enabled on this tape\n".into();
+        };
+        let mut rows: Vec<(&String, &(f64, usize))> = p.totals.iter().collect();
+        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+        let total: f64 = rows.iter().map(|r| r.1 .0).sum();
+        let mut s = format!("{:>10} {:>6} {:>5}  op\n", "ms", "%", "calls");
+        for (k, (t, n)) in rows {
+            s += &format!(
+                "{:>10.2} {:>5.1}% {:>5}  {k}\n",
+                t * 1e3,
+                100.0 * t / total,
+                n
+            );
+        }
+        s += &format!("{:>10.2} total\n", total * 1e3);
+        s
     }
 
     /// Convolution, optionally writing into `out` (a slice of a larger buffer).
@@ -697,7 +761,13 @@ impl<'g> Tape<'g> {
         let ops = std::mem::take(&mut self.ops);
         for (i, op) in ops.into_iter().enumerate().rev() {
             // Only ops whose output needs a gradient do anything.
+            let key = format!(
+                "backward {:<15} {:?}",
+                op.name(),
+                self.slots[op.vars()[0].0].shape
+            );
             self.backward_op(op, loss)?;
+            self.profile_mark(key);
             for &v in &release[i] {
                 let slot = &mut self.slots[v];
                 slot.value = None;

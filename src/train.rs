@@ -12,6 +12,8 @@ pub struct Trainer<'g> {
     pub gpu: &'g Gpu,
     pub model: DenseNet,
     pub opt: Adam,
+    /// Print per-op device times after every step (`DENSENET_WGPU_PROFILE=1`).
+    pub profile: bool,
 }
 
 /// What one batch produced.
@@ -72,7 +74,13 @@ fn summarise(loss: f32, probs: Vec<f32>, labels: &[usize], classes: usize) -> Ba
 
 impl<'g> Trainer<'g> {
     pub fn new(gpu: &'g Gpu, model: DenseNet, opt: Adam) -> Trainer<'g> {
-        Trainer { gpu, model, opt }
+        let profile = std::env::var("DENSENET_WGPU_PROFILE").is_ok_and(|v| v == "1");
+        Trainer {
+            gpu,
+            model,
+            opt,
+            profile,
+        }
     }
 
     /// One optimisation step on a batch of NCHW images (3 x size x size each).
@@ -91,6 +99,9 @@ impl<'g> Trainer<'g> {
 
         // Forward: every op launches its kernel and records what backward needs.
         let mut tape = Tape::new(gpu);
+        if self.profile {
+            tape.enable_profiling()?;
+        }
         let images = tape.input(x, "images");
         let logits = self.model.forward(&mut tape, images, true)?;
         let (loss, probs) = tape.cross_entropy(logits, &y, "loss")?;
@@ -98,6 +109,9 @@ impl<'g> Trainer<'g> {
 
         // Backward: gradients accumulate into each parameter's `grad`.
         tape.backward(loss)?;
+        if self.profile {
+            eprint!("{}", tape.profile_report());
+        }
         tape.finish()?;
 
         // Adam on every parameter, then zero the gradients.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use densenet_wgpu::data::folder::{load_image, ImageFolder};
+use densenet_wgpu::data::folder::{load_image, Augmentation, ImageFolder};
 use densenet_wgpu::data::loader::Loader;
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
@@ -43,6 +43,7 @@ usage:
       --val-split X       validation fraction (default 0.2)
       --seed N            split / shuffle / init seed (default 123)
       --augment           random resized crops and horizontal flips
+      --flip              random horizontal flips only
       --out DIR           run folder (default runs/<data folder name>)
       --resume            continue from DIR/checkpoint.safetensors
       --plain             materialised concatenation (default: memory-efficient blocks)
@@ -102,7 +103,7 @@ struct Opts {
     positional: Vec<String>,
 }
 
-const FLAGS: &[&str] = &["augment", "resume", "plain", "adamw"];
+const FLAGS: &[&str] = &["augment", "flip", "resume", "plain", "adamw"];
 
 impl Opts {
     fn parse(args: &[String]) -> CliResult<Opts> {
@@ -180,6 +181,7 @@ struct RunSpec {
     adamw: bool,
     seed: u64,
     augment: bool,
+    augment_name: &'static str,
     out: PathBuf,
     resume: bool,
     mode: BlockMode,
@@ -215,6 +217,7 @@ fn cmd_default(opts: &Opts) -> CliResult<i32> {
         adamw: opts.flag("adamw"),
         seed,
         augment: false,
+        augment_name: "",
         out: opts
             .str("out")
             .map(PathBuf::from)
@@ -243,6 +246,11 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
     for w in warnings {
         eprintln!("warning: {w}");
     }
+    let folder = folder.with_augmentation(if opts.flag("augment") {
+        Augmentation::CropFlip
+    } else {
+        Augmentation::Flip
+    });
     let seed = opts.num("seed", 123u64)?;
     let val_split = opts.num("val-split", 0.2f64)?;
     let (train, val) = split(folder.len(), val_split, seed).map_err(|e| e.to_string())?;
@@ -276,7 +284,12 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
         weight_decay: opts.num("weight-decay", 0.0)?,
         adamw: opts.flag("adamw"),
         seed,
-        augment: opts.flag("augment"),
+        augment: opts.flag("augment") || opts.flag("flip"),
+        augment_name: if opts.flag("augment") {
+            "random crops + flips"
+        } else {
+            "flips"
+        },
         out: opts
             .str("out")
             .map(PathBuf::from)
@@ -390,7 +403,7 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         spec.epochs,
         spec.lr,
         spec.schedule,
-        if spec.augment { ", augmentation on" } else { "" }
+        if spec.augment { format!(", augmentation: {}", spec.augment_name) } else { String::new() }
     );
     println!("run folder: {}", spec.out.display());
 

@@ -11,6 +11,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use image::imageops::{self, FilterType};
 use image::RgbImage;
@@ -26,14 +28,32 @@ const CROP_SCALE: (f64, f64) = (0.6, 1.0);
 /// Random-resized-crop range of the crop's aspect ratio (width / height).
 const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 
+/// Decoded images kept in memory across epochs, up to this many bytes in all.
+pub const DECODE_CACHE_BYTES: usize = 2 << 30;
+
+/// Training augmentation applied by `get(.., Some(rng))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Augmentation {
+    /// Random-resized crop (area 60-100 %, aspect 3/4-4/3), then a random horizontal flip.
+    #[default]
+    CropFlip,
+    /// A random horizontal flip of the whole resized image only.
+    Flip,
+}
+
 /// A labelled image folder; see the module documentation for the layout.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ImageFolder {
     root: PathBuf,
     classes: Vec<String>,
     /// (path, label), grouped by class in class order, sorted by path within a class.
     items: Vec<(PathBuf, usize)>,
     image_size: usize,
+    augmentation: Augmentation,
+    /// Decoded RGB images (decoding a JPEG costs more than the rest of the pipeline), kept
+    /// while the total stays under [`DECODE_CACHE_BYTES`].
+    cache: Vec<OnceLock<Arc<RgbImage>>>,
+    cached_bytes: AtomicUsize,
 }
 
 impl ImageFolder {
@@ -97,10 +117,34 @@ impl ImageFolder {
         let folder = ImageFolder {
             root: dir.to_path_buf(),
             classes,
+            cache: (0..items.len()).map(|_| OnceLock::new()).collect(),
             items,
             image_size,
+            augmentation: Augmentation::default(),
+            cached_bytes: AtomicUsize::new(0),
         };
         Ok((folder, warnings))
+    }
+
+    /// Chooses the training augmentation.
+    pub fn with_augmentation(mut self, augmentation: Augmentation) -> ImageFolder {
+        self.augmentation = augmentation;
+        self
+    }
+
+    /// Decodes item `index`, from the in-memory cache when it is there.
+    fn decoded(&self, index: usize, path: &Path) -> Result<Arc<RgbImage>, DataError> {
+        if let Some(img) = self.cache[index].get() {
+            return Ok(img.clone());
+        }
+        let img = Arc::new(decode_rgb8(path)?);
+        let bytes = img.as_raw().len();
+        if self.cached_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes <= DECODE_CACHE_BYTES {
+            let _ = self.cache[index].set(img.clone());
+        } else {
+            self.cached_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        Ok(img)
     }
 
     /// The folder this dataset was read from.
@@ -146,13 +190,21 @@ impl Dataset for ImageFolder {
             index,
             len: self.items.len(),
         })?;
-        let rgb = decode_rgb8(path)?;
+        let rgb = self.decoded(index, path)?;
+        let rgb: &RgbImage = &rgb;
         let size = self.image_size as u32;
         let resized = match augment {
-            None => imageops::resize(&rgb, size, size, FilterType::Triangle),
+            None => imageops::resize(rgb, size, size, FilterType::Triangle),
+            Some(rng) if self.augmentation == Augmentation::Flip => {
+                let mut out = imageops::resize(rgb, size, size, FilterType::Triangle);
+                if rng.uniform() < 0.5 {
+                    imageops::flip_horizontal_in_place(&mut out);
+                }
+                out
+            }
             Some(rng) => {
                 let (x, y, w, h) = random_resized_crop(rgb.width(), rgb.height(), rng);
-                let crop = imageops::crop_imm(&rgb, x, y, w, h);
+                let crop = imageops::crop_imm(rgb, x, y, w, h);
                 let mut out = imageops::resize(&*crop, size, size, FilterType::Triangle);
                 if rng.uniform() < 0.5 {
                     imageops::flip_horizontal_in_place(&mut out);
