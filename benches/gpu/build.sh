@@ -3,15 +3,19 @@
 # Vulkan loader package into .gl/. Run from the repository root on an x86-64 build machine.
 set -euo pipefail
 cargo build --release --bins --benches --tests
-mkdir -p .devbin .gl
+rm -rf .devbin && mkdir -p .devbin .gl
 newest() { ls -t target/release/deps/$1-* | grep -v '\.d$' | head -1; }
 cp target/release/train .devbin/train
-cp "$(newest kernels)" .devbin/kernels-test
 cp "$(newest model)" .devbin/model-test
 cp "$(newest train_step)" .devbin/train_step-bench
-# The kernels bench and the kernels test share a name prefix: pick the bench by its size-independent marker.
+# The kernels bench and the kernels test share a name prefix: tell them apart by a string
+# only the bench prints.
 for f in $(ls -t target/release/deps/kernels-* | grep -v '\.d$'); do
-    if strings "$f" | grep -q "measured ceilings"; then cp "$f" .devbin/kernels-bench; break; fi
+    if grep -q "measured ceilings" "$f"; then
+        [ -e .devbin/kernels-bench ] || cp "$f" .devbin/kernels-bench
+    else
+        [ -e .devbin/kernels-test ] || cp "$f" .devbin/kernels-test
+    fi
 done
 strip .devbin/*
 ls .gl/libvulkan1_*.deb >/dev/null 2>&1 || (cd .gl && apt-get download libvulkan1)

@@ -14,6 +14,14 @@ use crate::gpu::{
 pub const SHADER: Shader = shader!("batch_norm");
 /// Lanes per workgroup of the per-channel entry points (a power of two).
 const WG: u32 = 256;
+
+/// Lanes per channel workgroup: 256 for large channels, fewer when a channel has few
+/// values (late DenseNet layers have N*H*W of 8..200), so small launches don't pay for idle
+/// lanes and reduction levels. One pipeline per distinct size (at most four).
+fn lanes(p: &Params) -> f64 {
+    let units = (p.units as u64).max(1);
+    units.div_ceil(4).next_power_of_two().clamp(32, WG as u64) as f64
+}
 /// Lanes per workgroup of `fold` (one invocation per channel).
 const FOLD_WG: u32 = 64;
 
@@ -220,7 +228,7 @@ pub fn forward_train(
     enc.launch(Launch {
         shader: &SHADER,
         entry: &entry,
-        overrides: &[("WG", WG as f64)],
+        overrides: &[("WG", lanes(&p))],
         args: &args,
         workgroups: channel_grid(op, p.channels)?,
     })
@@ -261,7 +269,7 @@ pub fn forward_eval(
     enc.launch(Launch {
         shader: &SHADER,
         entry: &format!("eval_v{vec}"),
-        overrides: &[("WG", WG as f64)],
+        overrides: &[("WG", lanes(&p))],
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
             Arg::Read(x),
@@ -370,7 +378,7 @@ pub fn backward(
     enc.launch(Launch {
         shader: &SHADER,
         entry: &format!("backward_v{vec}"),
-        overrides: &[("WG", WG as f64)],
+        overrides: &[("WG", lanes(&p))],
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
             Arg::Read(x),
