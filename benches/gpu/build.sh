@@ -18,5 +18,7 @@ for f in $(ls -t target/release/deps/kernels-* | grep -v '\.d$'); do
     fi
 done
 strip .devbin/*
-ls .gl/libvulkan1_*.deb >/dev/null 2>&1 || (cd .gl && apt-get download libvulkan1)
+# The Vulkan loader, and glvnd (the NVIDIA ICD's libGLX_nvidia needs libGLdispatch).
+ls .gl/libvulkan1_*.deb >/dev/null 2>&1 ||
+    (cd .gl && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 du -sh .devbin .gl

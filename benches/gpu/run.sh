@@ -5,7 +5,7 @@
 #
 # Built elsewhere and carried along (nothing is compiled here):
 #   .devbin/{train,kernels-test,model-test,kernels-bench,train_step-bench}
-#   .gl/libvulkan1_*.deb   (the Vulkan loader, often missing on such images)
+#   .gl/*.deb   (the Vulkan loader and glvnd, which the NVIDIA ICD needs; often missing)
 # Usage: bash benches/gpu/run.sh OUT_DIR
 set -u
 OUT=${1:-/tmp/gpu-out}
@@ -16,7 +16,8 @@ log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
-ICD=$(find / -name nvidia_icd.json -not -path '*/proc/*' 2>/dev/null | head -1)
+ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -e "$ICD" ] || ICD=$(find / -name nvidia_icd.json -not -path '/proc/*' 2>/dev/null | head -1)
 [ -n "$ICD" ] && export VK_DRIVER_FILES=$ICD
 export DENSENET_WGPU_ADAPTER=${DENSENET_WGPU_ADAPTER:-nvidia}
 # Test binaries look for their data under the path they were built in.
@@ -45,7 +46,7 @@ cat "$OUT/bench_train_step.txt" >> "$OUT/summary.txt"
 cp "$ROOT/target/bench/train_step.jsonl" "$OUT/" 2>/dev/null
 
 log "PyTorch on the same GPU"
-PYTHONUNBUFFERED=1 timeout 240 python3 benches/gpu/torch_step.py "$OUT/torch_step.jsonl" 2>&1 | tee -a "$OUT/summary.txt"
+[ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 240 python3 benches/gpu/torch_step.py "$OUT/torch_step.jsonl" 2>&1 | tee -a "$OUT/summary.txt"
 
 log "DenseNet-121 golden made here by PyTorch (CPU), checked on the GPU adapter"
 if timeout 180 python3 benches/gpu/make_golden.py /tmp/golden121 densenet121 > "$OUT/golden121.log" 2>&1; then
