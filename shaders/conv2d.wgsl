@@ -9,15 +9,19 @@
 //   x' = x, or with the BN+ReLU prologue x' = max(scale[ci]*x + shift[ci], 0) for in-bounds
 //   pixels (padding stays exactly 0).
 //
-// Register tiling, no shared memory, no barriers. Every invocation owns a CH_TILE x PX_TILE
-// tile of outputs. The CH_TILE axis is a channel axis taken from workgroup_id.y, so its
-// weight (forward / backward_data) or d_y (backward_weight) loads are workgroup-uniform;
-// the PX_TILE axis varies per lane (lane l owns elements l, l + WG, ...).
-//   forward:                 CH_TILE output channels x PX_TILE output pixels of (n, oh, ow)
-//   backward_data:           CH_TILE input channels  x PX_TILE input pixels of (n, ih, iw)
-//   backward_weight_partial: CH_TILE output channels x PX_TILE weight columns (ci, kh, kw),
-//                            summed over one chunk of the (n, oh, ow) axis (workgroup_id.z);
-//   backward_weight_reduce:  sums the chunks in fixed order and adds into d_w / d_b.
+// Register tiling, no shared memory, no barriers. Every invocation owns a tile of outputs:
+// CH_TILE channels taken from workgroup_id.y, so their weight (forward / backward_data) or
+// d_y (backward_weight) loads are workgroup-uniform, times a per-lane axis (pixels or weight
+// columns). On lavapipe every load instruction costs about the same whether workgroup-
+// uniform or not, and a vec4 load costs about one scalar load, so the kernels maximise
+// FMAs per load instruction: weights are repacked (pack_weight) and d_y transposed
+// (to_pixel_major) so that 4 channels are one vec4, and the blocked kernels keep their tile
+// in 4 x 4 blocks indexed by constants only (see mac_tile).
+//   conv1x1 / conv3x3 (vec4 layout), forward_tiled (any other forward): blocked.
+//   backward_data (not vec4 layout): CH_TILE input channels x PX_TILE input pixels.
+//   backward_weight_1x1 / _rows / _strided / _partial: partial sums of d_w over one chunk of
+//     the (n, oh, ow) axis (workgroup_id.z); backward_weight_reduce sums the chunks in fixed
+//     order and adds into d_w / d_b.
 
 override WG: u32 = 64;
 override CH_TILE: u32 = 8;
@@ -25,6 +29,8 @@ override PX_TILE: u32 = 2;
 override PROLOGUE: bool = false;
 const MAX_CH: u32 = 16u;
 const MAX_PX: u32 = 8u;
+override PXV: u32 = 1;        // blocked kernels: blocks of 4 per invocation (1 or 2)
+const MAX_PXV: u32 = 2u;
 
 struct Params {
     inp: View,       // x (forward, backward_weight) or d_y (backward_data)
@@ -53,7 +59,7 @@ struct Params {
     red_c: u32,      // conv1x1 / conv3x3: channels summed over (Cin forward, Cout backward_data)
     w_out_stride: u32, // weight stride of an out channel (Cin*KH*KW forward, KH*KW backward_data)
     w_red_stride: u32, // weight stride of a summed channel (KH*KW forward, Cin*KH*KW backward_data)
-    flip: u32,       // conv3x3: 1 = use the kernel rotated by 180 degrees (backward_data)
+    flip: u32,       // pack_weight: 1 = rotate the kernel by 180 degrees (backward_data)
     accumulate: u32, // conv1x1 / conv3x3: 1 = out += sum (backward_data), 0 = out = sum + bias
     _pad0: u32,
     _pad1: u32,
@@ -64,106 +70,6 @@ struct Params {
 // Pixel-block index of a workgroup: the block axis is folded over (x, z) (see Gpu::grid_1d).
 fn block_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wg.x + wg.z * nwg.x;
-}
-
-// ---------------------------------------------------------------------------------------
-// forward bindings
-@group(0) @binding(1) var<storage, read> fwd_x: array<f32>;        // (N, Cin, H, W) via p.inp
-@group(0) @binding(2) var<storage, read> fwd_w: array<f32>;        // (Cout, Cin, KH, KW) at p.w_off
-@group(0) @binding(3) var<storage, read> fwd_b: array<f32>;        // (Cout) at p.b_off, if p.has_bias
-@group(0) @binding(4) var<storage, read> fwd_scale: array<f32>;    // (Cin) at p.sc_off, if PROLOGUE
-@group(0) @binding(5) var<storage, read> fwd_shift: array<f32>;    // (Cin) at p.sh_off, if PROLOGUE
-@group(0) @binding(6) var<storage, read_write> fwd_y: array<f32>;  // (N, Cout, OH, OW) via p.out
-
-@compute @workgroup_size(WG)
-fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) li: u32) {
-    let ohw = p.oh * p.ow;
-    let npix = p.n * ohw;
-    let hw = p.h * p.w;
-    let kk = p.kh * p.kw;
-    let wrow = p.cin * kk;
-    let co0 = wg.y * CH_TILE;
-    let q0 = block_id(wg, nwg) * (WG * PX_TILE) + li;
-
-    // Per-pixel geometry (clamped pixels compute garbage that is never stored).
-    var ih0: array<i32, MAX_PX>;
-    var iw0: array<i32, MAX_PX>;
-    var xb: array<u32, MAX_PX>;   // index of x[n, 0, 0, 0]
-    for (var j = 0u; j < PX_TILE; j++) {
-        let q = min(q0 + j * WG, npix - 1u);
-        let n = q / ohw;
-        let r = q - n * ohw;
-        let oh = r / p.ow;
-        let ow = r - oh * p.ow;
-        ih0[j] = i32(oh * p.stride) - i32(p.pad);
-        iw0[j] = i32(ow * p.stride) - i32(p.pad);
-        xb[j] = p.inp.offset + n * p.inp.batch_stride;
-    }
-    // Weight row of each output channel (clamped for the remainder tile).
-    var wb: array<u32, MAX_CH>;
-    for (var i = 0u; i < CH_TILE; i++) {
-        wb[i] = p.w_off + min(co0 + i, p.cout - 1u) * wrow;
-    }
-
-    var acc: array<f32, 128>;   // [i * PX_TILE + j], MAX_CH * MAX_PX
-    for (var t = 0u; t < CH_TILE * PX_TILE; t++) {
-        acc[t] = 0.0;
-    }
-
-    for (var kh = 0u; kh < p.kh; kh++) {
-        for (var kw = 0u; kw < p.kw; kw++) {
-            var ok: array<bool, MAX_PX>;
-            var xi: array<u32, MAX_PX>;   // index of x[n, 0, ih, iw] (or a safe one)
-            for (var j = 0u; j < PX_TILE; j++) {
-                let ih = ih0[j] + i32(kh);
-                let iw = iw0[j] + i32(kw);
-                ok[j] = ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w);
-                xi[j] = select(xb[j], xb[j] + u32(ih) * p.w + u32(iw), ok[j]);
-            }
-            let kof = kh * p.kw + kw;
-            for (var ci = 0u; ci < p.cin; ci++) {
-                var xv: array<f32, MAX_PX>;
-                var sc = 1.0;
-                var sh = 0.0;
-                if (PROLOGUE) {
-                    sc = fwd_scale[p.sc_off + ci];
-                    sh = fwd_shift[p.sh_off + ci];
-                }
-                for (var j = 0u; j < PX_TILE; j++) {
-                    var v = fwd_x[xi[j] + ci * hw];
-                    if (PROLOGUE) {
-                        v = max(fma(v, sc, sh), 0.0);
-                    }
-                    xv[j] = select(0.0, v, ok[j]);
-                }
-                let wo = ci * kk + kof;
-                for (var i = 0u; i < CH_TILE; i++) {
-                    let wv = fwd_w[wb[i] + wo];
-                    for (var j = 0u; j < PX_TILE; j++) {
-                        acc[i * PX_TILE + j] = fma(wv, xv[j], acc[i * PX_TILE + j]);
-                    }
-                }
-            }
-        }
-    }
-
-    for (var j = 0u; j < PX_TILE; j++) {
-        let q = q0 + j * WG;
-        if (q >= npix) { continue; }
-        let n = q / ohw;
-        let r = q - n * ohw;
-        let yb = p.out.offset + n * p.out.batch_stride + r;
-        for (var i = 0u; i < CH_TILE; i++) {
-            let co = co0 + i;
-            if (co >= p.cout) { continue; }
-            var v = acc[i * PX_TILE + j];
-            if (p.has_bias != 0u) {
-                v += fwd_b[p.b_off + co];
-            }
-            fwd_y[yb + co * ohw] = v;
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -396,62 +302,127 @@ fn backward_weight_reduce(@builtin(workgroup_id) wg: vec3<u32>,
 //   out[n, oc, q] (= bias[oc] +) / (+=) sum_rc,taps w[oc * w_out_stride + rc * w_red_stride + tap]
 //                                                   * inp'[n, rc, q shifted by the tap]
 
-// Pixel group of a lane: returns (n, first flat pixel q0 of the group); clamped.
-fn pixel_group(wg: vec3<u32>, nwg: vec3<u32>, li: u32, hw4: u32) -> vec2<u32> {
-    let g = min(block_id(wg, nwg) * WG + li, p.n * hw4 - 1u);
-    let n = g / hw4;
-    return vec2(n, (g - n * hw4) * 4u);
+// The register tile of conv1x1 / conv3x3: up to 4 x 2 blocks of 4 x 4. Block
+// acc[2 * cb + j] holds channels 4 cb .. 4 cb + 3 (its columns) at the 4 pixels of the
+// lane's pixel group j (a column is a vec4 over the pixels). Blocks beyond CH_TILE / PXV are
+// removed at pipeline creation (their guards are override constants). Every index into the
+// tile is a constant, so it stays in registers (a loop over the tile would leave dynamic
+// indices when the loop is not unrolled, and lavapipe would spill the tile to memory).
+alias Tile8 = array<mat4x4<f32>, 8>;
+
+// w.x .. w.w: the weights of 4 channels; x: one input value at 4 pixels.
+fn outer4(w: vec4<f32>, x: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(x * w.x, x * w.y, x * w.z, x * w.w);
+}
+
+// acc += w (x) x for one summed channel: w0 .. w3 weights of channels 0-3 .. 12-15,
+// x0 / x1 the inputs of pixel groups 0 / 1.
+fn mac_tile(acc: ptr<function, Tile8>, w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>,
+            w3: vec4<f32>, x0: vec4<f32>, x1: vec4<f32>) {
+    (*acc)[0] += outer4(w0, x0);
+    if (PXV > 1u) { (*acc)[1] += outer4(w0, x1); }
+    if (CH_TILE > 4u) {
+        (*acc)[2] += outer4(w1, x0);
+        if (PXV > 1u) { (*acc)[3] += outer4(w1, x1); }
+    }
+    if (CH_TILE > 8u) {
+        (*acc)[4] += outer4(w2, x0);
+        if (PXV > 1u) { (*acc)[5] += outer4(w2, x1); }
+    }
+    if (CH_TILE > 12u) {
+        (*acc)[6] += outer4(w3, x0);
+        if (PXV > 1u) { (*acc)[7] += outer4(w3, x1); }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
 // conv1x1: 1x1 kernel, stride 1, no padding: a GEMM over channels per pixel.
 //   forward:       y[n,co,q]    = b[co] + sum_ci w[co,ci] * x'[n,ci,q]
 //   backward_data: d_x[n,ci,q] += sum_co w[co,ci] * d_y[n,co,q]
+// One invocation owns CH_TILE channels (4 .. 16, from workgroup_id.y) x PXV pixel groups of
+// 4 (lane l of a block owns the groups l, l + WG).
 @group(0) @binding(1) var<storage, read> c1_inp: array<vec4<f32>>;        // (N, red_c, H*W/4) via p.inp
-@group(0) @binding(2) var<storage, read> c1_w: array<f32>;                // (Cout, Cin) at p.w_off
+@group(0) @binding(2) var<storage, read> c1_w: array<vec4<f32>>;          // (red_c, OCP) packed (pack_weight)
 @group(0) @binding(3) var<storage, read> c1_b: array<f32>;                // (out_c) at p.b_off, if p.has_bias
 @group(0) @binding(4) var<storage, read> c1_scale: array<f32>;            // (red_c) at p.sc_off, if PROLOGUE
 @group(0) @binding(5) var<storage, read> c1_shift: array<f32>;            // (red_c) at p.sh_off, if PROLOGUE
 @group(0) @binding(6) var<storage, read_write> c1_out: array<vec4<f32>>;  // (N, out_c, H*W/4) via p.out
 
+// vec4 index of the packed weights of channels oc0 + 4 cb .. + 3 (clamped to the last
+// block; clamped channels are never stored).
+fn w_block(oc0: u32, cb: u32) -> u32 {
+    return min(oc0 / 4u + cb, (p.out_c + 3u) / 4u - 1u);
+}
+// Stores block `blk` (channels oc0 + 4 cb .. + 3) at vec4 index ob (+ channel * hw4).
+fn c1_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
+    var b = blk;
+    for (var c = 0u; c < 4u; c++) {
+        let oc = oc0 + 4u * cb + c;
+        if (oc >= p.out_c || 4u * cb + c >= CH_TILE) { return; }
+        let o = ob + oc * hw4;
+        if (p.accumulate != 0u) {
+            c1_out[o] += b[c];
+        } else if (p.has_bias != 0u) {
+            c1_out[o] = b[c] + vec4(c1_b[p.b_off + oc]);
+        } else {
+            c1_out[o] = b[c];
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn conv1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
     let hw4 = (p.h * p.w) / 4u;
-    let nq = pixel_group(wg, nwg, li, hw4);
-    let ib = (p.inp.offset + nq.x * p.inp.batch_stride) / 4u + nq.y / 4u;
+    let ngrp = p.n * hw4;
+    let ga = block_id(wg, nwg) * (WG * PXV) + li;
+    let gb = ga + WG;
+    let na = min(ga, ngrp - 1u) / hw4;
+    let nb = min(gb, ngrp - 1u) / hw4;
+    // vec4 index of inp[n, 0, group] for groups a and b
+    let ia = (p.inp.offset + na * p.inp.batch_stride) / 4u + (min(ga, ngrp - 1u) - na * hw4);
+    let ib = (p.inp.offset + nb * p.inp.batch_stride) / 4u + (min(gb, ngrp - 1u) - nb * hw4);
     let oc0 = wg.y * CH_TILE;
-    var wb: array<u32, MAX_CH>;
-    for (var i = 0u; i < CH_TILE; i++) {
-        wb[i] = p.w_off + min(oc0 + i, p.out_c - 1u) * p.w_out_stride;
-    }
-    var acc: array<vec4<f32>, MAX_CH>;
-    for (var i = 0u; i < CH_TILE; i++) {
-        acc[i] = vec4(0.0);
-    }
+    let o0 = w_block(oc0, 0u);
+    let o1 = w_block(oc0, 1u);
+    let o2 = w_block(oc0, 2u);
+    let o3 = w_block(oc0, 3u);
+    let ocp4 = (p.out_c + 3u) / 4u;
+    var acc: Tile8;
+    var xa = vec4(0.0);
+    var xb = vec4(0.0);
+    var w1 = vec4(0.0);
+    var w2 = vec4(0.0);
+    var w3 = vec4(0.0);
     for (var rc = 0u; rc < p.red_c; rc++) {
-        var v = c1_inp[ib + rc * hw4];
+        xa = c1_inp[ia + rc * hw4];
+        if (PXV > 1u) { xb = c1_inp[ib + rc * hw4]; }
         if (PROLOGUE) {
-            v = max(fma(v, vec4(c1_scale[p.sc_off + rc]), vec4(c1_shift[p.sh_off + rc])), vec4(0.0));
+            let sc = vec4(c1_scale[p.sc_off + rc]);
+            let sh = vec4(c1_shift[p.sh_off + rc]);
+            xa = max(fma(xa, sc, sh), vec4(0.0));
+            xb = max(fma(xb, sc, sh), vec4(0.0));
         }
-        let wo = rc * p.w_red_stride;
-        for (var i = 0u; i < CH_TILE; i++) {
-            acc[i] = fma(vec4(c1_w[wb[i] + wo]), v, acc[i]);
-        }
+        let wo = rc * ocp4;
+        let w0 = c1_w[wo + o0];
+        if (CH_TILE > 4u) { w1 = c1_w[wo + o1]; }
+        if (CH_TILE > 8u) { w2 = c1_w[wo + o2]; }
+        if (CH_TILE > 12u) { w3 = c1_w[wo + o3]; }
+        mac_tile(&acc, w0, w1, w2, w3, xa, xb);
     }
-    if (block_id(wg, nwg) * WG + li >= p.n * hw4) { return; }
-    let ob = (p.out.offset + nq.x * p.out.batch_stride) / 4u + nq.y / 4u;
-    for (var i = 0u; i < CH_TILE; i++) {
-        let oc = oc0 + i;
-        if (oc >= p.out_c) { continue; }
-        let o = ob + oc * hw4;
-        if (p.accumulate != 0u) {
-            c1_out[o] += acc[i];
-        } else if (p.has_bias != 0u) {
-            c1_out[o] = acc[i] + vec4(c1_b[p.b_off + oc]);
-        } else {
-            c1_out[o] = acc[i];
-        }
+    if (ga < ngrp) {
+        let ob = (p.out.offset + na * p.out.batch_stride) / 4u + (ga - na * hw4);
+        c1_store(acc[0], oc0, 0u, ob, hw4);
+        c1_store(acc[2], oc0, 1u, ob, hw4);
+        c1_store(acc[4], oc0, 2u, ob, hw4);
+        c1_store(acc[6], oc0, 3u, ob, hw4);
+    }
+    if (PXV > 1u && gb < ngrp) {
+        let ob = (p.out.offset + nb * p.out.batch_stride) / 4u + (gb - nb * hw4);
+        c1_store(acc[1], oc0, 0u, ob, hw4);
+        c1_store(acc[3], oc0, 1u, ob, hw4);
+        c1_store(acc[5], oc0, 2u, ob, hw4);
+        c1_store(acc[7], oc0, 3u, ob, hw4);
     }
 }
 
@@ -459,170 +430,269 @@ fn conv1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
 // conv3x3: 3x3 kernel, stride 1, padding 1 (output size = input size).
 //   forward:       y[n,co,h,w]    = b[co] + sum_{ci,i,j} w[co,ci,i,j]     * x'[n,ci,h+i-1,w+j-1]
 //   backward_data: d_x[n,ci,h,w] += sum_{co,i,j} w[co,ci,2-i,2-j] * d_y[n,co,h+i-1,w+j-1]
-// For tap row i the inputs of the 4 pixels q0..q0+3 at taps j = 0..2 are the flat elements
-// q0 + (i-1)*W - 1 + [0, 6): three aligned vec4 loads cover them; the misalignment r is the
-// same for every lane. Out-of-image taps (padding, row wrap) are masked to 0.
+// One invocation owns CH_TILE channels (4 .. 16) x 4*PXV consecutive flat pixels q0 ..
+// q0+4*PXV-1 (PXV = 2 needs H*W % 8 == 0, so the 8 pixels lie in one image). For tap row i
+// their inputs at taps j = 0..2 are the flat elements q0 + (i-1)*W - 1 + [0, 4*PXV+2):
+// PXV + 2 aligned vec4 loads cover them; the misalignment r is the same for every lane.
+// Out-of-image taps (padding, row wrap) are masked to 0.
 @group(0) @binding(1) var<storage, read> c3_inp: array<vec4<f32>>;        // (N, red_c, H*W/4) via p.inp
-@group(0) @binding(2) var<storage, read> c3_w: array<f32>;                // (Cout, Cin, 3, 3) at p.w_off
+@group(0) @binding(2) var<storage, read> c3_w: array<vec4<f32>>;          // (red_c * 9, OCP) packed (pack_weight)
 @group(0) @binding(3) var<storage, read> c3_b: array<f32>;                // (out_c) at p.b_off, if p.has_bias
 @group(0) @binding(4) var<storage, read> c3_scale: array<f32>;            // (red_c) at p.sc_off, if PROLOGUE
 @group(0) @binding(5) var<storage, read> c3_shift: array<f32>;            // (red_c) at p.sh_off, if PROLOGUE
 @group(0) @binding(6) var<storage, read_write> c3_out: array<vec4<f32>>;  // (N, out_c, H*W/4) via p.out
 
+// Elements r .. r+3 of the 8 consecutive elements a, b (r in 0..3).
+fn window4(a: vec4<f32>, b: vec4<f32>, r: u32) -> vec4<f32> {
+    var s = a;
+    s = select(s, vec4(a.yzw, b.x), r == 1u);
+    s = select(s, vec4(a.zw, b.xy), r == 2u);
+    s = select(s, vec4(a.w, b.xyz), r == 3u);
+    return s;
+}
+fn c3_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
+    var b = blk;
+    for (var c = 0u; c < 4u; c++) {
+        let oc = oc0 + 4u * cb + c;
+        if (oc >= p.out_c || 4u * cb + c >= CH_TILE) { return; }
+        let o = ob + oc * hw4;
+        if (p.accumulate != 0u) {
+            c3_out[o] += b[c];
+        } else if (p.has_bias != 0u) {
+            c3_out[o] = b[c] + vec4(c3_b[p.b_off + oc]);
+        } else {
+            c3_out[o] = b[c];
+        }
+    }
+}
+// The 3 tap inputs of pixel group `j` (0 or 1) for one tap row: ld the loaded window.
+struct Taps {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+}
+fn taps(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, r: u32, row_ok: vec4<bool>,
+        col_l: vec4<bool>, col_r: vec4<bool>) -> Taps {
+    let s = window4(a, b, r);
+    let u = window4(b, c, r);
+    return Taps(select(vec4(0.0), s, row_ok & col_l),
+                select(vec4(0.0), vec4(s.yzw, u.x), row_ok),
+                select(vec4(0.0), vec4(s.zw, u.xy), row_ok & col_r));
+}
+
 @compute @workgroup_size(WG)
 fn conv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
     let hw4 = (p.h * p.w) / 4u;
-    let nq = pixel_group(wg, nwg, li, hw4);
-    let q0 = nq.y;
-    let ib = i32((p.inp.offset + nq.x * p.inp.batch_stride) / 4u + q0 / 4u);
+    let hwb = hw4 / PXV;                      // pixel blocks per image
+    let nblk = p.n * hwb;
+    let gid = block_id(wg, nwg) * WG + li;
+    let g = min(gid, nblk - 1u);
+    let n = g / hwb;
+    let q0 = (g - n * hwb) * 4u * PXV;
+    let ib = i32((p.inp.offset + n * p.inp.batch_stride) / 4u + q0 / 4u);
     let last = i32(arrayLength(&c3_inp)) - 1;
     let wi = i32(p.w);
     let hi = i32(p.h);
-    let qv = vec4<u32>(q0, q0 + 1u, q0 + 2u, q0 + 3u);
-    let rowv = vec4<i32>(qv / p.w);
-    let colv = vec4<i32>(qv % p.w);
-    let col_l = colv >= vec4(1);        // tap j = 0 reads column w - 1
-    let col_r = colv < vec4(wi - 1);    // tap j = 2 reads column w + 1
-    let flip = p.flip != 0u;
+    let qa = vec4(q0) + vec4(0u, 1u, 2u, 3u);
+    let qb = qa + vec4(4u);
+    let row_a = vec4<i32>(qa / p.w);
+    let row_b = vec4<i32>(qb / p.w);
+    let col_a = vec4<i32>(qa % p.w);
+    let col_b = vec4<i32>(qb % p.w);
 
     let oc0 = wg.y * CH_TILE;
-    var wb: array<u32, MAX_CH>;
-    for (var i = 0u; i < CH_TILE; i++) {
-        wb[i] = p.w_off + min(oc0 + i, p.out_c - 1u) * p.w_out_stride;
-    }
-    var acc: array<vec4<f32>, MAX_CH>;
-    for (var i = 0u; i < CH_TILE; i++) {
-        acc[i] = vec4(0.0);
-    }
+    let o0 = w_block(oc0, 0u);
+    let o1 = w_block(oc0, 1u);
+    let o2 = w_block(oc0, 2u);
+    let o3 = w_block(oc0, 3u);
+    let ocp4 = (p.out_c + 3u) / 4u;
+    var acc: Tile8;
+    var w1 = vec4(0.0);
+    var w2 = vec4(0.0);
+    var w3 = vec4(0.0);
+    var tb = Taps(vec4(0.0), vec4(0.0), vec4(0.0));
 
     for (var ti = 0u; ti < 3u; ti++) {
         let dh = i32(ti) - 1;
-        let rv = rowv + vec4(dh);
-        let row_ok = (rv >= vec4(0)) & (rv < vec4(hi));
-        let m0 = row_ok & col_l;
-        let m2 = row_ok & col_r;
+        let ra = row_a + vec4(dh);
+        let rb = row_b + vec4(dh);
+        let ok_a = (ra >= vec4(0)) & (ra < vec4(hi));
+        let ok_b = (rb >= vec4(0)) & (rb < vec4(hi));
         let shift = dh * wi - 1;          // window start relative to q0
         let g0 = ib + (shift >> 2u);      // floor(shift / 4)
         let r = u32(shift & 3);
-        let kr = select(ti, 2u - ti, flip) * 3u;
-        let t0 = kr + select(0u, 2u, flip);
-        let t1 = kr + 1u;
-        let t2 = kr + select(2u, 0u, flip);
         for (var rc = 0u; rc < p.red_c; rc++) {
             let gi = g0 + i32(rc * hw4);
             var a = c3_inp[u32(clamp(gi, 0, last))];
             var b = c3_inp[u32(clamp(gi + 1, 0, last))];
             var c = c3_inp[u32(clamp(gi + 2, 0, last))];
+            var d = vec4(0.0);
+            if (PXV > 1u) { d = c3_inp[u32(clamp(gi + 3, 0, last))]; }
             if (PROLOGUE) {
                 let sc = vec4(c3_scale[p.sc_off + rc]);
                 let sh = vec4(c3_shift[p.sh_off + rc]);
                 a = max(fma(a, sc, sh), vec4(0.0));
                 b = max(fma(b, sc, sh), vec4(0.0));
                 c = max(fma(c, sc, sh), vec4(0.0));
+                d = max(fma(d, sc, sh), vec4(0.0));
             }
-            // s = window elements r .. r+3, u = r+4 .. r+7
-            var s = a;
-            var u = b;
-            s = select(s, vec4(a.yzw, b.x), r == 1u);
-            u = select(u, vec4(b.yzw, c.x), r == 1u);
-            s = select(s, vec4(a.zw, b.xy), r == 2u);
-            u = select(u, vec4(b.zw, c.xy), r == 2u);
-            s = select(s, vec4(a.w, b.xyz), r == 3u);
-            u = select(u, vec4(b.w, c.xyz), r == 3u);
-            let x0 = select(vec4(0.0), s, m0);
-            let x1 = select(vec4(0.0), vec4(s.yzw, u.x), row_ok);
-            let x2 = select(vec4(0.0), vec4(s.zw, u.xy), m2);
-            let wo = rc * p.w_red_stride;
-            for (var i = 0u; i < CH_TILE; i++) {
-                let o = wb[i] + wo;
-                acc[i] = fma(vec4(c3_w[o + t0]), x0, acc[i]);
-                acc[i] = fma(vec4(c3_w[o + t1]), x1, acc[i]);
-                acc[i] = fma(vec4(c3_w[o + t2]), x2, acc[i]);
+            let ta = taps(a, b, c, r, ok_a, col_a >= vec4(1), col_a < vec4(wi - 1));
+            if (PXV > 1u) {
+                tb = taps(b, c, d, r, ok_b, col_b >= vec4(1), col_b < vec4(wi - 1));
             }
+            // packed weights of taps (ti, 0), (ti, 1), (ti, 2): rows (rc * 9 + 3 ti + j)
+            let wa = (rc * 9u + 3u * ti) * ocp4;
+            let wb = wa + ocp4;
+            let wc = wb + ocp4;
+            let w0 = c3_w[wa + o0];
+            if (CH_TILE > 4u) { w1 = c3_w[wa + o1]; }
+            if (CH_TILE > 8u) { w2 = c3_w[wa + o2]; }
+            if (CH_TILE > 12u) { w3 = c3_w[wa + o3]; }
+            mac_tile(&acc, w0, w1, w2, w3, ta.x0, tb.x0);
+            let v0 = c3_w[wb + o0];
+            if (CH_TILE > 4u) { w1 = c3_w[wb + o1]; }
+            if (CH_TILE > 8u) { w2 = c3_w[wb + o2]; }
+            if (CH_TILE > 12u) { w3 = c3_w[wb + o3]; }
+            mac_tile(&acc, v0, w1, w2, w3, ta.x1, tb.x1);
+            let u0 = c3_w[wc + o0];
+            if (CH_TILE > 4u) { w1 = c3_w[wc + o1]; }
+            if (CH_TILE > 8u) { w2 = c3_w[wc + o2]; }
+            if (CH_TILE > 12u) { w3 = c3_w[wc + o3]; }
+            mac_tile(&acc, u0, w1, w2, w3, ta.x2, tb.x2);
         }
     }
 
-    if (block_id(wg, nwg) * WG + li >= p.n * hw4) { return; }
-    let ob = (p.out.offset + nq.x * p.out.batch_stride) / 4u + q0 / 4u;
-    for (var i = 0u; i < CH_TILE; i++) {
-        let oc = oc0 + i;
-        if (oc >= p.out_c) { continue; }
-        let o = ob + oc * hw4;
-        if (p.accumulate != 0u) {
-            c3_out[o] += acc[i];
-        } else if (p.has_bias != 0u) {
-            c3_out[o] = acc[i] + vec4(c3_b[p.b_off + oc]);
-        } else {
-            c3_out[o] = acc[i];
-        }
+    if (gid >= nblk) { return; }
+    let ob = (p.out.offset + n * p.out.batch_stride) / 4u + q0 / 4u;
+    c3_store(acc[0], oc0, 0u, ob, hw4);
+    c3_store(acc[2], oc0, 1u, ob, hw4);
+    c3_store(acc[4], oc0, 2u, ob, hw4);
+    c3_store(acc[6], oc0, 3u, ob, hw4);
+    if (PXV > 1u) {
+        c3_store(acc[1], oc0, 0u, ob + 1u, hw4);
+        c3_store(acc[3], oc0, 1u, ob + 1u, hw4);
+        c3_store(acc[5], oc0, 2u, ob + 1u, hw4);
+        c3_store(acc[7], oc0, 3u, ob + 1u, hw4);
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// backward_weight_partial_v4: stride 1, square kernel K = 2*pad + 1 (output size = input
-// size). Column k = (ci, kh, kw) reads x at the flat shift d = (kh-pad)*W + (kw-pad), so a
-// group of 4 pixels needs two aligned vec4 loads and a per-lane shuffle by d mod 4; the
-// d_y loads of a pixel group are workgroup-uniform vec4s. Layout as backward_weight_partial,
-// with p.chunk_len counted in pixel groups of 4.
-@group(0) @binding(1) var<storage, read> bv_d_y: array<vec4<f32>>;        // (N, Cout, H*W/4) via p.out
-@group(0) @binding(2) var<storage, read> bv_x: array<vec4<f32>>;          // (N, Cin, H*W/4) via p.inp
-@group(0) @binding(3) var<storage, read> bv_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
-@group(0) @binding(4) var<storage, read> bv_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
-@group(0) @binding(5) var<storage, read_write> bv_part: array<f32>;       // (chunks, Cout*Cin*K*K + Cout)
+// backward_weight_rows: 3x3 kernel (KT = 3 taps per row), stride 1, pad 1, vec4 layout.
+// One invocation owns CH_TILE output channels (4 .. 16, from workgroup_id.y) x PX_TILE (1 or
+// 2) kernel rows (ci, kh) (lane l: rows l, l + WG) x the 3 taps of a row, summed over one
+// chunk of pixel groups of 4. Per group and row it loads the 3 aligned vec4s covering the
+// flat window q0 + (kh-1)*W - 1 + [0, 6) once and shifts it for the 3 taps; the d_y loads
+// are workgroup-uniform vec4s. The tile acc[(j * KT + t) * 4 + cb] holds, for row j and tap t,
+// the sums of channels 4 cb .. 4 cb + 3 (a vec4 over channels: x_t * G_cb, with G_cb's
+// columns the 4 channels' d_y vec4s, is the 4 dot products over the group's pixels); all
+// its indices are constants so it stays in registers. Output layout as
+// backward_weight_partial (column (ci, kh, kw) = row * KT + kw); p.chunk_len counts pixel
+// groups of 4.
+@group(0) @binding(1) var<storage, read> bq_d_y: array<vec4<f32>>;        // (N, Cout, H*W/4) via p.out
+@group(0) @binding(2) var<storage, read> bq_x: array<vec4<f32>>;          // (N, Cin, H*W/4) via p.inp
+@group(0) @binding(3) var<storage, read> bq_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
+@group(0) @binding(4) var<storage, read> bq_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
+@group(0) @binding(5) var<storage, read_write> bq_part: array<f32>;       // (chunks, Cout*Cin*9 + Cout)
+
+const KT: u32 = 3u;
+alias RowTile = array<vec4<f32>, 24>;
+
+fn bq_mac(acc: ptr<function, RowTile>, k: u32, x: vec4<f32>, g0: mat4x4<f32>,
+          g1: mat4x4<f32>, g2: mat4x4<f32>, g3: mat4x4<f32>) {
+    (*acc)[k] += x * g0;
+    if (CH_TILE > 4u) { (*acc)[k + 1u] += x * g1; }
+    if (CH_TILE > 8u) { (*acc)[k + 2u] += x * g2; }
+    if (CH_TILE > 12u) { (*acc)[k + 3u] += x * g3; }
+}
+
+// d_y of the 4 channels co0 + 4 cb .. + 3 at the pixel group yb (clamped channels).
+fn bq_g(yb: u32, yc: vec4<u32>) -> mat4x4<f32> {
+    return mat4x4<f32>(bq_d_y[yb + yc.x], bq_d_y[yb + yc.y], bq_d_y[yb + yc.z], bq_d_y[yb + yc.w]);
+}
+
+// Writes the sums `a` of channels co0 + 4 cb .. + 3 for kernel row k, tap t.
+fn bq_store(a: vec4<f32>, k: u32, t: u32, cb: u32, co0: u32, base: u32, ncol: u32) {
+    if (k >= p.cin * KT) { return; }
+    var v = a;
+    for (var c = 0u; c < 4u; c++) {
+        let co = co0 + 4u * cb + c;
+        if (co >= p.cout || 4u * cb + c >= CH_TILE) { return; }
+        bq_part[base + co * ncol + k * KT + t] = v[c];
+    }
+}
+
+// The tap inputs of one kernel row at the pixel group (x' with the prologue, masked).
+fn bq_row(gi: i32, last: i32, r: u32, dh: i32, sc: f32, sh: f32, rowv: vec4<i32>,
+          col_l: vec4<bool>, col_r: vec4<bool>) -> Taps {
+    var a = bq_x[u32(clamp(gi, 0, last))];
+    var b = bq_x[u32(clamp(gi + 1, 0, last))];
+    var c = bq_x[u32(clamp(gi + 2, 0, last))];
+    if (PROLOGUE) {
+        a = max(fma(a, vec4(sc), vec4(sh)), vec4(0.0));
+        b = max(fma(b, vec4(sc), vec4(sh)), vec4(0.0));
+        c = max(fma(c, vec4(sc), vec4(sh)), vec4(0.0));
+    }
+    let rv = rowv + vec4(dh);
+    return taps(a, b, c, r, (rv >= vec4(0)) & (rv < vec4(i32(p.h))), col_l, col_r);
+}
 
 @compute @workgroup_size(WG)
-fn backward_weight_partial_v4(@builtin(workgroup_id) wg: vec3<u32>,
-                              @builtin(local_invocation_index) li: u32) {
+fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
+                        @builtin(local_invocation_index) li: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let ngrp = p.n * hw4;
-    let kk = p.kh * p.kw;
-    let ncol = p.cin * kk;
+    let nrow = p.cin * KT;
+    let ncol = nrow * KT;
     let co0 = wg.y * CH_TILE;
-    let k0 = wg.x * (WG * PX_TILE) + li;
+    let ka = wg.x * (WG * PX_TILE) + li;
+    let kb = ka + WG;
     let chunk = wg.z;
     let g_begin = chunk * p.chunk_len;
     let g_end = min(g_begin + p.chunk_len, ngrp);
-    let last = i32(arrayLength(&bv_x)) - 1;
+    let last = i32(arrayLength(&bq_x)) - 1;
     let wi = i32(p.w);
     let hi = i32(p.h);
-    let wide = p.kh > 1u;
+    let half = 1;
 
-    var dh: array<i32, MAX_PX>;   // kh - pad
-    var dw: array<i32, MAX_PX>;   // kw - pad
-    var xo: array<i32, MAX_PX>;   // ci * H*W/4 + floor(d / 4)
-    var rr: array<u32, MAX_PX>;   // d mod 4
-    var sc: array<f32, MAX_PX>;
-    var sh: array<f32, MAX_PX>;
-    for (var j = 0u; j < PX_TILE; j++) {
-        let k = min(k0 + j * WG, ncol - 1u);
-        let ci = k / kk;
-        let t = k - ci * kk;
-        let kh = t / p.kw;
-        let kw = t - kh * p.kw;
-        dh[j] = i32(kh) - i32(p.pad);
-        dw[j] = i32(kw) - i32(p.pad);
-        let d = dh[j] * wi + dw[j];
-        xo[j] = i32(ci * hw4) + (d >> 2u);
-        rr[j] = u32(d & 3);
-        if (PROLOGUE) {
-            sc[j] = bv_scale[p.sc_off + ci];
-            sh[j] = bv_shift[p.sh_off + ci];
-        }
+    // Geometry of rows a and b: row k = (ci, kh) reads x at the flat shift
+    // d = (kh - pad) * W - pad: vec4 offset ci * H*W/4 + floor(d / 4), misalignment d mod 4.
+    let ra = min(ka, nrow - 1u);
+    let rb = min(kb, nrow - 1u);
+    let ci_a = ra / KT;
+    let ci_b = rb / KT;
+    let dh_a = i32(ra - ci_a * KT) - half;
+    let dh_b = i32(rb - ci_b * KT) - half;
+    let d_a = dh_a * wi - half;
+    let d_b = dh_b * wi - half;
+    let xo_a = i32(ci_a * hw4) + (d_a >> 2u);
+    let xo_b = i32(ci_b * hw4) + (d_b >> 2u);
+    let r_a = u32(d_a & 3);
+    let r_b = u32(d_b & 3);
+    var sc_a = 1.0;
+    var sh_a = 0.0;
+    var sc_b = 1.0;
+    var sh_b = 0.0;
+    if (PROLOGUE) {
+        sc_a = bq_scale[p.sc_off + ci_a];
+        sh_a = bq_shift[p.sh_off + ci_a];
+        sc_b = bq_scale[p.sc_off + ci_b];
+        sh_b = bq_shift[p.sh_off + ci_b];
     }
-    var yc: array<u32, MAX_CH>;
-    for (var i = 0u; i < CH_TILE; i++) {
-        yc[i] = min(co0 + i, p.cout - 1u) * hw4;
-    }
+    // vec4 offsets of d_y[0, co, 0] for the 16 channels (clamped).
+    let cl = vec4(p.cout - 1u);
+    let y0 = min(vec4(co0) + vec4(0u, 1u, 2u, 3u), cl) * hw4;
+    let y1 = min(vec4(co0) + vec4(4u, 5u, 6u, 7u), cl) * hw4;
+    let y2 = min(vec4(co0) + vec4(8u, 9u, 10u, 11u), cl) * hw4;
+    let y3 = min(vec4(co0) + vec4(12u, 13u, 14u, 15u), cl) * hw4;
 
-    var acc: array<vec4<f32>, 16>;   // [i * PX_TILE + j], CH_TILE * PX_TILE <= 16
-    var bacc: array<vec4<f32>, MAX_CH>;
-    for (var t = 0u; t < CH_TILE * PX_TILE; t++) {
-        acc[t] = vec4(0.0);
-    }
-    for (var i = 0u; i < CH_TILE; i++) {
-        bacc[i] = vec4(0.0);
-    }
+    var acc: RowTile;
+    var bsum: array<vec4<f32>, 4>;
+    var g1 = mat4x4<f32>();
+    var g2 = mat4x4<f32>();
+    var g3 = mat4x4<f32>();
+    var tb = Taps(vec4(0.0), vec4(0.0), vec4(0.0));
+    let ones = vec4(1.0);
 
     // Walk the pixel groups of the chunk keeping (n, q0) and the rows / columns of the 4
     // pixels up to date without divisions (W >= 4, so a step of 4 wraps a row at most once).
@@ -638,33 +708,31 @@ fn backward_weight_partial_v4(@builtin(workgroup_id) wg: vec3<u32>,
             rowv -= vec4(hi);
         }
         let xb = i32((p.inp.offset + n * p.inp.batch_stride) / 4u + q0 / 4u);
-        var xv: array<vec4<f32>, MAX_PX>;
-        for (var j = 0u; j < PX_TILE; j++) {
-            let gi = xb + xo[j];
-            let a = bv_x[u32(clamp(gi, 0, last))];
-            var v = a;
-            if (wide) {
-                let b = bv_x[u32(clamp(gi + 1, 0, last))];
-                let r = rr[j];
-                v = select(v, vec4(a.yzw, b.x), r == 1u);
-                v = select(v, vec4(a.zw, b.xy), r == 2u);
-                v = select(v, vec4(a.w, b.xyz), r == 3u);
-            }
-            if (PROLOGUE) {
-                v = max(fma(v, vec4(sc[j]), vec4(sh[j])), vec4(0.0));
-            }
-            let rv = rowv + vec4(dh[j]);
-            let cv = colv + vec4(dw[j]);
-            let ok = (rv >= vec4(0)) & (rv < vec4(hi)) & (cv >= vec4(0)) & (cv < vec4(wi));
-            xv[j] = select(vec4(0.0), v, ok);
+        let col_l = colv >= vec4(1);
+        let col_r = colv < vec4(wi - 1);
+        let ta = bq_row(xb + xo_a, last, r_a, dh_a, sc_a, sh_a, rowv, col_l, col_r);
+        if (PX_TILE > 1u) {
+            tb = bq_row(xb + xo_b, last, r_b, dh_b, sc_b, sh_b, rowv, col_l, col_r);
         }
+        let x00 = ta.x0;
+        let x01 = ta.x1;
+        let x02 = ta.x2;
+        let x10 = tb.x0;
+        let x11 = tb.x1;
+        let x12 = tb.x2;
         let yb = (p.out.offset + n * p.out.batch_stride) / 4u + q0 / 4u;
-        for (var i = 0u; i < CH_TILE; i++) {
-            let gy = bv_d_y[yb + yc[i]];
-            bacc[i] += gy;
-            for (var j = 0u; j < PX_TILE; j++) {
-                acc[i * PX_TILE + j] = fma(gy, xv[j], acc[i * PX_TILE + j]);
-            }
+        let g0 = bq_g(yb, y0);
+        bsum[0] += ones * g0;
+        if (CH_TILE > 4u) { g1 = bq_g(yb, y1); bsum[1] += ones * g1; }
+        if (CH_TILE > 8u) { g2 = bq_g(yb, y2); bsum[2] += ones * g2; }
+        if (CH_TILE > 12u) { g3 = bq_g(yb, y3); bsum[3] += ones * g3; }
+        bq_mac(&acc, 0u, x00, g0, g1, g2, g3);
+        bq_mac(&acc, 4u, x01, g0, g1, g2, g3);
+        bq_mac(&acc, 8u, x02, g0, g1, g2, g3);
+        if (PX_TILE > 1u) {
+            bq_mac(&acc, 12u, x10, g0, g1, g2, g3);
+            bq_mac(&acc, 16u, x11, g0, g1, g2, g3);
+            bq_mac(&acc, 20u, x12, g0, g1, g2, g3);
         }
         q0 += 4u;
         colv += vec4(4);
@@ -674,19 +742,459 @@ fn backward_weight_partial_v4(@builtin(workgroup_id) wg: vec3<u32>,
     }
 
     let base = chunk * p.part_stride;
-    for (var i = 0u; i < CH_TILE; i++) {
-        let co = co0 + i;
-        if (co >= p.cout) { continue; }
-        for (var j = 0u; j < PX_TILE; j++) {
-            let k = k0 + j * WG;
-            if (k < ncol) {
-                let a = acc[i * PX_TILE + j];
-                bv_part[base + co * ncol + k] = (a.x + a.y) + (a.z + a.w);
+    bq_store(acc[0], ka, 0u, 0u, co0, base, ncol);
+    if (CH_TILE > 4u) { bq_store(acc[1], ka, 0u, 1u, co0, base, ncol); }
+    if (CH_TILE > 8u) { bq_store(acc[2], ka, 0u, 2u, co0, base, ncol); }
+    if (CH_TILE > 12u) { bq_store(acc[3], ka, 0u, 3u, co0, base, ncol); }
+    bq_store(acc[4], ka, 1u, 0u, co0, base, ncol);
+    if (CH_TILE > 4u) { bq_store(acc[5], ka, 1u, 1u, co0, base, ncol); }
+    if (CH_TILE > 8u) { bq_store(acc[6], ka, 1u, 2u, co0, base, ncol); }
+    if (CH_TILE > 12u) { bq_store(acc[7], ka, 1u, 3u, co0, base, ncol); }
+    bq_store(acc[8], ka, 2u, 0u, co0, base, ncol);
+    if (CH_TILE > 4u) { bq_store(acc[9], ka, 2u, 1u, co0, base, ncol); }
+    if (CH_TILE > 8u) { bq_store(acc[10], ka, 2u, 2u, co0, base, ncol); }
+    if (CH_TILE > 12u) { bq_store(acc[11], ka, 2u, 3u, co0, base, ncol); }
+    if (PX_TILE > 1u) { bq_store(acc[12], kb, 0u, 0u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 4u) { bq_store(acc[13], kb, 0u, 1u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 8u) { bq_store(acc[14], kb, 0u, 2u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 12u) { bq_store(acc[15], kb, 0u, 3u, co0, base, ncol); }
+    if (PX_TILE > 1u) { bq_store(acc[16], kb, 1u, 0u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 4u) { bq_store(acc[17], kb, 1u, 1u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 8u) { bq_store(acc[18], kb, 1u, 2u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 12u) { bq_store(acc[19], kb, 1u, 3u, co0, base, ncol); }
+    if (PX_TILE > 1u) { bq_store(acc[20], kb, 2u, 0u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 4u) { bq_store(acc[21], kb, 2u, 1u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 8u) { bq_store(acc[22], kb, 2u, 2u, co0, base, ncol); }
+    if (PX_TILE > 1u && CH_TILE > 12u) { bq_store(acc[23], kb, 2u, 3u, co0, base, ncol); }
+    if (wg.x == 0u && li == 0u) {
+        for (var cb = 0u; cb < 4u; cb++) {
+            var v = bsum[cb];
+            for (var c = 0u; c < 4u; c++) {
+                let co = co0 + 4u * cb + c;
+                if (co < p.cout && 4u * cb + c < CH_TILE) {
+                    bq_part[base + p.cout * ncol + co] = v[c];
+                }
             }
         }
-        if (wg.x == 0u && li == 0u) {
-            let a = bacc[i];
-            bv_part[base + p.cout * ncol + co] = (a.x + a.y) + (a.z + a.w);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// pack_weight (for conv1x1 / conv3x3): wp[(rc * KK + t) * OCP + oc] = w[oc, rc, tap t] with
+// OCP = out_c rounded up to a multiple of 4 (the extra channels are 0), the tap rotated by
+// 180 degrees when p.flip (backward_data). The weights of 4 consecutive output channels are
+// then one aligned vec4: lavapipe pays per load instruction, uniform or not, so one vec4 load
+// replaces 4 scalar ones.
+@group(0) @binding(1) var<storage, read> pw_w: array<f32>;          // (Cout, Cin, KH, KW) at p.w_off
+@group(0) @binding(2) var<storage, read_write> pw_out: array<f32>;  // (red_c * KH*KW, OCP)
+
+@compute @workgroup_size(WG)
+fn pack_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let e = linear_id(wg, nwg, li, WG);
+    if (e >= p.total) { return; }
+    let kk = p.kh * p.kw;
+    let ocp = (p.out_c + 3u) / 4u * 4u;
+    let rt = e / ocp;
+    let oc = e - rt * ocp;
+    let rc = rt / kk;
+    let t = rt - rc * kk;
+    var v = 0.0;
+    if (oc < p.out_c) {
+        let tap = select(t, kk - 1u - t, p.flip != 0u);
+        v = pw_w[p.w_off + oc * p.w_out_stride + rc * p.w_red_stride + tap];
+    }
+    pw_out[e] = v;
+}
+
+// ---------------------------------------------------------------------------------------
+// to_pixel_major (1x1 backward_weight): out[(n*H*W + q) * CP + c] = inp'[n, c, q] with
+// CP = C rounded up to 4 (extra channels 0); inp' = the prologue applied when PROLOGUE.
+// One invocation per (pixel group of 4, channel block of 4): 4 vec4 loads, a 4 x 4
+// transpose, 4 vec4 stores. p.red_c = C, p.total = N*H*W/4 * CP/4.
+@group(0) @binding(1) var<storage, read> tp_in: array<vec4<f32>>;        // (N, C, H*W/4) via p.inp
+@group(0) @binding(2) var<storage, read> tp_scale: array<f32>;           // (C) at p.sc_off, if PROLOGUE
+@group(0) @binding(3) var<storage, read> tp_shift: array<f32>;           // (C) at p.sh_off, if PROLOGUE
+@group(0) @binding(4) var<storage, read_write> tp_out: array<vec4<f32>>; // (N*H*W, CP)
+
+@compute @workgroup_size(WG)
+fn to_pixel_major(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) li: u32) {
+    let e = linear_id(wg, nwg, li, WG);
+    if (e >= p.total) { return; }
+    let cp4 = (p.red_c + 3u) / 4u;
+    let hw4 = (p.h * p.w) / 4u;
+    let g = e / cp4;
+    let cb = e - g * cp4;
+    let n = g / hw4;
+    let base = (p.inp.offset + n * p.inp.batch_stride) / 4u + (g - n * hw4);
+    var m = mat4x4<f32>();   // column c: channel 4 cb + c at the 4 pixels
+    for (var c = 0u; c < 4u; c++) {
+        let ch = 4u * cb + c;
+        if (ch < p.red_c) {
+            var v = tp_in[base + ch * hw4];
+            if (PROLOGUE) {
+                v = max(fma(v, vec4(tp_scale[p.sc_off + ch]), vec4(tp_shift[p.sh_off + ch])), vec4(0.0));
+            }
+            m[c] = v;
         }
     }
+    let t = transpose(m);   // column r: the 4 channels at pixel 4 g + r
+    for (var r = 0u; r < 4u; r++) {
+        tp_out[(4u * g + r) * cp4 + cb] = t[r];
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// backward_weight_1x1: 1x1, stride 1, no padding, from pixel-major copies of d_y and x'
+// (to_pixel_major). Partial sums over one chunk of pixels k (workgroup_id.z):
+//   part[chunk, co * Cin + ci] = sum_k dyt[k, co] * xt[k, ci]
+//   part[chunk, Cout * Cin + co] = sum_k dyt[k, co]
+// One invocation owns CH_TILE output channels (workgroup-uniform: one vec4 load per 4) x PXV
+// blocks of 4 input channels (lane l: blocks l, l + WG; one vec4 load each) per pixel, in
+// the same 4 x 4 register blocks as conv1x1 (here a block's columns are output channels and
+// its rows input channels).
+@group(0) @binding(1) var<storage, read> bp_dy: array<vec4<f32>>;         // (N*H*W, COP) pixel-major d_y
+@group(0) @binding(2) var<storage, read> bp_x: array<vec4<f32>>;          // (N*H*W, CIP) pixel-major x'
+@group(0) @binding(3) var<storage, read_write> bp_part: array<f32>;       // (chunks, Cout*Cin + Cout)
+
+// Writes block `blk`: output channels co .. co+3 (columns) x weight columns 4 gi .. +3
+// (rows) of a row of `ncol` columns.
+fn bp_store(blk: mat4x4<f32>, co: u32, gi: u32, base: u32, ncol: u32) {
+    var b = blk;
+    for (var c = 0u; c < 4u; c++) {
+        if (co + c >= p.cout) { return; }
+        for (var r = 0u; r < 4u; r++) {
+            let k = 4u * gi + r;
+            if (k < ncol) {
+                bp_part[base + (co + c) * ncol + k] = b[c][r];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn backward_weight_1x1(@builtin(workgroup_id) wg: vec3<u32>,
+                       @builtin(local_invocation_index) li: u32) {
+    let npix = p.n * p.h * p.w;
+    let cop4 = (p.cout + 3u) / 4u;
+    let cip4 = (p.cin + 3u) / 4u;
+    let co0 = wg.y * CH_TILE;
+    let o0 = min(co0 / 4u, cop4 - 1u);
+    let o1 = min(co0 / 4u + 1u, cop4 - 1u);
+    let o2 = min(co0 / 4u + 2u, cop4 - 1u);
+    let o3 = min(co0 / 4u + 3u, cop4 - 1u);
+    let ga = wg.x * (WG * PXV) + li;
+    let gb = ga + WG;
+    let xa = min(ga, cip4 - 1u);
+    let xb = min(gb, cip4 - 1u);
+    let chunk = wg.z;
+    let k_begin = chunk * p.chunk_len;
+    let k_end = min(k_begin + p.chunk_len, npix);
+
+    var acc: Tile8;
+    var bs0 = vec4(0.0);
+    var bs1 = vec4(0.0);
+    var bs2 = vec4(0.0);
+    var bs3 = vec4(0.0);
+    var g1 = vec4(0.0);
+    var g2 = vec4(0.0);
+    var g3 = vec4(0.0);
+    var x1 = vec4(0.0);
+    for (var k = k_begin; k < k_end; k++) {
+        let yr = k * cop4;
+        let xr = k * cip4;
+        let g0 = bp_dy[yr + o0];
+        bs0 += g0;
+        if (CH_TILE > 4u) { g1 = bp_dy[yr + o1]; bs1 += g1; }
+        if (CH_TILE > 8u) { g2 = bp_dy[yr + o2]; bs2 += g2; }
+        if (CH_TILE > 12u) { g3 = bp_dy[yr + o3]; bs3 += g3; }
+        let x0 = bp_x[xr + xa];
+        if (PXV > 1u) { x1 = bp_x[xr + xb]; }
+        mac_tile(&acc, g0, g1, g2, g3, x0, x1);
+    }
+
+    let base = chunk * p.part_stride;
+    if (ga < cip4) {
+    bp_store(acc[0], co0 + 0u, ga, base, p.cin);
+    if (CH_TILE > 4u) { bp_store(acc[2], co0 + 4u, ga, base, p.cin); }
+    if (CH_TILE > 8u) { bp_store(acc[4], co0 + 8u, ga, base, p.cin); }
+    if (CH_TILE > 12u) { bp_store(acc[6], co0 + 12u, ga, base, p.cin); }
+    if (PXV > 1u) { bp_store(acc[1], co0 + 0u, gb, base, p.cin); }
+    if (PXV > 1u && CH_TILE > 4u) { bp_store(acc[3], co0 + 4u, gb, base, p.cin); }
+    if (PXV > 1u && CH_TILE > 8u) { bp_store(acc[5], co0 + 8u, gb, base, p.cin); }
+    if (PXV > 1u && CH_TILE > 12u) { bp_store(acc[7], co0 + 12u, gb, base, p.cin); }
+    }
+    if (wg.x == 0u && li == 0u) {
+        var bs = mat4x4<f32>(bs0, bs1, bs2, bs3);
+        for (var i = 0u; i < CH_TILE; i++) {
+            let co = co0 + i;
+            if (co < p.cout) {
+                bp_part[base + p.cout * p.cin + co] = bs[i / 4u][i % 4u];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// backward_weight_strided: any kernel / stride / padding, d_y in pixel-major form
+// (to_pixel_major; needs OH*OW % 4 == 0 and an aligned d_y). Partial sums over one chunk of
+// output pixels k = (n, oh, ow) (workgroup_id.z), layout as backward_weight_partial:
+//   part[chunk, co * ncol + col] = sum_k dyt[k, co] * x'[n, ci, oh*s-p+kh, ow*s-p+kw],
+//   col = (ci, kh, kw);  part[chunk, Cout * ncol + co] = sum_k dyt[k, co]
+// One invocation owns CH_TILE output channels (workgroup-uniform vec4 loads of dyt) x PXV
+// blocks of 4 consecutive columns (lane l: blocks l, l + WG): per pixel 4 * PXV per-lane
+// gathers of x, in conv1x1's 4 x 4 register blocks.
+@group(0) @binding(1) var<storage, read> bs_dy: array<vec4<f32>>;         // (N*OH*OW, COP) pixel-major d_y
+@group(0) @binding(2) var<storage, read> bs_x: array<f32>;                // (N, Cin, H, W) via p.inp
+@group(0) @binding(3) var<storage, read> bs_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
+@group(0) @binding(4) var<storage, read> bs_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
+@group(0) @binding(5) var<storage, read_write> bs_part: array<f32>;       // (chunks, Cout*ncol + Cout)
+
+fn bs_store(blk: mat4x4<f32>, co: u32, gi: u32, base: u32, ncol: u32) {
+    var b = blk;
+    for (var c = 0u; c < 4u; c++) {
+        if (co + c >= p.cout) { return; }
+        for (var r = 0u; r < 4u; r++) {
+            let k = 4u * gi + r;
+            if (k < ncol) {
+                bs_part[base + (co + c) * ncol + k] = b[c][r];
+            }
+        }
+    }
+}
+
+// Geometry of the 4 columns 4 gi .. 4 gi + 3 (clamped): (kh - pad, kw - pad, ci * H*W).
+struct Cols {
+    dh: vec4<i32>,
+    dw: vec4<i32>,
+    xc: vec4<u32>,
+    sc: vec4<f32>,
+    sh: vec4<f32>,
+}
+fn bs_cols(gi: u32, ncol: u32) -> Cols {
+    let kk = p.kh * p.kw;
+    let k = min(vec4(4u * gi) + vec4(0u, 1u, 2u, 3u), vec4(ncol - 1u));
+    let ci = k / kk;
+    let t = k - ci * kk;
+    let kh = t / p.kw;
+    let kw = t - kh * p.kw;
+    var c: Cols;
+    c.dh = vec4<i32>(kh) - vec4(i32(p.pad));
+    c.dw = vec4<i32>(kw) - vec4(i32(p.pad));
+    c.xc = ci * (p.h * p.w);
+    c.sc = vec4(1.0);
+    c.sh = vec4(0.0);
+    if (PROLOGUE) {
+        c.sc = vec4(bs_scale[p.sc_off + ci.x], bs_scale[p.sc_off + ci.y],
+                    bs_scale[p.sc_off + ci.z], bs_scale[p.sc_off + ci.w]);
+        c.sh = vec4(bs_shift[p.sh_off + ci.x], bs_shift[p.sh_off + ci.y],
+                    bs_shift[p.sh_off + ci.z], bs_shift[p.sh_off + ci.w]);
+    }
+    return c;
+}
+// x' at the 4 columns for the input position (ih0, iw0) = (oh*s, ow*s) of image base xn.
+fn bs_x4(c: Cols, xn: u32, ih0: i32, iw0: i32) -> vec4<f32> {
+    let ih = vec4(ih0) + c.dh;
+    let iw = vec4(iw0) + c.dw;
+    let ok = (ih >= vec4(0)) & (ih < vec4(i32(p.h))) & (iw >= vec4(0)) & (iw < vec4(i32(p.w)));
+    let idx = select(vec4(xn), vec4(xn) + c.xc + vec4<u32>(ih) * p.w + vec4<u32>(iw), ok);
+    var v = vec4(bs_x[idx.x], bs_x[idx.y], bs_x[idx.z], bs_x[idx.w]);
+    if (PROLOGUE) {
+        v = max(fma(v, c.sc, c.sh), vec4(0.0));
+    }
+    return select(vec4(0.0), v, ok);
+}
+
+@compute @workgroup_size(WG)
+fn backward_weight_strided(@builtin(workgroup_id) wg: vec3<u32>,
+                           @builtin(local_invocation_index) li: u32) {
+    let ohw = p.oh * p.ow;
+    let npix = p.n * ohw;
+    let ncol = p.cin * p.kh * p.kw;
+    let cop4 = (p.cout + 3u) / 4u;
+    let co0 = wg.y * CH_TILE;
+    let o0 = min(co0 / 4u, cop4 - 1u);
+    let o1 = min(co0 / 4u + 1u, cop4 - 1u);
+    let o2 = min(co0 / 4u + 2u, cop4 - 1u);
+    let o3 = min(co0 / 4u + 3u, cop4 - 1u);
+    let ga = wg.x * (WG * PXV) + li;
+    let gb = ga + WG;
+    let ca = bs_cols(ga, ncol);
+    let cb = bs_cols(gb, ncol);
+    let chunk = wg.z;
+    let k_begin = chunk * p.chunk_len;
+    let k_end = min(k_begin + p.chunk_len, npix);
+
+    var acc: Tile8;
+    var bs0 = vec4(0.0);
+    var bs1 = vec4(0.0);
+    var bs2 = vec4(0.0);
+    var bs3 = vec4(0.0);
+    var g1 = vec4(0.0);
+    var g2 = vec4(0.0);
+    var g3 = vec4(0.0);
+    var x1 = vec4(0.0);
+    if (k_begin < k_end) {
+        var n = k_begin / ohw;
+        let r0 = k_begin - n * ohw;
+        var oh = r0 / p.ow;
+        var ow = r0 - oh * p.ow;
+        for (var k = k_begin; k < k_end; k++) {
+            let yr = k * cop4;
+            let g0 = bs_dy[yr + o0];
+            bs0 += g0;
+            if (CH_TILE > 4u) { g1 = bs_dy[yr + o1]; bs1 += g1; }
+            if (CH_TILE > 8u) { g2 = bs_dy[yr + o2]; bs2 += g2; }
+            if (CH_TILE > 12u) { g3 = bs_dy[yr + o3]; bs3 += g3; }
+            let xn = p.inp.offset + n * p.inp.batch_stride;
+            let ih0 = i32(oh * p.stride);
+            let iw0 = i32(ow * p.stride);
+            let x0 = bs_x4(ca, xn, ih0, iw0);
+            if (PXV > 1u) { x1 = bs_x4(cb, xn, ih0, iw0); }
+            mac_tile(&acc, g0, g1, g2, g3, x0, x1);
+            ow += 1u;
+            if (ow == p.ow) {
+                ow = 0u;
+                oh += 1u;
+                if (oh == p.oh) {
+                    oh = 0u;
+                    n += 1u;
+                }
+            }
+        }
+    }
+
+    let base = chunk * p.part_stride;
+    bs_store(acc[0], co0 + 0u, ga, base, ncol);
+    if (CH_TILE > 4u) { bs_store(acc[2], co0 + 4u, ga, base, ncol); }
+    if (CH_TILE > 8u) { bs_store(acc[4], co0 + 8u, ga, base, ncol); }
+    if (CH_TILE > 12u) { bs_store(acc[6], co0 + 12u, ga, base, ncol); }
+    if (PXV > 1u) { bs_store(acc[1], co0 + 0u, gb, base, ncol); }
+    if (PXV > 1u && CH_TILE > 4u) { bs_store(acc[3], co0 + 4u, gb, base, ncol); }
+    if (PXV > 1u && CH_TILE > 8u) { bs_store(acc[5], co0 + 8u, gb, base, ncol); }
+    if (PXV > 1u && CH_TILE > 12u) { bs_store(acc[7], co0 + 12u, gb, base, ncol); }
+    if (wg.x == 0u && li == 0u) {
+        var bs = mat4x4<f32>(bs0, bs1, bs2, bs3);
+        for (var i = 0u; i < CH_TILE; i++) {
+            let co = co0 + i;
+            if (co < p.cout) {
+                bs_part[base + p.cout * ncol + co] = bs[i / 4u][i % 4u];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// forward_tiled: any kernel / stride / padding (the general forward, e.g. the 7x7/s2 stem).
+// One invocation owns CH_TILE output channels (4 .. 16, from workgroup_id.y; packed weights,
+// one workgroup-uniform vec4 load per 4 channels) x PXV blocks of 4 consecutive flat output
+// pixels (lane l: blocks l, l + WG), in conv1x1's 4 x 4 register blocks; per (ci, kh, kw) it
+// gathers x at its 4 * PXV pixels.
+@group(0) @binding(1) var<storage, read> ft_x: array<f32>;                // (N, Cin, H, W) via p.inp
+@group(0) @binding(2) var<storage, read> ft_w: array<vec4<f32>>;          // (Cin * KH*KW, OCP) packed (pack_weight)
+@group(0) @binding(3) var<storage, read> ft_b: array<f32>;                // (Cout) at p.b_off, if p.has_bias
+@group(0) @binding(4) var<storage, read> ft_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
+@group(0) @binding(5) var<storage, read> ft_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
+@group(0) @binding(6) var<storage, read_write> ft_y: array<f32>;          // (N, Cout, OH, OW) via p.out
+
+// Geometry of the 4 output pixels 4 g .. 4 g + 3 (clamped): top-left input position and
+// the index of x[n, 0, 0, 0].
+struct Pix {
+    ih0: vec4<i32>,
+    iw0: vec4<i32>,
+    xb: vec4<u32>,
+}
+fn ft_pix(g: u32) -> Pix {
+    let ohw = p.oh * p.ow;
+    let q = min(vec4(4u * g) + vec4(0u, 1u, 2u, 3u), vec4(p.n * ohw - 1u));
+    let n = q / ohw;
+    let r = q - n * ohw;
+    let oh = r / p.ow;
+    let ow = r - oh * p.ow;
+    return Pix(vec4<i32>(oh * p.stride) - vec4(i32(p.pad)),
+               vec4<i32>(ow * p.stride) - vec4(i32(p.pad)),
+               vec4(p.inp.offset) + n * p.inp.batch_stride);
+}
+fn ft_store(blk: mat4x4<f32>, co: u32, g: u32) {
+    let ohw = p.oh * p.ow;
+    var b = blk;
+    for (var r = 0u; r < 4u; r++) {
+        let q = 4u * g + r;
+        if (q >= p.n * ohw) { return; }
+        let n = q / ohw;
+        let yb = p.out.offset + n * p.out.batch_stride + (q - n * ohw);
+        for (var c = 0u; c < 4u; c++) {
+            if (co + c >= p.cout) { break; }
+            var v = b[c][r];
+            if (p.has_bias != 0u) {
+                v += ft_b[p.b_off + co + c];
+            }
+            ft_y[yb + (co + c) * ohw] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn forward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    let hw = p.h * p.w;
+    let kk = p.kh * p.kw;
+    let qa = block_id(wg, nwg) * (WG * PXV) + li;
+    let qb = qa + WG;
+    let pa = ft_pix(qa);
+    let pb = ft_pix(qb);
+    let oc0 = wg.y * CH_TILE;
+    let o0 = w_block(oc0, 0u);
+    let o1 = w_block(oc0, 1u);
+    let o2 = w_block(oc0, 2u);
+    let o3 = w_block(oc0, 3u);
+    let ocp4 = (p.cout + 3u) / 4u;
+    var acc: Tile8;
+    var w1 = vec4(0.0);
+    var w2 = vec4(0.0);
+    var w3 = vec4(0.0);
+    var xb = vec4(0.0);
+    for (var kh = 0u; kh < p.kh; kh++) {
+        for (var kw = 0u; kw < p.kw; kw++) {
+            let iha = pa.ih0 + vec4(i32(kh));
+            let iwa = pa.iw0 + vec4(i32(kw));
+            let oka = (iha >= vec4(0)) & (iha < vec4(i32(p.h))) & (iwa >= vec4(0)) & (iwa < vec4(i32(p.w)));
+            let ia = select(pa.xb, pa.xb + vec4<u32>(iha) * p.w + vec4<u32>(iwa), oka);
+            let ihb = pb.ih0 + vec4(i32(kh));
+            let iwb = pb.iw0 + vec4(i32(kw));
+            let okb = (ihb >= vec4(0)) & (ihb < vec4(i32(p.h))) & (iwb >= vec4(0)) & (iwb < vec4(i32(p.w)));
+            let ib = select(pb.xb, pb.xb + vec4<u32>(ihb) * p.w + vec4<u32>(iwb), okb);
+            let t = kh * p.kw + kw;
+            for (var ci = 0u; ci < p.cin; ci++) {
+                let co = ci * hw;
+                var xa = vec4(ft_x[ia.x + co], ft_x[ia.y + co], ft_x[ia.z + co], ft_x[ia.w + co]);
+                if (PXV > 1u) {
+                    xb = vec4(ft_x[ib.x + co], ft_x[ib.y + co], ft_x[ib.z + co], ft_x[ib.w + co]);
+                }
+                if (PROLOGUE) {
+                    let sc = vec4(ft_scale[p.sc_off + ci]);
+                    let sh = vec4(ft_shift[p.sh_off + ci]);
+                    xa = max(fma(xa, sc, sh), vec4(0.0));
+                    xb = max(fma(xb, sc, sh), vec4(0.0));
+                }
+                xa = select(vec4(0.0), xa, oka);
+                xb = select(vec4(0.0), xb, okb);
+                let wr = (ci * kk + t) * ocp4;
+                let w0 = ft_w[wr + o0];
+                if (CH_TILE > 4u) { w1 = ft_w[wr + o1]; }
+                if (CH_TILE > 8u) { w2 = ft_w[wr + o2]; }
+                if (CH_TILE > 12u) { w3 = ft_w[wr + o3]; }
+                mac_tile(&acc, w0, w1, w2, w3, xa, xb);
+            }
+        }
+    }
+    ft_store(acc[0], oc0 + 0u, qa);
+    if (CH_TILE > 4u) { ft_store(acc[2], oc0 + 4u, qa); }
+    if (CH_TILE > 8u) { ft_store(acc[4], oc0 + 8u, qa); }
+    if (CH_TILE > 12u) { ft_store(acc[6], oc0 + 12u, qa); }
+    if (PXV > 1u) { ft_store(acc[1], oc0 + 0u, qb); }
+    if (PXV > 1u && CH_TILE > 4u) { ft_store(acc[3], oc0 + 4u, qb); }
+    if (PXV > 1u && CH_TILE > 8u) { ft_store(acc[5], oc0 + 8u, qb); }
+    if (PXV > 1u && CH_TILE > 12u) { ft_store(acc[7], oc0 + 12u, qb); }
 }

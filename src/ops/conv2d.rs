@@ -13,13 +13,39 @@ pub const SHADER: Shader = shader!("conv2d");
 
 /// Invocations per workgroup.
 const WG: u32 = 64;
-/// Channels per invocation (the workgroup-uniform axis); at most `MAX_CH` (16) in the shader.
-const CH_TILE: u32 = 8;
-/// Pixels (general forward / backward_data) or weight columns (backward_weight) per
-/// invocation; at most `MAX_PX` (8) in the shader. The vec4 paths own 4 pixels per lane.
-const PX_TILE: u32 = 2;
-// Register arrays in the shader: MAX_CH = 16, MAX_PX = 8, vec4 tiles of at most 16.
-const _: () = assert!(CH_TILE <= 16 && PX_TILE <= 8 && CH_TILE * PX_TILE <= 16);
+
+/// Register tile of one invocation: `ch` channels on the workgroup-uniform axis times `px`
+/// elements on the per-lane axis. General `backward_data` / `backward_weight_partial`: `ch`
+/// at most 16, `px` (pixels / weight columns) at most 8. The blocked kernels (`conv1x1`,
+/// `conv3x3`, `forward_tiled`, `backward_weight_1x1`, `backward_weight_strided`): `ch` in
+/// {4, 8, 12, 16}, `px` = blocks of 4 per lane in {1, 2}. `backward_weight_rows`: `ch` in
+/// {4, 8, 12, 16}, `px` = kernel rows in {1, 2}.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    ch: u32,
+    px: u32,
+}
+
+/// `forward_tiled` (the general forward): 16 output channels x 2 groups of 4 pixels.
+const FORWARD_TILED: Tile = Tile { ch: 16, px: 2 };
+/// `backward_data` (general): 8 input channels x 2 pixels.
+const GENERAL_BWD_DATA: Tile = Tile { ch: 8, px: 2 };
+/// `backward_weight_partial` (general): 8 output channels x 2 weight columns.
+const GENERAL_BWD_WEIGHT: Tile = Tile { ch: 8, px: 2 };
+/// `conv1x1` and `conv3x3`: 16 channels x 2 groups of 4 pixels.
+const CONV1X1: Tile = Tile { ch: 16, px: 2 };
+const CONV3X3: Tile = Tile { ch: 16, px: 2 };
+/// `backward_weight_1x1`: 16 output channels x 2 blocks of 4 input channels, 32 lanes
+/// (32 x 2 x 4 = 256 input channels per workgroup).
+const BWD_WEIGHT_1X1: Tile = Tile { ch: 16, px: 2 };
+const BWD_WEIGHT_1X1_WG: u32 = 32;
+/// `backward_weight_strided`: 16 output channels x 1 block of 4 weight columns, 16 lanes
+/// (the 7x7 stem has only 147 columns: small workgroups leave fewer lanes idle).
+const BWD_WEIGHT_STRIDED: Tile = Tile { ch: 16, px: 1 };
+const BWD_WEIGHT_STRIDED_WG: u32 = 16;
+/// `backward_weight_rows` (3x3): 16 output channels x 2 kernel rows x 3 taps.
+const BWD_WEIGHT_ROWS: Tile = Tile { ch: 16, px: 2 };
+
 /// backward_weight: split the pixel reduction into chunks until about this many
 /// workgroups run, but keep every chunk at least `MIN_CHUNK` pixels long.
 const TARGET_WORKGROUPS: u32 = 64;
@@ -256,6 +282,33 @@ fn path(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> Path {
     }
 }
 
+/// Which kernel computes backward_weight's partial sums.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum BwKind {
+    /// 1x1 / stride 1 / vec4 layout: `backward_weight_1x1` on pixel-major copies.
+    Gemm1x1,
+    /// 3x3 / stride 1 / pad 1 / vec4 layout: `backward_weight_rows`.
+    Rows,
+    /// Anything else whose d_y has the vec4 layout (OH*OW % 4 == 0, aligned):
+    /// `backward_weight_strided` on a pixel-major copy of d_y.
+    Strided,
+    /// Everything else: `backward_weight_partial`.
+    General,
+}
+
+fn bw_kind(g: &Geom, spec: Conv2dSpec, x: &Tensor, d_y: &Tensor) -> BwKind {
+    let vec4 = same_size_vec4(g, spec, x, d_y);
+    if vec4 && g.kh == 1 {
+        BwKind::Gemm1x1
+    } else if vec4 && g.kh == 3 {
+        BwKind::Rows
+    } else if (g.oh * g.ow) % 4 == 0 && aligned(d_y) {
+        BwKind::Strided
+    } else {
+        BwKind::General
+    }
+}
+
 /// Grid for `blocks` pixel blocks (folded over x and z) times `tiles` channel tiles (y).
 fn pixel_grid(op: &str, blocks: u32, tiles: u32) -> Result<[u32; 3]> {
     let [gx, gz, _] = Gpu::grid_1d(blocks);
@@ -278,13 +331,41 @@ fn prologue_offsets(op: &str, pro: Option<BnReluPrologue>, cin: usize) -> Result
     }
 }
 
-fn overrides(prologue: bool) -> [(&'static str, f64); 4] {
-    [
-        ("WG", WG as f64),
-        ("CH_TILE", CH_TILE as f64),
-        ("PX_TILE", PX_TILE as f64),
-        ("PROLOGUE", if prologue { 1.0 } else { 0.0 }),
-    ]
+/// The override constants of one launch: the register tile, which of its fields the entry
+/// point reads as `PX_TILE` or `PXV`, the workgroup size and the prologue flag. Constants an
+/// entry point does not read stay at their defaults so that no duplicate pipelines appear.
+#[derive(Clone, Copy)]
+struct Consts {
+    tile: Tile,
+    vec4_groups: bool,
+    prologue: bool,
+    wg: u32,
+}
+
+impl Consts {
+    fn new(tile: Tile, prologue: bool) -> Self {
+        Consts {
+            tile,
+            vec4_groups: false,
+            prologue,
+            wg: WG,
+        }
+    }
+
+    fn list(self) -> [(&'static str, f64); 5] {
+        let (px, pxv) = if self.vec4_groups {
+            (2, self.tile.px)
+        } else {
+            (self.tile.px, 1)
+        };
+        [
+            ("WG", self.wg as f64),
+            ("CH_TILE", self.tile.ch as f64),
+            ("PX_TILE", px as f64),
+            ("PXV", pxv as f64),
+            ("PROLOGUE", if self.prologue { 1.0 } else { 0.0 }),
+        ]
+    }
 }
 
 /// y = conv(x', weight) + bias  (overwrites y). x and y may be channel-slice views.
@@ -321,16 +402,20 @@ pub fn forward(
         Some(pr) => (pr.scale, pr.shift),
         None => (x, x),
     };
-    let (entry, workgroups) = pick(OP, true, &g, spec, x, y, g.cout)?;
+    let (entry, workgroups, mut consts) = pick(OP, true, &g, spec, x, y, g.cout)?;
+    consts.prologue = prologue.is_some();
+    // Every forward kernel reads the packed weight.
+    let packed = pack_weight(enc, OP, &g, &p, weight)?;
+    let w_used = &packed;
     enc.launch(Launch {
         shader: &SHADER,
         entry,
-        overrides: &overrides(prologue.is_some()),
+        overrides: &consts.list(),
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
             Arg::Read(x),
-            Arg::Read(weight),
-            Arg::Read(bias.unwrap_or(weight)),
+            Arg::Read(w_used),
+            Arg::Read(bias.unwrap_or(w_used)),
             Arg::Read(scale),
             Arg::Read(shift),
             Arg::Write(y),
@@ -349,28 +434,126 @@ fn pick(
     inp: &Tensor,
     out: &Tensor,
     out_c: usize,
-) -> Result<(&'static str, [u32; 3])> {
-    let tiles = super::groups(out_c, CH_TILE);
-    let entry = match path(g, spec, inp, out) {
-        Path::Conv1x1 => "conv1x1",
-        Path::Conv3x3 => "conv3x3",
+) -> Result<(&'static str, [u32; 3], Consts)> {
+    let hw = g.h * g.w;
+    let (entry, t, blocks) = match path(g, spec, inp, out) {
+        Path::Conv1x1 => {
+            // Lane l of a block owns the pixel groups l, l + WG, ...
+            let t = CONV1X1;
+            ("conv1x1", t, super::groups(g.n * hw / 4, WG * t.px))
+        }
+        Path::Conv3x3 => {
+            // A lane owns 4 * px consecutive pixels, which must lie in one image.
+            let mut t = CONV3X3;
+            if hw % (4 * t.px as usize) != 0 {
+                t.px = 1;
+            }
+            (
+                "conv3x3",
+                t,
+                super::groups(g.n * hw / (4 * t.px as usize), WG),
+            )
+        }
+        Path::General if is_forward => {
+            // Lane l of a block owns the groups of 4 output pixels l, l + WG.
+            let t = FORWARD_TILED;
+            (
+                "forward_tiled",
+                t,
+                super::groups(g.n * g.oh * g.ow, 4 * WG * t.px),
+            )
+        }
         Path::General => {
-            let (entry, pixels) = if is_forward {
-                ("forward", g.n * g.oh * g.ow)
-            } else {
-                ("backward_data", g.n * g.h * g.w)
-            };
-            return Ok((
-                entry,
-                pixel_grid(op, super::groups(pixels, WG * PX_TILE), tiles)?,
-            ));
+            let t = GENERAL_BWD_DATA;
+            let tiles = super::groups(out_c, t.ch);
+            let grid = pixel_grid(op, super::groups(hw * g.n, WG * t.px), tiles)?;
+            return Ok(("backward_data", grid, Consts::new(t, false)));
         }
     };
-    // Fast paths: one lane per group of 4 pixels.
-    Ok((
-        entry,
-        pixel_grid(op, super::groups(g.n * g.h * g.w / 4, WG), tiles)?,
-    ))
+    let grid = pixel_grid(op, blocks, super::groups(out_c, t.ch))?;
+    let mut consts = Consts::new(t, false);
+    consts.vec4_groups = true;
+    Ok((entry, grid, consts))
+}
+
+/// For the vec4 fast paths (`conv1x1`, `conv3x3`): repacks the weight as
+/// `[red_c * KH*KW, out_c rounded up to 4]` (tap rotated for backward_data, padding channels
+/// 0), so the weights of 4 consecutive output channels are one aligned vec4 (see
+/// `pack_weight` in the shader). `p` carries out_c / red_c / the weight strides / flip.
+fn pack_weight(
+    enc: &mut Encoder,
+    op: &str,
+    g: &Geom,
+    p: &Params,
+    weight: &Tensor,
+) -> Result<Tensor> {
+    let (out_c, red_c) = (p.out_c as usize, p.red_c as usize);
+    let rows = red_c * g.kh * g.kw;
+    let total = rows * out_c.div_ceil(4) * 4;
+    let packed = enc
+        .gpu()
+        .zeros(&[rows, out_c.div_ceil(4) * 4], "conv2d packed weight")?;
+    if total == 0 {
+        return Ok(packed);
+    }
+    let mut pp = *p;
+    pp.total = to_u32(op, "packed weight", total)?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "pack_weight",
+        overrides: &Consts::new(Tile { ch: 8, px: 2 }, false).list(),
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&pp)),
+            Arg::Read(weight),
+            Arg::Write(&packed),
+        ],
+        workgroups: Gpu::grid_1d(super::groups(total, WG)),
+    })?;
+    Ok(packed)
+}
+
+/// Pixel-major copy `[N*H*W, C rounded up to 4]` of `t` (N, C, H, W; vec4 layout), with the
+/// prologue applied when given (see `to_pixel_major` in the shader).
+fn to_pixel_major(
+    enc: &mut Encoder,
+    op: &str,
+    p: &Params,
+    t: &Tensor,
+    [c, h, w]: [usize; 3],
+    prologue: Option<BnReluPrologue>,
+) -> Result<Tensor> {
+    let npix = p.n as usize * h * w;
+    let cp = c.div_ceil(4) * 4;
+    let out = enc.gpu().zeros(&[npix, cp], "conv2d pixel-major copy")?;
+    let total = npix / 4 * cp / 4;
+    if total == 0 {
+        return Ok(out);
+    }
+    let mut pp = *p;
+    pp.inp = ViewParams::of(t);
+    pp.red_c = c as u32;
+    pp.h = h as u32;
+    pp.w = w as u32;
+    pp.total = to_u32(op, "pixel-major copy", total)?;
+    to_u32(op, "pixel-major copy", npix * cp)?;
+    let (scale, shift) = match prologue {
+        Some(pr) => (pr.scale, pr.shift),
+        None => (t, t),
+    };
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "to_pixel_major",
+        overrides: &Consts::new(Tile { ch: 8, px: 2 }, prologue.is_some()).list(),
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&pp)),
+            Arg::Read(t),
+            Arg::Read(scale),
+            Arg::Read(shift),
+            Arg::Write(&out),
+        ],
+        workgroups: Gpu::grid_1d(super::groups(total, WG)),
+    })?;
+    Ok(out)
 }
 
 /// d_x += conv_transpose(d_y, weight)   (gradient w.r.t. the conv's actual input x', i.e. x when no prologue).
@@ -394,7 +577,13 @@ pub fn backward_data(
     p.w_red_stride = (g.cin * g.kh * g.kw) as u32;
     p.flip = 1;
     p.accumulate = 1;
-    let (entry, workgroups) = pick(OP, false, &g, spec, d_y, d_x, g.cin)?;
+    let (entry, workgroups, consts) = pick(OP, false, &g, spec, d_y, d_x, g.cin)?;
+    let packed;
+    let mut w_used = weight;
+    if entry != "backward_data" {
+        packed = pack_weight(enc, OP, &g, &p, weight)?;
+        w_used = &packed;
+    }
     // The general entry point binds (d_y, weight, d_x); the fast paths share forward's
     // layout, with the weight standing in for the unused bias / prologue bindings.
     let general = [
@@ -406,16 +595,16 @@ pub fn backward_data(
     let fast = [
         Arg::Uniform(bytemuck::bytes_of(&p)),
         Arg::Read(d_y),
-        Arg::Read(weight),
-        Arg::Read(weight),
-        Arg::Read(weight),
-        Arg::Read(weight),
+        Arg::Read(w_used),
+        Arg::Read(w_used),
+        Arg::Read(w_used),
+        Arg::Read(w_used),
         Arg::Write(d_x),
     ];
     enc.launch(Launch {
         shader: &SHADER,
         entry,
-        overrides: &overrides(false),
+        overrides: &consts.list(),
         args: if entry == "backward_data" {
             &general
         } else {
@@ -442,7 +631,7 @@ pub fn backward_weight(
     const OP: &str = "conv2d backward_weight";
     let g = geometry(OP, "x", x, ("d_weight", d_weight), "d_y", d_y, spec)?;
     let mut p = params(&g, x, d_y, spec);
-    let vec4 = same_size_vec4(&g, spec, x, d_y);
+    let kind = bw_kind(&g, spec, x, d_y);
     let w_off = dense(OP, "d_weight", d_weight, &[g.cout, g.cin, g.kh, g.kw])?;
     let b_off = match d_bias {
         Some(b) => dense(OP, "d_bias", b, &[g.cout])?,
@@ -461,20 +650,36 @@ pub fn backward_weight(
 
     let ncol = g.cin * g.kh * g.kw;
     let nw = g.cout * ncol;
-    // The reduction axis: pixels, or groups of 4 pixels on the vec4 path.
-    let npix = if vec4 {
-        g.n * g.oh * g.ow / 4
-    } else {
-        g.n * g.oh * g.ow
+    // The reduction axis: pixels, or groups of 4 pixels for backward_weight_rows.
+    let npix = g.n * g.oh * g.ow / if kind == BwKind::Rows { 4 } else { 1 };
+    let (entry, t, wg_size, per_lane) = match kind {
+        BwKind::Gemm1x1 => (
+            "backward_weight_1x1",
+            BWD_WEIGHT_1X1,
+            BWD_WEIGHT_1X1_WG,
+            g.cin.div_ceil(4),
+        ),
+        BwKind::Strided => (
+            "backward_weight_strided",
+            BWD_WEIGHT_STRIDED,
+            BWD_WEIGHT_STRIDED_WG,
+            ncol.div_ceil(4),
+        ),
+        BwKind::Rows => ("backward_weight_rows", BWD_WEIGHT_ROWS, WG, g.cin * g.kh),
+        BwKind::General => ("backward_weight_partial", GENERAL_BWD_WEIGHT, WG, ncol),
     };
-    let col_blocks = super::groups(ncol, WG * PX_TILE);
-    let tiles = super::groups(g.cout, CH_TILE);
+    let col_blocks = super::groups(per_lane, wg_size * t.px);
+    let tiles = super::groups(g.cout, t.ch);
     if nw == 0 {
         return Ok(());
     }
     // Chunks: enough workgroups to fill the device, chunks not too short.
     let base = (col_blocks as usize * tiles as usize).max(1);
-    let min_chunk = if vec4 { MIN_CHUNK / 4 } else { MIN_CHUNK };
+    let min_chunk = if kind == BwKind::Rows {
+        MIN_CHUNK / 4
+    } else {
+        MIN_CHUNK
+    };
     let max_chunks = npix.div_ceil(min_chunk).max(1);
     let want = (TARGET_WORKGROUPS as usize)
         .div_ceil(base)
@@ -500,24 +705,59 @@ pub fn backward_weight(
         Some(pr) => (pr.scale, pr.shift),
         None => (x, x),
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: if vec4 {
-            "backward_weight_partial_v4"
-        } else {
-            "backward_weight_partial"
-        },
-        overrides: &overrides(prologue.is_some()),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(d_y),
-            Arg::Read(x),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(&part),
-        ],
-        workgroups: [col_blocks, tiles, chunks as u32],
-    })?;
+    let mut consts = Consts::new(t, prologue.is_some());
+    consts.wg = wg_size;
+    if kind == BwKind::Gemm1x1 {
+        // Pixel-major copies of d_y and x' (prologue applied), then the GEMM.
+        let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow], None)?;
+        let xt = to_pixel_major(enc, OP, &p, x, [g.cin, g.h, g.w], prologue)?;
+        consts.vec4_groups = true;
+        consts.prologue = false;
+        enc.launch(Launch {
+            shader: &SHADER,
+            entry,
+            overrides: &consts.list(),
+            args: &[
+                Arg::Uniform(bytemuck::bytes_of(&p)),
+                Arg::Read(&dyt),
+                Arg::Read(&xt),
+                Arg::Write(&part),
+            ],
+            workgroups: [col_blocks, tiles, chunks as u32],
+        })?;
+    } else if kind == BwKind::Strided {
+        let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow], None)?;
+        consts.vec4_groups = true;
+        enc.launch(Launch {
+            shader: &SHADER,
+            entry,
+            overrides: &consts.list(),
+            args: &[
+                Arg::Uniform(bytemuck::bytes_of(&p)),
+                Arg::Read(&dyt),
+                Arg::Read(x),
+                Arg::Read(scale),
+                Arg::Read(shift),
+                Arg::Write(&part),
+            ],
+            workgroups: [col_blocks, tiles, chunks as u32],
+        })?;
+    } else {
+        enc.launch(Launch {
+            shader: &SHADER,
+            entry,
+            overrides: &consts.list(),
+            args: &[
+                Arg::Uniform(bytemuck::bytes_of(&p)),
+                Arg::Read(d_y),
+                Arg::Read(x),
+                Arg::Read(scale),
+                Arg::Read(shift),
+                Arg::Write(&part),
+            ],
+            workgroups: [col_blocks, tiles, chunks as u32],
+        })?;
+    }
 
     // Pass 2: fixed-order sum over chunks, accumulated into d_weight / d_bias.
     p.w_off = w_off;
@@ -536,7 +776,7 @@ pub fn backward_weight(
     enc.launch(Launch {
         shader: &SHADER,
         entry: "backward_weight_reduce",
-        overrides: &overrides(false),
+        overrides: &Consts::new(Tile { ch: 8, px: 2 }, false).list(),
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
             Arg::Read(&part),

@@ -379,13 +379,43 @@ fn gpu_chunked_weight_reduction() {
 }
 
 #[test]
+fn gpu_strided_weight_gradient_prologue_views() {
+    // 3x3 / stride 2: OH*OW = 8*9 = 72 is a multiple of 4, so backward_weight takes
+    // backward_weight_strided (pixel-major d_y); 21 output channels (tiles of 16 + 5),
+    // 8*9 = 72 weight columns = 18 blocks of 4 (workgroups of 16 lanes, the second
+    // partial). The forward takes forward_tiled.
+    run_case(&Case {
+        bias: true,
+        prologue: true,
+        views: true,
+        seed: 1400,
+        ..case(2, 8, 16, 18, 21, (3, 3), 2, 1)
+    });
+    // 5x5 same-size: also backward_weight_strided; 2*40*36 = 2880 pixels in 3 chunks.
+    run_case(&Case {
+        bias: true,
+        prologue: true,
+        seed: 1410,
+        ..case(2, 3, 40, 36, 6, (5, 5), 1, 2)
+    });
+}
+
+#[test]
 fn backward_weight_is_deterministic() {
-    // 37x31 takes the general kernels, 36x32 the vec4 ones; both reduce in chunks.
-    for (h, w) in [(37, 31), (36, 32)] {
-        let sp = spec(1, 1);
-        let (xs, ws) = ([2, 6, h, w], [5, 6, 3, 3]);
+    // (H, W, K, stride, pad): 37x31 3x3 takes backward_weight_partial, 36x32 3x3
+    // backward_weight_rows, 36x32 1x1 backward_weight_1x1, 36x32 3x3/s2
+    // backward_weight_strided; all reduce in chunks.
+    for (h, w, k, s, pad) in [
+        (37, 31, 3, 1, 1),
+        (36, 32, 3, 1, 1),
+        (36, 32, 1, 1, 0),
+        (72, 64, 3, 2, 1),
+    ] {
+        let sp = spec(s, pad);
+        let (xs, ws) = ([2, 6, h, w], [5, 6, k, k]);
+        let (oh, ow) = conv2d::output_size(sp, h, w, k, k).unwrap();
         let x = upload(&rand(1, xs.iter().product(), -1.0, 1.0), &xs, "x");
-        let d_y = upload(&rand(2, 2 * 5 * h * w, -1.0, 1.0), &[2, 5, h, w], "d_y");
+        let d_y = upload(&rand(2, 2 * 5 * oh * ow, -1.0, 1.0), &[2, 5, oh, ow], "d_y");
         let mut results = Vec::new();
         for _ in 0..2 {
             let d_w = gpu().zeros(&ws, "d_w").unwrap();
@@ -493,31 +523,44 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// (fastest wall ms, mean CPU ms) over 5 runs after a warm-up. The CPU time is the steadier
-/// number on a shared machine; wall time is what a training step waits for.
-fn time_ms(mut f: impl FnMut()) -> (f64, f64) {
+/// (median wall ms, fastest wall ms, mean CPU ms) over 5 runs after a warm-up. On a shared
+/// machine the fastest run is the least disturbed one; wall time is what a training step
+/// waits for.
+fn time_ms(mut f: impl FnMut()) -> (f64, f64, f64) {
     f();
     gpu().sync().unwrap();
     let cpu0 = cpu_seconds().unwrap_or(0.0);
-    let mut best = f64::INFINITY;
+    let mut t = Vec::new();
     for _ in 0..5 {
         let start = std::time::Instant::now();
         f();
         gpu().sync().unwrap();
-        best = best.min(start.elapsed().as_secs_f64() * 1e3);
+        t.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    (best, (cpu_seconds().unwrap_or(0.0) - cpu0) * 1e3 / 5.0)
+    t.sort_by(f64::total_cmp);
+    (
+        t[2],
+        t[0],
+        (cpu_seconds().unwrap_or(0.0) - cpu0) * 1e3 / 5.0,
+    )
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 #[test]
 #[ignore]
 fn conv2d_timing() {
     eprintln!("adapter: {}", gpu().describe());
-    for (xs, ws, pad) in [
-        ([8, 128, 28, 28], [32, 128, 3, 3], 1),
-        ([8, 256, 56, 56], [128, 256, 1, 1], 0),
+    for (name, xs, ws, stride, pad, with_data) in [
+        ("3x3", [8, 128, 28, 28], [32, 128, 3, 3], 1, 1, true),
+        ("1x1", [8, 256, 56, 56], [128, 256, 1, 1], 1, 0, true),
+        ("stem", [8, 3, 224, 224], [64, 3, 7, 7], 2, 3, false),
     ] {
-        let sp = spec(1, pad);
+        let sp = spec(stride, pad);
         let (oh, ow) = conv2d::output_size(sp, xs[2], xs[3], ws[2], ws[3]).unwrap();
         let ys = [xs[0], ws[0], oh, ow];
         let x = upload(&rand(1, xs.iter().product(), -1.0, 1.0), &xs, "x");
@@ -526,30 +569,29 @@ fn conv2d_timing() {
         let d_x = gpu().zeros(&xs, "d_x").unwrap();
         let d_w = gpu().zeros(&ws, "d_w").unwrap();
         let flops = 2.0 * (ys.iter().product::<usize>() * xs[1] * ws[2] * ws[3]) as f64;
-        let report = |name: &str, (ms, cpu): (f64, f64)| {
-            eprintln!(
-                "{xs:?} * {ws:?} {name}: {ms:.1} ms wall ({:.2} GFLOP/s), {cpu:.0} ms CPU",
-                flops / ms / 1e6
-            )
-        };
         let submit = |f: &dyn Fn(&mut densenet_wgpu::gpu::Encoder)| {
             let mut e = gpu().encoder("timing");
             f(&mut e);
             e.submit().unwrap();
         };
-        report(
-            "forward",
-            time_ms(|| submit(&|e| conv2d::forward(e, &y, &x, &w, None, None, sp).unwrap())),
-        );
-        report(
-            "backward_data",
-            time_ms(|| submit(&|e| conv2d::backward_data(e, &d_x, &y, &w, sp).unwrap())),
-        );
-        report(
-            "backward_weight",
-            time_ms(|| {
-                submit(&|e| conv2d::backward_weight(e, &d_w, None, &y, &x, None, sp).unwrap())
-            }),
-        );
+        let mut total = 0.0;
+        for pass in ["forward", "backward_data", "backward_weight"] {
+            if pass == "backward_data" && !with_data {
+                continue;
+            }
+            let (ms, best, cpu) = time_ms(|| match pass {
+                "forward" => submit(&|e| conv2d::forward(e, &y, &x, &w, None, None, sp).unwrap()),
+                "backward_data" => submit(&|e| conv2d::backward_data(e, &d_x, &y, &w, sp).unwrap()),
+                _ => submit(&|e| conv2d::backward_weight(e, &d_w, None, &y, &x, None, sp).unwrap()),
+            });
+            total += ms;
+            eprintln!(
+                "{name} {xs:?}*{ws:?} {pass:15}: {ms:7.1} ms median ({:5.2} GFLOP/s), \
+                 best {best:.1} ms, {cpu:.0} ms CPU, load {}",
+                flops / ms / 1e6,
+                load_average()
+            );
+        }
+        eprintln!("{name} all passes: {total:.1} ms");
     }
 }
