@@ -85,8 +85,17 @@ fn check(numel: usize, weight_decay: f32, decoupled: bool, seed: u64) {
         for (name, got, want) in [("param", &param, &fp), ("m", &m, &fm), ("v", &v, &fv)] {
             let got = gpu().download(got).unwrap();
             for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
+                // m and v use only multiplies and adds: within 1 ulp of PyTorch's f32 order.
+                // The parameter update divides by sqrt(v)+eps; WGSL allows 2.5 ulp for
+                // division and sqrt (NVIDIA's Vulkan driver uses that freedom, lavapipe does
+                // not), so allow 3 ulp of the update's size on top.
+                let slack = if name == "param" {
+                    3.0 * ulp((rp[i] - before[i]).abs() as f32)
+                } else {
+                    0.0
+                };
                 assert!(
-                    ((a - b).abs() as f64) <= ulp(*b),
+                    ((a - b).abs() as f64) <= ulp(*b) + slack,
                     "{name}[{i}] ({tag}): {a} vs f32 emulation {b}"
                 );
             }
