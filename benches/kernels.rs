@@ -333,10 +333,12 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
             ],
         ));
     }
-    // Linear layers: the classifier shape and a square 512 matmul (x·Wᵀ).
-    for (name, n, i, o) in [
-        ("linear_n8_1024_4", 8, 1024, 4),
-        ("matmul_512", 512, 512, 512),
+    // Linear layers: the classifier shape (y = x·Wᵀ + b) and a square 512 matmul
+    // (C = A·B forward; its backward dA = dC·Bᵀ, dB = Aᵀ·dC is linear's backward without
+    // bias, with W = Bᵀ).
+    for (name, n, i, o, plain_matmul) in [
+        ("linear_n8_1024_4", 8, 1024, 4, false),
+        ("matmul_512", 512, 512, 512, true),
     ] {
         let x = rand_tensor(gpu, &[n, i], 15)?;
         let w = rand_tensor(gpu, &[o, i], 16)?;
@@ -355,8 +357,13 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
                 (
                     "forward",
                     Cost { flops, bytes },
-                    Box::new(move |e: &mut Encoder| linear::forward(e, &y, &x1, &w1, Some(&bias)))
-                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                    Box::new(move |e: &mut Encoder| {
+                        if plain_matmul {
+                            linear::matmul(e, &y, &x1, &w1)
+                        } else {
+                            linear::forward(e, &y, &x1, &w1, Some(&bias))
+                        }
+                    }) as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
                 ),
                 (
                     "backward",
@@ -365,7 +372,8 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
                         bytes: 2.0 * bytes,
                     },
                     Box::new(move |e: &mut Encoder| {
-                        linear::backward(e, Some(&d_x), &d_w, Some(&d_b), &d_y, &x, &w)
+                        let d_b = (!plain_matmul).then_some(&d_b);
+                        linear::backward(e, Some(&d_x), &d_w, d_b, &d_y, &x, &w)
                     }),
                 ),
             ],

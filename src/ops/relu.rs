@@ -37,28 +37,48 @@ fn params(op: &str, x: &Tensor, y: &Tensor, d_x: &Tensor) -> Result<Params> {
     })
 }
 
+/// Uses the vec4 entry points when every view's offset, batch stride and item size are
+/// multiples of 4: rewrites the uniform in vec4 units and returns the entry-point suffix.
+fn vectorise(p: &mut Params, tensors: &[&Tensor]) -> &'static str {
+    let aligned = tensors
+        .iter()
+        .all(|t| t.offset % 4 == 0 && t.batch_stride % 4 == 0 && t.item_numel() % 4 == 0);
+    if !aligned {
+        return "";
+    }
+    for v in [&mut p.x, &mut p.y, &mut p.d_x] {
+        v.offset /= 4;
+        v.batch_stride /= 4;
+        v.item = (v.item / 4).max(1);
+    }
+    p.numel /= 4;
+    "_v4"
+}
+
 /// `y = max(x, 0)` (overwrites `y`; `x` and `y` may be views of one shape).
 pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor) -> Result<()> {
-    let p = params("relu forward", x, y, x)?;
+    let mut p = params("relu forward", x, y, x)?;
+    let entry = format!("forward{}", vectorise(&mut p, &[x, y]));
     enc.launch(Launch {
         shader: &SHADER,
-        entry: "forward",
+        entry: &entry,
         overrides: &[("WG", WG as f64)],
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
             Arg::Read(x),
             Arg::Write(y),
         ],
-        workgroups: Gpu::grid_1d(groups(x.numel(), WG)),
+        workgroups: Gpu::grid_1d(groups(p.numel as usize, WG)),
     })
 }
 
 /// `d_x += d_y * [x > 0]`.
 pub fn backward(enc: &mut Encoder, d_x: &Tensor, x: &Tensor, d_y: &Tensor) -> Result<()> {
-    let p = params("relu backward", x, d_y, d_x)?;
+    let mut p = params("relu backward", x, d_y, d_x)?;
+    let entry = format!("backward{}", vectorise(&mut p, &[x, d_y, d_x]));
     enc.launch(Launch {
         shader: &SHADER,
-        entry: "backward",
+        entry: &entry,
         overrides: &[("WG", WG as f64)],
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
@@ -66,7 +86,7 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, x: &Tensor, d_y: &Tensor) -> Re
             Arg::Read(d_y),
             Arg::Write(d_x),
         ],
-        workgroups: Gpu::grid_1d(groups(x.numel(), WG)),
+        workgroups: Gpu::grid_1d(groups(p.numel as usize, WG)),
     })
 }
 

@@ -82,3 +82,43 @@ fn shape_mismatch_is_typed_error() {
         other => panic!("expected a shape error, got {other:?}"),
     }
 }
+
+#[test]
+fn gpu_vec4_path_matches_reference_with_views() {
+    // H*W = 12: every view is 4-aligned, so the vec4 entry points run; channels [4, 9) of
+    // a 10-channel buffer in, channels [0, 5) of a 6-channel buffer out.
+    let (n, h, w) = (3, 3, 4);
+    let xb = upload(
+        &rand(11, n * 10 * h * w, -1.0, 1.0),
+        &[n, 10, h, w],
+        "x block",
+    );
+    let yb = gpu().zeros(&[n, 6, h, w], "y block").unwrap();
+    let d_yb = upload(
+        &rand(12, n * 6 * h * w, -1.0, 1.0),
+        &[n, 6, h, w],
+        "d_y block",
+    );
+    let prior = rand(13, n * 10 * h * w, -1.0, 1.0);
+    let d_xb = upload(&prior, &[n, 10, h, w], "d_x block");
+    let (x, y) = (xb.channels(4, 5).unwrap(), yb.channels(0, 5).unwrap());
+    let (d_y, d_x) = (d_yb.channels(0, 5).unwrap(), d_xb.channels(4, 5).unwrap());
+    let before = download(&d_x);
+    run(|e| {
+        relu::forward(e, &y, &x).unwrap();
+        relu::backward(e, &d_x, &x, &d_y).unwrap();
+    });
+    let xs = download(&x);
+    assert_close("y", &download(&y), &relu::reference::forward(&xs), 0.0, 0.0);
+    let want: Vec<f64> = relu::reference::backward(&xs, &download(&d_y))
+        .iter()
+        .zip(&before)
+        .map(|(g, p)| g + p)
+        .collect();
+    assert_close("d_x", &download(&d_x), &want, 1e-7, 1e-7);
+    // Channel 5 of the output block is untouched.
+    let all = download(&yb);
+    assert!((0..n).all(|b| all[(b * 6 + 5) * h * w..(b * 6 + 6) * h * w]
+        .iter()
+        .all(|&v| v == 0.0)));
+}
