@@ -97,7 +97,7 @@ fn run() -> Result<()> {
         let gpu = Gpu::new()?;
         let r = measure(&gpu, &case, mode)?;
         println!(
-            "{{\"name\":{},\"mode\":{},\"model\":{},\"image_size\":{},\"batch\":{},\"ms\":{},\"images_per_s\":{},\"peak_device_bytes\":{},\"peak_rss_bytes\":{},\"first_step_s\":{},\"adapter\":{}}}",
+            "{{\"name\":{},\"mode\":{},\"model\":{},\"image_size\":{},\"batch\":{},\"ms\":{},\"images_per_s\":{},\"peak_device_bytes\":{},\"param_state_bytes\":{},\"peak_rss_bytes\":{},\"first_step_s\":{},\"adapter\":{}}}",
             json_str(case.name),
             json_str(&format!("{mode:?}")),
             json_str(case.preset),
@@ -106,6 +106,7 @@ fn run() -> Result<()> {
             json_num(Some(r.median_ms)),
             json_num(Some(case.batch as f64 / (r.median_ms / 1e3))),
             r.peak_device,
+            r.param_state,
             r.peak_rss,
             json_num(Some(r.first_s)),
             json_str(&gpu.describe())
@@ -119,8 +120,15 @@ fn run() -> Result<()> {
     let exe =
         std::env::current_exe().map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
     println!(
-        "{:<26} {:<16} {:>10} {:>9} {:>13} {:>13} {:>11}",
-        "config", "mode", "median ms", "img/s", "peak device", "peak RSS", "first step"
+        "{:<26} {:<16} {:>10} {:>9} {:>13} {:>17} {:>13} {:>11}",
+        "config",
+        "mode",
+        "median ms",
+        "img/s",
+        "peak device",
+        "peak - params",
+        "peak RSS",
+        "first step"
     );
     let mut lines = Vec::new();
     for case in &cases(steps) {
@@ -160,15 +168,17 @@ fn run() -> Result<()> {
                 median_ms: field("ms"),
                 first_s: field("first_step_s"),
                 peak_device: field("peak_device_bytes") as u64,
+                param_state: field("param_state_bytes") as u64,
                 peak_rss: field("peak_rss_bytes") as u64,
             };
             println!(
-                "{:<26} {:<16} {:>10.1} {:>9.1} {:>10.1} MiB {:>10.1} MiB {:>9.2} s",
+                "{:<26} {:<16} {:>10.1} {:>9.1} {:>9.1} MiB {:>13.1} MiB {:>9.1} MiB {:>9.2} s",
                 case.name,
                 format!("{mode:?}"),
                 r.median_ms,
                 case.batch as f64 / (r.median_ms / 1e3),
                 r.peak_device as f64 / 1048576.0,
+                r.peak_device.saturating_sub(r.param_state) as f64 / 1048576.0,
                 r.peak_rss as f64 / 1048576.0,
                 r.first_s
             );
@@ -187,6 +197,9 @@ struct Measured {
     median_ms: f64,
     first_s: f64,
     peak_device: u64,
+    /// Parameters, their gradients and Adam's two moments (4 f32 per parameter): the part
+    /// of the peak that does not depend on batch or image size.
+    param_state: u64,
     peak_rss: u64,
 }
 
@@ -208,6 +221,7 @@ fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
         },
         Schedule::Constant,
     )?;
+    let param_state = 16 * model.num_parameters() as u64;
     let mut trainer = Trainer::new(gpu, model, opt);
     let mut rng = Rng::new(1);
     let images: Vec<f32> = (0..case.batch * 3 * case.size * case.size)
@@ -229,6 +243,7 @@ fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
         median_ms: median(&mut times),
         first_s,
         peak_device: gpu.memory().peak_bytes(),
+        param_state,
         peak_rss: peak_rss_bytes(),
     })
 }

@@ -436,11 +436,13 @@ fn pick(
     out_c: usize,
 ) -> Result<(&'static str, [u32; 3], Consts)> {
     let hw = g.h * g.w;
-    let (entry, t, blocks) = match path(g, spec, inp, out) {
+    let (entry, t, wg, blocks) = match path(g, spec, inp, out) {
         Path::Conv1x1 => {
             // Lane l of a block owns the pixel groups l, l + WG, ...
             let t = CONV1X1;
-            ("conv1x1", t, super::groups(g.n * hw / 4, WG * t.px))
+            let groups4 = g.n * hw / 4;
+            let wg = lanes_for(groups4.div_ceil(t.px as usize));
+            ("conv1x1", t, wg, super::groups(groups4, wg * t.px))
         }
         Path::Conv3x3 => {
             // A lane owns 4 * px consecutive pixels, which must lie in one image.
@@ -448,32 +450,40 @@ fn pick(
             if hw % (4 * t.px as usize) != 0 {
                 t.px = 1;
             }
-            (
-                "conv3x3",
-                t,
-                super::groups(g.n * hw / (4 * t.px as usize), WG),
-            )
+            let lanes = g.n * hw / (4 * t.px as usize);
+            let wg = lanes_for(lanes);
+            ("conv3x3", t, wg, super::groups(lanes, wg))
         }
         Path::General if is_forward => {
             // Lane l of a block owns the groups of 4 output pixels l, l + WG.
             let t = FORWARD_TILED;
-            (
-                "forward_tiled",
-                t,
-                super::groups(g.n * g.oh * g.ow, 4 * WG * t.px),
-            )
+            let pixels = g.n * g.oh * g.ow;
+            let wg = lanes_for(pixels.div_ceil(4 * t.px as usize));
+            ("forward_tiled", t, wg, super::groups(pixels, 4 * wg * t.px))
         }
         Path::General => {
             let t = GENERAL_BWD_DATA;
             let tiles = super::groups(out_c, t.ch);
-            let grid = pixel_grid(op, super::groups(hw * g.n, WG * t.px), tiles)?;
-            return Ok(("backward_data", grid, Consts::new(t, false)));
+            let wg = lanes_for((hw * g.n).div_ceil(t.px as usize));
+            let grid = pixel_grid(op, super::groups(hw * g.n, wg * t.px), tiles)?;
+            let mut consts = Consts::new(t, false);
+            consts.wg = wg;
+            return Ok(("backward_data", grid, consts));
         }
     };
     let grid = pixel_grid(op, blocks, super::groups(out_c, t.ch))?;
     let mut consts = Consts::new(t, false);
     consts.vec4_groups = true;
+    consts.wg = wg;
     Ok((entry, grid, consts))
+}
+
+/// Lanes per workgroup for `units` lanes' worth of work: [`WG`], or fewer (down to 8) for
+/// the small feature maps of late DenseNet layers. On lavapipe the idle lanes of a
+/// workgroup still run the whole reduction loop, so a 2x2 map in a 64-lane workgroup would
+/// waste most of the work. One pipeline per distinct size (at most four).
+fn lanes_for(units: usize) -> u32 {
+    (units.max(1).next_power_of_two() as u32).clamp(8, WG)
 }
 
 /// For the vec4 fast paths (`conv1x1`, `conv3x3`): repacks the weight as
