@@ -563,6 +563,7 @@ impl<'g> Tape<'g> {
         Ok(y)
     }
 
+    /// Max pooling (padding acts as -inf), optionally writing into `out`.
     pub fn max_pool2d(
         &mut self,
         x: Var,
@@ -570,16 +571,10 @@ impl<'g> Tape<'g> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
-        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
-        let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
-        let y = self.output(out, &[n, c, oh, ow], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        max_pool2d::forward(self.enc(), &yt, &xt, spec)?;
-        self.mark(y, &[x]);
-        self.record(Op::MaxPool { y, x, spec });
-        Ok(y)
+        self.pool2d(x, spec, out, name, true)
     }
 
+    /// Average pooling (padding counted in the divisor), optionally writing into `out`.
     pub fn avg_pool2d(
         &mut self,
         x: Var,
@@ -587,13 +582,32 @@ impl<'g> Tape<'g> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
+        self.pool2d(x, spec, out, name, false)
+    }
+
+    fn pool2d(
+        &mut self,
+        x: Var,
+        spec: Pool2dSpec,
+        out: Option<Var>,
+        name: &str,
+        max: bool,
+    ) -> Result<Var> {
         let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
         let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
         let y = self.output(out, &[n, c, oh, ow], name)?;
         let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        avg_pool2d::forward(self.enc(), &yt, &xt, spec)?;
+        if max {
+            max_pool2d::forward(self.enc(), &yt, &xt, spec)?;
+        } else {
+            avg_pool2d::forward(self.enc(), &yt, &xt, spec)?;
+        }
         self.mark(y, &[x]);
-        self.record(Op::AvgPool { y, x, spec });
+        self.record(if max {
+            Op::MaxPool { y, x, spec }
+        } else {
+            Op::AvgPool { y, x, spec }
+        });
         Ok(y)
     }
 

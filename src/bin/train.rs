@@ -47,7 +47,9 @@ usage:
       --out DIR           run folder (default runs/<data folder name>)
       --resume            continue from DIR/checkpoint.safetensors
       --plain             materialised concatenation (default: memory-efficient blocks)
-  train eval --weights FILE --data DIR [--image-size N] [--batch-size N]
+  train eval --weights FILE [--data DIR] [--image-size N] [--batch-size N]
+                          (no --data: the data the weights were trained on, when that was
+                          the embedded dataset: its validation split)
                           [--val-split X --seed N: evaluate only that validation split]
   train predict --weights FILE [--image-size N] [--top K] IMAGE...
   train verify-torch GOLDEN.safetensors [--plain]
@@ -185,6 +187,8 @@ struct RunSpec {
     out: PathBuf,
     resume: bool,
     mode: BlockMode,
+    /// Where the data came from (stored with the weights, read by `eval`).
+    data: String,
 }
 
 fn cmd_default(opts: &Opts) -> CliResult<i32> {
@@ -200,36 +204,52 @@ fn cmd_default(opts: &Opts) -> CliResult<i32> {
         train.len(),
         val.len()
     );
-    let preset = opts.str("model").unwrap_or("densenet-tiny").to_string();
-    let config = DenseNetConfig::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
-    let spec = RunSpec {
-        dataset,
-        train,
-        val,
-        config,
-        preset,
-        image_size,
-        batch_size: opts.num("batch-size", 32)?,
-        epochs: opts.num("epochs", 6)?,
-        lr: opts.num("lr", 3e-3)?,
-        schedule: opts.str("schedule").unwrap_or("cosine").to_string(),
-        weight_decay: opts.num("weight-decay", 0.0)?,
-        adamw: opts.flag("adamw"),
-        seed,
-        augment: false,
-        augment_name: "",
-        out: opts
-            .str("out")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("runs/default")),
-        resume: opts.flag("resume"),
-        mode: if opts.flag("plain") {
-            BlockMode::Plain
-        } else {
-            BlockMode::MemoryEfficient
-        },
+    let defaults = Defaults {
+        model: "densenet-tiny",
+        batch_size: 32,
+        epochs: 6,
+        lr: 3e-3,
+        schedule: "cosine",
+        out: PathBuf::from("runs/default"),
     };
+    let mut spec = run_spec(
+        opts,
+        dataset,
+        (train, val.clone()),
+        seed,
+        image_size,
+        defaults,
+    )?;
+    spec.data = format!("embedded:{len}:{seed}");
+    write_samples(
+        &Synthetic::new(len, image_size, seed),
+        &val,
+        &spec.out.join("samples"),
+    )?;
     fit(spec)
+}
+
+/// Writes two validation images per class as PNGs, for `train predict` to try.
+fn write_samples(data: &Synthetic, val: &[usize], dir: &Path) -> CliResult<()> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = vec![0usize; data.classes().len()];
+    for &i in val {
+        let (pixels, label) = data.render(i);
+        if written[label] >= 2 {
+            continue;
+        }
+        written[label] += 1;
+        let s = data.image_size();
+        let img = image::RgbImage::from_fn(s as u32, s as u32, |x, y| {
+            let at =
+                |c: usize| (pixels[(c * s + y as usize) * s + x as usize] * 255.0).round() as u8;
+            image::Rgb([at(0), at(1), at(2)])
+        });
+        let path = dir.join(format!("{}_{i}.png", data.classes()[label]));
+        img.save(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn unknown_model(name: &str) -> String {
@@ -263,24 +283,63 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
         train.len(),
         val.len()
     );
-    let preset = opts.str("model").unwrap_or("densenet121").to_string();
-    let classes = folder.classes().len();
-    let config = DenseNetConfig::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
     let name = data
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
-    let spec = RunSpec {
-        dataset: Arc::new(folder),
+    let defaults = Defaults {
+        model: "densenet121",
+        batch_size: 8,
+        epochs: 10,
+        lr: 1e-3,
+        schedule: "constant",
+        out: Path::new("runs").join(name),
+    };
+    let mut spec = run_spec(
+        opts,
+        Arc::new(folder),
+        (train, val),
+        seed,
+        image_size,
+        defaults,
+    )?;
+    spec.data = data.display().to_string();
+    fit(spec)
+}
+
+/// Per-command defaults for the training options.
+struct Defaults {
+    model: &'static str,
+    batch_size: usize,
+    epochs: usize,
+    lr: f64,
+    schedule: &'static str,
+    out: PathBuf,
+}
+
+/// The run's settings: command-line options over the command's defaults.
+fn run_spec(
+    opts: &Opts,
+    dataset: Arc<dyn Dataset>,
+    (train, val): (Vec<usize>, Vec<usize>),
+    seed: u64,
+    image_size: usize,
+    d: Defaults,
+) -> CliResult<RunSpec> {
+    let preset = opts.str("model").unwrap_or(d.model).to_string();
+    let classes = dataset.classes().len();
+    let config = DenseNetConfig::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
+    Ok(RunSpec {
+        dataset,
         train,
         val,
         config,
         preset,
         image_size,
-        batch_size: opts.num("batch-size", 8)?,
-        epochs: opts.num("epochs", 10)?,
-        lr: opts.num("lr", 1e-3)?,
-        schedule: opts.str("schedule").unwrap_or("constant").to_string(),
+        batch_size: opts.num("batch-size", d.batch_size)?,
+        epochs: opts.num("epochs", d.epochs)?,
+        lr: opts.num("lr", d.lr)?,
+        schedule: opts.str("schedule").unwrap_or(d.schedule).to_string(),
         weight_decay: opts.num("weight-decay", 0.0)?,
         adamw: opts.flag("adamw"),
         seed,
@@ -290,18 +349,15 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
         } else {
             "flips"
         },
-        out: opts
-            .str("out")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new("runs").join(name)),
+        out: opts.str("out").map(PathBuf::from).unwrap_or(d.out),
         resume: opts.flag("resume"),
         mode: if opts.flag("plain") {
             BlockMode::Plain
         } else {
             BlockMode::MemoryEfficient
         },
-    };
-    fit(spec)
+        data: String::new(),
+    })
 }
 
 fn parse_schedule(s: &str, epochs: usize, steps_per_epoch: usize) -> CliResult<Schedule> {
@@ -511,6 +567,7 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> HashMap<String, String> {
     meta.insert("model".into(), spec.preset.clone());
     meta.insert("epoch".into(), epoch.to_string());
     meta.insert("format".into(), "pt".into());
+    meta.insert("data".into(), spec.data.clone());
     meta
 }
 
@@ -585,7 +642,15 @@ fn run_eval(
 
 /// Loads a weights or checkpoint file: the architecture comes from the tensor names and
 /// shapes, class names and image size from the metadata when present.
-fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(DenseNet, Option<Vec<String>>, Option<usize>)> {
+/// What a weight file's metadata says about its run.
+struct RunInfo {
+    classes: Option<Vec<String>>,
+    image_size: Option<usize>,
+    /// `embedded:<images>:<seed>` for the built-in dataset, else the data folder.
+    data: Option<String>,
+}
+
+fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(DenseNet, RunInfo)> {
     let file = TensorFile::read(path).map_err(|e| e.to_string())?;
     let config = infer_config(&file).map_err(|e| e.to_string())?;
     let mut model = DenseNet::new(gpu, config, 0).map_err(|e| e.to_string())?;
@@ -595,69 +660,87 @@ fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(DenseNet, Option<Vec<String>
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let meta = safetensors::SafeTensors::read_metadata(&bytes)
         .ok()
-        .and_then(|(_, m)| m.metadata().clone());
-    let classes = meta
-        .as_ref()
-        .and_then(|m| m.get("classes"))
-        .map(|c| c.lines().map(String::from).collect());
-    let size = meta
-        .as_ref()
-        .and_then(|m| m.get("image_size"))
-        .and_then(|s| s.parse().ok());
-    Ok((model, classes, size))
+        .and_then(|(_, m)| m.metadata().clone())
+        .unwrap_or_default();
+    let info = RunInfo {
+        classes: meta
+            .get("classes")
+            .map(|c| c.lines().map(String::from).collect()),
+        image_size: meta.get("image_size").and_then(|s| s.parse().ok()),
+        data: meta.get("data").cloned(),
+    };
+    Ok((model, info))
 }
 
 fn cmd_eval(opts: &Opts) -> CliResult<i32> {
     let weights_path = opts.path("weights")?;
-    let data = opts.path("data")?;
     let gpu = open_gpu()?;
-    let (model, classes, size) = load_model(&gpu, &weights_path)?;
-    let image_size = opts.num("image-size", size.unwrap_or(224))?;
-    let (folder, warnings) = ImageFolder::open(&data, image_size).map_err(|e| e.to_string())?;
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-    if folder.classes().len() != model.config.num_classes {
+    let (model, info) = load_model(&gpu, &weights_path)?;
+    let image_size = opts.num("image-size", info.image_size.unwrap_or(224))?;
+    // The data: --data, else what the weights were trained on (the embedded dataset's
+    // validation split for the default run).
+    let embedded = info
+        .data
+        .as_deref()
+        .and_then(|d| d.strip_prefix("embedded:"));
+    let (dataset, indices, source): (Arc<dyn Dataset>, Vec<usize>, String) = match (
+        opts.str("data"),
+        embedded,
+    ) {
+        (None, Some(spec)) => {
+            let (len, seed) = spec
+                .split_once(':')
+                .and_then(|(l, s)| Some((l.parse().ok()?, s.parse().ok()?)))
+                .ok_or_else(|| format!("{}: bad data metadata {spec:?}", weights_path.display()))?;
+            let val = split(len, 0.2, seed).map_err(|e| e.to_string())?.1;
+            let source = format!("embedded dataset, validation split (seed {seed})");
+            (Arc::new(Synthetic::new(len, image_size, seed)), val, source)
+        }
+        (data, _) => {
+            let data = data
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("--data is required\n{USAGE}"))?;
+            let (folder, warnings) =
+                ImageFolder::open(&data, image_size).map_err(|e| e.to_string())?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if let Some(c) = &info.classes {
+                if c != folder.classes() {
+                    eprintln!(
+                            "warning: class folders {:?} differ from the names stored with the weights {:?}",
+                            folder.classes(),
+                            c
+                        );
+                }
+            }
+            let indices: Vec<usize> = match opts.str("val-split") {
+                Some(_) => {
+                    let (frac, seed) = (opts.num("val-split", 0.2)?, opts.num("seed", 123)?);
+                    split(folder.len(), frac, seed)
+                        .map_err(|e| e.to_string())?
+                        .1
+                }
+                None => (0..folder.len()).collect(),
+            };
+            (Arc::new(folder), indices, data.display().to_string())
+        }
+    };
+    if dataset.classes().len() != model.config.num_classes {
         return Err(format!(
-            "{} has {} classes but {} was trained for {}",
-            data.display(),
-            folder.classes().len(),
+            "{source} has {} classes but {} was trained for {}",
+            dataset.classes().len(),
             weights_path.display(),
             model.config.num_classes
         ));
     }
-    if let Some(c) = &classes {
-        if c != folder.classes() {
-            eprintln!(
-                "warning: class folders {:?} differ from the names stored with the weights {:?}",
-                folder.classes(),
-                c
-            );
-        }
-    }
-    let indices: Vec<usize> = match opts.str("val-split") {
-        Some(_) => {
-            split(
-                folder.len(),
-                opts.num("val-split", 0.2)?,
-                opts.num("seed", 123)?,
-            )
-            .map_err(|e| e.to_string())?
-            .1
-        }
-        None => (0..folder.len()).collect(),
-    };
-    let names = folder.classes().to_vec();
-    let dataset: Arc<dyn Dataset> = Arc::new(folder);
-    let (loss, acc, matrix) = run_eval(
-        &gpu,
-        &model,
-        &dataset,
-        &indices,
-        opts.num("batch-size", 16)?,
-        image_size,
-    )?;
-    println!("{} images: loss={loss:.4} accuracy={acc:.4}", indices.len());
+    let names = dataset.classes().to_vec();
+    let batch = opts.num("batch-size", 16)?;
+    let (loss, acc, matrix) = run_eval(&gpu, &model, &dataset, &indices, batch, image_size)?;
+    println!(
+        "{source}: {} images, loss={loss:.4} accuracy={acc:.4}",
+        indices.len()
+    );
     println!("{}", metrics::confusion_matrix_table(&names, &matrix));
     Ok(0)
 }
@@ -668,8 +751,11 @@ fn cmd_predict(opts: &Opts) -> CliResult<i32> {
         return Err(format!("predict: no image given\n{USAGE}"));
     }
     let gpu = open_gpu()?;
-    let (model, classes, size) = load_model(&gpu, &weights_path)?;
-    let image_size = opts.num("image-size", size.unwrap_or(224))?;
+    let (model, info) = load_model(&gpu, &weights_path)?;
+    let (classes, image_size) = (
+        info.classes,
+        opts.num("image-size", info.image_size.unwrap_or(224))?,
+    );
     let top = opts.num("top", 3usize)?.min(model.config.num_classes);
     let names = classes.unwrap_or_else(|| {
         (0..model.config.num_classes)

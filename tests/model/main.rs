@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use densenet_wgpu::gpu::Gpu;
 
+mod cli;
 mod golden;
 mod overfit;
 mod tape;
