@@ -23,6 +23,7 @@ use densenet_wgpu::models::{BlockMode, DenseNet, DenseNetConfig};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::progress::Progress;
+use densenet_wgpu::rng::Rng;
 use densenet_wgpu::train::{evaluate, Trainer};
 use densenet_wgpu::verify::verify_golden;
 use densenet_wgpu::weights::{self, infer_config, TensorFile};
@@ -45,7 +46,8 @@ usage:
       --augment           random resized crops and horizontal flips
       --flip              random horizontal flips only
       --out DIR           run folder (default runs/<data folder name>)
-      --resume            continue from DIR/checkpoint.safetensors
+      --resume            continue from DIR/checkpoint.safetensors (mid-epoch too)
+      --checkpoint-minutes M  also checkpoint every M minutes within an epoch (default 10, 0: off)
       --plain             materialised concatenation (default: memory-efficient blocks)
   train eval --weights FILE [--data DIR] [--image-size N] [--batch-size N]
                           (no --data: the data the weights were trained on, when that was
@@ -189,6 +191,8 @@ struct RunSpec {
     mode: BlockMode,
     /// Where the data came from (stored with the weights, read by `eval`).
     data: String,
+    /// Minutes between mid-epoch checkpoints (0: only at the end of each epoch).
+    checkpoint_minutes: f64,
 }
 
 fn cmd_default(opts: &Opts) -> CliResult<i32> {
@@ -357,6 +361,7 @@ fn run_spec(
             BlockMode::MemoryEfficient
         },
         data: String::new(),
+        checkpoint_minutes: opts.num("checkpoint-minutes", 10.0)?,
     })
 }
 
@@ -416,6 +421,7 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
     let csv = spec.out.join("metrics.csv");
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut start_epoch = 0;
+    let mut resume_partial: Option<Partial> = None;
     if spec.resume {
         if !checkpoint.exists() {
             return Err(format!("--resume: {} does not exist", checkpoint.display()));
@@ -434,15 +440,22 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         } else {
             vec![]
         };
-        start_epoch = (trainer.opt.step as usize).div_ceil(steps_per_epoch);
+        let meta = read_metadata(&checkpoint);
+        start_epoch = meta
+            .get("epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or_else(|| (trainer.opt.step as usize).div_ceil(steps_per_epoch));
+        resume_partial = Partial::from_metadata(&meta);
         history.truncate(start_epoch);
         for h in &mut history {
             h.epochs = spec.epochs;
         }
         metrics::write_csv(&csv, &history).map_err(|e| format!("{}: {e}", csv.display()))?;
         println!(
-            "resumed from {} at epoch {start_epoch} (step {})",
+            "resumed from {} at epoch {} batch {} (step {})",
             checkpoint.display(),
+            start_epoch + 1,
+            resume_partial.as_ref().map_or(0, |p| p.batches_done),
             trainer.opt.step
         );
     } else if csv.exists() {
@@ -465,37 +478,66 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
 
     let mut best_val = f64::NEG_INFINITY;
     for epoch in start_epoch..spec.epochs {
-        let t0 = Instant::now();
         let lr = trainer.opt.current_lr();
-        let mut loader = Loader::new(
-            spec.dataset.clone(),
-            spec.train.clone(),
-            spec.batch_size,
-            Some(spec.seed.wrapping_add(epoch as u64 + 1)),
-            spec.augment,
-            false,
-        );
+        let shuffle_seed = spec.seed.wrapping_add(epoch as u64 + 1);
+        // A checkpoint written mid-epoch resumes after its last finished batch: the same
+        // shuffled order, minus the batches already done.
+        let partial = resume_partial.take().unwrap_or_default();
+        let mut loader = if partial.batches_done == 0 {
+            Loader::new(
+                spec.dataset.clone(),
+                spec.train.clone(),
+                spec.batch_size,
+                Some(shuffle_seed),
+                spec.augment,
+                false,
+            )
+        } else {
+            let mut order = spec.train.clone();
+            Rng::new(shuffle_seed).shuffle(&mut order);
+            let rest = order.split_off((partial.batches_done * spec.batch_size).min(order.len()));
+            Loader::new(
+                spec.dataset.clone(),
+                rest,
+                spec.batch_size,
+                None,
+                spec.augment,
+                false,
+            )
+        };
         let mut bar = Progress::new(
             &format!("epoch {}/{}", epoch + 1, spec.epochs),
             spec.train.len(),
         );
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        bar.inc(partial.seen, "");
+        let mut part = partial;
+        let t0 = Instant::now() - std::time::Duration::from_secs_f64(part.seconds);
+        let mut last_save = Instant::now();
         for batch in loader.by_ref() {
             let r = trainer
                 .train_step(&batch.images, &batch.labels, spec.image_size)
                 .map_err(|e| e.to_string())?;
-            loss_sum += r.loss * r.count as f64;
-            correct += r.correct;
-            seen += r.count;
+            part.loss_sum += r.loss * r.count as f64;
+            part.correct += r.correct;
+            part.seen += r.count;
+            part.batches_done += 1;
             bar.inc(
                 r.count,
                 &format!(
                     "loss {:.4} acc {:.3}",
-                    loss_sum / seen as f64,
-                    correct as f64 / seen as f64
+                    part.loss_sum / part.seen as f64,
+                    part.correct as f64 / part.seen as f64
                 ),
             );
+            if spec.checkpoint_minutes > 0.0
+                && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0
+            {
+                part.seconds = t0.elapsed().as_secs_f64();
+                save_checkpoint(&gpu, &trainer, &spec, &checkpoint, epoch, Some(&part))?;
+                last_save = Instant::now();
+            }
         }
+        let (loss_sum, correct, seen) = (part.loss_sum, part.correct, part.seen);
         bar.finish();
         for w in loader.take_warnings() {
             eprintln!("warning: {w}");
@@ -532,7 +574,7 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         if let Err(e) = densenet_wgpu::plot::write_curves(&spec.out.join("curves.png"), &history) {
             eprintln!("warning: could not write curves.png: {e}");
         }
-        save_checkpoint(&gpu, &trainer, &spec, &checkpoint, epoch + 1)?;
+        save_checkpoint(&gpu, &trainer, &spec, &checkpoint, epoch + 1, None)?;
         if let Some(a) = val_acc {
             if a > best_val {
                 best_val = a;
@@ -582,12 +624,59 @@ fn save_weights(
     weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
 }
 
+/// Progress through an epoch, saved in mid-epoch checkpoints.
+#[derive(Clone, Debug, Default)]
+struct Partial {
+    batches_done: usize,
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+    seconds: f64,
+}
+
+impl Partial {
+    fn to_metadata(&self, meta: &mut HashMap<String, String>) {
+        meta.insert("batches_done".into(), self.batches_done.to_string());
+        meta.insert("partial_loss_sum".into(), self.loss_sum.to_string());
+        meta.insert("partial_correct".into(), self.correct.to_string());
+        meta.insert("partial_seen".into(), self.seen.to_string());
+        meta.insert("partial_seconds".into(), self.seconds.to_string());
+    }
+
+    fn from_metadata(meta: &HashMap<String, String>) -> Option<Partial> {
+        let get = |k: &str| meta.get(k).and_then(|v| v.parse::<f64>().ok());
+        let batches_done = get("batches_done")? as usize;
+        (batches_done > 0).then(|| Partial {
+            batches_done,
+            loss_sum: get("partial_loss_sum").unwrap_or(0.0),
+            correct: get("partial_correct").unwrap_or(0.0) as usize,
+            seen: get("partial_seen").unwrap_or(0.0) as usize,
+            seconds: get("partial_seconds").unwrap_or(0.0),
+        })
+    }
+}
+
+/// The string metadata of a safetensors file (empty if it has none or cannot be read).
+fn read_metadata(path: &Path) -> HashMap<String, String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| {
+            safetensors::SafeTensors::read_metadata(&bytes)
+                .ok()
+                .and_then(|(_, m)| m.metadata().clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Weights + optimizer state; `epoch` counts finished epochs, `partial` the progress
+/// through the next one (mid-epoch saves).
 fn save_checkpoint(
     gpu: &Gpu,
     t: &Trainer,
     spec: &RunSpec,
     path: &Path,
     epoch: usize,
+    partial: Option<&Partial>,
 ) -> CliResult<()> {
     let mut entries = t.model.state_dict(gpu).map_err(|e| e.to_string())?;
     entries.extend(
@@ -595,7 +684,11 @@ fn save_checkpoint(
             .state_dict(gpu, &t.model.params)
             .map_err(|e| e.to_string())?,
     );
-    weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
+    let mut meta = run_metadata(spec, epoch);
+    if let Some(p) = partial {
+        p.to_metadata(&mut meta);
+    }
+    weights::write(path, entries, meta).map_err(|e| e.to_string())
 }
 
 /// Mean loss, accuracy and confusion matrix (rows: true class) over `indices`.
@@ -657,11 +750,7 @@ fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(DenseNet, RunInfo)> {
     model
         .load(gpu, &file, &["optim."])
         .map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = safetensors::SafeTensors::read_metadata(&bytes)
-        .ok()
-        .and_then(|(_, m)| m.metadata().clone())
-        .unwrap_or_default();
+    let meta = read_metadata(path);
     let info = RunInfo {
         classes: meta
             .get("classes")

@@ -97,3 +97,79 @@ fn bad_input_is_one_clear_error() {
     assert!(text(&o).contains("missing.safetensors"), "{}", text(&o));
     assert!(!Path::new("missing.safetensors").exists());
 }
+
+/// Reads a safetensors file's string metadata value (None while absent or mid-rename).
+fn metadata_value(path: &Path, key: &str) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    meta.metadata().as_ref()?.get(key).cloned()
+}
+
+#[test]
+fn a_run_killed_mid_epoch_resumes_to_the_same_result() {
+    let base = std::env::temp_dir().join(format!("densenet-wgpu-resume-{}", std::process::id()));
+    let (full, cut) = (base.join("full"), base.join("cut"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--images",
+            "600",
+            "--epochs",
+            "2",
+            "--checkpoint-minutes",
+            "0.004",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_string_lossy().to_string()])
+        .collect()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args(&full))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let last = |o: &Output| {
+        text(o)
+            .lines()
+            .filter(|l| l.starts_with("epoch 2/2"))
+            .map(|l| l.split(" time=").next().unwrap().to_string())
+            .next()
+    };
+    let want = last(&o).unwrap();
+
+    // Kill a second run as soon as it has written a mid-epoch checkpoint.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = cut.join("checkpoint.safetensors");
+    let t0 = std::time::Instant::now();
+    while metadata_value(&ckpt, "batches_done").is_none_or(|b| b == "0") {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no mid-epoch checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before a mid-epoch checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut resumed = args(&cut);
+    resumed.push("--resume".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(&resumed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resumed from"), "{}", text(&o));
+    // Same batches, same weights and optimizer state: the same final epoch, to the digit.
+    assert_eq!(last(&o).unwrap(), want, "{}", text(&o));
+    std::fs::remove_dir_all(&base).ok();
+}
