@@ -845,31 +845,7 @@ impl<'g> Tape<'g> {
                 ..
             } => {
                 let d_y = d_out.expect("bn output grad");
-                let (xt, gt, bt) = (
-                    self.value(x)?.clone(),
-                    self.value(gamma)?.clone(),
-                    self.value(beta)?.clone(),
-                );
-                let d_g = self.grad(gamma)?;
-                let d_b = self.grad(beta)?;
-                let d_x = match self.grad_if(x)? {
-                    Some(d) => d,
-                    // BN's backward kernel always writes d_x; give it a scratch buffer.
-                    None => self.gpu.zeros(&xt.shape, "unused d_x")?,
-                };
-                batch_norm::backward(
-                    self.enc(),
-                    &d_x,
-                    &d_g,
-                    &d_b,
-                    &d_y,
-                    &xt,
-                    &gt,
-                    &bt,
-                    &mean,
-                    &inv_std,
-                    cfg,
-                )?;
+                self.bn_backward(x, gamma, beta, &d_y, &mean, &inv_std, cfg)?;
             }
             Op::BnReluConv {
                 x,
@@ -885,12 +861,7 @@ impl<'g> Tape<'g> {
                 ..
             } => {
                 let d_y = d_out.expect("conv output grad");
-                let (xt, gt, bt, wt) = (
-                    self.value(x)?.clone(),
-                    self.value(gamma)?.clone(),
-                    self.value(beta)?.clone(),
-                    self.value(w)?.clone(),
-                );
+                let (xt, wt) = (self.value(x)?.clone(), self.value(w)?.clone());
                 let pro = BnReluPrologue {
                     scale: &scale,
                     shift: &shift,
@@ -900,25 +871,7 @@ impl<'g> Tape<'g> {
                 // Gradient w.r.t. the (never stored) BN+ReLU output: one transient buffer.
                 let d_act = self.gpu.zeros(&xt.shape, "d_bn_relu (transient)")?;
                 conv2d::backward_data(self.enc(), &d_act, &d_y, &wt, spec)?;
-                let d_g = self.grad(gamma)?;
-                let d_b = self.grad(beta)?;
-                let d_x = match self.grad_if(x)? {
-                    Some(d) => d,
-                    None => self.gpu.zeros(&xt.shape, "unused d_x")?,
-                };
-                batch_norm::backward(
-                    self.enc(),
-                    &d_x,
-                    &d_g,
-                    &d_b,
-                    &d_act,
-                    &xt,
-                    &gt,
-                    &bt,
-                    &mean,
-                    &inv_std,
-                    cfg,
-                )?;
+                self.bn_backward(x, gamma, beta, &d_act, &mean, &inv_std, cfg)?;
             }
             Op::Relu { x, .. } => {
                 let d_y = d_out.expect("relu output grad");
@@ -971,6 +924,46 @@ impl<'g> Tape<'g> {
             }
         }
         Ok(())
+    }
+
+    /// Batch-norm backward from the op's output gradient `d_y`, accumulating into the
+    /// gradients of x, gamma and beta.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        d_y: &Tensor,
+        mean: &Tensor,
+        inv_std: &Tensor,
+        cfg: BnConfig,
+    ) -> Result<()> {
+        let (xt, gt, bt) = (
+            self.value(x)?.clone(),
+            self.value(gamma)?.clone(),
+            self.value(beta)?.clone(),
+        );
+        let d_g = self.grad(gamma)?;
+        let d_b = self.grad(beta)?;
+        let d_x = match self.grad_if(x)? {
+            Some(d) => d,
+            // BN's backward kernel always writes d_x; give it a scratch buffer.
+            None => self.gpu.zeros(&xt.shape, "unused d_x")?,
+        };
+        batch_norm::backward(
+            self.enc(),
+            &d_x,
+            &d_g,
+            &d_b,
+            d_y,
+            &xt,
+            &gt,
+            &bt,
+            mean,
+            inv_std,
+            cfg,
+        )
     }
 
     /// Number of recorded ops.
