@@ -112,11 +112,12 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_result() {
     let args = |out: &Path| -> Vec<String> {
         [
             "--images",
-            "600",
+            "960",
             "--epochs",
             "2",
+            // 30 ms: mid-epoch checkpoints arrive well before an epoch ends, even on a GPU.
             "--checkpoint-minutes",
-            "0.004",
+            "0.0005",
             "--out",
         ]
         .iter()
