@@ -10,7 +10,7 @@
 //   pixels (padding stays exactly 0).
 //
 // Register tiling, no shared memory, no barriers. Every invocation owns a tile of outputs:
-// CH_TILE channels taken from workgroup_id.y, so their weight (forward / backward_data) or
+// CH_TILE channels taken from the workgroup id (tile_id or workgroup_id.y), so their weight (forward / backward_data) or
 // d_y (backward_weight) loads are workgroup-uniform, times a per-lane axis (pixels or weight
 // columns). On lavapipe every load instruction costs about the same whether workgroup-
 // uniform or not, and a vec4 load costs about one scalar load, so the kernels maximise
@@ -67,9 +67,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// Pixel-block index of a workgroup: the block axis is folded over (x, z) (see Gpu::grid_1d).
+// The forward / backward_data kernels run channel tiles on workgroup_id.x and pixel blocks
+// folded over (y, z) (see Gpu::grid_1d): workgroups that follow each other in dispatch order
+// read the same input pixels for different output channels, so the input stays in the
+// CPU caches on lavapipe (which hands each thread a contiguous run of workgroups) and in
+// L2 on a GPU.
 fn block_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.z * nwg.x;
+    return wg.y + wg.z * nwg.y;
+}
+fn tile_id(wg: vec3<u32>) -> u32 {
+    return wg.x;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -86,7 +93,7 @@ fn backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let ohw = p.oh * p.ow;
     let kk = p.kh * p.kw;
     let wrow = p.cin * kk;
-    let ci0 = wg.y * CH_TILE;
+    let ci0 = tile_id(wg) * CH_TILE;
     let q0 = block_id(wg, nwg) * (WG * PX_TILE) + li;
     let s = i32(p.stride);
 
@@ -382,7 +389,7 @@ fn conv1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     // vec4 index of inp[n, 0, group] for groups a and b
     let ia = (p.inp.offset + na * p.inp.batch_stride) / 4u + (min(ga, ngrp - 1u) - na * hw4);
     let ib = (p.inp.offset + nb * p.inp.batch_stride) / 4u + (min(gb, ngrp - 1u) - nb * hw4);
-    let oc0 = wg.y * CH_TILE;
+    let oc0 = tile_id(wg) * CH_TILE;
     let o0 = w_block(oc0, 0u);
     let o1 = w_block(oc0, 1u);
     let o2 = w_block(oc0, 2u);
@@ -501,7 +508,7 @@ fn conv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let col_a = vec4<i32>(qa % p.w);
     let col_b = vec4<i32>(qb % p.w);
 
-    let oc0 = wg.y * CH_TILE;
+    let oc0 = tile_id(wg) * CH_TILE;
     let o0 = w_block(oc0, 0u);
     let o1 = w_block(oc0, 1u);
     let o2 = w_block(oc0, 2u);
@@ -606,10 +613,10 @@ fn bq_mac(acc: ptr<function, RowTile>, k: u32, x: vec4<f32>, g0: mat4x4<f32>,
     if (CH_TILE > 12u) { (*acc)[k + 3u] += x * g3; }
 }
 
-// d_y of the 4 channels co0 + 4 cb .. + 3 at the pixel group yb (clamped channels).
-fn bq_g(yb: u32, yc: vec4<u32>) -> mat4x4<f32> {
-    return mat4x4<f32>(bq_d_y[yb + yc.x], bq_d_y[yb + yc.y], bq_d_y[yb + yc.z], bq_d_y[yb + yc.w]);
-}
+// d_y of the tile's 16 channels co0 .. co0 + 15 (clamped) at one pixel group: bq_dy16(yb,
+// co0, hw4, sl)[cb] has channel co0 + 4 cb + c in column c; yb = vec4 index of
+// d_y[n, 0, group]. Defined in conv2d_uniform_loads.wgsl / conv2d_subgroup.wgsl.
+alias Dy16 = array<mat4x4<f32>, 4>;
 
 // Writes the sums `a` of channels co0 + 4 cb .. + 3 for kernel row k, tap t.
 fn bq_store(a: vec4<f32>, k: u32, t: u32, cb: u32, co0: u32, base: u32, ncol: u32) {
@@ -640,6 +647,13 @@ fn bq_row(gi: i32, last: i32, r: u32, dh: i32, sc: f32, sh: f32, rowv: vec4<i32>
 @compute @workgroup_size(WG)
 fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
                         @builtin(local_invocation_index) li: u32) {
+    bq_rows(wg, li, 0u);
+}
+
+// The body of backward_weight_rows (and of backward_weight_rows_sg, which passes the lane's
+// subgroup_invocation_id as `sl`; the d_y loads go through bq_dy16, defined in
+// conv2d_uniform_loads.wgsl or conv2d_subgroup.wgsl).
+fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let ngrp = p.n * hw4;
     let nrow = p.cin * KT;
@@ -679,12 +693,6 @@ fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
         sc_b = bq_scale[p.sc_off + ci_b];
         sh_b = bq_shift[p.sh_off + ci_b];
     }
-    // vec4 offsets of d_y[0, co, 0] for the 16 channels (clamped).
-    let cl = vec4(p.cout - 1u);
-    let y0 = min(vec4(co0) + vec4(0u, 1u, 2u, 3u), cl) * hw4;
-    let y1 = min(vec4(co0) + vec4(4u, 5u, 6u, 7u), cl) * hw4;
-    let y2 = min(vec4(co0) + vec4(8u, 9u, 10u, 11u), cl) * hw4;
-    let y3 = min(vec4(co0) + vec4(12u, 13u, 14u, 15u), cl) * hw4;
 
     var acc: RowTile;
     var bsum: array<vec4<f32>, 4>;
@@ -721,11 +729,12 @@ fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
         let x11 = tb.x1;
         let x12 = tb.x2;
         let yb = (p.out.offset + n * p.out.batch_stride) / 4u + q0 / 4u;
-        let g0 = bq_g(yb, y0);
+        let dy = bq_dy16(yb, co0, hw4, sl);
+        let g0 = dy[0];
         bsum[0] += ones * g0;
-        if (CH_TILE > 4u) { g1 = bq_g(yb, y1); bsum[1] += ones * g1; }
-        if (CH_TILE > 8u) { g2 = bq_g(yb, y2); bsum[2] += ones * g2; }
-        if (CH_TILE > 12u) { g3 = bq_g(yb, y3); bsum[3] += ones * g3; }
+        if (CH_TILE > 4u) { g1 = dy[1]; bsum[1] += ones * g1; }
+        if (CH_TILE > 8u) { g2 = dy[2]; bsum[2] += ones * g2; }
+        if (CH_TILE > 12u) { g3 = dy[3]; bsum[3] += ones * g3; }
         bq_mac(&acc, 0u, x00, g0, g1, g2, g3);
         bq_mac(&acc, 4u, x01, g0, g1, g2, g3);
         bq_mac(&acc, 8u, x02, g0, g1, g2, g3);
@@ -914,19 +923,29 @@ fn backward_weight_1x1(@builtin(workgroup_id) wg: vec3<u32>,
         mac_tile(&acc, g0, g1, g2, g3, x0, x1);
     }
 
+    bp_finish(&acc, mat4x4<f32>(bs0, bs1, bs2, bs3), co0, ga, chunk, wg.x == 0u && li == 0u);
+}
+
+// Stores the tile of backward_weight_1x1(_sg): acc holds the lane's blocks (pixel-group
+// axis = input-channel blocks ga, ga + WG), bs the bias sums of channels co0 .. co0 + 15
+// (written by one lane: `bias_lane`).
+fn bp_finish(acc: ptr<function, Tile8>, bs_in: mat4x4<f32>, co0: u32, ga: u32, chunk: u32,
+             bias_lane: bool) {
+    let cip4 = (p.cin + 3u) / 4u;
+    let gb = ga + WG;
     let base = chunk * p.part_stride;
     if (ga < cip4) {
-    bp_store(acc[0], co0 + 0u, ga, base, p.cin);
-    if (CH_TILE > 4u) { bp_store(acc[2], co0 + 4u, ga, base, p.cin); }
-    if (CH_TILE > 8u) { bp_store(acc[4], co0 + 8u, ga, base, p.cin); }
-    if (CH_TILE > 12u) { bp_store(acc[6], co0 + 12u, ga, base, p.cin); }
-    if (PXV > 1u) { bp_store(acc[1], co0 + 0u, gb, base, p.cin); }
-    if (PXV > 1u && CH_TILE > 4u) { bp_store(acc[3], co0 + 4u, gb, base, p.cin); }
-    if (PXV > 1u && CH_TILE > 8u) { bp_store(acc[5], co0 + 8u, gb, base, p.cin); }
-    if (PXV > 1u && CH_TILE > 12u) { bp_store(acc[7], co0 + 12u, gb, base, p.cin); }
+        bp_store((*acc)[0], co0 + 0u, ga, base, p.cin);
+        if (CH_TILE > 4u) { bp_store((*acc)[2], co0 + 4u, ga, base, p.cin); }
+        if (CH_TILE > 8u) { bp_store((*acc)[4], co0 + 8u, ga, base, p.cin); }
+        if (CH_TILE > 12u) { bp_store((*acc)[6], co0 + 12u, ga, base, p.cin); }
+        if (PXV > 1u) { bp_store((*acc)[1], co0 + 0u, gb, base, p.cin); }
+        if (PXV > 1u && CH_TILE > 4u) { bp_store((*acc)[3], co0 + 4u, gb, base, p.cin); }
+        if (PXV > 1u && CH_TILE > 8u) { bp_store((*acc)[5], co0 + 8u, gb, base, p.cin); }
+        if (PXV > 1u && CH_TILE > 12u) { bp_store((*acc)[7], co0 + 12u, gb, base, p.cin); }
     }
-    if (wg.x == 0u && li == 0u) {
-        var bs = mat4x4<f32>(bs0, bs1, bs2, bs3);
+    if (bias_lane) {
+        var bs = bs_in;
         for (var i = 0u; i < CH_TILE; i++) {
             let co = co0 + i;
             if (co < p.cout) {
@@ -1144,7 +1163,7 @@ fn forward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let qb = qa + WG;
     let pa = ft_pix(qa);
     let pb = ft_pix(qb);
-    let oc0 = wg.y * CH_TILE;
+    let oc0 = tile_id(wg) * CH_TILE;
     let o0 = w_block(oc0, 0u);
     let o1 = w_block(oc0, 1u);
     let o2 = w_block(oc0, 2u);

@@ -103,7 +103,12 @@ pub struct Gpu {
     shader_modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pub(crate) memory: Arc<MemoryStats>,
     device_error: Arc<Mutex<Option<String>>>,
+    subgroups: bool,
 }
+
+/// Environment variable that, when set, keeps kernels off their subgroup variants (for
+/// comparisons; the results agree within rounding).
+pub const NO_SUBGROUPS_ENV: &str = "DENSENET_WGPU_NO_SUBGROUPS";
 
 /// Environment variable that picks an adapter whose name contains the given text
 /// (case-insensitive), e.g. `DENSENET_WGPU_ADAPTER=llvmpipe` or `=nvidia`.
@@ -165,9 +170,15 @@ impl Gpu {
         // Ask for everything the adapter offers: lavapipe and real GPUs allow far larger
         // buffers and more storage bindings than the WebGPU defaults.
         let limits = adapter.limits();
+        // Subgroup operations, when offered: some kernels have variants that share one
+        // load among 8 lanes with subgroupBroadcast (see Gpu::subgroups).
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        let subgroups = features.contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size >= 8
+            && std::env::var_os(NO_SUBGROUPS_ENV).is_none();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("densenet-wgpu device"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -191,6 +202,7 @@ impl Gpu {
             shader_modules: Mutex::new(HashMap::new()),
             memory: Arc::new(MemoryStats::default()),
             device_error,
+            subgroups,
         })
     }
 
@@ -327,7 +339,15 @@ impl Gpu {
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) }),
             ),
             launches: 0,
+            subgroups: self.subgroups,
         }
+    }
+
+    /// Whether kernels may use their subgroup variants here: the adapter offers subgroup
+    /// operations with subgroups of at least 8 invocations, and `DENSENET_WGPU_NO_SUBGROUPS`
+    /// is not set.
+    pub fn subgroups(&self) -> bool {
+        self.subgroups
     }
 
     /// Workgroup grid for `total` workgroups, folded into y when x would exceed 65,535.
@@ -450,6 +470,7 @@ pub struct Encoder<'g> {
     gpu: &'g Gpu,
     inner: Option<wgpu::CommandEncoder>,
     launches: usize,
+    subgroups: bool,
 }
 
 /// What to launch: a shader entry point, its override constants, its bindings and grid.
@@ -464,6 +485,18 @@ pub struct Launch<'a> {
 impl Encoder<'_> {
     pub fn gpu(&self) -> &Gpu {
         self.gpu
+    }
+
+    /// Whether launches recorded here may use subgroup kernel variants
+    /// ([`Gpu::subgroups`], unless turned off for this encoder).
+    pub fn subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    /// Turns the subgroup kernel variants off for the launches recorded from now on (tests
+    /// use it to check both variants on one device).
+    pub fn disable_subgroups(&mut self) {
+        self.subgroups = false;
     }
 
     /// Records one compute dispatch.

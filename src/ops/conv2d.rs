@@ -9,7 +9,22 @@ use super::ViewParams;
 use crate::gpu::{expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result};
 use crate::gpu::{Shader, Tensor};
 
-pub const SHADER: Shader = shader!("conv2d");
+pub const SHADER: Shader = shader!("conv2d" = ["conv2d", "conv2d_uniform_loads"]);
+/// conv2d.wgsl plus the subgroup variants of its fast paths (adapters with subgroups of at
+/// least 8 invocations, see [`Encoder::subgroups`]).
+pub const SUBGROUP_SHADER: Shader = shader!("conv2d_subgroup" = ["conv2d", "conv2d_subgroup"]);
+
+/// The shader and entry point that run `entry`: the subgroup variant of the conv1x1 /
+/// conv3x3 fast paths where the encoder allows it, else `entry` itself.
+fn variant(enc: &Encoder, entry: &'static str) -> (&'static Shader, &'static str) {
+    match (enc.subgroups(), entry) {
+        (true, "conv1x1") => (&SUBGROUP_SHADER, "conv1x1_sg"),
+        (true, "conv3x3") => (&SUBGROUP_SHADER, "conv3x3_sg"),
+        (true, "backward_weight_rows") => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
+        (true, "backward_weight_1x1") => (&SUBGROUP_SHADER, "backward_weight_1x1_sg"),
+        _ => (&SHADER, entry),
+    }
+}
 
 /// Invocations per workgroup.
 const WG: u32 = 64;
@@ -309,7 +324,8 @@ fn bw_kind(g: &Geom, spec: Conv2dSpec, x: &Tensor, d_y: &Tensor) -> BwKind {
     }
 }
 
-/// Grid for `blocks` pixel blocks (folded over x and z) times `tiles` channel tiles (y).
+/// Grid for `tiles` channel tiles (x) times `blocks` pixel blocks (folded over y and z;
+/// see `block_id` in the shader for why the tiles come first).
 fn pixel_grid(op: &str, blocks: u32, tiles: u32) -> Result<[u32; 3]> {
     let [gx, gz, _] = Gpu::grid_1d(blocks);
     if tiles > crate::gpu::MAX_WORKGROUPS_PER_DIM {
@@ -317,7 +333,7 @@ fn pixel_grid(op: &str, blocks: u32, tiles: u32) -> Result<[u32; 3]> {
             "{op}: {tiles} channel tiles in one grid dimension"
         )));
     }
-    Ok([if blocks == 0 { 0 } else { gx }, tiles, gz])
+    Ok([tiles, if blocks == 0 { 0 } else { gx }, gz])
 }
 
 /// Validates the optional prologue and returns (scale offset, shift offset).
@@ -407,8 +423,9 @@ pub fn forward(
     // Every forward kernel reads the packed weight.
     let packed = pack_weight(enc, OP, &g, &p, weight)?;
     let w_used = &packed;
+    let (shader, entry) = variant(enc, entry);
     enc.launch(Launch {
-        shader: &SHADER,
+        shader,
         entry,
         overrides: &consts.list(),
         args: &[
@@ -611,8 +628,9 @@ pub fn backward_data(
         Arg::Read(w_used),
         Arg::Write(d_x),
     ];
+    let (shader, entry) = variant(enc, entry);
     enc.launch(Launch {
-        shader: &SHADER,
+        shader,
         entry,
         overrides: &consts.list(),
         args: if entry == "backward_data" {
@@ -723,8 +741,9 @@ pub fn backward_weight(
         let xt = to_pixel_major(enc, OP, &p, x, [g.cin, g.h, g.w], prologue)?;
         consts.vec4_groups = true;
         consts.prologue = false;
+        let (shader, entry) = variant(enc, entry);
         enc.launch(Launch {
-            shader: &SHADER,
+            shader,
             entry,
             overrides: &consts.list(),
             args: &[
@@ -753,8 +772,9 @@ pub fn backward_weight(
             workgroups: [col_blocks, tiles, chunks as u32],
         })?;
     } else {
+        let (shader, entry) = variant(enc, entry);
         enc.launch(Launch {
-            shader: &SHADER,
+            shader,
             entry,
             overrides: &consts.list(),
             args: &[

@@ -12,20 +12,22 @@
 use crate::gpu::Tensor;
 
 /// Builds a [`Shader`](crate::gpu::Shader) from `shaders/<name>.wgsl` with the common
-/// helpers (`shaders/common.wgsl`) prepended.
+/// helpers (`shaders/common.wgsl`) prepended. `shader!("name" = ["a", "b"])` names a
+/// module made of `shaders/a.wgsl` followed by `shaders/b.wgsl` (an op whose helpers come
+/// in variants, e.g. with and without subgroup operations).
 macro_rules! shader {
     ($name:literal) => {
+        shader!($name = [$name])
+    };
+    ($name:literal = [$($file:literal),+]) => {
         $crate::gpu::Shader {
             name: $name,
             source: concat!(
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/common.wgsl")),
-                "\n",
-                include_str!(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/shaders/",
-                    $name,
-                    ".wgsl"
-                ))
+                $(
+                    "\n",
+                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file, ".wgsl")),
+                )+
             ),
         }
     };

@@ -115,7 +115,15 @@ fn make_view(
     (whole.channels(c0, c).unwrap(), whole, c0, total)
 }
 
+/// Runs `c` with the subgroup kernel variants (where the adapter has them) and without.
 fn run_case(c: &Case) {
+    run_case_with(c, true);
+    if gpu().subgroups() {
+        run_case_with(c, false);
+    }
+}
+
+fn run_case_with(c: &Case, subgroups: bool) {
     let sp = spec(c.stride, c.pad);
     let (oh, ow) = conv2d::output_size(sp, c.h, c.w, c.kh, c.kw).unwrap();
     let xs = [c.n, c.cin, c.h, c.w];
@@ -158,6 +166,9 @@ fn run_case(c: &Case) {
     let d_bias = c.bias.then_some(&d_b);
 
     run(|e| {
+        if !subgroups {
+            e.disable_subgroups();
+        }
         conv2d::forward(e, &y, &x, &w, bias, pro, sp).unwrap();
         conv2d::backward_data(e, &d_x, &d_y, &w, sp).unwrap();
         conv2d::backward_weight(e, &d_w, d_bias, &d_y, &x, pro, sp).unwrap();

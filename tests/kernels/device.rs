@@ -1,10 +1,19 @@
 use crate::common::*;
-use densenet_wgpu::gpu::{Gpu, GpuError, MAX_WORKGROUPS_PER_DIM};
+use densenet_wgpu::gpu::{Gpu, GpuError, MAX_WORKGROUPS_PER_DIM, NO_SUBGROUPS_ENV};
 
 #[test]
 fn adapter_is_described() {
     let d = gpu().describe();
     assert!(!d.is_empty());
+}
+
+#[test]
+fn lavapipe_runs_the_subgroup_kernels() {
+    // lavapipe offers subgroups of 8, so the conv tests there cover the subgroup variants
+    // (and, with Encoder::disable_subgroups, the plain ones).
+    if gpu().describe().contains("llvmpipe") && std::env::var_os(NO_SUBGROUPS_ENV).is_none() {
+        assert!(gpu().subgroups(), "{}", gpu().describe());
+    }
 }
 
 #[test]
