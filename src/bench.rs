@@ -91,7 +91,7 @@ pub fn ceilings(gpu: &Gpu) -> Result<Ceilings> {
             workgroups: Gpu::grid_1d(groups(invocations as usize, WG)),
         })
     })?;
-    let flops = invocations as f64 * FMA_ITERS as f64 * 8.0 * 4.0 * 2.0;
+    let flops = invocations as f64 * FMA_ITERS as f64 * 3.0 * 4.0 * 2.0;
     let n_vec4 = (64 << 20) / 16;
     let src = gpu.zeros(&[n_vec4 * 4], "copy src")?;
     let dst = gpu.zeros(&[n_vec4 * 4], "copy dst")?;
