@@ -817,6 +817,36 @@ fn pack_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // ---------------------------------------------------------------------------------------
+// repad: copies channel planes between plane sizes, so that convolutions whose H*W is not a
+// multiple of 4 can run the vec4 kernels on zero-padded copies:
+//   out[n, c, e] (+)= (e < P_in ? inp[n, c, e] : 0)   for e < P_out
+// p.cin = C, p.h = P_in, p.w = P_out (floats per channel plane), p.total = N * C * P_out,
+// p.accumulate: add instead of overwrite. One invocation per output element.
+@group(0) @binding(1) var<storage, read> rp_in: array<f32>;           // (N, C, P_in) via p.inp
+@group(0) @binding(2) var<storage, read_write> rp_out: array<f32>;    // (N, C, P_out) via p.out
+
+@compute @workgroup_size(WG)
+fn repad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) li: u32) {
+    let e = linear_id(wg, nwg, li, WG);
+    if (e >= p.total) { return; }
+    let plane = e / p.w;
+    let q = e - plane * p.w;
+    let n = plane / p.cin;
+    let c = plane - n * p.cin;
+    var v = 0.0;
+    if (q < p.h) {
+        v = rp_in[p.inp.offset + n * p.inp.batch_stride + c * p.h + q];
+    }
+    let o = p.out.offset + n * p.out.batch_stride + c * p.w + q;
+    if (p.accumulate != 0u) {
+        rp_out[o] += v;
+    } else {
+        rp_out[o] = v;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // to_pixel_major (1x1 backward_weight): out[(n*H*W + q) * CP + c] = inp'[n, c, q] with
 // CP = C rounded up to 4 (extra channels 0); inp' = the prologue applied when PROLOGUE.
 // One invocation per (pixel group of 4, channel block of 4): 4 vec4 loads, a 4 x 4

@@ -274,15 +274,94 @@ fn aligned(t: &Tensor) -> bool {
     t.offset % 4 == 0 && t.batch_stride % 4 == 0
 }
 
-/// True when the kernel keeps the spatial size at stride 1 and the vec4 layout holds.
+/// True when the kernel keeps the spatial size at stride 1 and the vec4 layout holds
+/// (a 1x1 kernel only sees H*W, so its W may be below 4).
 fn same_size_vec4(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> bool {
     spec.stride == 1
         && g.kh == g.kw
         && g.kh == 2 * spec.padding + 1
         && (g.h * g.w) % 4 == 0
-        && g.w >= 4
+        && (g.w >= 4 || g.kh == 1)
         && aligned(a)
         && aligned(b)
+}
+
+/// Same-size 1x1 / 3x3 convolutions whose channel planes break the vec4 layout
+/// (H*W % 4 != 0: the 7x7 maps of DenseNet-121 at 224x224 ran their backward at ~1.3
+/// GFLOP/s on the general kernels) run on zero-padded copies of their tensors instead:
+/// - 1x1 as an [N, C, 1, H*W rounded up to 4] problem (no pixel reads another, and a pad
+///   pixel's d_y is 0, so it adds nothing to d_w / d_b);
+/// - 3x3 (W >= 4) with zero rows added below until H*W % 4 == 0: a zero row is what the
+///   padding reads anyway. Not with a prologue, which would turn those zeros into
+///   max(shift, 0) (backward_data has none).
+///
+/// Returns the padded (H, W), or None when the tensors are used as they are.
+fn padded_plane(g: &Geom, spec: Conv2dSpec, prologue: bool) -> Option<(usize, usize)> {
+    let hw = g.h * g.w;
+    if spec.stride != 1 || g.kh != g.kw || g.kh != 2 * spec.padding + 1 || hw % 4 == 0 {
+        return None;
+    }
+    if g.n * hw * g.cin * g.cout == 0 {
+        return None;
+    }
+    match g.kh {
+        1 => Some((1, hw.next_multiple_of(4))),
+        3 if !prologue && g.w >= 4 => {
+            let mut h = g.h;
+            while (h * g.w) % 4 != 0 {
+                h += 1;
+            }
+            Some((h, g.w))
+        }
+        _ => None,
+    }
+}
+
+/// A dense `[N, C, H', W']` copy of `t` (`[N, C, H, W]`, any view) with each channel plane
+/// zero-padded from H*W to H'*W' elements (see [`padded_plane`]).
+fn pad_planes(enc: &mut Encoder, op: &str, t: &Tensor, hw: (usize, usize)) -> Result<Tensor> {
+    let [n, c, h, w] = nchw(op, "padded tensor", t)?;
+    let out = enc
+        .gpu()
+        .zeros(&[n, c, hw.0, hw.1], "conv2d zero-padded planes")?;
+    repad(enc, op, &out, t, h * w, false)?;
+    Ok(out)
+}
+
+/// out[n, c, e] (+)= (e < p_in ? inp[n, c, e] : 0) for e < P_out: copies (or adds) channel
+/// planes of p_in elements into planes of P_out elements, where P_out = out's H*W.
+fn repad(
+    enc: &mut Encoder,
+    op: &str,
+    out: &Tensor,
+    inp: &Tensor,
+    p_in: usize,
+    accumulate: bool,
+) -> Result<()> {
+    let [n, c, h, w] = nchw(op, "repad output", out)?;
+    let total = n * c * h * w;
+    if total == 0 {
+        return Ok(());
+    }
+    let mut p: Params = bytemuck::Zeroable::zeroed();
+    p.inp = ViewParams::of(inp);
+    p.out = ViewParams::of(out);
+    p.cin = c as u32;
+    p.h = to_u32(op, "plane", p_in)?;
+    p.w = to_u32(op, "plane", h * w)?;
+    p.total = to_u32(op, "padded copy", total)?;
+    p.accumulate = accumulate as u32;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "repad",
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(inp),
+            Arg::Write(out),
+        ],
+        workgroups: Gpu::grid_1d(super::groups(total, WG)),
+    })
 }
 
 fn path(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> Path {
@@ -396,6 +475,15 @@ pub fn forward(
 ) -> Result<()> {
     const OP: &str = "conv2d forward";
     let g = geometry(OP, "x", x, ("weight", weight), "y", y, spec)?;
+    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()) {
+        not_aliased(OP, ("y", y), &[("x", x), ("weight", weight)])?;
+        let xp = pad_planes(enc, OP, x, hw)?;
+        let yp = enc
+            .gpu()
+            .zeros(&[g.n, g.cout, hw.0, hw.1], "conv2d padded output")?;
+        forward(enc, &yp, &xp, weight, bias, prologue, spec)?;
+        return repad(enc, OP, y, &yp, hw.0 * hw.1, false);
+    }
     let mut p = params(&g, x, y, spec);
     p.w_off = dense(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
     if let Some(b) = bias {
@@ -457,6 +545,7 @@ fn pick(
         Path::Conv1x1 => {
             // Lane l of a block owns the pixel groups l, l + WG, ...
             let t = CONV1X1;
+
             let groups4 = g.n * hw / 4;
             let wg = lanes_for(groups4.div_ceil(t.px as usize));
             ("conv1x1", t, wg, super::groups(groups4, wg * t.px))
@@ -594,6 +683,15 @@ pub fn backward_data(
 ) -> Result<()> {
     const OP: &str = "conv2d backward_data";
     let g = geometry(OP, "d_x", d_x, ("weight", weight), "d_y", d_y, spec)?;
+    if let Some(hw) = padded_plane(&g, spec, false) {
+        not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
+        let dyp = pad_planes(enc, OP, d_y, hw)?;
+        let dxp = enc
+            .gpu()
+            .zeros(&[g.n, g.cin, hw.0, hw.1], "conv2d padded d_x")?;
+        backward_data(enc, &dxp, &dyp, weight, spec)?;
+        return repad(enc, OP, d_x, &dxp, hw.0 * hw.1, true);
+    }
     let mut p = params(&g, d_y, d_x, spec);
     p.w_off = dense(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
     not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
@@ -658,6 +756,12 @@ pub fn backward_weight(
 ) -> Result<()> {
     const OP: &str = "conv2d backward_weight";
     let g = geometry(OP, "x", x, ("d_weight", d_weight), "d_y", d_y, spec)?;
+    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()) {
+        not_aliased(OP, ("d_weight", d_weight), &[("x", x), ("d_y", d_y)])?;
+        let xp = pad_planes(enc, OP, x, hw)?;
+        let dyp = pad_planes(enc, OP, d_y, hw)?;
+        return backward_weight(enc, d_weight, d_bias, &dyp, &xp, prologue, spec);
+    }
     let mut p = params(&g, x, d_y, spec);
     let kind = bw_kind(&g, spec, x, d_y);
     let w_off = dense(OP, "d_weight", d_weight, &[g.cout, g.cin, g.kh, g.kw])?;

@@ -361,7 +361,7 @@ fn gpu_same_size_5x5_and_narrow_fallback() {
         seed: 1200,
         ..case(2, 5, 8, 12, 6, (5, 5), 1, 2)
     });
-    // W = 2 < 4: every entry point falls back to the general kernels.
+    // W = 2 < 4: the 1x1 still takes the vec4 paths (it only sees H*W = 16).
     run_case(&Case {
         views: true,
         seed: 1300,
