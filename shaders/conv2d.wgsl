@@ -377,9 +377,44 @@ fn c1_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
     }
 }
 
-@compute @workgroup_size(WG)
-fn conv1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) li: u32) {
+// Shared pieces of conv1x1 / conv1x1_sg (and of conv3x3 / backward_weight_1x1 below): the
+// weights of one summed channel for the 4 channel blocks of the tile, as 4 vec4s.
+struct W4 {
+    w0: vec4<f32>,
+    w1: vec4<f32>,
+    w2: vec4<f32>,
+    w3: vec4<f32>,
+}
+
+// Packed weight row `row` at the tile's blocks os = (o0, o1, o2, o3).
+fn c1_load(row: u32, ocp4: u32, os: vec4<u32>) -> W4 {
+    let wo = row * ocp4;
+    var w = W4(c1_w[wo + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    if (CH_TILE > 4u) { w.w1 = c1_w[wo + os.y]; }
+    if (CH_TILE > 8u) { w.w2 = c1_w[wo + os.z]; }
+    if (CH_TILE > 12u) { w.w3 = c1_w[wo + os.w]; }
+    return w;
+}
+
+// One summed channel rc: acc += w (x) inp'[rc] at the lane's pixel groups (vec4 indices
+// ia, ib of channel 0).
+fn c1_chan(acc: ptr<function, Tile8>, rc: u32, ia: u32, ib: u32, hw4: u32, w: W4) {
+    var xa = c1_inp[ia + rc * hw4];
+    var xb = vec4(0.0);
+    if (PXV > 1u) { xb = c1_inp[ib + rc * hw4]; }
+    if (PROLOGUE) {
+        let sc = vec4(c1_scale[p.sc_off + rc]);
+        let sh = vec4(c1_shift[p.sh_off + rc]);
+        xa = max(fma(xa, sc, sh), vec4(0.0));
+        xb = max(fma(xb, sc, sh), vec4(0.0));
+    }
+    mac_tile(acc, w.w0, w.w1, w.w2, w.w3, xa, xb);
+}
+
+// The body of the conv1x1 entry points; `sl` is the lane's subgroup_invocation_id (0 in
+// the plain module). The weights of channel rc come from c1_weights (conv2d_uniform_loads
+// .wgsl or conv2d_subgroup.wgsl), which may keep state in `l` across channels.
+fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let ngrp = p.n * hw4;
     let ga = block_id(wg, nwg) * (WG * PXV) + li;
@@ -390,32 +425,13 @@ fn conv1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let ia = (p.inp.offset + na * p.inp.batch_stride) / 4u + (min(ga, ngrp - 1u) - na * hw4);
     let ib = (p.inp.offset + nb * p.inp.batch_stride) / 4u + (min(gb, ngrp - 1u) - nb * hw4);
     let oc0 = tile_id(wg) * CH_TILE;
-    let o0 = w_block(oc0, 0u);
-    let o1 = w_block(oc0, 1u);
-    let o2 = w_block(oc0, 2u);
-    let o3 = w_block(oc0, 3u);
+    let os = vec4(w_block(oc0, 0u), w_block(oc0, 1u), w_block(oc0, 2u), w_block(oc0, 3u));
     let ocp4 = (p.out_c + 3u) / 4u;
+    let red8 = p.red_c / 8u * 8u;
     var acc: Tile8;
-    var xa = vec4(0.0);
-    var xb = vec4(0.0);
-    var w1 = vec4(0.0);
-    var w2 = vec4(0.0);
-    var w3 = vec4(0.0);
+    var l: W4;
     for (var rc = 0u; rc < p.red_c; rc++) {
-        xa = c1_inp[ia + rc * hw4];
-        if (PXV > 1u) { xb = c1_inp[ib + rc * hw4]; }
-        if (PROLOGUE) {
-            let sc = vec4(c1_scale[p.sc_off + rc]);
-            let sh = vec4(c1_shift[p.sh_off + rc]);
-            xa = max(fma(xa, sc, sh), vec4(0.0));
-            xb = max(fma(xb, sc, sh), vec4(0.0));
-        }
-        let wo = rc * ocp4;
-        let w0 = c1_w[wo + o0];
-        if (CH_TILE > 4u) { w1 = c1_w[wo + o1]; }
-        if (CH_TILE > 8u) { w2 = c1_w[wo + o2]; }
-        if (CH_TILE > 12u) { w3 = c1_w[wo + o3]; }
-        mac_tile(&acc, w0, w1, w2, w3, xa, xb);
+        c1_chan(&acc, rc, ia, ib, hw4, c1_weights(&l, rc, red8, ocp4, os, sl));
     }
     if (ga < ngrp) {
         let ob = (p.out.offset + na * p.out.batch_stride) / 4u + (ga - na * hw4);
@@ -487,9 +503,79 @@ fn taps(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, r: u32, row_ok: vec4<bool>,
                 select(vec4(0.0), vec4(s.zw, u.xy), row_ok & col_r));
 }
 
-@compute @workgroup_size(WG)
-fn conv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) li: u32) {
+// The weights of the 4 channel blocks for the 3 taps of one kernel row.
+struct W12 {
+    t0: W4,
+    t1: W4,
+    t2: W4,
+}
+
+// Packed weights of summed channel rc, kernel row ti, at the tile's blocks os.
+fn c3_load(rc: u32, ti: u32, ocp4: u32, os: vec4<u32>) -> W12 {
+    let wa = (rc * 9u + 3u * ti) * ocp4;
+    var w: W12;
+    w.t0 = W4(c3_w[wa + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    w.t1 = W4(c3_w[wa + ocp4 + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    w.t2 = W4(c3_w[wa + 2u * ocp4 + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    if (CH_TILE > 4u) {
+        w.t0.w1 = c3_w[wa + os.y];
+        w.t1.w1 = c3_w[wa + ocp4 + os.y];
+        w.t2.w1 = c3_w[wa + 2u * ocp4 + os.y];
+    }
+    if (CH_TILE > 8u) {
+        w.t0.w2 = c3_w[wa + os.z];
+        w.t1.w2 = c3_w[wa + ocp4 + os.z];
+        w.t2.w2 = c3_w[wa + 2u * ocp4 + os.z];
+    }
+    if (CH_TILE > 12u) {
+        w.t0.w3 = c3_w[wa + os.w];
+        w.t1.w3 = c3_w[wa + ocp4 + os.w];
+        w.t2.w3 = c3_w[wa + 2u * ocp4 + os.w];
+    }
+    return w;
+}
+
+// What one summed channel's step of one kernel row needs besides its weights.
+struct RowCtx {
+    g0: i32,          // vec4 index of the window start for summed channel 0
+    hw4: u32,
+    last: i32,
+    r: u32,           // misalignment of the window (same for every lane)
+    ok_a: vec4<bool>, // tap row inside the image, pixel groups a / b
+    ok_b: vec4<bool>,
+    col_al: vec4<bool>,
+    col_ar: vec4<bool>,
+    col_bl: vec4<bool>,
+    col_br: vec4<bool>,
+}
+
+// One summed channel rc, one kernel row: loads the window, shifts it for the 3 taps and
+// accumulates the tile.
+fn c3_chan(acc: ptr<function, Tile8>, rc: u32, c: RowCtx, w: W12) {
+    let gi = c.g0 + i32(rc * c.hw4);
+    var a = c3_inp[u32(clamp(gi, 0, c.last))];
+    var b = c3_inp[u32(clamp(gi + 1, 0, c.last))];
+    var d = c3_inp[u32(clamp(gi + 2, 0, c.last))];
+    var e = vec4(0.0);
+    if (PXV > 1u) { e = c3_inp[u32(clamp(gi + 3, 0, c.last))]; }
+    if (PROLOGUE) {
+        let sc = vec4(c3_scale[p.sc_off + rc]);
+        let sh = vec4(c3_shift[p.sh_off + rc]);
+        a = max(fma(a, sc, sh), vec4(0.0));
+        b = max(fma(b, sc, sh), vec4(0.0));
+        d = max(fma(d, sc, sh), vec4(0.0));
+        e = max(fma(e, sc, sh), vec4(0.0));
+    }
+    let ta = taps(a, b, d, c.r, c.ok_a, c.col_al, c.col_ar);
+    var tb = Taps(vec4(0.0), vec4(0.0), vec4(0.0));
+    if (PXV > 1u) { tb = taps(b, d, e, c.r, c.ok_b, c.col_bl, c.col_br); }
+    mac_tile(acc, w.t0.w0, w.t0.w1, w.t0.w2, w.t0.w3, ta.x0, tb.x0);
+    mac_tile(acc, w.t1.w0, w.t1.w1, w.t1.w2, w.t1.w3, ta.x1, tb.x1);
+    mac_tile(acc, w.t2.w0, w.t2.w1, w.t2.w2, w.t2.w3, ta.x2, tb.x2);
+}
+
+// The body of the conv3x3 entry points (`sl` as in c1_body; weights from c3_weights).
+fn c3_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let hwb = hw4 / PXV;                      // pixel blocks per image
     let nblk = p.n * hwb;
@@ -498,7 +584,6 @@ fn conv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let n = g / hwb;
     let q0 = (g - n * hwb) * 4u * PXV;
     let ib = i32((p.inp.offset + n * p.inp.batch_stride) / 4u + q0 / 4u);
-    let last = i32(arrayLength(&c3_inp)) - 1;
     let wi = i32(p.w);
     let hi = i32(p.h);
     let qa = vec4(q0) + vec4(0u, 1u, 2u, 3u);
@@ -507,66 +592,30 @@ fn conv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let row_b = vec4<i32>(qb / p.w);
     let col_a = vec4<i32>(qa % p.w);
     let col_b = vec4<i32>(qb % p.w);
-
     let oc0 = tile_id(wg) * CH_TILE;
-    let o0 = w_block(oc0, 0u);
-    let o1 = w_block(oc0, 1u);
-    let o2 = w_block(oc0, 2u);
-    let o3 = w_block(oc0, 3u);
+    let os = vec4(w_block(oc0, 0u), w_block(oc0, 1u), w_block(oc0, 2u), w_block(oc0, 3u));
     let ocp4 = (p.out_c + 3u) / 4u;
+    let red8 = p.red_c / 8u * 8u;
     var acc: Tile8;
-    var w1 = vec4(0.0);
-    var w2 = vec4(0.0);
-    var w3 = vec4(0.0);
-    var tb = Taps(vec4(0.0), vec4(0.0), vec4(0.0));
-
+    var c: RowCtx;
+    c.hw4 = hw4;
+    c.last = i32(arrayLength(&c3_inp)) - 1;
+    c.col_al = col_a >= vec4(1);
+    c.col_ar = col_a < vec4(wi - 1);
+    c.col_bl = col_b >= vec4(1);
+    c.col_br = col_b < vec4(wi - 1);
     for (var ti = 0u; ti < 3u; ti++) {
         let dh = i32(ti) - 1;
         let ra = row_a + vec4(dh);
         let rb = row_b + vec4(dh);
-        let ok_a = (ra >= vec4(0)) & (ra < vec4(hi));
-        let ok_b = (rb >= vec4(0)) & (rb < vec4(hi));
+        c.ok_a = (ra >= vec4(0)) & (ra < vec4(hi));
+        c.ok_b = (rb >= vec4(0)) & (rb < vec4(hi));
         let shift = dh * wi - 1;          // window start relative to q0
-        let g0 = ib + (shift >> 2u);      // floor(shift / 4)
-        let r = u32(shift & 3);
+        c.g0 = ib + (shift >> 2u);        // floor(shift / 4)
+        c.r = u32(shift & 3);
+        var l: W12;
         for (var rc = 0u; rc < p.red_c; rc++) {
-            let gi = g0 + i32(rc * hw4);
-            var a = c3_inp[u32(clamp(gi, 0, last))];
-            var b = c3_inp[u32(clamp(gi + 1, 0, last))];
-            var c = c3_inp[u32(clamp(gi + 2, 0, last))];
-            var d = vec4(0.0);
-            if (PXV > 1u) { d = c3_inp[u32(clamp(gi + 3, 0, last))]; }
-            if (PROLOGUE) {
-                let sc = vec4(c3_scale[p.sc_off + rc]);
-                let sh = vec4(c3_shift[p.sh_off + rc]);
-                a = max(fma(a, sc, sh), vec4(0.0));
-                b = max(fma(b, sc, sh), vec4(0.0));
-                c = max(fma(c, sc, sh), vec4(0.0));
-                d = max(fma(d, sc, sh), vec4(0.0));
-            }
-            let ta = taps(a, b, c, r, ok_a, col_a >= vec4(1), col_a < vec4(wi - 1));
-            if (PXV > 1u) {
-                tb = taps(b, c, d, r, ok_b, col_b >= vec4(1), col_b < vec4(wi - 1));
-            }
-            // packed weights of taps (ti, 0), (ti, 1), (ti, 2): rows (rc * 9 + 3 ti + j)
-            let wa = (rc * 9u + 3u * ti) * ocp4;
-            let wb = wa + ocp4;
-            let wc = wb + ocp4;
-            let w0 = c3_w[wa + o0];
-            if (CH_TILE > 4u) { w1 = c3_w[wa + o1]; }
-            if (CH_TILE > 8u) { w2 = c3_w[wa + o2]; }
-            if (CH_TILE > 12u) { w3 = c3_w[wa + o3]; }
-            mac_tile(&acc, w0, w1, w2, w3, ta.x0, tb.x0);
-            let v0 = c3_w[wb + o0];
-            if (CH_TILE > 4u) { w1 = c3_w[wb + o1]; }
-            if (CH_TILE > 8u) { w2 = c3_w[wb + o2]; }
-            if (CH_TILE > 12u) { w3 = c3_w[wb + o3]; }
-            mac_tile(&acc, v0, w1, w2, w3, ta.x1, tb.x1);
-            let u0 = c3_w[wc + o0];
-            if (CH_TILE > 4u) { w1 = c3_w[wc + o1]; }
-            if (CH_TILE > 8u) { w2 = c3_w[wc + o2]; }
-            if (CH_TILE > 12u) { w3 = c3_w[wc + o3]; }
-            mac_tile(&acc, u0, w1, w2, w3, ta.x2, tb.x2);
+            c3_chan(&acc, rc, c, c3_weights(&l, rc, ti, red8, ocp4, os, sl));
         }
     }
 
@@ -644,15 +693,8 @@ fn bq_row(gi: i32, last: i32, r: u32, dh: i32, sc: f32, sh: f32, rowv: vec4<i32>
     return taps(a, b, c, r, (rv >= vec4(0)) & (rv < vec4(i32(p.h))), col_l, col_r);
 }
 
-@compute @workgroup_size(WG)
-fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
-                        @builtin(local_invocation_index) li: u32) {
-    bq_rows(wg, li, 0u);
-}
-
-// The body of backward_weight_rows (and of backward_weight_rows_sg, which passes the lane's
-// subgroup_invocation_id as `sl`; the d_y loads go through bq_dy16, defined in
-// conv2d_uniform_loads.wgsl or conv2d_subgroup.wgsl).
+// The body of the backward_weight_rows entry points (`sl` as in c1_body; the d_y loads go
+// through bq_dy16).
 fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let ngrp = p.n * hw4;
@@ -912,48 +954,49 @@ fn bp_store(blk: mat4x4<f32>, co: u32, gi: u32, base: u32, ncol: u32) {
     }
 }
 
-@compute @workgroup_size(WG)
-fn backward_weight_1x1(@builtin(workgroup_id) wg: vec3<u32>,
-                       @builtin(local_invocation_index) li: u32) {
+// d_y of channels co0 .. co0 + 15 (blocks os) at pixel-major row k.
+fn bp_load(k: u32, cop4: u32, os: vec4<u32>) -> W4 {
+    let yr = k * cop4;
+    var g = W4(bp_dy[yr + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    if (CH_TILE > 4u) { g.w1 = bp_dy[yr + os.y]; }
+    if (CH_TILE > 8u) { g.w2 = bp_dy[yr + os.z]; }
+    if (CH_TILE > 12u) { g.w3 = bp_dy[yr + os.w]; }
+    return g;
+}
+
+// One pixel k: bias sums += g, acc += g (x) x'[k] at the lane's input-channel blocks.
+fn bp_step(acc: ptr<function, Tile8>, bs: ptr<function, mat4x4<f32>>, k: u32, g: W4,
+           cip4: u32, xa: u32, xb: u32) {
+    let xr = k * cip4;
+    let x0 = bp_x[xr + xa];
+    var x1 = vec4(0.0);
+    if (PXV > 1u) { x1 = bp_x[xr + xb]; }
+    *bs += mat4x4<f32>(g.w0, g.w1, g.w2, g.w3);
+    mac_tile(acc, g.w0, g.w1, g.w2, g.w3, x0, x1);
+}
+
+// The body of the backward_weight_1x1 entry points (`sl` as in c1_body; d_y rows from
+// bp_dy, which may keep state in `l` across pixels).
+fn bp_body(wg: vec3<u32>, li: u32, sl: u32) {
     let npix = p.n * p.h * p.w;
     let cop4 = (p.cout + 3u) / 4u;
     let cip4 = (p.cin + 3u) / 4u;
     let co0 = wg.y * CH_TILE;
-    let o0 = min(co0 / 4u, cop4 - 1u);
-    let o1 = min(co0 / 4u + 1u, cop4 - 1u);
-    let o2 = min(co0 / 4u + 2u, cop4 - 1u);
-    let o3 = min(co0 / 4u + 3u, cop4 - 1u);
+    let os = min(vec4(co0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(cop4 - 1u));
     let ga = wg.x * (WG * PXV) + li;
-    let gb = ga + WG;
     let xa = min(ga, cip4 - 1u);
-    let xb = min(gb, cip4 - 1u);
+    let xb = min(ga + WG, cip4 - 1u);
     let chunk = wg.z;
     let k_begin = chunk * p.chunk_len;
     let k_end = min(k_begin + p.chunk_len, npix);
-
+    let k8_end = k_begin + (k_end - k_begin) / 8u * 8u;
     var acc: Tile8;
-    var bs0 = vec4(0.0);
-    var bs1 = vec4(0.0);
-    var bs2 = vec4(0.0);
-    var bs3 = vec4(0.0);
-    var g1 = vec4(0.0);
-    var g2 = vec4(0.0);
-    var g3 = vec4(0.0);
-    var x1 = vec4(0.0);
+    var bs = mat4x4<f32>();
+    var l: W4;
     for (var k = k_begin; k < k_end; k++) {
-        let yr = k * cop4;
-        let xr = k * cip4;
-        let g0 = bp_dy[yr + o0];
-        bs0 += g0;
-        if (CH_TILE > 4u) { g1 = bp_dy[yr + o1]; bs1 += g1; }
-        if (CH_TILE > 8u) { g2 = bp_dy[yr + o2]; bs2 += g2; }
-        if (CH_TILE > 12u) { g3 = bp_dy[yr + o3]; bs3 += g3; }
-        let x0 = bp_x[xr + xa];
-        if (PXV > 1u) { x1 = bp_x[xr + xb]; }
-        mac_tile(&acc, g0, g1, g2, g3, x0, x1);
+        bp_step(&acc, &bs, k, bp_dy_row(&l, k, k_begin, k8_end, cop4, os, sl), cip4, xa, xb);
     }
-
-    bp_finish(&acc, mat4x4<f32>(bs0, bs1, bs2, bs3), co0, ga, chunk, wg.x == 0u && li == 0u);
+    bp_finish(&acc, bs, co0, ga, chunk, wg.x == 0u && li == 0u);
 }
 
 // Stores the tile of backward_weight_1x1(_sg): acc holds the lane's blocks (pixel-group

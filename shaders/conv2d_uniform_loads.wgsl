@@ -1,9 +1,29 @@
 // conv2d helpers whose loads are the same for every lane of a workgroup, in their plain
-// form (one load per value); conv2d_subgroup.wgsl defines the same functions with
-// subgroup operations. Appended to conv2d.wgsl in the plain module.
+// form (one load per value), and the plain entry points that use them; conv2d_subgroup.wgsl
+// defines the same helpers with subgroup operations and the *_sg entry points. Appended to
+// conv2d.wgsl in the plain module. `l` and `sl` (state kept across the reduction, the
+// lane's subgroup index) are not needed here.
+
+// conv1x1: the weights of summed channel rc.
+fn c1_weights(l: ptr<function, W4>, rc: u32, red8: u32, ocp4: u32, os: vec4<u32>,
+              sl: u32) -> W4 {
+    return c1_load(rc, ocp4, os);
+}
+
+// conv3x3: the weights of summed channel rc, kernel row ti.
+fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, red8: u32, ocp4: u32, os: vec4<u32>,
+              sl: u32) -> W12 {
+    return c3_load(rc, ti, ocp4, os);
+}
+
+// backward_weight_1x1: the d_y row of pixel k.
+fn bp_dy_row(l: ptr<function, W4>, k: u32, k_begin: u32, k8_end: u32, cop4: u32,
+             os: vec4<u32>, sl: u32) -> W4 {
+    return bp_load(k, cop4, os);
+}
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at the pixel group at
-// vec4 index yb + channel * hw4; `sl` is unused here.
+// vec4 index yb + channel * hw4.
 fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
     var g: Dy16;
     for (var cb = 0u; cb < 4u; cb++) {
@@ -13,4 +33,28 @@ fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
         }
     }
     return g;
+}
+
+@compute @workgroup_size(WG)
+fn conv1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    c1_body(wg, nwg, li, 0u);
+}
+
+@compute @workgroup_size(WG)
+fn conv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    c3_body(wg, nwg, li, 0u);
+}
+
+@compute @workgroup_size(WG)
+fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
+                        @builtin(local_invocation_index) li: u32) {
+    bq_rows(wg, li, 0u);
+}
+
+@compute @workgroup_size(WG)
+fn backward_weight_1x1(@builtin(workgroup_id) wg: vec3<u32>,
+                       @builtin(local_invocation_index) li: u32) {
+    bp_body(wg, li, 0u);
 }
