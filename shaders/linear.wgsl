@@ -15,7 +15,9 @@
 // per-lane gather, so the ratio of FMAs to loads is what sets the speed.
 //   gemm_v4: A stored k-major (a_sm == 1) and B stored n-major (b_sn == 1), read as vec4
 //            along m and n (M, N, offsets and strides multiples of 4). Used by d_w = d_y^T x
-//            and by `matmul` (after transposing a).
+//            and by `matmul` (after transposing a). Its entry point lives in
+//            linear_uniform_loads.wgsl; linear_subgroup.wgsl has gemm_v4_sg, which shares
+//            A's loads among 8 lanes (see there).
 //   gemm:    any strides, scalar loads. Used by forward (x W^T) and d_x (d_y W).
 // Rows/columns past the edge load a clamped (valid) address and are never stored.
 
@@ -184,33 +186,44 @@ fn g4_store_block(blk: mat4x4<f32>, m: u32, n: u32) {
     }
 }
 
-@compute @workgroup_size(WG_N, WG_M)
-fn gemm_v4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let m0 = gid.y * TM;
-    let n0 = gid.x * TN;
-    if (m0 >= p.m || n0 >= p.n) { return; }
+// The 16 rows of A (m0 .. m0 + 15) at one k, as vec4s along m (TM guards as in `mac`).
+struct ARows {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+}
+
+// A at k for the tile's row groups q (vec4 indices along m, clamped).
+fn g4_load_a(k: u32, q: vec4<u32>) -> ARows {
+    let ak = (p.a_off + k * p.a_sk) / 4u;
+    var r = ARows(g4_a[ak + q.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    if (TM > 4u) { r.a1 = g4_a[ak + q.y]; }
+    if (TM > 8u) { r.a2 = g4_a[ak + q.z]; }
+    if (TM > 12u) { r.a3 = g4_a[ak + q.w]; }
+    return r;
+}
+
+// The body of the gemm_v4 entry points: the TM x TN tile at (m0, n0). Loads are clamped,
+// stores guarded, so lanes past the edge run along (the subgroup variant needs every lane).
+// A's rows at k come from g4_a_at (linear_uniform_loads.wgsl or linear_subgroup.wgsl;
+// `sl` = the lane's subgroup_invocation_id, `l` = state kept across k).
+fn g4_body(m0: u32, n0: u32, sl: u32) {
     // vec4 indices of this tile's row and column groups, clamped to the last valid vec4.
     let am = p.m / 4u - 1u;
     let bn = p.n / 4u - 1u;
-    let q0 = min(m0 / 4u, am);
-    let q1 = min(m0 / 4u + 1u, am);
-    let q2 = min(m0 / 4u + 2u, am);
-    let q3 = min(m0 / 4u + 3u, am);
+    let q = min(vec4(m0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(am));
     let s0 = min(n0 / 4u, bn);
     let s1 = min(n0 / 4u + 1u, bn);
+    let k8 = p.k / 8u * 8u;
     var acc: Acc;
+    var l: ARows;
     for (var k = 0u; k < p.k; k++) {
-        let ak = (p.a_off + k * p.a_sk) / 4u;
         let bk = (p.b_off + k * p.b_sk) / 4u;
-        var a1 = vec4<f32>();
-        var a2 = vec4<f32>();
-        var a3 = vec4<f32>();
         var b1 = vec4<f32>();
-        if (TM > 4u) { a1 = g4_a[ak + q1]; }
-        if (TM > 8u) { a2 = g4_a[ak + q2]; }
-        if (TM > 12u) { a3 = g4_a[ak + q3]; }
         if (TN > 4u) { b1 = g4_b[bk + s1]; }
-        mac(&acc, g4_a[ak + q0], a1, a2, a3, g4_b[bk + s0], b1);
+        let a = g4_a_at(&l, k, k8, q, sl);
+        mac(&acc, a.a0, a.a1, a.a2, a.a3, g4_b[bk + s0], b1);
     }
     g4_store_block(acc[0], m0, n0);
     if (TN > 4u) { g4_store_block(acc[1], m0, n0 + 4u); }

@@ -11,7 +11,10 @@ use crate::gpu::{
     expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
 };
 
-pub const SHADER: Shader = shader!("linear");
+pub const SHADER: Shader = shader!("linear" = ["linear", "linear_uniform_loads"]);
+/// linear.wgsl with the subgroup variant of gemm_v4 (adapters with subgroups of at least 8
+/// invocations, see [`Encoder::subgroups`](crate::gpu::Encoder::subgroups)).
+pub const SUBGROUP_SHADER: Shader = shader!("linear_subgroup" = ["linear", "linear_subgroup"]);
 
 /// Invocations per workgroup along m and n (the grid is 2-D: x along n, y along m).
 const WG_M: u32 = 4;
@@ -99,9 +102,18 @@ fn gemm(
         && quad(b.s0)
         && quad(b.t.offset)
         && quad(n);
+    // The subgroup variant runs one TM-row block per workgroup (see linear_subgroup.wgsl).
+    let (shader, entry, workgroups) = if v4 && enc.subgroups() {
+        let tiles_n = groups(n, TN) as usize;
+        let grid = [groups(tiles_n, WG_N * WG_M), groups(m, TM), 1];
+        (&SUBGROUP_SHADER, "gemm_v4_sg", grid)
+    } else {
+        let grid = [groups(n, TN * WG_N), groups(m, TM * WG_M), 1];
+        (&SHADER, if v4 { "gemm_v4" } else { "gemm" }, grid)
+    };
     enc.launch(Launch {
-        shader: &SHADER,
-        entry: if v4 { "gemm_v4" } else { "gemm" },
+        shader,
+        entry,
         overrides: &[
             ("WG_M", WG_M as f64),
             ("WG_N", WG_N as f64),
@@ -116,11 +128,39 @@ fn gemm(
             Arg::Read(bias.unwrap_or(a.t)),
             Arg::Write(c),
         ],
-        workgroups: [groups(n, TN * WG_N), groups(m, TM * WG_M), 1],
+        workgroups,
     })
 }
 
 /// The dimensions of a contiguous 2-D tensor.
+/// `aᵀ` (K, M) of the contiguous (M, K) `a` (M a multiple of 4), in a scratch tensor that
+/// stays alive until the recorded work has run: it puts a product's left operand k-major
+/// so that the product can run on `gemm_v4`.
+fn transposed(enc: &mut Encoder, op: &str, a: &Tensor, m: usize, k: usize) -> Result<Tensor> {
+    let a_t = enc.gpu().zeros(&[k, m], "aᵀ scratch")?;
+    let p = Params {
+        m: to_u32(op, "M", m)?,
+        n: to_u32(op, "K", k)?,
+        a_off: to_u32(op, "a offset", a.offset)?,
+        ..Params::default()
+    };
+    to_u32(op, "a numel", m * k)?;
+    // 4 x 4 blocks as vec4 when a's rows allow it (m is already a multiple of 4).
+    let blocks = k % 4 == 0 && a.offset % 4 == 0;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: if blocks { "transpose_v4" } else { "transpose" },
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(a),
+            Arg::Write(&a_t),
+        ],
+        workgroups: Gpu::grid_1d(groups(if blocks { m * k / 16 } else { m * k }, WG)),
+    })?;
+    Ok(a_t)
+}
+
 fn matrix(op: &str, what: &str, t: &Tensor) -> Result<[usize; 2]> {
     match t.shape[..] {
         [r, c] if t.is_contiguous() => Ok([r, c]),
@@ -242,26 +282,50 @@ pub fn backward(
         true,
     )?;
     if let Some(d_x) = d_x {
-        // d_x (N, I) += d_y (N, O) · W (O, I).
-        gemm(
-            enc,
-            op,
-            d_x,
-            i,
-            Operand {
-                t: d_y,
-                s0: o,
-                s1: 1,
-            },
-            Operand {
-                t: weight,
-                s0: i,
-                s1: 1,
-            },
-            [n, i, o],
-            None,
-            true,
-        )?;
+        // d_x (N, I) += d_y (N, O) · W (O, I); with d_y transposed first (k-major) when the
+        // sizes allow the vec4 kernel.
+        if n % 4 == 0 && i % 4 == 0 && weight.offset % 4 == 0 && d_x.offset % 4 == 0 && o > 0 {
+            let d_y_t = transposed(enc, op, d_y, n, o)?;
+            gemm(
+                enc,
+                op,
+                d_x,
+                i,
+                Operand {
+                    t: &d_y_t,
+                    s0: 1,
+                    s1: n,
+                },
+                Operand {
+                    t: weight,
+                    s0: i,
+                    s1: 1,
+                },
+                [n, i, o],
+                None,
+                true,
+            )?;
+        } else {
+            gemm(
+                enc,
+                op,
+                d_x,
+                i,
+                Operand {
+                    t: d_y,
+                    s0: o,
+                    s1: 1,
+                },
+                Operand {
+                    t: weight,
+                    s0: i,
+                    s1: 1,
+                },
+                [n, i, o],
+                None,
+                true,
+            )?;
+        }
     }
     if let Some(d_b) = d_bias {
         let p = Params {
@@ -317,28 +381,7 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
             false,
         );
     }
-    // a_t (K, M) = aᵀ. The scratch buffer stays alive until the recorded work has run.
-    let a_t = enc.gpu().zeros(&[k, m], "matmul aᵀ scratch")?;
-    let p = Params {
-        m: to_u32(op, "M", m)?,
-        n: to_u32(op, "K", k)?,
-        a_off: to_u32(op, "a offset", a.offset)?,
-        ..Params::default()
-    };
-    to_u32(op, "a numel", m * k)?;
-    // 4 x 4 blocks as vec4 when a's rows allow it (m is already a multiple of 4).
-    let blocks = k % 4 == 0 && a.offset % 4 == 0;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: if blocks { "transpose_v4" } else { "transpose" },
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(a),
-            Arg::Write(&a_t),
-        ],
-        workgroups: Gpu::grid_1d(groups(if blocks { m * k / 16 } else { m * k }, WG)),
-    })?;
+    let a_t = transposed(enc, op, a, m, k)?;
     gemm(
         enc,
         op,

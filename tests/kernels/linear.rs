@@ -60,8 +60,16 @@ fn reference_backward_matches_finite_differences() {
     );
 }
 
-/// Runs forward + backward (accumulating onto random priors) and checks everything.
+/// Runs forward + backward (accumulating onto random priors) and checks everything, with
+/// the subgroup kernel variants (where the adapter has them) and without.
 fn check_linear(n: usize, i: usize, o: usize, with_bias: bool, seed: u64) {
+    check_linear_with(n, i, o, with_bias, seed, true);
+    if gpu().subgroups() {
+        check_linear_with(n, i, o, with_bias, seed, false);
+    }
+}
+
+fn check_linear_with(n: usize, i: usize, o: usize, with_bias: bool, seed: u64, sg: bool) {
     let xv = f64s(&f32s(&rand(seed, n * i, -1.0, 1.0)));
     let wv = f64s(&f32s(&rand(seed + 1, o * i, -1.0, 1.0)));
     let bv = f64s(&f32s(&rand(seed + 2, o, -1.0, 1.0)));
@@ -78,6 +86,9 @@ fn check_linear(n: usize, i: usize, o: usize, with_bias: bool, seed: u64) {
     let d_w = upload(&prior_w, &[o, i], "d_weight");
     let d_b = upload(&prior_b, &[o], "d_bias");
     run(|e| {
+        if !sg {
+            e.disable_subgroups();
+        }
         linear::forward(e, &y, &x, &w, with_bias.then_some(&b)).unwrap();
         linear::backward(e, Some(&d_x), &d_w, with_bias.then_some(&d_b), &d_y, &x, &w).unwrap();
     });
@@ -184,13 +195,25 @@ fn backward_is_bit_reproducible() {
 }
 
 fn check_matmul(m: usize, k: usize, n: usize, seed: u64) {
+    check_matmul_with(m, k, n, seed, true);
+    if gpu().subgroups() {
+        check_matmul_with(m, k, n, seed, false);
+    }
+}
+
+fn check_matmul_with(m: usize, k: usize, n: usize, seed: u64, sg: bool) {
     let av = f64s(&f32s(&rand(seed, m * k, -1.0, 1.0)));
     let bv = f64s(&f32s(&rand(seed + 1, k * n, -1.0, 1.0)));
     let a = upload(&av, &[m, k], "a");
     let b = upload(&bv, &[k, n], "b");
     // c starts non-zero: matmul overwrites.
     let c = upload(&rand(seed + 2, m * n, -1.0, 1.0), &[m, n], "c");
-    run(|e| linear::matmul(e, &c, &a, &b).unwrap());
+    run(|e| {
+        if !sg {
+            e.disable_subgroups();
+        }
+        linear::matmul(e, &c, &a, &b).unwrap()
+    });
     let bound = lref::matmul(&abs(&av), &abs(&bv), m, k, n);
     assert_close(
         "c",
@@ -208,8 +231,10 @@ fn matmul_odd_sizes() {
 
 #[test]
 fn matmul_vec4_path_with_edges() {
-    // M, N multiples of 4 but not of the tile: transpose + gemm_v4 with clamped edges.
+    // M, N multiples of 4 but not of the tile: transpose + gemm_v4 with clamped edges; K = 7
+    // (below one group of 8) and K = 29 (3 groups of 8 shared through subgroups + 5).
     check_matmul(20, 7, 36, 85);
+    check_matmul(20, 29, 36, 86);
 }
 
 #[test]
