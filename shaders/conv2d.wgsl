@@ -19,7 +19,7 @@
 // in 4 x 4 blocks indexed by constants only (see mac_tile).
 //   conv1x1 / conv3x3 (vec4 layout), forward_tiled (any other forward): blocked.
 //   backward_data (not vec4 layout): CH_TILE input channels x PX_TILE input pixels.
-//   backward_weight_1x1 / _rows / _strided / _partial: partial sums of d_w over one chunk of
+//   backward_weight_dot / _rows / _strided / _partial: partial sums of d_w over one chunk of
 //     the (n, oh, ow) axis (workgroup_id.z); backward_weight_reduce sums the chunks in fixed
 //     order and adds into d_w / d_b.
 
@@ -377,7 +377,7 @@ fn c1_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
     }
 }
 
-// Shared pieces of conv1x1 / conv1x1_sg (and of conv3x3 / backward_weight_1x1 below): the
+// Shared pieces of conv1x1 / conv1x1_sg (and of conv3x3 below): the
 // weights of one summed channel for the 4 channel blocks of the tile, as 4 vec4s.
 struct W4 {
     w0: vec4<f32>,
@@ -859,6 +859,112 @@ fn pack_weight(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // ---------------------------------------------------------------------------------------
+// backward_weight_dot: 1x1, stride 1, no padding, vec4 layout, straight from NCHW x and
+// d_y (no pixel-major copies). Partial sums over one chunk of pixel groups of 4
+// (workgroup_id.z), layout as backward_weight_partial (columns = input channels):
+//   part[chunk, co * Cin + ci] = sum_{n,q} d_y[n,co,q] * x'[n,ci,q]
+//   part[chunk, Cout * Cin + co] = sum_{n,q} d_y[n,co,q]
+// One invocation owns 8 input channels (lane l: ci 8 l' .. 8 l' + 7, l' = workgroup_id.x *
+// WG + l) x the CH_TILE output channels of workgroup_id.y. Per pixel group it loads the 8
+// x' vec4s along pixels and the tile's d_y through bq_dy16 (so the subgroup variant shares
+// those loads), and adds x_j * G_cb (4 dot products over the 4 pixels) to acc[4 j + cb]:
+// 512 multiply-adds per 8 + (2 or 16) loads. Binds like backward_weight_rows.
+alias DotTile = array<vec4<f32>, 32>;
+
+// acc[4 j + cb] += x * G_cb for the tile's channel blocks.
+fn bd_mac(acc: ptr<function, DotTile>, j: u32, x: vec4<f32>, dy: Dy16) {
+    (*acc)[4u * j] += x * dy[0];
+    if (CH_TILE > 4u) { (*acc)[4u * j + 1u] += x * dy[1]; }
+    if (CH_TILE > 8u) { (*acc)[4u * j + 2u] += x * dy[2]; }
+    if (CH_TILE > 12u) { (*acc)[4u * j + 3u] += x * dy[3]; }
+}
+
+// x' of input channel ci0 + j at vec4 index xb (+ channel * hw4), or 0 past Cin.
+fn bd_x(xb: u32, ci0: u32, j: u32, hw4: u32, sc: vec4<f32>, sh: vec4<f32>) -> vec4<f32> {
+    let ci = min(ci0 + j, p.cin - 1u);
+    var v = bq_x[xb + ci * hw4];
+    if (PROLOGUE) { v = max(fma(v, sc, sh), vec4(0.0)); }
+    return v;
+}
+
+// Writes acc[4 j + cb]: d_w of input channel ci0 + j for channels co0 + 4 cb .. + 3.
+fn bd_store(a: vec4<f32>, ci: u32, cb: u32, co0: u32, base: u32) {
+    if (ci >= p.cin) { return; }
+    var v = a;
+    for (var c = 0u; c < 4u; c++) {
+        let co = co0 + 4u * cb + c;
+        if (co >= p.cout || 4u * cb + c >= CH_TILE) { return; }
+        bq_part[base + co * p.cin + ci] = v[c];
+    }
+}
+
+// The body of the backward_weight_dot entry points (`sl` as in c1_body).
+fn bd_body(wg: vec3<u32>, li: u32, sl: u32) {
+    let hw4 = (p.h * p.w) / 4u;
+    let ngrp = p.n * hw4;
+    let co0 = wg.y * CH_TILE;
+    let ci0 = (wg.x * WG + li) * 8u;
+    let chunk = wg.z;
+    let g_begin = chunk * p.chunk_len;
+    let g_end = min(g_begin + p.chunk_len, ngrp);
+    // Per-channel prologue coefficients of the lane's 8 input channels.
+    var sc: array<vec4<f32>, 8>;
+    var sh: array<vec4<f32>, 8>;
+    if (PROLOGUE) {
+        for (var j = 0u; j < 8u; j++) {
+            let ci = min(ci0 + j, p.cin - 1u);
+            sc[j] = vec4(bq_scale[p.sc_off + ci]);
+            sh[j] = vec4(bq_shift[p.sh_off + ci]);
+        }
+    }
+    var acc: DotTile;
+    var bsum: array<vec4<f32>, 4>;
+    let ones = vec4(1.0);
+    var n = g_begin / hw4;
+    var q = g_begin - n * hw4;
+    for (var g = g_begin; g < g_end; g++) {
+        if (q == hw4) {
+            q = 0u;
+            n += 1u;
+        }
+        let xb = (p.inp.offset + n * p.inp.batch_stride) / 4u + q;
+        let yb = (p.out.offset + n * p.out.batch_stride) / 4u + q;
+        let dy = bq_dy16(yb, co0, hw4, sl);
+        bsum[0] += ones * dy[0];
+        if (CH_TILE > 4u) { bsum[1] += ones * dy[1]; }
+        if (CH_TILE > 8u) { bsum[2] += ones * dy[2]; }
+        if (CH_TILE > 12u) { bsum[3] += ones * dy[3]; }
+        bd_mac(&acc, 0u, bd_x(xb, ci0, 0u, hw4, sc[0], sh[0]), dy);
+        bd_mac(&acc, 1u, bd_x(xb, ci0, 1u, hw4, sc[1], sh[1]), dy);
+        bd_mac(&acc, 2u, bd_x(xb, ci0, 2u, hw4, sc[2], sh[2]), dy);
+        bd_mac(&acc, 3u, bd_x(xb, ci0, 3u, hw4, sc[3], sh[3]), dy);
+        bd_mac(&acc, 4u, bd_x(xb, ci0, 4u, hw4, sc[4], sh[4]), dy);
+        bd_mac(&acc, 5u, bd_x(xb, ci0, 5u, hw4, sc[5], sh[5]), dy);
+        bd_mac(&acc, 6u, bd_x(xb, ci0, 6u, hw4, sc[6], sh[6]), dy);
+        bd_mac(&acc, 7u, bd_x(xb, ci0, 7u, hw4, sc[7], sh[7]), dy);
+        q += 1u;
+    }
+
+    let base = chunk * p.part_stride;
+    for (var j = 0u; j < 8u; j++) {
+        bd_store(acc[4u * j], ci0 + j, 0u, co0, base);
+        if (CH_TILE > 4u) { bd_store(acc[4u * j + 1u], ci0 + j, 1u, co0, base); }
+        if (CH_TILE > 8u) { bd_store(acc[4u * j + 2u], ci0 + j, 2u, co0, base); }
+        if (CH_TILE > 12u) { bd_store(acc[4u * j + 3u], ci0 + j, 3u, co0, base); }
+    }
+    if (wg.x == 0u && li == 0u) {
+        for (var cb = 0u; cb < 4u; cb++) {
+            for (var c = 0u; c < 4u; c++) {
+                let co = co0 + 4u * cb + c;
+                if (co < p.cout && 4u * cb + c < CH_TILE) {
+                    bq_part[base + p.cout * p.cin + co] = dot(bsum[cb], vec4(f32(c == 0u), f32(c == 1u), f32(c == 2u), f32(c == 3u)));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // repad: copies channel planes between plane sizes, so that convolutions whose H*W is not a
 // multiple of 4 can run the vec4 kernels on zero-padded copies:
 //   out[n, c, e] (+)= (e < P_in ? inp[n, c, e] : 0)   for e < P_out
@@ -889,14 +995,12 @@ fn repad(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 // ---------------------------------------------------------------------------------------
-// to_pixel_major (1x1 backward_weight): out[(n*H*W + q) * CP + c] = inp'[n, c, q] with
-// CP = C rounded up to 4 (extra channels 0); inp' = the prologue applied when PROLOGUE.
+// to_pixel_major (backward_weight_strided's d_y): out[(n*H*W + q) * CP + c] = inp[n, c, q]
+// with CP = C rounded up to 4 (extra channels 0).
 // One invocation per (pixel group of 4, channel block of 4): 4 vec4 loads, a 4 x 4
 // transpose, 4 vec4 stores. p.red_c = C, p.total = N*H*W/4 * CP/4.
 @group(0) @binding(1) var<storage, read> tp_in: array<vec4<f32>>;        // (N, C, H*W/4) via p.inp
-@group(0) @binding(2) var<storage, read> tp_scale: array<f32>;           // (C) at p.sc_off, if PROLOGUE
-@group(0) @binding(3) var<storage, read> tp_shift: array<f32>;           // (C) at p.sh_off, if PROLOGUE
-@group(0) @binding(4) var<storage, read_write> tp_out: array<vec4<f32>>; // (N*H*W, CP)
+@group(0) @binding(2) var<storage, read_write> tp_out: array<vec4<f32>>; // (N*H*W, CP)
 
 @compute @workgroup_size(WG)
 fn to_pixel_major(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -913,118 +1017,12 @@ fn to_pixel_major(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     for (var c = 0u; c < 4u; c++) {
         let ch = 4u * cb + c;
         if (ch < p.red_c) {
-            var v = tp_in[base + ch * hw4];
-            if (PROLOGUE) {
-                v = max(fma(v, vec4(tp_scale[p.sc_off + ch]), vec4(tp_shift[p.sh_off + ch])), vec4(0.0));
-            }
-            m[c] = v;
+            m[c] = tp_in[base + ch * hw4];
         }
     }
     let t = transpose(m);   // column r: the 4 channels at pixel 4 g + r
     for (var r = 0u; r < 4u; r++) {
         tp_out[(4u * g + r) * cp4 + cb] = t[r];
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// backward_weight_1x1: 1x1, stride 1, no padding, from pixel-major copies of d_y and x'
-// (to_pixel_major). Partial sums over one chunk of pixels k (workgroup_id.z):
-//   part[chunk, co * Cin + ci] = sum_k dyt[k, co] * xt[k, ci]
-//   part[chunk, Cout * Cin + co] = sum_k dyt[k, co]
-// One invocation owns CH_TILE output channels (workgroup-uniform: one vec4 load per 4) x PXV
-// blocks of 4 input channels (lane l: blocks l, l + WG; one vec4 load each) per pixel, in
-// the same 4 x 4 register blocks as conv1x1 (here a block's columns are output channels and
-// its rows input channels).
-@group(0) @binding(1) var<storage, read> bp_dy: array<vec4<f32>>;         // (N*H*W, COP) pixel-major d_y
-@group(0) @binding(2) var<storage, read> bp_x: array<vec4<f32>>;          // (N*H*W, CIP) pixel-major x'
-@group(0) @binding(3) var<storage, read_write> bp_part: array<f32>;       // (chunks, Cout*Cin + Cout)
-
-// Writes block `blk`: output channels co .. co+3 (columns) x weight columns 4 gi .. +3
-// (rows) of a row of `ncol` columns.
-fn bp_store(blk: mat4x4<f32>, co: u32, gi: u32, base: u32, ncol: u32) {
-    var b = blk;
-    for (var c = 0u; c < 4u; c++) {
-        if (co + c >= p.cout) { return; }
-        for (var r = 0u; r < 4u; r++) {
-            let k = 4u * gi + r;
-            if (k < ncol) {
-                bp_part[base + (co + c) * ncol + k] = b[c][r];
-            }
-        }
-    }
-}
-
-// d_y of channels co0 .. co0 + 15 (blocks os) at pixel-major row k.
-fn bp_load(k: u32, cop4: u32, os: vec4<u32>) -> W4 {
-    let yr = k * cop4;
-    var g = W4(bp_dy[yr + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
-    if (CH_TILE > 4u) { g.w1 = bp_dy[yr + os.y]; }
-    if (CH_TILE > 8u) { g.w2 = bp_dy[yr + os.z]; }
-    if (CH_TILE > 12u) { g.w3 = bp_dy[yr + os.w]; }
-    return g;
-}
-
-// One pixel k: bias sums += g, acc += g (x) x'[k] at the lane's input-channel blocks.
-fn bp_step(acc: ptr<function, Tile8>, bs: ptr<function, mat4x4<f32>>, k: u32, g: W4,
-           cip4: u32, xa: u32, xb: u32) {
-    let xr = k * cip4;
-    let x0 = bp_x[xr + xa];
-    var x1 = vec4(0.0);
-    if (PXV > 1u) { x1 = bp_x[xr + xb]; }
-    *bs += mat4x4<f32>(g.w0, g.w1, g.w2, g.w3);
-    mac_tile(acc, g.w0, g.w1, g.w2, g.w3, x0, x1);
-}
-
-// The body of the backward_weight_1x1 entry points (`sl` as in c1_body; d_y rows from
-// bp_dy, which may keep state in `l` across pixels).
-fn bp_body(wg: vec3<u32>, li: u32, sl: u32) {
-    let npix = p.n * p.h * p.w;
-    let cop4 = (p.cout + 3u) / 4u;
-    let cip4 = (p.cin + 3u) / 4u;
-    let co0 = wg.y * CH_TILE;
-    let os = min(vec4(co0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(cop4 - 1u));
-    let ga = wg.x * (WG * PXV) + li;
-    let xa = min(ga, cip4 - 1u);
-    let xb = min(ga + WG, cip4 - 1u);
-    let chunk = wg.z;
-    let k_begin = chunk * p.chunk_len;
-    let k_end = min(k_begin + p.chunk_len, npix);
-    let k8_end = k_begin + (k_end - k_begin) / 8u * 8u;
-    var acc: Tile8;
-    var bs = mat4x4<f32>();
-    var l: W4;
-    for (var k = k_begin; k < k_end; k++) {
-        bp_step(&acc, &bs, k, bp_dy_row(&l, k, k_begin, k8_end, cop4, os, sl), cip4, xa, xb);
-    }
-    bp_finish(&acc, bs, co0, ga, chunk, wg.x == 0u && li == 0u);
-}
-
-// Stores the tile of backward_weight_1x1(_sg): acc holds the lane's blocks (pixel-group
-// axis = input-channel blocks ga, ga + WG), bs the bias sums of channels co0 .. co0 + 15
-// (written by one lane: `bias_lane`).
-fn bp_finish(acc: ptr<function, Tile8>, bs_in: mat4x4<f32>, co0: u32, ga: u32, chunk: u32,
-             bias_lane: bool) {
-    let cip4 = (p.cin + 3u) / 4u;
-    let gb = ga + WG;
-    let base = chunk * p.part_stride;
-    if (ga < cip4) {
-        bp_store((*acc)[0], co0 + 0u, ga, base, p.cin);
-        if (CH_TILE > 4u) { bp_store((*acc)[2], co0 + 4u, ga, base, p.cin); }
-        if (CH_TILE > 8u) { bp_store((*acc)[4], co0 + 8u, ga, base, p.cin); }
-        if (CH_TILE > 12u) { bp_store((*acc)[6], co0 + 12u, ga, base, p.cin); }
-        if (PXV > 1u) { bp_store((*acc)[1], co0 + 0u, gb, base, p.cin); }
-        if (PXV > 1u && CH_TILE > 4u) { bp_store((*acc)[3], co0 + 4u, gb, base, p.cin); }
-        if (PXV > 1u && CH_TILE > 8u) { bp_store((*acc)[5], co0 + 8u, gb, base, p.cin); }
-        if (PXV > 1u && CH_TILE > 12u) { bp_store((*acc)[7], co0 + 12u, gb, base, p.cin); }
-    }
-    if (bias_lane) {
-        var bs = bs_in;
-        for (var i = 0u; i < CH_TILE; i++) {
-            let co = co0 + i;
-            if (co < p.cout) {
-                bp_part[base + p.cout * p.cin + co] = bs[i / 4u][i % 4u];
-            }
-        }
     }
 }
 

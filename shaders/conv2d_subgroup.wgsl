@@ -41,16 +41,6 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, red8: u32, ocp4: u32, os:
     return W12(sh4((*l).t0, src), sh4((*l).t1, src), sh4((*l).t2, src));
 }
 
-// backward_weight_1x1: the d_y row of pixel k, shared the same way over 8 pixels (counted
-// from the chunk's first pixel k_begin).
-fn bp_dy_row(l: ptr<function, W4>, k: u32, k_begin: u32, k8_end: u32, cop4: u32,
-             os: vec4<u32>, sl: u32) -> W4 {
-    if (k >= k8_end) { return bp_load(k, cop4, os); }
-    let s8 = sl % 8u;
-    let j = (k - k_begin) % 8u;
-    if (j == 0u) { *l = bp_load(k + s8, cop4, os); }
-    return sh4(*l, sl - s8 + j);
-}
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at one pixel group: lane
 // s % 8 loads channels co0 + s % 8 and co0 + 8 + s % 8; channel c then comes from lane
@@ -100,9 +90,10 @@ fn backward_weight_rows_sg(@builtin(workgroup_id) wg: vec3<u32>,
     bq_rows(wg, li, sl);
 }
 
+
 @compute @workgroup_size(WG)
-fn backward_weight_1x1_sg(@builtin(workgroup_id) wg: vec3<u32>,
+fn backward_weight_dot_sg(@builtin(workgroup_id) wg: vec3<u32>,
                           @builtin(local_invocation_index) li: u32,
                           @builtin(subgroup_invocation_id) sl: u32) {
-    bp_body(wg, li, sl);
+    bd_body(wg, li, sl);
 }

@@ -16,11 +16,6 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, red8: u32, ocp4: u32, os:
     return c3_load(rc, ti, ocp4, os);
 }
 
-// backward_weight_1x1: the d_y row of pixel k.
-fn bp_dy_row(l: ptr<function, W4>, k: u32, k_begin: u32, k8_end: u32, cop4: u32,
-             os: vec4<u32>, sl: u32) -> W4 {
-    return bp_load(k, cop4, os);
-}
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at the pixel group at
 // vec4 index yb + channel * hw4.
@@ -53,8 +48,9 @@ fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
     bq_rows(wg, li, 0u);
 }
 
+
 @compute @workgroup_size(WG)
-fn backward_weight_1x1(@builtin(workgroup_id) wg: vec3<u32>,
+fn backward_weight_dot(@builtin(workgroup_id) wg: vec3<u32>,
                        @builtin(local_invocation_index) li: u32) {
-    bp_body(wg, li, 0u);
+    bd_body(wg, li, 0u);
 }

@@ -21,7 +21,7 @@ fn variant(enc: &Encoder, entry: &'static str) -> (&'static Shader, &'static str
         (true, "conv1x1") => (&SUBGROUP_SHADER, "conv1x1_sg"),
         (true, "conv3x3") => (&SUBGROUP_SHADER, "conv3x3_sg"),
         (true, "backward_weight_rows") => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
-        (true, "backward_weight_1x1") => (&SUBGROUP_SHADER, "backward_weight_1x1_sg"),
+        (true, "backward_weight_dot") => (&SUBGROUP_SHADER, "backward_weight_dot_sg"),
         _ => (&SHADER, entry),
     }
 }
@@ -32,7 +32,7 @@ const WG: u32 = 64;
 /// Register tile of one invocation: `ch` channels on the workgroup-uniform axis times `px`
 /// elements on the per-lane axis. General `backward_data` / `backward_weight_partial`: `ch`
 /// at most 16, `px` (pixels / weight columns) at most 8. The blocked kernels (`conv1x1`,
-/// `conv3x3`, `forward_tiled`, `backward_weight_1x1`, `backward_weight_strided`): `ch` in
+/// `conv3x3`, `forward_tiled`, `backward_weight_strided`): `ch` in
 /// {4, 8, 12, 16}, `px` = blocks of 4 per lane in {1, 2}. `backward_weight_rows`: `ch` in
 /// {4, 8, 12, 16}, `px` = kernel rows in {1, 2}.
 #[derive(Clone, Copy, Debug)]
@@ -50,10 +50,8 @@ const GENERAL_BWD_WEIGHT: Tile = Tile { ch: 8, px: 2 };
 /// `conv1x1` and `conv3x3`: 16 channels x 2 groups of 4 pixels.
 const CONV1X1: Tile = Tile { ch: 16, px: 2 };
 const CONV3X3: Tile = Tile { ch: 16, px: 2 };
-/// `backward_weight_1x1`: 16 output channels x 2 blocks of 4 input channels, 32 lanes
-/// (32 x 2 x 4 = 256 input channels per workgroup).
-const BWD_WEIGHT_1X1: Tile = Tile { ch: 16, px: 2 };
-const BWD_WEIGHT_1X1_WG: u32 = 32;
+/// `backward_weight_dot` (1x1): 16 output channels x 8 input channels per lane.
+const BWD_WEIGHT_DOT: Tile = Tile { ch: 16, px: 1 };
 /// `backward_weight_strided`: 16 output channels x 1 block of 4 weight columns, 16 lanes
 /// (the 7x7 stem has only 147 columns: small workgroups leave fewer lanes idle).
 const BWD_WEIGHT_STRIDED: Tile = Tile { ch: 16, px: 1 };
@@ -379,8 +377,8 @@ fn path(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> Path {
 /// Which kernel computes backward_weight's partial sums.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum BwKind {
-    /// 1x1 / stride 1 / vec4 layout: `backward_weight_1x1` on pixel-major copies.
-    Gemm1x1,
+    /// 1x1 / stride 1 / vec4 layout: `backward_weight_dot` straight from NCHW.
+    Dot1x1,
     /// 3x3 / stride 1 / pad 1 / vec4 layout: `backward_weight_rows`.
     Rows,
     /// Anything else whose d_y has the vec4 layout (OH*OW % 4 == 0, aligned):
@@ -393,7 +391,7 @@ enum BwKind {
 fn bw_kind(g: &Geom, spec: Conv2dSpec, x: &Tensor, d_y: &Tensor) -> BwKind {
     let vec4 = same_size_vec4(g, spec, x, d_y);
     if vec4 && g.kh == 1 {
-        BwKind::Gemm1x1
+        BwKind::Dot1x1
     } else if vec4 && g.kh == 3 {
         BwKind::Rows
     } else if (g.oh * g.ow) % 4 == 0 && aligned(d_y) {
@@ -628,15 +626,14 @@ fn pack_weight(
     Ok(packed)
 }
 
-/// Pixel-major copy `[N*H*W, C rounded up to 4]` of `t` (N, C, H, W; vec4 layout), with the
-/// prologue applied when given (see `to_pixel_major` in the shader).
+/// Pixel-major copy `[N*H*W, C rounded up to 4]` of `t` (N, C, H, W; vec4 layout), see
+/// `to_pixel_major` in the shader.
 fn to_pixel_major(
     enc: &mut Encoder,
     op: &str,
     p: &Params,
     t: &Tensor,
     [c, h, w]: [usize; 3],
-    prologue: Option<BnReluPrologue>,
 ) -> Result<Tensor> {
     let npix = p.n as usize * h * w;
     let cp = c.div_ceil(4) * 4;
@@ -652,19 +649,13 @@ fn to_pixel_major(
     pp.w = w as u32;
     pp.total = to_u32(op, "pixel-major copy", total)?;
     to_u32(op, "pixel-major copy", npix * cp)?;
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (t, t),
-    };
     enc.launch(Launch {
         shader: &SHADER,
         entry: "to_pixel_major",
-        overrides: &Consts::new(Tile { ch: 8, px: 2 }, prologue.is_some()).list(),
+        overrides: &Consts::new(Tile { ch: 8, px: 2 }, false).list(),
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&pp)),
             Arg::Read(t),
-            Arg::Read(scale),
-            Arg::Read(shift),
             Arg::Write(&out),
         ],
         workgroups: Gpu::grid_1d(super::groups(total, WG)),
@@ -783,14 +774,9 @@ pub fn backward_weight(
     let ncol = g.cin * g.kh * g.kw;
     let nw = g.cout * ncol;
     // The reduction axis: pixels, or groups of 4 pixels for backward_weight_rows.
-    let npix = g.n * g.oh * g.ow / if kind == BwKind::Rows { 4 } else { 1 };
+    let grouped = matches!(kind, BwKind::Rows | BwKind::Dot1x1);
+    let npix = g.n * g.oh * g.ow / if grouped { 4 } else { 1 };
     let (entry, t, wg_size, per_lane) = match kind {
-        BwKind::Gemm1x1 => (
-            "backward_weight_1x1",
-            BWD_WEIGHT_1X1,
-            BWD_WEIGHT_1X1_WG,
-            g.cin.div_ceil(4),
-        ),
         BwKind::Strided => (
             "backward_weight_strided",
             BWD_WEIGHT_STRIDED,
@@ -798,20 +784,26 @@ pub fn backward_weight(
             ncol.div_ceil(4),
         ),
         BwKind::Rows => ("backward_weight_rows", BWD_WEIGHT_ROWS, WG, g.cin * g.kh),
+        BwKind::Dot1x1 => (
+            "backward_weight_dot",
+            BWD_WEIGHT_DOT,
+            lanes_for(g.cin.div_ceil(8)),
+            g.cin.div_ceil(8),
+        ),
         BwKind::General => ("backward_weight_partial", GENERAL_BWD_WEIGHT, WG, ncol),
     };
-    let col_blocks = super::groups(per_lane, wg_size * t.px);
+    let col_blocks = if kind == BwKind::Dot1x1 {
+        super::groups(per_lane, wg_size)
+    } else {
+        super::groups(per_lane, wg_size * t.px)
+    };
     let tiles = super::groups(g.cout, t.ch);
     if nw == 0 {
         return Ok(());
     }
     // Chunks: enough workgroups to fill the device, chunks not too short.
     let base = (col_blocks as usize * tiles as usize).max(1);
-    let min_chunk = if kind == BwKind::Rows {
-        MIN_CHUNK / 4
-    } else {
-        MIN_CHUNK
-    };
+    let min_chunk = if grouped { MIN_CHUNK / 4 } else { MIN_CHUNK };
     let max_chunks = npix.div_ceil(min_chunk).max(1);
     let want = (TARGET_WORKGROUPS as usize)
         .div_ceil(base)
@@ -839,27 +831,8 @@ pub fn backward_weight(
     };
     let mut consts = Consts::new(t, prologue.is_some());
     consts.wg = wg_size;
-    if kind == BwKind::Gemm1x1 {
-        // Pixel-major copies of d_y and x' (prologue applied), then the GEMM.
-        let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow], None)?;
-        let xt = to_pixel_major(enc, OP, &p, x, [g.cin, g.h, g.w], prologue)?;
-        consts.vec4_groups = true;
-        consts.prologue = false;
-        let (shader, entry) = variant(enc, entry);
-        enc.launch(Launch {
-            shader,
-            entry,
-            overrides: &consts.list(),
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&p)),
-                Arg::Read(&dyt),
-                Arg::Read(&xt),
-                Arg::Write(&part),
-            ],
-            workgroups: [col_blocks, tiles, chunks as u32],
-        })?;
-    } else if kind == BwKind::Strided {
-        let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow], None)?;
+    if kind == BwKind::Strided {
+        let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow])?;
         consts.vec4_groups = true;
         enc.launch(Launch {
             shader: &SHADER,
