@@ -542,15 +542,14 @@ fn pick(
     let (entry, t, wg, blocks) = match path(g, spec, inp, out) {
         Path::Conv1x1 => {
             // Lane l of a block owns the pixel groups l, l + WG, ...
-            let t = CONV1X1;
-
+            let t = narrow(CONV1X1, out_c);
             let groups4 = g.n * hw / 4;
             let wg = lanes_for(groups4.div_ceil(t.px as usize));
             ("conv1x1", t, wg, super::groups(groups4, wg * t.px))
         }
         Path::Conv3x3 => {
             // A lane owns 4 * px consecutive pixels, which must lie in one image.
-            let mut t = CONV3X3;
+            let mut t = narrow(CONV3X3, out_c);
             if hw % (4 * t.px as usize) != 0 {
                 t.px = 1;
             }
@@ -580,6 +579,15 @@ fn pick(
     consts.vec4_groups = true;
     consts.wg = wg;
     Ok((entry, grid, consts))
+}
+
+/// `t` with its channel tile cut to `channels` rounded up to 4 when that is smaller (a
+/// DenseNet-BC layer with 12 output channels would waste a quarter of a 16-channel tile).
+fn narrow(t: Tile, channels: usize) -> Tile {
+    Tile {
+        ch: t.ch.min(channels.next_multiple_of(4).max(4) as u32),
+        px: t.px,
+    }
 }
 
 /// Lanes per workgroup for `units` lanes' worth of work: [`WG`], or fewer (down to 8) for
@@ -783,10 +791,15 @@ pub fn backward_weight(
             BWD_WEIGHT_STRIDED_WG,
             ncol.div_ceil(4),
         ),
-        BwKind::Rows => ("backward_weight_rows", BWD_WEIGHT_ROWS, WG, g.cin * g.kh),
+        BwKind::Rows => (
+            "backward_weight_rows",
+            narrow(BWD_WEIGHT_ROWS, g.cout),
+            WG,
+            g.cin * g.kh,
+        ),
         BwKind::Dot1x1 => (
             "backward_weight_dot",
-            BWD_WEIGHT_DOT,
+            narrow(BWD_WEIGHT_DOT, g.cout),
             lanes_for(g.cin.div_ceil(8)),
             g.cin.div_ceil(8),
         ),

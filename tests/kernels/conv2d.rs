@@ -351,6 +351,17 @@ fn gpu_fast_3x3_many_workgroups() {
         seed: 1100,
         ..case(2, 21, 20, 14, 35, (3, 3), 1, 1)
     });
+    // 12 and 10 output channels: the channel tile narrows to 12 (forward, weight gradient).
+    run_case(&Case {
+        bias: true,
+        seed: 1110,
+        ..case(2, 21, 20, 14, 12, (3, 3), 1, 1)
+    });
+    run_case(&Case {
+        prologue: true,
+        seed: 1120,
+        ..case(3, 18, 6, 8, 10, (1, 1), 1, 0)
+    });
 }
 
 #[test]
