@@ -94,6 +94,10 @@ fn run(args: &[String]) -> CliResult<i32> {
         "info" => {
             let gpu = open_gpu()?;
             println!("{}", gpu.describe());
+            println!(
+                "subgroup kernel variants: {}",
+                if gpu.subgroups() { "on" } else { "off" }
+            );
             Ok(0)
         }
         other => Err(format!("unknown command {other:?}\n{USAGE}")),
