@@ -39,6 +39,10 @@ log "kernel benchmarks"
 timeout 240 "$B/kernels-bench" > "$OUT/bench_kernels.txt" 2>&1
 cat "$OUT/bench_kernels.txt" >> "$OUT/summary.txt"
 cp "$ROOT/target/bench/kernels.jsonl" "$OUT/" 2>/dev/null
+log "convolution and matmul benchmarks without the subgroup variants"
+DENSENET_WGPU_NO_SUBGROUPS=1 timeout 120 "$B/kernels-bench" conv > "$OUT/bench_kernels_nosg.txt" 2>&1
+DENSENET_WGPU_NO_SUBGROUPS=1 timeout 60 "$B/kernels-bench" matmul >> "$OUT/bench_kernels_nosg.txt" 2>&1
+grep -E "conv|matmul" "$OUT/bench_kernels_nosg.txt" >> "$OUT/summary.txt"
 
 log "train-step benchmark"
 BENCH_STEPS=5 timeout 300 "$B/train_step-bench" > "$OUT/bench_train_step.txt" 2>&1
