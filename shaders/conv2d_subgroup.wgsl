@@ -1,3 +1,8 @@
+//   conv1x1(_sg):  out[n,oc,q] (= b[oc] +) / (+=) sum_rc w[oc,rc] * inp'[n,rc,q]
+//   conv3x3(_sg):  out[n,oc,h,w] (= b[oc] +) / (+=) sum_{rc,i,j} w[oc,rc,i,j] * inp'[n,rc,h+i-1,w+j-1]
+//   backward_weight_rows(_sg), backward_weight_dot(_sg):
+//                  part[chunk, co, col] = sum_{pixels of the chunk} d_y[n,co,q] * x'[n, col's input at q]
+//
 // Subgroup variants of conv2d's fast paths: the helpers that load a workgroup-uniform
 // operand (weights, or d_y in the weight gradients) and the *_sg entry points. Appended to
 // conv2d.wgsl (same formulas, Params, bindings, dispatch, register tiles and stores) in the

@@ -1,3 +1,8 @@
+//   conv1x1(_sg):  out[n,oc,q] (= b[oc] +) / (+=) sum_rc w[oc,rc] * inp'[n,rc,q]
+//   conv3x3(_sg):  out[n,oc,h,w] (= b[oc] +) / (+=) sum_{rc,i,j} w[oc,rc,i,j] * inp'[n,rc,h+i-1,w+j-1]
+//   backward_weight_rows(_sg), backward_weight_dot(_sg):
+//                  part[chunk, co, col] = sum_{pixels of the chunk} d_y[n,co,q] * x'[n, col's input at q]
+//
 // conv2d helpers whose loads are the same for every lane of a workgroup, in their plain
 // form (one load per value), and the plain entry points that use them; conv2d_subgroup.wgsl
 // defines the same helpers with subgroup operations and the *_sg entry points. Appended to

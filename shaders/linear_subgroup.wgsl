@@ -1,5 +1,7 @@
+//   gemm_v4_sg: C[m, n] (+)= sum_k A(m, k) * B(k, n) (+ bias[n]), A k-major, B n-major.
+//
 // Subgroup variant of gemm_v4 (built on adapters with subgroups of at least 8 invocations;
-// linear_uniform_loads.wgsl has the plain form). Same formula: C (+)= A B (+ bias).
+// linear_uniform_loads.wgsl has the plain form).
 // A's rows are the same for every lane of a workgroup (one TM-row block per workgroup,
 // lanes along n), so instead of every lane loading them at every k, lane s of each group of
 // 8 loads them at k0 + s % 8 once per 8 k, and k takes them from lane k % 8 of its group with

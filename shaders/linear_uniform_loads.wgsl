@@ -1,3 +1,5 @@
+//   gemm_v4: C[m, n] (+)= sum_k A(m, k) * B(k, n) (+ bias[n]), A k-major, B n-major.
+//
 // linear helpers whose loads are the same for every lane of a SIMD row, in their plain form
 // (one load per value), and the entry point that uses them; linear_subgroup.wgsl has the
 // subgroup form. Appended to linear.wgsl in the plain module.
