@@ -297,38 +297,51 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
             ],
         ));
     }
-    // Max pool 3x3/s2/p1 x(8,64,112,112).
+    // Max pool 3x3/s2/p1 x(8,64,112,112): forward also writes the argmax bytes that
+    // backward reads instead of x.
     {
         let spec = Pool2dSpec {
             kernel: 3,
             stride: 2,
             padding: 1,
         };
-        let xb = (8 * 64 * 112 * 112 * 4) as f64;
-        let x = rand_tensor(gpu, &[8, 64, 112, 112], 13)?;
-        let y = zeros(gpu, &[8, 64, 56, 56])?;
-        let d_y = rand_tensor(gpu, &[8, 64, 56, 56], 14)?;
-        let d_x = zeros(gpu, &[8, 64, 112, 112])?;
-        let x1 = x.clone();
+        let (xs, ys) = ([8, 64, 112, 112], [8, 64, 56, 56]);
+        let x = rand_tensor(gpu, &xs, 13)?;
+        let y = zeros(gpu, &ys)?;
+        let idx = max_pool2d::alloc_indices(gpu, ys, "bench indices")?;
+        let d_y = rand_tensor(gpu, &ys, 14)?;
+        let d_x = zeros(gpu, &xs)?;
+        let bytes = |t: &Tensor| (t.numel() * 4) as f64;
+        let (xb, yb, ib) = (bytes(&x), bytes(&y), bytes(&idx));
+        // Real indices for backward: the argmax of x.
+        let mut enc = gpu.encoder("bench maxpool indices");
+        max_pool2d::forward(&mut enc, &y, Some(&idx), &x, spec)?;
+        enc.submit()?;
+        let idx1 = idx.clone();
         out.push((
             "maxpool3s2_n8_c64_s112".to_string(),
             vec![
                 (
                     "forward",
+                    // x read, y and indices written
                     Cost {
                         flops: 0.0,
-                        bytes: 1.25 * xb,
+                        bytes: xb + yb + ib,
                     },
-                    Box::new(move |e: &mut Encoder| max_pool2d::forward(e, &y, &x1, spec))
-                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                    Box::new(move |e: &mut Encoder| {
+                        max_pool2d::forward(e, &y, Some(&idx1), &x, spec)
+                    }) as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
                 ),
                 (
                     "backward",
+                    // d_y and indices read, d_x read and written
                     Cost {
                         flops: 0.0,
-                        bytes: 3.25 * xb,
+                        bytes: yb + ib + 2.0 * xb,
                     },
-                    Box::new(move |e: &mut Encoder| max_pool2d::backward(e, &d_x, &d_y, &x, spec)),
+                    Box::new(move |e: &mut Encoder| {
+                        max_pool2d::backward(e, &d_x, &d_y, &idx, spec)
+                    }),
                 ),
             ],
         ));

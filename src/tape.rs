@@ -3,9 +3,11 @@
 //! Every op called on a [`Tape`] launches its forward kernel(s) immediately (recorded into
 //! the tape's command encoder) and, when the tape is recording, appends an [`Op`] holding
 //! the ids of its inputs/outputs and whatever its backward needs (BN's `mean`/`inv_std`,
-//! softmax probabilities). [`Tape::backward`] walks the ops in reverse, launching backward
-//! kernels that **accumulate** into one gradient buffer per variable, and frees each
-//! variable's value and gradient as soon as no earlier op needs them.
+//! softmax probabilities, max pooling's argmax indices). [`Tape::backward`] walks the ops
+//! in reverse, launching backward kernels that **accumulate** into one gradient buffer per
+//! variable; it frees each variable's gradient as soon as no earlier op needs it, and its
+//! value as soon as no earlier op's backward reads it (at once for values no backward
+//! reads, such as a max pool's input).
 //!
 //! Variables may be channel slices of a larger variable ([`Tape::slice`]): a dense block
 //! is one buffer whose slices are the block input and each layer's new features; the
@@ -101,9 +103,12 @@ enum Op {
         y: Var,
         x: Var,
     },
+    /// Backward reads the saved argmax of every window (`max_pool2d::indices_shape`), not
+    /// x; `None` only on inference tapes, which record nothing.
     MaxPool {
         y: Var,
         x: Var,
+        indices: Option<Tensor>,
         spec: Pool2dSpec,
     },
     AvgPool {
@@ -149,7 +154,25 @@ impl Op {
         }
     }
 
-    /// Variables read by this op's backward, outputs first.
+    /// Variables whose *values* this op's backward reads (the rest of [`Op::vars`] only
+    /// take part through their gradients).
+    fn value_reads(&self) -> Vec<Var> {
+        match self {
+            Op::Conv2d { x, w, .. } | Op::Linear { x, w, .. } => vec![*x, *w],
+            Op::BatchNorm { x, gamma, beta, .. } => vec![*x, *gamma, *beta],
+            Op::BnReluConv {
+                x, gamma, beta, w, ..
+            } => vec![*x, *gamma, *beta, *w],
+            Op::Relu { x, .. } => vec![*x],
+            Op::MaxPool { .. }
+            | Op::AvgPool { .. }
+            | Op::GlobalAvgPool { .. }
+            | Op::Concat { .. }
+            | Op::CrossEntropy { .. } => Vec::new(),
+        }
+    }
+
+    /// Variables this op's backward touches (values or gradients), outputs first.
     fn vars(&self) -> Vec<Var> {
         match self {
             Op::Conv2d { y, x, w, b, .. } => [Some(*y), Some(*x), Some(*w), *b]
@@ -563,7 +586,8 @@ impl<'g> Tape<'g> {
         Ok(y)
     }
 
-    /// Max pooling (padding acts as -inf), optionally writing into `out`.
+    /// Max pooling (padding acts as -inf), optionally writing into `out`. A recording tape
+    /// saves each window's argmax for backward (x itself is not kept for the pool).
     pub fn max_pool2d(
         &mut self,
         x: Var,
@@ -571,7 +595,26 @@ impl<'g> Tape<'g> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
-        self.pool2d(x, spec, out, name, true)
+        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
+        let (oh, ow) = max_pool2d::output_size(spec, h, w)?;
+        let y = self.output(out, &[n, c, oh, ow], name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        // An inference tape never runs backward: no indices.
+        let indices = if self.recording {
+            let label = format!("{name}.indices");
+            Some(max_pool2d::alloc_indices(self.gpu, [n, c, oh, ow], &label)?)
+        } else {
+            None
+        };
+        max_pool2d::forward(self.enc(), &yt, indices.as_ref(), &xt, spec)?;
+        self.mark(y, &[x]);
+        self.record(Op::MaxPool {
+            y,
+            x,
+            indices,
+            spec,
+        });
+        Ok(y)
     }
 
     /// Average pooling (padding counted in the divisor), optionally writing into `out`.
@@ -582,32 +625,13 @@ impl<'g> Tape<'g> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
-        self.pool2d(x, spec, out, name, false)
-    }
-
-    fn pool2d(
-        &mut self,
-        x: Var,
-        spec: Pool2dSpec,
-        out: Option<Var>,
-        name: &str,
-        max: bool,
-    ) -> Result<Var> {
         let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
         let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
         let y = self.output(out, &[n, c, oh, ow], name)?;
         let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        if max {
-            max_pool2d::forward(self.enc(), &yt, &xt, spec)?;
-        } else {
-            avg_pool2d::forward(self.enc(), &yt, &xt, spec)?;
-        }
+        avg_pool2d::forward(self.enc(), &yt, &xt, spec)?;
         self.mark(y, &[x]);
-        self.record(if max {
-            Op::MaxPool { y, x, spec }
-        } else {
-            Op::AvgPool { y, x, spec }
-        });
+        self.record(Op::AvgPool { y, x, spec });
         Ok(y)
     }
 
@@ -754,22 +778,36 @@ impl<'g> Tape<'g> {
             )));
         }
         self.backward_done = true;
-        // The earliest op touching each variable: after its backward, the variable's value
-        // and gradient are no longer needed.
-        let mut first_use = vec![usize::MAX; self.slots.len()];
-        for (i, op) in self.ops.iter().enumerate() {
-            for v in op.vars() {
-                let mut cur = Some(v);
-                while let Some(c) = cur {
-                    first_use[c.0] = first_use[c.0].min(i);
-                    cur = self.slots[c.0].parent.map(|(p, _)| p);
+        // For each variable (and, through slices, its parents): the earliest op whose
+        // backward touches it, after which its gradient is no longer needed, and the
+        // earliest op whose backward reads its value. A value no backward reads (a max
+        // pool's input, a ReLU's output, ...) is released before the first backward op.
+        let earliest = |uses: &dyn Fn(&Op) -> Vec<Var>| {
+            let mut first = vec![usize::MAX; self.slots.len()];
+            for (i, op) in self.ops.iter().enumerate() {
+                for v in uses(op) {
+                    let mut cur = Some(v);
+                    while let Some(c) = cur {
+                        first[c.0] = first[c.0].min(i);
+                        cur = self.slots[c.0].parent.map(|(p, _)| p);
+                    }
                 }
             }
-        }
-        let mut release: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
-        for (v, &i) in first_use.iter().enumerate() {
-            if i != usize::MAX {
-                release[i].push(v);
+            first
+        };
+        let first_use = earliest(&Op::vars);
+        let first_read = earliest(&Op::value_reads);
+        let mut release_grad: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
+        let mut release_value: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
+        for (v, (&used, &read)) in first_use.iter().zip(&first_read).enumerate() {
+            if used == usize::MAX {
+                continue;
+            }
+            release_grad[used].push(v);
+            if read == usize::MAX {
+                self.slots[v].value = None;
+            } else {
+                release_value[read].push(v);
             }
         }
         let ops = std::mem::take(&mut self.ops);
@@ -782,9 +820,11 @@ impl<'g> Tape<'g> {
             );
             self.backward_op(op, loss)?;
             self.profile_mark(key);
-            for &v in &release[i] {
+            for &v in &release_value[i] {
+                self.slots[v].value = None;
+            }
+            for &v in &release_grad[i] {
                 let slot = &mut self.slots[v];
-                slot.value = None;
                 if !slot.persistent_grad {
                     slot.grad = None;
                 }
@@ -880,11 +920,15 @@ impl<'g> Tape<'g> {
                     relu::backward(self.enc(), &d_x, &xt, &d_y)?;
                 }
             }
-            Op::MaxPool { x, spec, .. } => {
+            Op::MaxPool {
+                x, indices, spec, ..
+            } => {
                 let d_y = d_out.expect("pool output grad");
                 if let Some(d_x) = self.grad_if(x)? {
-                    let xt = self.value(x)?.clone();
-                    max_pool2d::backward(self.enc(), &d_x, &d_y, &xt, spec)?;
+                    let indices = indices.ok_or_else(|| {
+                        GpuError::Shape("tape: max_pool2d indices were not saved".into())
+                    })?;
+                    max_pool2d::backward(self.enc(), &d_x, &d_y, &indices, spec)?;
                 }
             }
             Op::AvgPool { x, spec, .. } => {

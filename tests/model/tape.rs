@@ -100,3 +100,65 @@ fn inference_tape_refuses_backward() {
     assert!(tape.is_empty());
     assert!(tape.backward(loss).is_err());
 }
+
+/// The max pool keeps its argmax indices for backward, not its input: a pooled value that
+/// no backward reads is released when backward starts, before the pool's backward allocates
+/// the input's gradient. An inference tape saves no indices at all.
+#[test]
+fn max_pool_input_is_released_before_its_gradient_is_allocated() {
+    // A device of its own, so that the allocation counters see this test only.
+    let g = densenet_wgpu::gpu::Gpu::new().unwrap();
+    let shape = [1, 4, 64, 64];
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = Rng::new(3)
+        .vec(n, -1.0, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let x = Param::new(&g, "x", &data, &shape).unwrap();
+    let fc = Param::new(
+        &g,
+        "fc",
+        &[0.5, -0.25, 1.0, 0.75, -1.0, 0.5, 0.25, -0.5],
+        &[2, 4],
+    )
+    .unwrap();
+    let labels = g.upload(&[1.0], &[1], "labels").unwrap();
+    let pool = densenet_wgpu::ops::max_pool2d::Pool2dSpec {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+    let h_bytes = (n * 4) as u64;
+
+    let mut tape = Tape::new(&g);
+    let xv = tape.param(&x);
+    let h = tape.relu(xv, "relu").unwrap();
+    let y = tape.max_pool2d(h, pool, None, "pool").unwrap();
+    let pooled = tape.global_avg_pool(y, "gap").unwrap();
+    let f = tape.param(&fc);
+    let logits = tape.linear(pooled, f, None, "fc").unwrap();
+    let (loss, _) = tape.cross_entropy(logits, &labels, "loss").unwrap();
+    tape.flush().unwrap();
+    let before = g.memory().live_bytes();
+    g.memory().reset_peak();
+    tape.backward(loss).unwrap();
+    tape.finish().unwrap();
+    g.sync().unwrap();
+    // Had the relu output h stayed alive, the pool's backward would have held it together
+    // with d_h (as large) and d_y (a quarter of it).
+    let growth = g.memory().peak_bytes() - before;
+    assert!(
+        growth < h_bytes,
+        "peak grew by {growth} bytes during backward (h is {h_bytes})"
+    );
+    assert!(g.download(&x.grad).unwrap().iter().any(|&v| v != 0.0));
+
+    let mut tape = Tape::inference(&g);
+    let xv = tape.input(x.value.clone(), "x");
+    let before = g.memory().live_bytes();
+    tape.max_pool2d(xv, pool, None, "pool").unwrap();
+    // y only: (1, 4, 32, 32).
+    assert_eq!(g.memory().live_bytes() - before, 4 * 4 * 32 * 32);
+    tape.finish().unwrap();
+}
