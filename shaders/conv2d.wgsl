@@ -396,24 +396,38 @@ fn c1_load(row: u32, ocp4: u32, os: vec4<u32>) -> W4 {
     return w;
 }
 
+// What conv1x1 needs of summed channel rc besides its inputs: the tile's weights and,
+// with the prologue, the channel's (scale, shift). Both are the same for every lane.
+struct C1Coef {
+    w: W4,
+    pro: vec2<f32>,
+}
+
+fn c1_coef(rc: u32, ocp4: u32, os: vec4<u32>) -> C1Coef {
+    var c = C1Coef(c1_load(rc, ocp4, os), vec2(1.0, 0.0));
+    if (PROLOGUE) { c.pro = vec2(c1_scale[p.sc_off + rc], c1_shift[p.sh_off + rc]); }
+    return c;
+}
+
 // One summed channel rc: acc += w (x) inp'[rc] at the lane's pixel groups (vec4 indices
 // ia, ib of channel 0).
-fn c1_chan(acc: ptr<function, Tile8>, rc: u32, ia: u32, ib: u32, hw4: u32, w: W4) {
+fn c1_chan(acc: ptr<function, Tile8>, rc: u32, ia: u32, ib: u32, hw4: u32, c: C1Coef) {
     var xa = c1_inp[ia + rc * hw4];
     var xb = vec4(0.0);
     if (PXV > 1u) { xb = c1_inp[ib + rc * hw4]; }
     if (PROLOGUE) {
-        let sc = vec4(c1_scale[p.sc_off + rc]);
-        let sh = vec4(c1_shift[p.sh_off + rc]);
+        let sc = vec4(c.pro.x);
+        let sh = vec4(c.pro.y);
         xa = max(fma(xa, sc, sh), vec4(0.0));
         xb = max(fma(xb, sc, sh), vec4(0.0));
     }
-    mac_tile(acc, w.w0, w.w1, w.w2, w.w3, xa, xb);
+    mac_tile(acc, c.w.w0, c.w.w1, c.w.w2, c.w.w3, xa, xb);
 }
 
 // The body of the conv1x1 entry points; `sl` is the lane's subgroup_invocation_id (0 in
-// the plain module). The weights of channel rc come from c1_weights (conv2d_uniform_loads
-// .wgsl or conv2d_subgroup.wgsl), which may keep state in `l` across channels.
+// the plain module). The weights (and prologue coefficients) of channel rc come from
+// c1_weights (conv2d_uniform_loads.wgsl or conv2d_subgroup.wgsl), which may keep state in
+// `l` across channels.
 fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let ngrp = p.n * hw4;
@@ -429,7 +443,7 @@ fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let ocp4 = (p.out_c + 3u) / 4u;
     let red8 = p.red_c / 8u * 8u;
     var acc: Tile8;
-    var l: W4;
+    var l: C1Coef;
     for (var rc = 0u; rc < p.red_c; rc++) {
         c1_chan(&acc, rc, ia, ib, hw4, c1_weights(&l, rc, red8, ocp4, os, sl));
     }

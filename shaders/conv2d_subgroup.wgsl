@@ -14,9 +14,11 @@
 // lanes of a SIMD row), and the weight loads were most of the loads of conv1x1 / conv3x3.
 // Here lane s of every group of 8 loads the weights of summed channel rc0 + (s % 8) once per
 // 8 channels (one load where there were eight), and for channel rc the weights come from
-// lane rc % 8 of the lane's group through subgroupShuffle. The loop is not unrolled: on
-// lavapipe an 8-fold unrolled body (with a constant-lane subgroupBroadcast) ran 1.6x slower
-// than this rolled loop. Indices beyond the last multiple of 8 load directly.
+// lane rc % 8 of the lane's group through subgroupShuffle (one vpermd per 32-bit component
+// on lavapipe). conv1x1 shares its prologue's per-channel scale and shift the same way.
+// The loop is not unrolled: on lavapipe an 8-fold unrolled body (with a constant-lane
+// subgroupBroadcast) ran 1.6x slower than this rolled loop. Indices beyond the last
+// multiple of 8 load directly.
 
 // The weights lane `src` holds (every lane of the subgroup takes part).
 fn sh4(w: W4, src: u32) -> W4 {
@@ -24,15 +26,19 @@ fn sh4(w: W4, src: u32) -> W4 {
               subgroupShuffle(w.w2, src), subgroupShuffle(w.w3, src));
 }
 
-// conv1x1: the weights of summed channel rc. Every 8th channel, lane s loads channel
-// rc + s % 8 into `l`; channel rc then comes from lane rc % 8 of the lane's group of 8.
-fn c1_weights(l: ptr<function, W4>, rc: u32, red8: u32, ocp4: u32, os: vec4<u32>,
-              sl: u32) -> W4 {
-    if (rc >= red8) { return c1_load(rc, ocp4, os); }
+// conv1x1: the weights (and prologue coefficients) of summed channel rc. Every 8th
+// channel, lane s loads channel rc + s % 8 into `l`; channel rc then comes from lane rc % 8
+// of the lane's group of 8.
+fn c1_weights(l: ptr<function, C1Coef>, rc: u32, red8: u32, ocp4: u32, os: vec4<u32>,
+              sl: u32) -> C1Coef {
+    if (rc >= red8) { return c1_coef(rc, ocp4, os); }
     let s8 = sl % 8u;
     let k = rc % 8u;
-    if (k == 0u) { *l = c1_load(rc + s8, ocp4, os); }
-    return sh4(*l, sl - s8 + k);
+    if (k == 0u) { *l = c1_coef(rc + s8, ocp4, os); }
+    let src = sl - s8 + k;
+    var c = C1Coef(sh4((*l).w, src), (*l).pro);
+    if (PROLOGUE) { c.pro = subgroupShuffle((*l).pro, src); }
+    return c;
 }
 
 // conv3x3: the same for the 12 weight vec4s of summed channel rc, kernel row ti.

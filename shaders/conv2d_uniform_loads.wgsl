@@ -9,10 +9,10 @@
 // conv2d.wgsl in the plain module. `l` and `sl` (state kept across the reduction, the
 // lane's subgroup index) are not needed here.
 
-// conv1x1: the weights of summed channel rc.
-fn c1_weights(l: ptr<function, W4>, rc: u32, red8: u32, ocp4: u32, os: vec4<u32>,
-              sl: u32) -> W4 {
-    return c1_load(rc, ocp4, os);
+// conv1x1: the weights (and prologue coefficients) of summed channel rc.
+fn c1_weights(l: ptr<function, C1Coef>, rc: u32, red8: u32, ocp4: u32, os: vec4<u32>,
+              sl: u32) -> C1Coef {
+    return c1_coef(rc, ocp4, os);
 }
 
 // conv3x3: the weights of summed channel rc, kernel row ti.
