@@ -441,11 +441,17 @@ fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let oc0 = tile_id(wg) * CH_TILE;
     let os = vec4(w_block(oc0, 0u), w_block(oc0, 1u), w_block(oc0, 2u), w_block(oc0, 3u));
     let ocp4 = (p.out_c + 3u) / 4u;
+    // The channels below the last multiple of 8 take their weights from c1_weights (which
+    // may share loads across groups of 8 lanes), the rest load them directly: two loops, so
+    // the loop body has no branch on which case applies.
     let red8 = p.red_c / 8u * 8u;
     var acc: Tile8;
     var l: C1Coef;
-    for (var rc = 0u; rc < p.red_c; rc++) {
-        c1_chan(&acc, rc, ia, ib, hw4, c1_weights(&l, rc, red8, ocp4, os, sl));
+    for (var rc = 0u; rc < red8; rc++) {
+        c1_chan(&acc, rc, ia, ib, hw4, c1_weights(&l, rc, ocp4, os, sl));
+    }
+    for (var rc = red8; rc < p.red_c; rc++) {
+        c1_chan(&acc, rc, ia, ib, hw4, c1_coef(rc, ocp4, os));
     }
     if (ga < ngrp) {
         let ob = (p.out.offset + na * p.out.batch_stride) / 4u + (ga - na * hw4);
@@ -628,8 +634,11 @@ fn c3_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
         c.g0 = ib + (shift >> 2u);        // floor(shift / 4)
         c.r = u32(shift & 3);
         var l: W12;
-        for (var rc = 0u; rc < p.red_c; rc++) {
-            c3_chan(&acc, rc, c, c3_weights(&l, rc, ti, red8, ocp4, os, sl));
+        for (var rc = 0u; rc < red8; rc++) {
+            c3_chan(&acc, rc, c, c3_weights(&l, rc, ti, ocp4, os, sl));
+        }
+        for (var rc = red8; rc < p.red_c; rc++) {
+            c3_chan(&acc, rc, c, c3_load(rc, ti, ocp4, os));
         }
     }
 

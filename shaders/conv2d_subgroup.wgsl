@@ -26,12 +26,10 @@ fn sh4(w: W4, src: u32) -> W4 {
               subgroupShuffle(w.w2, src), subgroupShuffle(w.w3, src));
 }
 
-// conv1x1: the weights (and prologue coefficients) of summed channel rc. Every 8th
-// channel, lane s loads channel rc + s % 8 into `l`; channel rc then comes from lane rc % 8
-// of the lane's group of 8.
-fn c1_weights(l: ptr<function, C1Coef>, rc: u32, red8: u32, ocp4: u32, os: vec4<u32>,
-              sl: u32) -> C1Coef {
-    if (rc >= red8) { return c1_coef(rc, ocp4, os); }
+// conv1x1: the weights (and prologue coefficients) of summed channel rc, rc below the last
+// multiple of 8 of the summed channels. Every 8th channel, lane s loads channel rc + s % 8
+// into `l`; channel rc then comes from lane rc % 8 of the lane's group of 8.
+fn c1_weights(l: ptr<function, C1Coef>, rc: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> C1Coef {
     let s8 = sl % 8u;
     let k = rc % 8u;
     if (k == 0u) { *l = c1_coef(rc + s8, ocp4, os); }
@@ -42,9 +40,8 @@ fn c1_weights(l: ptr<function, C1Coef>, rc: u32, red8: u32, ocp4: u32, os: vec4<
 }
 
 // conv3x3: the same for the 12 weight vec4s of summed channel rc, kernel row ti.
-fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, red8: u32, ocp4: u32, os: vec4<u32>,
+fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
               sl: u32) -> W12 {
-    if (rc >= red8) { return c3_load(rc, ti, ocp4, os); }
     let s8 = sl % 8u;
     let k = rc % 8u;
     if (k == 0u) { *l = c3_load(rc + s8, ti, ocp4, os); }

@@ -10,13 +10,12 @@
 // lane's subgroup index) are not needed here.
 
 // conv1x1: the weights (and prologue coefficients) of summed channel rc.
-fn c1_weights(l: ptr<function, C1Coef>, rc: u32, red8: u32, ocp4: u32, os: vec4<u32>,
-              sl: u32) -> C1Coef {
+fn c1_weights(l: ptr<function, C1Coef>, rc: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> C1Coef {
     return c1_coef(rc, ocp4, os);
 }
 
 // conv3x3: the weights of summed channel rc, kernel row ti.
-fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, red8: u32, ocp4: u32, os: vec4<u32>,
+fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
               sl: u32) -> W12 {
     return c3_load(rc, ti, ocp4, os);
 }

@@ -204,6 +204,14 @@ fn g4_load_a(k: u32, q: vec4<u32>) -> ARows {
     return r;
 }
 
+// acc += A(rows, k) B(k, the tile's columns): B's two column groups s0, s1 at k.
+fn g4_step(acc: ptr<function, Acc>, k: u32, s0: u32, s1: u32, a: ARows) {
+    let bk = (p.b_off + k * p.b_sk) / 4u;
+    var b1 = vec4<f32>();
+    if (TN > 4u) { b1 = g4_b[bk + s1]; }
+    mac(acc, a.a0, a.a1, a.a2, a.a3, g4_b[bk + s0], b1);
+}
+
 // The body of the gemm_v4 entry points: the TM x TN tile at (m0, n0). Loads are clamped,
 // stores guarded, so lanes past the edge run along (the subgroup variant needs every lane).
 // A's rows at k come from g4_a_at (linear_uniform_loads.wgsl or linear_subgroup.wgsl;
@@ -215,15 +223,17 @@ fn g4_body(m0: u32, n0: u32, sl: u32) {
     let q = min(vec4(m0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(am));
     let s0 = min(n0 / 4u, bn);
     let s1 = min(n0 / 4u + 1u, bn);
+    // k below the last multiple of 8 takes A from g4_a_at (which may share loads across
+    // groups of 8 lanes), the rest loads it directly: two loops, so the loop body has no
+    // branch on which case applies.
     let k8 = p.k / 8u * 8u;
     var acc: Acc;
     var l: ARows;
-    for (var k = 0u; k < p.k; k++) {
-        let bk = (p.b_off + k * p.b_sk) / 4u;
-        var b1 = vec4<f32>();
-        if (TN > 4u) { b1 = g4_b[bk + s1]; }
-        let a = g4_a_at(&l, k, k8, q, sl);
-        mac(&acc, a.a0, a.a1, a.a2, a.a3, g4_b[bk + s0], b1);
+    for (var k = 0u; k < k8; k++) {
+        g4_step(&acc, k, s0, s1, g4_a_at(&l, k, q, sl));
+    }
+    for (var k = k8; k < p.k; k++) {
+        g4_step(&acc, k, s0, s1, g4_load_a(k, q));
     }
     g4_store_block(acc[0], m0, n0);
     if (TN > 4u) { g4_store_block(acc[1], m0, n0 + 4u); }

@@ -13,9 +13,9 @@ fn g4_sh(r: ARows, src: u32) -> ARows {
                  subgroupShuffle(r.a2, src), subgroupShuffle(r.a3, src));
 }
 
-// gemm_v4_sg: A's 16 rows at k, shared over groups of 8 k (k < k8; the rest load directly).
-fn g4_a_at(l: ptr<function, ARows>, k: u32, k8: u32, q: vec4<u32>, sl: u32) -> ARows {
-    if (k >= k8) { return g4_load_a(k, q); }
+// gemm_v4_sg: A's 16 rows at k, shared over groups of 8 k (k below the last multiple of 8
+// of K; g4_body loads the rest directly).
+fn g4_a_at(l: ptr<function, ARows>, k: u32, q: vec4<u32>, sl: u32) -> ARows {
     let s8 = sl % 8u;
     let j = k % 8u;
     if (j == 0u) { *l = g4_load_a(k + s8, q); }

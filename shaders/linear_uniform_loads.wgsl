@@ -4,8 +4,8 @@
 // (one load per value), and the entry point that uses them; linear_subgroup.wgsl has the
 // subgroup form. Appended to linear.wgsl in the plain module.
 
-// gemm_v4: A's 16 rows at k (`l`, `k8` and `sl` are not needed here).
-fn g4_a_at(l: ptr<function, ARows>, k: u32, k8: u32, q: vec4<u32>, sl: u32) -> ARows {
+// gemm_v4: A's 16 rows at k (`l` and `sl` are not needed here).
+fn g4_a_at(l: ptr<function, ARows>, k: u32, q: vec4<u32>, sl: u32) -> ARows {
     return g4_load_a(k, q);
 }
 
