@@ -66,31 +66,88 @@ struct Pipeline {
 }
 
 /// Byte counters for the crate's own device allocations.
+///
+/// A buffer dropped on the host stays allocated until the submitted work that uses it has
+/// finished, so dropped bytes count as *held* until a wait covers the submission that
+/// followed the drop ([`Gpu::wait_for`], [`Gpu::sync`]).
 #[derive(Default)]
 pub struct MemoryStats {
+    /// Bytes of buffers the crate still has handles to.
     live: AtomicU64,
+    /// Bytes dropped since the last submission.
+    dropped: AtomicU64,
+    /// Bytes ever allocated.
+    allocated: AtomicU64,
+    /// Per submission (sequence number): the bytes dropped before it, freed once it ends.
+    in_flight: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// Highest `held_bytes` seen.
     peak: AtomicU64,
+    /// Highest `live_bytes` seen.
+    peak_live: AtomicU64,
 }
 
 impl MemoryStats {
     fn alloc(&self, bytes: u64) {
-        let now = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak.fetch_max(now, Ordering::Relaxed);
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_live.fetch_max(live, Ordering::Relaxed);
+        self.peak.fetch_max(self.held_bytes(), Ordering::Relaxed);
     }
     fn free(&self, bytes: u64) {
+        self.dropped.fetch_add(bytes, Ordering::Relaxed);
         self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+    /// Submission `seq` takes the bytes dropped since the previous one.
+    fn submitted(&self, seq: u64) {
+        let bytes = self.dropped.swap(0, Ordering::Relaxed);
+        self.in_flight.lock().unwrap().push_back((seq, bytes));
+    }
+    /// Every submission up to `seq` (all of them for `None`) has finished.
+    fn finished(&self, seq: Option<u64>) {
+        let mut q = self.in_flight.lock().unwrap();
+        while q
+            .front()
+            .is_some_and(|&(s, _)| seq.is_none_or(|done| s <= done))
+        {
+            q.pop_front();
+        }
+        if seq.is_none() {
+            self.dropped.store(0, Ordering::Relaxed);
+        }
+    }
+    /// Bytes allocated since the device was opened (freed or not).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
     }
     /// Bytes of device buffers currently alive.
     pub fn live_bytes(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
     }
-    /// Highest `live_bytes` seen since creation or the last `reset_peak`.
+    /// Bytes the device may still hold: live buffers plus dropped ones that submitted work
+    /// may still use.
+    pub fn held_bytes(&self) -> u64 {
+        let queued: u64 = self.in_flight.lock().unwrap().iter().map(|&(_, b)| b).sum();
+        self.live_bytes() + self.dropped.load(Ordering::Relaxed) + queued
+    }
+    /// Highest `held_bytes` seen since creation or the last `reset_peak`.
     pub fn peak_bytes(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
     }
-    pub fn reset_peak(&self) {
-        self.peak.store(self.live_bytes(), Ordering::Relaxed);
+    /// Highest `live_bytes` seen since creation or the last `reset_peak`: what the crate's
+    /// own handles needed at most, whatever the device still held for in-flight work.
+    pub fn peak_live_bytes(&self) -> u64 {
+        self.peak_live.load(Ordering::Relaxed)
     }
+    pub fn reset_peak(&self) {
+        self.peak.store(self.held_bytes(), Ordering::Relaxed);
+        self.peak_live.store(self.live_bytes(), Ordering::Relaxed);
+    }
+}
+
+/// A submission to wait for with [`Gpu::wait_for`].
+pub struct Submitted {
+    index: wgpu::SubmissionIndex,
+    seq: u64,
 }
 
 /// An open device plus everything built once for it.
@@ -104,6 +161,8 @@ pub struct Gpu {
     pub(crate) memory: Arc<MemoryStats>,
     device_error: Arc<Mutex<Option<String>>>,
     subgroups: bool,
+    /// Submissions made through [`Encoder::submit`] so far (their sequence numbers).
+    submissions: AtomicU64,
 }
 
 /// Environment variable that, when set, keeps kernels off their subgroup variants (for
@@ -203,6 +262,7 @@ impl Gpu {
             memory: Arc::new(MemoryStats::default()),
             device_error,
             subgroups,
+            submissions: AtomicU64::new(0),
         })
     }
 
@@ -308,6 +368,7 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.memory.finished(None);
         rx.recv()
             .map_err(|e| GpuError::Device(e.to_string()))?
             .map_err(|e| GpuError::Device(format!("mapping {}: {e}", storage.label)))?;
@@ -327,6 +388,20 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.memory.finished(None);
+        self.check_device_error()
+    }
+
+    /// Blocks until the given submission (and every earlier one) has finished, which frees
+    /// the buffers dropped before it; reports device errors.
+    pub fn wait_for(&self, submitted: Submitted) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submitted.index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        self.memory.finished(Some(submitted.seq));
         self.check_device_error()
     }
 
@@ -590,11 +665,20 @@ impl Encoder<'_> {
     }
 
     /// Sends the recorded work to the device (does not wait for it).
-    pub fn submit(mut self) -> Result<()> {
-        if let Some(enc) = self.inner.take() {
-            self.gpu.queue.submit([enc.finish()]);
-        }
-        self.gpu.check_device_error()
+    pub fn submit(self) -> Result<()> {
+        self.submit_indexed().map(|_| ())
+    }
+
+    /// [`Encoder::submit`], returning the submission for [`Gpu::wait_for`].
+    pub fn submit_indexed(mut self) -> Result<Option<Submitted>> {
+        let submitted = self.inner.take().map(|enc| {
+            let index = self.gpu.queue.submit([enc.finish()]);
+            let seq = self.gpu.submissions.fetch_add(1, Ordering::Relaxed) + 1;
+            self.gpu.memory.submitted(seq);
+            Submitted { index, seq }
+        });
+        self.gpu.check_device_error()?;
+        Ok(submitted)
     }
 }
 
