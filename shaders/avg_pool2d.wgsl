@@ -138,11 +138,8 @@ fn forward4_row(ky: u32, xb: u32, ih0: i32, base: i32, acc: ptr<function, array<
     }
 }
 
-@compute @workgroup_size(WG)
-fn forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) li: u32) {
-    let t = work(wg, nwg, li);
-    if (!t.ok) { return; }
+// The window sums of the TW outputs of invocation t, x loaded as vec4s.
+fn forward4_sums(t: Work) -> array<f32, MAX_TW> {
     let xb = p.x.offset + t.n * p.x.batch_stride + t.c * p.h * p.w;
     let ih0 = i32(t.row * S) - i32(P);
     let base = i32(t.col0 * S) - i32(P) - i32((4u - P % 4u) % 4u);
@@ -151,10 +148,39 @@ fn forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     for (var ky = 0u; ky < K; ky++) {
         forward4_row(ky, xb, ih0, base, &acc);
     }
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn forward4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let t = work(wg, nwg, li);
+    if (!t.ok) { return; }
+    let acc = forward4_sums(t);
     let yb = p.y.offset + t.n * p.y.batch_stride + (t.c * p.oh + t.row) * p.ow + t.col0;
     for (var j = 0u; j < TW; j++) {
         if (t.col0 + j < p.ow) {
             fwd4_y[yb + j] = acc[j] * p.inv_area;
+        }
+    }
+}
+
+// forward4_v4: forward4 whose y rows are 4-aligned too (y's offset, batch stride and OW
+// multiples of 4, TW a multiple of 4): the outputs are stored as vec4s, a quarter of the
+// store instructions (on lavapipe each is a loop over the lanes of a SIMD row).
+@group(0) @binding(2) var<storage, read_write> fwd4v_y: array<vec4<f32>>;  // (N, C, OH, OW / 4) via p.y / 4
+
+@compute @workgroup_size(WG)
+fn forward4_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let t = work(wg, nwg, li);
+    if (!t.ok) { return; }
+    let acc = forward4_sums(t);
+    let yb = (p.y.offset + t.n * p.y.batch_stride + (t.c * p.oh + t.row) * p.ow + t.col0) / 4u;
+    for (var q = 0u; q < TW / 4u; q++) {
+        if (t.col0 + 4u * q < p.ow) {
+            let j = 4u * q;
+            fwd4v_y[yb + q] = vec4(acc[j], acc[j + 1u], acc[j + 2u], acc[j + 3u]) * p.inv_area;
         }
     }
 }

@@ -139,12 +139,16 @@ pub(crate) fn vec4_rows(t: &Tensor, w: usize) -> bool {
 }
 
 /// Entry point for a forward pool: `forward4` (x loaded as vec4s) when x's rows are
-/// aligned and each TW-output span starts at a fixed offset modulo 4.
-pub(crate) fn forward_entry(x: &Tensor, w: usize, tw: u32, spec: Pool2dSpec) -> &'static str {
-    if vec4_rows(x, w) && (tw as usize * spec.stride) % 4 == 0 {
-        "forward4"
-    } else {
+/// aligned and each TW-output span starts at a fixed offset modulo 4; `forward4_v4` when
+/// y's rows are aligned too (y stored as vec4s).
+fn forward_entry(x: &Tensor, y: &Tensor, g: &PoolShape, tw: u32, spec: Pool2dSpec) -> &'static str {
+    let tw = tw as usize;
+    if !vec4_rows(x, g.w) || (tw * spec.stride) % 4 != 0 {
         "forward"
+    } else if vec4_rows(y, g.ow) && tw % 4 == 0 {
+        "forward4_v4"
+    } else {
+        "forward4"
     }
 }
 
@@ -241,7 +245,7 @@ pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor, spec: Pool2dSpec) -> R
     let mut p = params(op, &g, x, y, spec)?;
     p.rows = p.oh;
     p.segs = p.ow.div_ceil(tw);
-    let entry = forward_entry(x, g.w, tw, spec);
+    let entry = forward_entry(x, y, &g, tw, spec);
     launch(enc, op, entry, p, tw, spec, y, x)
 }
 
