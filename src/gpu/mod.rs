@@ -102,7 +102,8 @@ impl MemoryStats {
         let bytes = self.dropped.swap(0, Ordering::Relaxed);
         self.in_flight.lock().unwrap().push_back((seq, bytes));
     }
-    /// Every submission up to `seq` (all of them for `None`) has finished.
+    /// Every submission up to `seq` (all of them for `None`) has finished. Bytes dropped
+    /// since the last submission stay held: an encoder not yet submitted may use them.
     fn finished(&self, seq: Option<u64>) {
         let mut q = self.in_flight.lock().unwrap();
         while q
@@ -110,9 +111,6 @@ impl MemoryStats {
             .is_some_and(|&(s, _)| seq.is_none_or(|done| s <= done))
         {
             q.pop_front();
-        }
-        if seq.is_none() {
-            self.dropped.store(0, Ordering::Relaxed);
         }
     }
     /// Bytes allocated since the device was opened (freed or not).
