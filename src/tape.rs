@@ -17,11 +17,6 @@
 use std::fmt;
 
 use crate::gpu::{Encoder, Gpu, GpuError, Result, Submitted, Tensor};
-
-/// The tape submits its encoder once it holds this many launches, or once this many bytes
-/// were allocated since the last submission (see [`Tape::flush`]).
-const FLUSH_LAUNCHES: usize = 256;
-const FLUSH_BYTES: u64 = 8 << 20;
 use crate::ops::avg_pool2d::Pool2dSpec;
 use crate::ops::batch_norm::BnConfig;
 use crate::ops::conv2d::{BnReluPrologue, Conv2dSpec};
@@ -29,6 +24,11 @@ use crate::ops::{
     avg_pool2d, batch_norm, concat, conv2d, cross_entropy, global_avg_pool, linear, max_pool2d,
     relu,
 };
+
+/// The tape submits its encoder once it holds this many launches, or once this many bytes
+/// were allocated since the last submission (see [`Tape::flush`]).
+const FLUSH_LAUNCHES: usize = 256;
+const FLUSH_BYTES: u64 = 8 << 20;
 
 /// A handle to a tensor recorded on a tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
