@@ -8,6 +8,7 @@ newest() { ls -t target/release/deps/$1-* | grep -v '\.d$' | head -1; }
 cp target/release/train .devbin/train
 cp "$(newest model)" .devbin/model-test
 cp "$(newest train_step)" .devbin/train_step-bench
+cp "$(newest load_costs)" .devbin/load_costs-bench
 # The kernels bench and the kernels test share a name prefix: tell them apart by a string
 # only the bench prints.
 for f in $(ls -t target/release/deps/kernels-* | grep -v '\.d$'); do

@@ -4,7 +4,7 @@
 # and a DenseNet-121 golden check made there with PyTorch.
 #
 # Built elsewhere and carried along (nothing is compiled here):
-#   .devbin/{train,kernels-test,model-test,kernels-bench,train_step-bench}
+#   .devbin/{train,kernels-test,model-test,kernels-bench,train_step-bench,load_costs-bench}
 #   .gl/*.deb   (the Vulkan loader and glvnd, which the NVIDIA ICD needs; often missing)
 # Usage: bash benches/gpu/run.sh OUT_DIR
 set -u
@@ -43,6 +43,10 @@ log "convolution and matmul benchmarks without the subgroup variants"
 DENSENET_WGPU_NO_SUBGROUPS=1 timeout 120 "$B/kernels-bench" conv > "$OUT/bench_kernels_nosg.txt" 2>&1
 DENSENET_WGPU_NO_SUBGROUPS=1 timeout 60 "$B/kernels-bench" matmul >> "$OUT/bench_kernels_nosg.txt" 2>&1
 grep -E "conv|matmul" "$OUT/bench_kernels_nosg.txt" >> "$OUT/summary.txt"
+
+log "where a convolution's time goes"
+timeout 120 "$B/load_costs-bench" > "$OUT/bench_load_costs.txt" 2>&1
+cat "$OUT/bench_load_costs.txt" >> "$OUT/summary.txt"
 
 log "train-step benchmark"
 BENCH_STEPS=5 timeout 300 "$B/train_step-bench" > "$OUT/bench_train_step.txt" 2>&1
