@@ -4,11 +4,13 @@
 
 Each RUN_DIR holds one run's JSON lines (default: target/bench): kernels.jsonl and
 train_step.jsonl from `cargo bench`, torch_cpu_kernels.jsonl and torch_cpu_steps.jsonl from
-benches/torch_cpu.py. With several run folders every figure is printed as
-"median [min-max]" over the runs, and each ratio is taken within a run before the range is
-formed, so no ratio ever mixes two runs. The Burn-wgpu column holds the figures measured
-for the project's performance issue on a 2-core AMD EPYC with Mesa 25.0.7 lavapipe: those
-ratios compare two machines and say so.
+benches/torch_cpu.py, and burn_wgpu_kernels.jsonl from benches/burn_wgpu (Burn on the same
+adapter; its forward+backward is taken less the time of its loss seed). With several run
+folders every figure is printed as "median [min-max]" over the runs, and each ratio is taken
+within a run before the range is formed, so no ratio ever mixes two runs. A run folder
+without Burn's figures falls back to those measured for the project's performance issue on
+a 2-core AMD EPYC with Mesa 25.0.7 lavapipe; the Burn column then says "EPYC", as those
+ratios compare two machines.
 """
 import json
 import os
@@ -47,6 +49,14 @@ def run_figures(d):
         if r["name"] in kernels:
             kernels[r["name"]]["torch_f"] = r["forward_ms"]
             kernels[r["name"]]["torch_fb"] = r["forward_backward_ms"]
+    # Burn's forward_backward includes its seed (y * g).sum(), which ours does not do.
+    burn = {(r["name"], r["pass"]): r["ms"] for r in
+            load(os.path.join(d, "burn_wgpu_kernels.jsonl"))}
+    for name, k in kernels.items():
+        if (name, "forward") in burn:
+            k["burn_f"] = burn[(name, "forward")]
+        if (name, "forward_backward") in burn:
+            k["burn_fb"] = burn[(name, "forward_backward")] - burn.get((name, "seed"), 0.0)
     steps = {}
     for r in load(os.path.join(d, "train_step.jsonl")):
         steps[(r["name"], r["mode"])] = {"ours": r["ms"], "rss": r["peak_rss_bytes"]}
@@ -85,18 +95,26 @@ def main():
         names += [n for n in kernels if n not in names]
     print(f"{len(runs)} run(s): " + ", ".join(dirs))
     print("\nratios are times, ours / theirs: below 1 ours is faster")
+    same = all(any("burn_f" in v for v in k.values()) for k, _ in runs)
+    burn_label = "ours/Burn" if same else "ours/Burn (EPYC)"
     print(f"\n{'kernel':<26} {'pass':<8} {'ours ms':>24} {'PyTorch ms':>24} "
-          f"{'ours/PyTorch':>22} {'ours/Burn (EPYC)':>22}")
+          f"{'ours/PyTorch':>22} {'Burn ms':>24} {burn_label:>22}")
     for name in names:
         for col, label in (("f", "fwd"), ("fb", "fwd+bwd")):
             ours = [k[name].get("ours_" + col) for k, _ in runs if name in k]
             torch = [k[name].get("torch_" + col) for k, _ in runs if name in k]
             vs_torch = [o / t for o, t in zip(ours, torch) if o and t]
-            burn = BURN_EPYC.get(name)
-            vs_burn = [o / burn[0 if col == "f" else 1] for o in ours if o] if burn else []
+            if same:
+                burn_ms = [k[name].get("burn_" + col) for k, _ in runs if name in k]
+                vs_burn = [k[name].get("ours_" + col, 0) / k[name]["burn_" + col]
+                           for k, _ in runs if name in k and k[name].get("burn_" + col)]
+            else:
+                burn = BURN_EPYC.get(name)
+                burn_ms = [burn[0 if col == "f" else 1]] if burn else []
+                vs_burn = [o / burn[0 if col == "f" else 1] for o in ours if o] if burn else []
             print(f"{name:<26} {label:<8} {spread(ours, '{:.1f}'):>24} "
                   f"{spread(torch, '{:.1f}'):>24} {ratio_text(vs_torch):>22} "
-                  f"{ratio_text(vs_burn):>22}")
+                  f"{spread(burn_ms, '{:.1f}'):>24} {ratio_text(vs_burn):>22}")
     keys = []
     for _, steps in runs:
         keys += [k for k in steps if k not in keys]
