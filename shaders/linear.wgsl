@@ -18,7 +18,11 @@
 //            and by `matmul` (after transposing a). Its entry point lives in
 //            linear_uniform_loads.wgsl; linear_subgroup.wgsl has gemm_v4_sg, which shares
 //            A's loads among 8 lanes (see there).
-//   gemm:    any strides, scalar loads. Used by forward (x W^T) and d_x (d_y W).
+//   gemm_dot: A and B both stored k-contiguous (a_sk == b_sk == 1), read as vec4 along k,
+//            4-term dot products per accumulator update. Used by the forward (x W^T) and
+//            by `matmul` (after transposing b); see its section.
+//   gemm:    any strides, scalar loads. Used by forward and d_x (d_y W) when the others
+//            do not apply.
 // Rows/columns past the edge load a clamped (valid) address and are never stored.
 
 override WG_M: u32 = 8;   // invocations per workgroup along m
@@ -248,6 +252,92 @@ fn g4_body(m0: u32, n0: u32, sl: u32) {
     if (TM > 12u) {
         g4_store_block(acc[6], m0 + 12u, n0);
         if (TN > 4u) { g4_store_block(acc[7], m0 + 12u, n0 + 4u); }
+    }
+}
+
+// ---- gemm_dot: A and B both k-contiguous, 4-term dot products -----------------------
+// A(m, k) = a[a_off + m * a_sm + k] and B(k, n) = b[b_off + n * b_sn + k] (a_sk = b_sk = 1;
+// K, a_sm, b_sn and both offsets multiples of 4), read as vec4 along k. Used by `matmul`
+// (after transposing b) and by the linear forward x · Wᵀ. One invocation owns 8 columns of C
+// (lane l of workgroup x: n0 = 8 (x * WG_DOT + l)) x the 16 rows of its workgroup
+// (m0 = 16 workgroup_id.y). Per 4 k it loads B at its 8 columns (8 per-lane vec4 loads) and
+// A at the 16 rows (which are the same for every lane: gd_rows in linear_uniform_loads.wgsl /
+// linear_subgroup.wgsl), and adds x_j * G_cb, 4 dot products of 4 terms, to acc[4 j + cb]:
+// each accumulator is updated once per 4 multiply-adds, where gemm_v4 updates it once per
+// multiply-add (on lavapipe the tile is spilled, so every update is a load and a store, and
+// a masked merge). The sum over k runs in order in groups of 4.
+override WG_DOT: u32 = 64;
+
+@group(0) @binding(1) var<storage, read> gd_a: array<vec4<f32>>;   // A (M, K) via a_off/a_sm
+@group(0) @binding(2) var<storage, read> gd_b: array<vec4<f32>>;   // Bᵀ (N, K) via b_off/b_sn
+@group(0) @binding(3) var<storage, read> gd_bias: array<f32>;      // (N) at bias_off (if FLAG_BIAS)
+@group(0) @binding(4) var<storage, read_write> gd_c: array<f32>;   // C (M, N) via c_off/c_sm
+
+// A at rows m0 + 4 cb + c and k .. k + 3: Rows16[cb][c].
+alias Rows16 = array<mat4x4<f32>, 4>;
+// acc[4 j + cb][c] = C(m0 + 4 cb + c, n0 + j).
+alias DotAcc = array<vec4<f32>, 32>;
+
+// vec4 index of A(min(m, M - 1), k): rows past the edge re-read the last row.
+fn gd_a_at(m: u32, k: u32) -> u32 {
+    return (p.a_off + min(m, p.m - 1u) * p.a_sm + k) / 4u;
+}
+
+// vec4 index of B(0, min(n, N - 1)).
+fn gd_b_at(n: u32) -> u32 {
+    return (p.b_off + min(n, p.n - 1u) * p.b_sn) / 4u;
+}
+
+// acc[4 j + cb] += x * G_cb: column n0 + j (x = B at 4 k) against the 16 rows.
+fn gd_mac(acc: ptr<function, DotAcc>, j: u32, x: vec4<f32>, g: Rows16) {
+    (*acc)[4u * j] += x * g[0];
+    (*acc)[4u * j + 1u] += x * g[1];
+    (*acc)[4u * j + 2u] += x * g[2];
+    (*acc)[4u * j + 3u] += x * g[3];
+}
+
+// C(m .. m + 3, n) from v (rows past M and columns past N are not stored).
+fn gd_store(v: vec4<f32>, m: u32, n: u32) {
+    if (n >= p.n) { return; }
+    for (var c = 0u; c < 4u; c++) {
+        if (m + c >= p.m) { return; }
+        let ci = p.c_off + (m + c) * p.c_sm + n;
+        var old = 0.0;
+        if ((p.flags & FLAG_ACCUMULATE) != 0u) { old = gd_c[ci]; }
+        var bias = 0.0;
+        if ((p.flags & FLAG_BIAS) != 0u) { bias = gd_bias[p.bias_off + n]; }
+        gd_c[ci] = epilogue(v[c], bias, old);
+    }
+}
+
+// The body of the gemm_dot entry points (`sl` = subgroup_invocation_id, 0 in the plain
+// module). Loads are clamped and stores guarded, so every lane runs the loop.
+fn gd_body(m0: u32, n0: u32, sl: u32) {
+    let b0 = gd_b_at(n0);
+    let b1 = gd_b_at(n0 + 1u);
+    let b2 = gd_b_at(n0 + 2u);
+    let b3 = gd_b_at(n0 + 3u);
+    let b4 = gd_b_at(n0 + 4u);
+    let b5 = gd_b_at(n0 + 5u);
+    let b6 = gd_b_at(n0 + 6u);
+    let b7 = gd_b_at(n0 + 7u);
+    var acc: DotAcc;
+    for (var q = 0u; q < p.k / 4u; q++) {
+        let g = gd_rows(m0, 4u * q, sl);
+        gd_mac(&acc, 0u, gd_b[b0 + q], g);
+        gd_mac(&acc, 1u, gd_b[b1 + q], g);
+        gd_mac(&acc, 2u, gd_b[b2 + q], g);
+        gd_mac(&acc, 3u, gd_b[b3 + q], g);
+        gd_mac(&acc, 4u, gd_b[b4 + q], g);
+        gd_mac(&acc, 5u, gd_b[b5 + q], g);
+        gd_mac(&acc, 6u, gd_b[b6 + q], g);
+        gd_mac(&acc, 7u, gd_b[b7 + q], g);
+    }
+    for (var j = 0u; j < 8u; j++) {
+        gd_store(acc[4u * j], m0, n0 + j);
+        gd_store(acc[4u * j + 1u], m0 + 4u, n0 + j);
+        gd_store(acc[4u * j + 2u], m0 + 8u, n0 + j);
+        gd_store(acc[4u * j + 3u], m0 + 12u, n0 + j);
     }
 }
 

@@ -2,9 +2,12 @@
 //!
 //! Every product here runs on one register-tiled GEMM kernel family (`shaders/linear.wgsl`):
 //! `C (+)= A · B (+ bias)` with A and B given by offsets and strides, so transposed operands
-//! cost nothing extra. When A is stored k-major and B n-major with all sizes and offsets
-//! multiples of 4, the `gemm_v4` entry point reads both as `vec4`; otherwise `gemm` reads
-//! scalars with arbitrary strides. Sums over k run in order, so results are bit-reproducible.
+//! cost nothing extra. When A and B are both stored k-contiguous (row-major A, transposed B)
+//! with K, strides and offsets multiples of 4, `gemm_dot` reads both as `vec4` along k and
+//! sums 4-term dot products; when A is stored k-major and B n-major with all sizes and
+//! offsets multiples of 4, `gemm_v4` reads both as `vec4` along m and n; otherwise `gemm`
+//! reads scalars with arbitrary strides. Sums over k run in order, so results are
+//! bit-reproducible.
 
 use super::groups;
 use crate::gpu::{
@@ -24,6 +27,16 @@ const TM: u32 = 16;
 const TN: u32 = 8;
 /// Workgroup size of the element-wise helpers (`transpose*`, `bias_backward`).
 const WG: u32 = 256;
+/// Invocations per workgroup of `gemm_dot`; each owns 8 columns x the workgroup's 16 rows.
+const WG_DOT: u32 = 64;
+/// `gemm_dot` needs at least this many columns: a workgroup owns 8 * WG_DOT of them, and
+/// with fewer than half (the classifier's 4 outputs) its idle lanes would repeat the loads
+/// of the last column.
+const DOT_MIN_N: usize = 4 * WG_DOT as usize;
+/// The backward transposes operands for `gemm_dot` only when the sum has at least this many
+/// terms: below it (the classifier's batch of 8, its 4 outputs) the extra launches cost more
+/// than the product.
+const DOT_MIN_K: usize = 64;
 
 const FLAG_ACCUMULATE: u32 = 1;
 const FLAG_BIAS: u32 = 2;
@@ -102,8 +115,24 @@ fn gemm(
         && quad(b.s0)
         && quad(b.t.offset)
         && quad(n);
-    // The subgroup variant runs one TM-row block per workgroup (see linear_subgroup.wgsl).
-    let (shader, entry, workgroups) = if v4 && enc.subgroups() {
+    let dot = a.s1 == 1
+        && b.s0 == 1
+        && quad(a.s0)
+        && quad(b.s1)
+        && quad(a.t.offset)
+        && quad(b.t.offset)
+        && quad(k)
+        && n >= DOT_MIN_N;
+    // The subgroup variants run one 16-row (TM-row) block per workgroup (see
+    // linear_subgroup.wgsl).
+    let (shader, entry, workgroups) = if dot {
+        let grid = [groups(n, 8 * WG_DOT), groups(m, 16), 1];
+        if enc.subgroups() {
+            (&SUBGROUP_SHADER, "gemm_dot_sg", grid)
+        } else {
+            (&SHADER, "gemm_dot", grid)
+        }
+    } else if v4 && enc.subgroups() {
         let tiles_n = groups(n, TN) as usize;
         let grid = [groups(tiles_n, WG_N * WG_M), groups(m, TM), 1];
         (&SUBGROUP_SHADER, "gemm_v4_sg", grid)
@@ -119,6 +148,7 @@ fn gemm(
             ("WG_N", WG_N as f64),
             ("TM", TM as f64),
             ("TN", TN as f64),
+            ("WG_DOT", WG_DOT as f64),
         ],
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
@@ -135,7 +165,8 @@ fn gemm(
 /// The dimensions of a contiguous 2-D tensor.
 /// `aᵀ` (K, M) of the contiguous (M, K) `a` (M a multiple of 4), in a scratch tensor that
 /// stays alive until the recorded work has run: it puts a product's left operand k-major
-/// so that the product can run on `gemm_v4`.
+/// so that the product can run on `gemm_v4`, or its right operand k-contiguous for
+/// `gemm_dot`.
 fn transposed(enc: &mut Encoder, op: &str, a: &Tensor, m: usize, k: usize) -> Result<Tensor> {
     let a_t = enc.gpu().zeros(&[k, m], "aᵀ scratch")?;
     let p = Params {
@@ -265,26 +296,76 @@ pub fn backward(
         expect_shape(op, "d_bias", &d_b.shape, &[o])?;
         distinct(op, d_b, &[d_y])?;
     }
-    // d_weight (O, I) += d_yᵀ (O, N) · x (N, I); d_y read k-major: A(o, r) = d_y[r * O + o].
-    gemm(
-        enc,
-        op,
-        d_weight,
-        i,
-        Operand {
-            t: d_y,
-            s0: 1,
-            s1: o,
-        },
-        Operand { t: x, s0: i, s1: 1 },
-        [o, i, n],
-        None,
-        true,
-    )?;
+    // d_weight (O, I) += d_yᵀ (O, N) · x (N, I). With N a multiple of 4 and at least
+    // DOT_MIN_K, d_y and x are transposed first so that both operands are k-contiguous
+    // (gemm_dot); otherwise d_y is read k-major in place: A(o, r) = d_y[r * O + o].
+    if n % 4 == 0 && n >= DOT_MIN_K && i >= DOT_MIN_N && o > 0 {
+        let d_y_t = transposed(enc, op, d_y, n, o)?;
+        let x_t = transposed(enc, op, x, n, i)?;
+        gemm(
+            enc,
+            op,
+            d_weight,
+            i,
+            Operand {
+                t: &d_y_t,
+                s0: n,
+                s1: 1,
+            },
+            Operand {
+                t: &x_t,
+                s0: 1,
+                s1: n,
+            },
+            [o, i, n],
+            None,
+            true,
+        )?;
+    } else {
+        gemm(
+            enc,
+            op,
+            d_weight,
+            i,
+            Operand {
+                t: d_y,
+                s0: 1,
+                s1: o,
+            },
+            Operand { t: x, s0: i, s1: 1 },
+            [o, i, n],
+            None,
+            true,
+        )?;
+    }
     if let Some(d_x) = d_x {
-        // d_x (N, I) += d_y (N, O) · W (O, I); with d_y transposed first (k-major) when the
-        // sizes allow the vec4 kernel.
-        if n % 4 == 0 && i % 4 == 0 && weight.offset % 4 == 0 && d_x.offset % 4 == 0 && o > 0 {
+        // d_x (N, I) += d_y (N, O) · W (O, I). With O a multiple of 4 and at least
+        // DOT_MIN_K, W is transposed first so that both operands are k-contiguous
+        // (gemm_dot); otherwise, when the sizes allow the vec4 kernel, d_y is transposed
+        // (k-major) for gemm_v4.
+        if o % 4 == 0 && o >= DOT_MIN_K && i >= DOT_MIN_N && d_y.offset % 4 == 0 {
+            let w_t = transposed(enc, op, weight, o, i)?;
+            gemm(
+                enc,
+                op,
+                d_x,
+                i,
+                Operand {
+                    t: d_y,
+                    s0: o,
+                    s1: 1,
+                },
+                Operand {
+                    t: &w_t,
+                    s0: 1,
+                    s1: o,
+                },
+                [n, i, o],
+                None,
+                true,
+            )?;
+        } else if n % 4 == 0 && i % 4 == 0 && weight.offset % 4 == 0 && d_x.offset % 4 == 0 && o > 0
+        {
             let d_y_t = transposed(enc, op, d_y, n, o)?;
             gemm(
                 enc,
@@ -352,8 +433,10 @@ pub fn backward(
 
 /// Plain matrix product `c = a · b` (a (M, K), b (K, N), c (M, N)); overwrites `c`.
 ///
-/// When M and N are multiples of 4, `a` is first transposed into a scratch buffer so the
-/// product runs on the `vec4` kernel (about twice as fast on lavapipe).
+/// When K is a multiple of 4 and N at least `DOT_MIN_N`, `b` is first transposed into a
+/// scratch buffer so that both operands are k-contiguous and the product runs on
+/// `gemm_dot`; otherwise, when M and N are multiples of 4, `a` is transposed so the product
+/// runs on `gemm_v4` (both about twice as fast as the scalar kernel on lavapipe).
 pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
     let op = "matmul";
     let [m, k] = matrix(op, "a", a)?;
@@ -367,6 +450,24 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
     expect_shape(op, "c", &c.shape, &[m, n])?;
     matrix(op, "c", c)?;
     distinct(op, c, &[a, b])?;
+    if k % 4 == 0 && a.offset % 4 == 0 && n >= DOT_MIN_N && k > 0 {
+        let b_t = transposed(enc, op, b, k, n)?;
+        return gemm(
+            enc,
+            op,
+            c,
+            n,
+            Operand { t: a, s0: k, s1: 1 },
+            Operand {
+                t: &b_t,
+                s0: 1,
+                s1: k,
+            },
+            [m, n, k],
+            None,
+            false,
+        );
+    }
     let fast = m % 4 == 0 && n % 4 == 0 && b.offset % 4 == 0 && m * k > 0;
     if !fast {
         return gemm(

@@ -152,6 +152,15 @@ fn gpu_matches_reference_vec4_path_and_no_bias() {
 }
 
 #[test]
+fn gpu_matches_reference_dot_paths() {
+    // gemm_dot for the forward (O >= 256, I a multiple of 4; 260 = 32 full lanes + 4
+    // columns), then for d_w (N >= 64, a multiple of 4) and d_x (O >= 64, a multiple of 4),
+    // both with I = 260 >= 256 columns.
+    check_linear(10, 72, 260, true, 43);
+    check_linear(68, 260, 64, false, 44);
+}
+
+#[test]
 fn classifier_head_shape() {
     // DenseNet-BC small: (4, 132) -> 10 classes.
     check_linear(4, 132, 10, true, 50);
@@ -235,6 +244,16 @@ fn matmul_vec4_path_with_edges() {
     // (below one group of 8) and K = 29 (3 groups of 8 shared through subgroups + 5).
     check_matmul(20, 7, 36, 85);
     check_matmul(20, 29, 36, 86);
+}
+
+#[test]
+fn matmul_dot_path_with_edges() {
+    // K a multiple of 4 and N >= 256: b transposed + gemm_dot. M not a multiple of the 16-row
+    // block, N not a multiple of a lane's 8 columns (nor of 4), N past one workgroup's 512
+    // columns, K = 4 (a single step).
+    check_matmul(37, 44, 261, 87);
+    check_matmul(5, 4, 300, 88);
+    check_matmul(18, 12, 530, 89);
 }
 
 #[test]
