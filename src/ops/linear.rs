@@ -68,6 +68,11 @@ struct Operand<'a> {
     s1: usize,
 }
 
+/// Operand `t` with strides `s0` (rows) and `s1` (columns).
+fn operand(t: &Tensor, s0: usize, s1: usize) -> Operand<'_> {
+    Operand { t, s0, s1 }
+}
+
 /// `C (+)= A · B (+ bias)`, with A (m, k), B (k, n) and C (m, n) row-major at `c_sm`.
 #[allow(clippy::too_many_arguments)]
 fn gemm(
@@ -251,12 +256,8 @@ pub fn forward(
         op,
         y,
         o,
-        Operand { t: x, s0: i, s1: 1 },
-        Operand {
-            t: weight,
-            s0: 1,
-            s1: i,
-        },
+        operand(x, i, 1),
+        operand(weight, 1, i),
         [n, o, i],
         bias,
         false,
@@ -299,114 +300,32 @@ pub fn backward(
     // d_weight (O, I) += d_yᵀ (O, N) · x (N, I). With N a multiple of 4 and at least
     // DOT_MIN_K, d_y and x are transposed first so that both operands are k-contiguous
     // (gemm_dot); otherwise d_y is read k-major in place: A(o, r) = d_y[r * O + o].
-    if n % 4 == 0 && n >= DOT_MIN_K && i >= DOT_MIN_N && o > 0 {
-        let d_y_t = transposed(enc, op, d_y, n, o)?;
-        let x_t = transposed(enc, op, x, n, i)?;
-        gemm(
-            enc,
-            op,
-            d_weight,
-            i,
-            Operand {
-                t: &d_y_t,
-                s0: n,
-                s1: 1,
-            },
-            Operand {
-                t: &x_t,
-                s0: 1,
-                s1: n,
-            },
-            [o, i, n],
-            None,
-            true,
-        )?;
+    let (d_y_t, x_t);
+    let (a, b) = if n % 4 == 0 && n >= DOT_MIN_K && i >= DOT_MIN_N && o > 0 {
+        d_y_t = transposed(enc, op, d_y, n, o)?;
+        x_t = transposed(enc, op, x, n, i)?;
+        (operand(&d_y_t, n, 1), operand(&x_t, 1, n))
     } else {
-        gemm(
-            enc,
-            op,
-            d_weight,
-            i,
-            Operand {
-                t: d_y,
-                s0: 1,
-                s1: o,
-            },
-            Operand { t: x, s0: i, s1: 1 },
-            [o, i, n],
-            None,
-            true,
-        )?;
-    }
+        (operand(d_y, 1, o), operand(x, i, 1))
+    };
+    gemm(enc, op, d_weight, i, a, b, [o, i, n], None, true)?;
     if let Some(d_x) = d_x {
         // d_x (N, I) += d_y (N, O) · W (O, I). With O a multiple of 4 and at least
         // DOT_MIN_K, W is transposed first so that both operands are k-contiguous
         // (gemm_dot); otherwise, when the sizes allow the vec4 kernel, d_y is transposed
-        // (k-major) for gemm_v4.
-        if o % 4 == 0 && o >= DOT_MIN_K && i >= DOT_MIN_N && d_y.offset % 4 == 0 {
-            let w_t = transposed(enc, op, weight, o, i)?;
-            gemm(
-                enc,
-                op,
-                d_x,
-                i,
-                Operand {
-                    t: d_y,
-                    s0: o,
-                    s1: 1,
-                },
-                Operand {
-                    t: &w_t,
-                    s0: 1,
-                    s1: o,
-                },
-                [n, i, o],
-                None,
-                true,
-            )?;
+        // (k-major) for gemm_v4; else both are read in place.
+        let (w_t, d_y_t);
+        let (a, b) = if o % 4 == 0 && o >= DOT_MIN_K && i >= DOT_MIN_N && d_y.offset % 4 == 0 {
+            w_t = transposed(enc, op, weight, o, i)?;
+            (operand(d_y, o, 1), operand(&w_t, 1, o))
         } else if n % 4 == 0 && i % 4 == 0 && weight.offset % 4 == 0 && d_x.offset % 4 == 0 && o > 0
         {
-            let d_y_t = transposed(enc, op, d_y, n, o)?;
-            gemm(
-                enc,
-                op,
-                d_x,
-                i,
-                Operand {
-                    t: &d_y_t,
-                    s0: 1,
-                    s1: n,
-                },
-                Operand {
-                    t: weight,
-                    s0: i,
-                    s1: 1,
-                },
-                [n, i, o],
-                None,
-                true,
-            )?;
+            d_y_t = transposed(enc, op, d_y, n, o)?;
+            (operand(&d_y_t, 1, n), operand(weight, i, 1))
         } else {
-            gemm(
-                enc,
-                op,
-                d_x,
-                i,
-                Operand {
-                    t: d_y,
-                    s0: o,
-                    s1: 1,
-                },
-                Operand {
-                    t: weight,
-                    s0: i,
-                    s1: 1,
-                },
-                [n, i, o],
-                None,
-                true,
-            )?;
-        }
+            (operand(d_y, o, 1), operand(weight, i, 1))
+        };
+        gemm(enc, op, d_x, i, a, b, [n, i, o], None, true)?;
     }
     if let Some(d_b) = d_bias {
         let p = Params {
@@ -450,54 +369,17 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
     expect_shape(op, "c", &c.shape, &[m, n])?;
     matrix(op, "c", c)?;
     distinct(op, c, &[a, b])?;
-    if k % 4 == 0 && a.offset % 4 == 0 && n >= DOT_MIN_N && k > 0 {
-        let b_t = transposed(enc, op, b, k, n)?;
-        return gemm(
-            enc,
-            op,
-            c,
-            n,
-            Operand { t: a, s0: k, s1: 1 },
-            Operand {
-                t: &b_t,
-                s0: 1,
-                s1: k,
-            },
-            [m, n, k],
-            None,
-            false,
-        );
-    }
-    let fast = m % 4 == 0 && n % 4 == 0 && b.offset % 4 == 0 && m * k > 0;
-    if !fast {
-        return gemm(
-            enc,
-            op,
-            c,
-            n,
-            Operand { t: a, s0: k, s1: 1 },
-            Operand { t: b, s0: n, s1: 1 },
-            [m, n, k],
-            None,
-            false,
-        );
-    }
-    let a_t = transposed(enc, op, a, m, k)?;
-    gemm(
-        enc,
-        op,
-        c,
-        n,
-        Operand {
-            t: &a_t,
-            s0: 1,
-            s1: m,
-        },
-        Operand { t: b, s0: n, s1: 1 },
-        [m, n, k],
-        None,
-        false,
-    )
+    let (a_t, b_t);
+    let (lhs, rhs) = if k % 4 == 0 && a.offset % 4 == 0 && n >= DOT_MIN_N && k > 0 {
+        b_t = transposed(enc, op, b, k, n)?;
+        (operand(a, k, 1), operand(&b_t, 1, k))
+    } else if m % 4 == 0 && n % 4 == 0 && b.offset % 4 == 0 && m * k > 0 {
+        a_t = transposed(enc, op, a, m, k)?;
+        (operand(&a_t, 1, m), operand(b, n, 1))
+    } else {
+        (operand(a, k, 1), operand(b, n, 1))
+    };
+    gemm(enc, op, c, n, lhs, rhs, [m, n, k], None, false)
 }
 
 /// f64 CPU reference (row-major slices).
