@@ -1055,9 +1055,10 @@ fn to_pixel_major(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 // output pixels k = (n, oh, ow) (workgroup_id.z), layout as backward_weight_partial:
 //   part[chunk, co * ncol + col] = sum_k dyt[k, co] * x'[n, ci, oh*s-p+kh, ow*s-p+kw],
 //   col = (ci, kh, kw);  part[chunk, Cout * ncol + co] = sum_k dyt[k, co]
-// One invocation owns CH_TILE output channels (workgroup-uniform vec4 loads of dyt) x PXV
-// blocks of 4 consecutive columns (lane l: blocks l, l + WG): per pixel 4 * PXV per-lane
-// gathers of x, in conv1x1's 4 x 4 register blocks.
+// One invocation owns CH_TILE output channels (workgroup-uniform vec4 loads of dyt, shared
+// through subgroup shuffles in backward_weight_strided_sg) x PXV blocks of 4 consecutive
+// columns (lane l: blocks l, l + WG): per pixel 4 * PXV per-lane gathers of x, in conv1x1's
+// 4 x 4 register blocks.
 @group(0) @binding(1) var<storage, read> bs_dy: array<vec4<f32>>;         // (N*OH*OW, COP) pixel-major d_y
 @group(0) @binding(2) var<storage, read> bs_x: array<f32>;                // (N, Cin, H, W) via p.inp
 @group(0) @binding(3) var<storage, read> bs_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
@@ -1119,18 +1120,64 @@ fn bs_x4(c: Cols, xn: u32, ih0: i32, iw0: i32) -> vec4<f32> {
     return select(vec4(0.0), v, ok);
 }
 
-@compute @workgroup_size(WG)
-fn backward_weight_strided(@builtin(workgroup_id) wg: vec3<u32>,
-                           @builtin(local_invocation_index) li: u32) {
+// d_y (pixel-major) at output pixel k for the tile's 4 channel blocks os (vec4 indices).
+struct Dy4 {
+    g0: vec4<f32>,
+    g1: vec4<f32>,
+    g2: vec4<f32>,
+    g3: vec4<f32>,
+}
+fn bs_load_dy(k: u32, cop4: u32, os: vec4<u32>) -> Dy4 {
+    let yr = k * cop4;
+    var d = Dy4(bs_dy[yr + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    if (CH_TILE > 4u) { d.g1 = bs_dy[yr + os.y]; }
+    if (CH_TILE > 8u) { d.g2 = bs_dy[yr + os.z]; }
+    if (CH_TILE > 12u) { d.g3 = bs_dy[yr + os.w]; }
+    return d;
+}
+
+// One output pixel at pos = (ow, oh, n): sums += d_y, acc += d_y (x) x' at the lane's columns.
+fn bs_pixel(acc: ptr<function, Tile8>, sums: ptr<function, mat4x4<f32>>, dy: Dy4, ca: Cols,
+            cb: Cols, pos: vec3<u32>) {
+    (*sums)[0] += dy.g0;
+    if (CH_TILE > 4u) { (*sums)[1] += dy.g1; }
+    if (CH_TILE > 8u) { (*sums)[2] += dy.g2; }
+    if (CH_TILE > 12u) { (*sums)[3] += dy.g3; }
+    let xn = p.inp.offset + pos.z * p.inp.batch_stride;
+    let ih0 = i32(pos.y * p.stride);
+    let iw0 = i32(pos.x * p.stride);
+    let x0 = bs_x4(ca, xn, ih0, iw0);
+    var x1 = vec4(0.0);
+    if (PXV > 1u) { x1 = bs_x4(cb, xn, ih0, iw0); }
+    mac_tile(acc, dy.g0, dy.g1, dy.g2, dy.g3, x0, x1);
+}
+
+// The output pixel after pos = (ow, oh, n).
+fn bs_next(pos: vec3<u32>) -> vec3<u32> {
+    var q = pos;
+    q.x += 1u;
+    if (q.x == p.ow) {
+        q.x = 0u;
+        q.y += 1u;
+        if (q.y == p.oh) {
+            q.y = 0u;
+            q.z += 1u;
+        }
+    }
+    return q;
+}
+
+// The body of the backward_weight_strided entry points (`sl` as in c1_body). d_y at pixel k
+// comes from bs_dy_at (conv2d_uniform_loads.wgsl or conv2d_subgroup.wgsl) for the pixels of
+// the chunk below its last multiple of 8, and is loaded directly for the rest: two loops, so
+// the loop body has no branch on which case applies.
+fn bs_body(wg: vec3<u32>, li: u32, sl: u32) {
     let ohw = p.oh * p.ow;
     let npix = p.n * ohw;
     let ncol = p.cin * p.kh * p.kw;
     let cop4 = (p.cout + 3u) / 4u;
     let co0 = wg.y * CH_TILE;
-    let o0 = min(co0 / 4u, cop4 - 1u);
-    let o1 = min(co0 / 4u + 1u, cop4 - 1u);
-    let o2 = min(co0 / 4u + 2u, cop4 - 1u);
-    let o3 = min(co0 / 4u + 3u, cop4 - 1u);
+    let os = min(vec4(co0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(cop4 - 1u));
     let ga = wg.x * (WG * PXV) + li;
     let gb = ga + WG;
     let ca = bs_cols(ga, ncol);
@@ -1140,41 +1187,21 @@ fn backward_weight_strided(@builtin(workgroup_id) wg: vec3<u32>,
     let k_end = min(k_begin + p.chunk_len, npix);
 
     var acc: Tile8;
-    var bs0 = vec4(0.0);
-    var bs1 = vec4(0.0);
-    var bs2 = vec4(0.0);
-    var bs3 = vec4(0.0);
-    var g1 = vec4(0.0);
-    var g2 = vec4(0.0);
-    var g3 = vec4(0.0);
-    var x1 = vec4(0.0);
+    var sums: mat4x4<f32>;
     if (k_begin < k_end) {
-        var n = k_begin / ohw;
-        let r0 = k_begin - n * ohw;
-        var oh = r0 / p.ow;
-        var ow = r0 - oh * p.ow;
-        for (var k = k_begin; k < k_end; k++) {
-            let yr = k * cop4;
-            let g0 = bs_dy[yr + o0];
-            bs0 += g0;
-            if (CH_TILE > 4u) { g1 = bs_dy[yr + o1]; bs1 += g1; }
-            if (CH_TILE > 8u) { g2 = bs_dy[yr + o2]; bs2 += g2; }
-            if (CH_TILE > 12u) { g3 = bs_dy[yr + o3]; bs3 += g3; }
-            let xn = p.inp.offset + n * p.inp.batch_stride;
-            let ih0 = i32(oh * p.stride);
-            let iw0 = i32(ow * p.stride);
-            let x0 = bs_x4(ca, xn, ih0, iw0);
-            if (PXV > 1u) { x1 = bs_x4(cb, xn, ih0, iw0); }
-            mac_tile(&acc, g0, g1, g2, g3, x0, x1);
-            ow += 1u;
-            if (ow == p.ow) {
-                ow = 0u;
-                oh += 1u;
-                if (oh == p.oh) {
-                    oh = 0u;
-                    n += 1u;
-                }
-            }
+        let n0 = k_begin / ohw;
+        let r0 = k_begin - n0 * ohw;
+        let oh0 = r0 / p.ow;
+        var pos = vec3(r0 - oh0 * p.ow, oh0, n0);
+        let k8 = k_begin + (k_end - k_begin) / 8u * 8u;
+        var l: Dy4;
+        for (var k = k_begin; k < k8; k++) {
+            bs_pixel(&acc, &sums, bs_dy_at(&l, k, k_begin, cop4, os, sl), ca, cb, pos);
+            pos = bs_next(pos);
+        }
+        for (var k = k8; k < k_end; k++) {
+            bs_pixel(&acc, &sums, bs_load_dy(k, cop4, os), ca, cb, pos);
+            pos = bs_next(pos);
         }
     }
 
@@ -1188,11 +1215,10 @@ fn backward_weight_strided(@builtin(workgroup_id) wg: vec3<u32>,
     if (PXV > 1u && CH_TILE > 8u) { bs_store(acc[5], co0 + 8u, gb, base, ncol); }
     if (PXV > 1u && CH_TILE > 12u) { bs_store(acc[7], co0 + 12u, gb, base, ncol); }
     if (wg.x == 0u && li == 0u) {
-        var bs = mat4x4<f32>(bs0, bs1, bs2, bs3);
         for (var i = 0u; i < CH_TILE; i++) {
             let co = co0 + i;
             if (co < p.cout) {
-                bs_part[base + p.cout * ncol + co] = bs[i / 4u][i % 4u];
+                bs_part[base + p.cout * ncol + co] = sums[i / 4u][i % 4u];
             }
         }
     }

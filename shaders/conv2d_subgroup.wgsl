@@ -1,6 +1,6 @@
 //   conv1x1(_sg):  out[n,oc,q] (= b[oc] +) / (+=) sum_rc w[oc,rc] * inp'[n,rc,q]
 //   conv3x3(_sg):  out[n,oc,h,w] (= b[oc] +) / (+=) sum_{rc,i,j} w[oc,rc,i,j] * inp'[n,rc,h+i-1,w+j-1]
-//   backward_weight_rows(_sg), backward_weight_dot(_sg):
+//   backward_weight_rows(_sg), backward_weight_dot(_sg), backward_weight_strided(_sg):
 //                  part[chunk, co, col] = sum_{pixels of the chunk} d_y[n,co,q] * x'[n, col's input at q]
 //
 // Subgroup variants of conv2d's fast paths: the helpers that load a workgroup-uniform
@@ -49,6 +49,17 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
     return W12(sh4((*l).t0, src), sh4((*l).t1, src), sh4((*l).t2, src));
 }
 
+// backward_weight_strided: d_y at output pixel k for the tile's channel blocks, k below
+// k0 plus the last multiple of 8 of the chunk's length. Every 8th pixel, lane s loads pixel
+// k + s % 8 into `l`; pixel k then comes from lane (k - k0) % 8 of the lane's group of 8.
+fn bs_dy_at(l: ptr<function, Dy4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> Dy4 {
+    let s8 = sl % 8u;
+    let j = (k - k0) % 8u;
+    if (j == 0u) { *l = bs_load_dy(k + s8, cop4, os); }
+    let src = sl - s8 + j;
+    return Dy4(subgroupShuffle((*l).g0, src), subgroupShuffle((*l).g1, src),
+               subgroupShuffle((*l).g2, src), subgroupShuffle((*l).g3, src));
+}
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at one pixel group: lane
 // s % 8 loads channels co0 + s % 8 and co0 + 8 + s % 8; channel c then comes from lane
@@ -104,4 +115,11 @@ fn backward_weight_dot_sg(@builtin(workgroup_id) wg: vec3<u32>,
                           @builtin(local_invocation_index) li: u32,
                           @builtin(subgroup_invocation_id) sl: u32) {
     bd_body(wg, li, sl);
+}
+
+@compute @workgroup_size(WG)
+fn backward_weight_strided_sg(@builtin(workgroup_id) wg: vec3<u32>,
+                              @builtin(local_invocation_index) li: u32,
+                              @builtin(subgroup_invocation_id) sl: u32) {
+    bs_body(wg, li, sl);
 }

@@ -1,6 +1,6 @@
 //   conv1x1(_sg):  out[n,oc,q] (= b[oc] +) / (+=) sum_rc w[oc,rc] * inp'[n,rc,q]
 //   conv3x3(_sg):  out[n,oc,h,w] (= b[oc] +) / (+=) sum_{rc,i,j} w[oc,rc,i,j] * inp'[n,rc,h+i-1,w+j-1]
-//   backward_weight_rows(_sg), backward_weight_dot(_sg):
+//   backward_weight_rows(_sg), backward_weight_dot(_sg), backward_weight_strided(_sg):
 //                  part[chunk, co, col] = sum_{pixels of the chunk} d_y[n,co,q] * x'[n, col's input at q]
 //
 // conv2d helpers whose loads are the same for every lane of a workgroup, in their plain
@@ -20,6 +20,10 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
     return c3_load(rc, ti, ocp4, os);
 }
 
+// backward_weight_strided: d_y at output pixel k for the tile's channel blocks.
+fn bs_dy_at(l: ptr<function, Dy4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> Dy4 {
+    return bs_load_dy(k, cop4, os);
+}
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at the pixel group at
 // vec4 index yb + channel * hw4.
@@ -57,4 +61,10 @@ fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
 fn backward_weight_dot(@builtin(workgroup_id) wg: vec3<u32>,
                        @builtin(local_invocation_index) li: u32) {
     bd_body(wg, li, 0u);
+}
+
+@compute @workgroup_size(WG)
+fn backward_weight_strided(@builtin(workgroup_id) wg: vec3<u32>,
+                           @builtin(local_invocation_index) li: u32) {
+    bs_body(wg, li, 0u);
 }

@@ -22,6 +22,7 @@ fn variant(enc: &Encoder, entry: &'static str) -> (&'static Shader, &'static str
         (true, "conv3x3") => (&SUBGROUP_SHADER, "conv3x3_sg"),
         (true, "backward_weight_rows") => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
         (true, "backward_weight_dot") => (&SUBGROUP_SHADER, "backward_weight_dot_sg"),
+        (true, "backward_weight_strided") => (&SUBGROUP_SHADER, "backward_weight_strided_sg"),
         _ => (&SHADER, entry),
     }
 }
@@ -847,8 +848,9 @@ pub fn backward_weight(
     if kind == BwKind::Strided {
         let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow])?;
         consts.vec4_groups = true;
+        let (shader, entry) = variant(enc, entry);
         enc.launch(Launch {
-            shader: &SHADER,
+            shader,
             entry,
             overrides: &consts.list(),
             args: &[

@@ -420,6 +420,17 @@ fn gpu_strided_weight_gradient_prologue_views() {
         seed: 1410,
         ..case(2, 3, 40, 36, 6, (5, 5), 1, 2)
     });
+    // Pixel counts not a multiple of 8: 6*6 = 36 in one chunk, 38*54 = 2052 in 3 chunks of
+    // 684. The pixels past a chunk's last multiple of 8 load d_y directly; the rest share it
+    // through subgroup shuffles where the adapter has them.
+    run_case(&Case {
+        seed: 1420,
+        ..case(1, 3, 11, 11, 7, (3, 3), 2, 1)
+    });
+    run_case(&Case {
+        seed: 1430,
+        ..case(1, 2, 75, 107, 5, (3, 3), 2, 1)
+    });
 }
 
 #[test]
