@@ -1120,36 +1120,31 @@ fn bs_x4(c: Cols, xn: u32, ih0: i32, iw0: i32) -> vec4<f32> {
     return select(vec4(0.0), v, ok);
 }
 
-// d_y (pixel-major) at output pixel k for the tile's 4 channel blocks os (vec4 indices).
-struct Dy4 {
-    g0: vec4<f32>,
-    g1: vec4<f32>,
-    g2: vec4<f32>,
-    g3: vec4<f32>,
-}
-fn bs_load_dy(k: u32, cop4: u32, os: vec4<u32>) -> Dy4 {
+// d_y (pixel-major) at output pixel k for the tile's 4 channel blocks os (vec4 indices), in
+// conv1x1's W4 (one vec4 per block of 4 output channels).
+fn bs_load_dy(k: u32, cop4: u32, os: vec4<u32>) -> W4 {
     let yr = k * cop4;
-    var d = Dy4(bs_dy[yr + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
-    if (CH_TILE > 4u) { d.g1 = bs_dy[yr + os.y]; }
-    if (CH_TILE > 8u) { d.g2 = bs_dy[yr + os.z]; }
-    if (CH_TILE > 12u) { d.g3 = bs_dy[yr + os.w]; }
+    var d = W4(bs_dy[yr + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    if (CH_TILE > 4u) { d.w1 = bs_dy[yr + os.y]; }
+    if (CH_TILE > 8u) { d.w2 = bs_dy[yr + os.z]; }
+    if (CH_TILE > 12u) { d.w3 = bs_dy[yr + os.w]; }
     return d;
 }
 
 // One output pixel at pos = (ow, oh, n): sums += d_y, acc += d_y (x) x' at the lane's columns.
-fn bs_pixel(acc: ptr<function, Tile8>, sums: ptr<function, mat4x4<f32>>, dy: Dy4, ca: Cols,
+fn bs_pixel(acc: ptr<function, Tile8>, sums: ptr<function, mat4x4<f32>>, dy: W4, ca: Cols,
             cb: Cols, pos: vec3<u32>) {
-    (*sums)[0] += dy.g0;
-    if (CH_TILE > 4u) { (*sums)[1] += dy.g1; }
-    if (CH_TILE > 8u) { (*sums)[2] += dy.g2; }
-    if (CH_TILE > 12u) { (*sums)[3] += dy.g3; }
+    (*sums)[0] += dy.w0;
+    if (CH_TILE > 4u) { (*sums)[1] += dy.w1; }
+    if (CH_TILE > 8u) { (*sums)[2] += dy.w2; }
+    if (CH_TILE > 12u) { (*sums)[3] += dy.w3; }
     let xn = p.inp.offset + pos.z * p.inp.batch_stride;
     let ih0 = i32(pos.y * p.stride);
     let iw0 = i32(pos.x * p.stride);
     let x0 = bs_x4(ca, xn, ih0, iw0);
     var x1 = vec4(0.0);
     if (PXV > 1u) { x1 = bs_x4(cb, xn, ih0, iw0); }
-    mac_tile(acc, dy.g0, dy.g1, dy.g2, dy.g3, x0, x1);
+    mac_tile(acc, dy.w0, dy.w1, dy.w2, dy.w3, x0, x1);
 }
 
 // The output pixel after pos = (ow, oh, n).
@@ -1194,7 +1189,7 @@ fn bs_body(wg: vec3<u32>, li: u32, sl: u32) {
         let oh0 = r0 / p.ow;
         var pos = vec3(r0 - oh0 * p.ow, oh0, n0);
         let k8 = k_begin + (k_end - k_begin) / 8u * 8u;
-        var l: Dy4;
+        var l: W4;
         for (var k = k_begin; k < k8; k++) {
             bs_pixel(&acc, &sums, bs_dy_at(&l, k, k_begin, cop4, os, sl), ca, cb, pos);
             pos = bs_next(pos);

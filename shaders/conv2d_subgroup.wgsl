@@ -52,13 +52,11 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
 // backward_weight_strided: d_y at output pixel k for the tile's channel blocks, k below
 // k0 plus the last multiple of 8 of the chunk's length. Every 8th pixel, lane s loads pixel
 // k + s % 8 into `l`; pixel k then comes from lane (k - k0) % 8 of the lane's group of 8.
-fn bs_dy_at(l: ptr<function, Dy4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> Dy4 {
+fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> W4 {
     let s8 = sl % 8u;
     let j = (k - k0) % 8u;
     if (j == 0u) { *l = bs_load_dy(k + s8, cop4, os); }
-    let src = sl - s8 + j;
-    return Dy4(subgroupShuffle((*l).g0, src), subgroupShuffle((*l).g1, src),
-               subgroupShuffle((*l).g2, src), subgroupShuffle((*l).g3, src));
+    return sh4(*l, sl - s8 + j);
 }
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at one pixel group: lane

@@ -21,7 +21,7 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
 }
 
 // backward_weight_strided: d_y at output pixel k for the tile's channel blocks.
-fn bs_dy_at(l: ptr<function, Dy4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> Dy4 {
+fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> W4 {
     return bs_load_dy(k, cop4, os);
 }
 
