@@ -1147,19 +1147,19 @@ fn bs_pixel(acc: ptr<function, Tile8>, sums: ptr<function, mat4x4<f32>>, dy: W4,
     mac_tile(acc, dy.w0, dy.w1, dy.w2, dy.w3, x0, x1);
 }
 
-// The output pixel after pos = (ow, oh, n).
-fn bs_next(pos: vec3<u32>) -> vec3<u32> {
-    var q = pos;
-    q.x += 1u;
-    if (q.x == p.ow) {
-        q.x = 0u;
-        q.y += 1u;
-        if (q.y == p.oh) {
-            q.y = 0u;
-            q.z += 1u;
+// The position after q in a 3-level count: x runs to lim.x, then y to lim.y, then z.
+fn count_next(q: vec3<u32>, lim: vec2<u32>) -> vec3<u32> {
+    var r = q;
+    r.x += 1u;
+    if (r.x == lim.x) {
+        r.x = 0u;
+        r.y += 1u;
+        if (r.y == lim.y) {
+            r.y = 0u;
+            r.z += 1u;
         }
     }
-    return q;
+    return r;
 }
 
 // The body of the backward_weight_strided entry points (`sl` as in c1_body). d_y at pixel k
@@ -1192,11 +1192,11 @@ fn bs_body(wg: vec3<u32>, li: u32, sl: u32) {
         var l: W4;
         for (var k = k_begin; k < k8; k++) {
             bs_pixel(&acc, &sums, bs_dy_at(&l, k, k_begin, cop4, os, sl), ca, cb, pos);
-            pos = bs_next(pos);
+            pos = count_next(pos, vec2(p.ow, p.oh));
         }
         for (var k = k8; k < k_end; k++) {
             bs_pixel(&acc, &sums, bs_load_dy(k, cop4, os), ca, cb, pos);
-            pos = bs_next(pos);
+            pos = count_next(pos, vec2(p.ow, p.oh));
         }
     }
 
@@ -1222,11 +1222,12 @@ fn bs_body(wg: vec3<u32>, li: u32, sl: u32) {
 // ---------------------------------------------------------------------------------------
 // forward_tiled: any kernel / stride / padding (the general forward, e.g. the 7x7/s2 stem).
 // One invocation owns CH_TILE output channels (4 .. 16, from workgroup_id.y; packed weights,
-// one workgroup-uniform vec4 load per 4 channels) x PXV blocks of 4 consecutive flat output
-// pixels (lane l: blocks l, l + WG), in conv1x1's 4 x 4 register blocks; per (ci, kh, kw) it
-// gathers x at its 4 * PXV pixels.
+// one workgroup-uniform vec4 per 4 channels, shared through subgroup shuffles in
+// forward_tiled_sg) x PXV blocks of 4 consecutive flat output pixels (lane l: blocks l,
+// l + WG), in conv1x1's 4 x 4 register blocks; per (kh, kw, ci) it gathers x at its
+// 4 * PXV pixels.
 @group(0) @binding(1) var<storage, read> ft_x: array<f32>;                // (N, Cin, H, W) via p.inp
-@group(0) @binding(2) var<storage, read> ft_w: array<vec4<f32>>;          // (Cin * KH*KW, OCP) packed (pack_weight)
+// binding 2: the packed weights (Cin * KH*KW, OCP), read through conv1x1's c1_w (c1_load).
 @group(0) @binding(3) var<storage, read> ft_b: array<f32>;                // (Cout) at p.b_off, if p.has_bias
 @group(0) @binding(4) var<storage, read> ft_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
 @group(0) @binding(5) var<storage, read> ft_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
@@ -1269,59 +1270,64 @@ fn ft_store(blk: mat4x4<f32>, co: u32, g: u32) {
     }
 }
 
-@compute @workgroup_size(WG)
-fn forward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) li: u32) {
-    let hw = p.h * p.w;
-    let kk = p.kh * p.kw;
+// Packed weight row of reduction step r = t * Cin + ci (tap t = kh * KW + kw): the steps
+// run tap by tap, input channels innermost.
+fn ft_row(r: u32) -> u32 {
+    let t = r / p.cin;
+    return (r - t * p.cin) * (p.kh * p.kw) + t;
+}
+
+// Reduction step (kh, kw, ci): acc += w (x) x' at the lane's 4 * PXV output pixels.
+fn ft_step(acc: ptr<function, Tile8>, w: W4, kh: u32, kw: u32, ci: u32, pa: Pix, pb: Pix) {
+    let co = ci * p.h * p.w;
+    let iha = pa.ih0 + vec4(i32(kh));
+    let iwa = pa.iw0 + vec4(i32(kw));
+    let oka = (iha >= vec4(0)) & (iha < vec4(i32(p.h))) & (iwa >= vec4(0)) & (iwa < vec4(i32(p.w)));
+    let ia = select(pa.xb, pa.xb + vec4<u32>(iha) * p.w + vec4<u32>(iwa), oka) + co;
+    var xa = vec4(ft_x[ia.x], ft_x[ia.y], ft_x[ia.z], ft_x[ia.w]);
+    var xb = vec4(0.0);
+    var okb = vec4(false);
+    if (PXV > 1u) {
+        let ihb = pb.ih0 + vec4(i32(kh));
+        let iwb = pb.iw0 + vec4(i32(kw));
+        okb = (ihb >= vec4(0)) & (ihb < vec4(i32(p.h))) & (iwb >= vec4(0)) & (iwb < vec4(i32(p.w)));
+        let ib = select(pb.xb, pb.xb + vec4<u32>(ihb) * p.w + vec4<u32>(iwb), okb) + co;
+        xb = vec4(ft_x[ib.x], ft_x[ib.y], ft_x[ib.z], ft_x[ib.w]);
+    }
+    if (PROLOGUE) {
+        let sc = vec4(ft_scale[p.sc_off + ci]);
+        let sh = vec4(ft_shift[p.sh_off + ci]);
+        xa = max(fma(xa, sc, sh), vec4(0.0));
+        xb = max(fma(xb, sc, sh), vec4(0.0));
+    }
+    xa = select(vec4(0.0), xa, oka);
+    xb = select(vec4(0.0), xb, okb);
+    mac_tile(acc, w.w0, w.w1, w.w2, w.w3, xa, xb);
+}
+
+// The body of the forward_tiled entry points (`sl` as in c1_body). The weights of step r
+// come from ft_weights (conv2d_uniform_loads.wgsl or conv2d_subgroup.wgsl) for the steps
+// below the last multiple of 8 and are loaded directly for the rest.
+fn ft_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let qa = block_id(wg, nwg) * (WG * PXV) + li;
     let qb = qa + WG;
     let pa = ft_pix(qa);
     let pb = ft_pix(qb);
     let oc0 = tile_id(wg) * CH_TILE;
-    let o0 = w_block(oc0, 0u);
-    let o1 = w_block(oc0, 1u);
-    let o2 = w_block(oc0, 2u);
-    let o3 = w_block(oc0, 3u);
+    let os = vec4(w_block(oc0, 0u), w_block(oc0, 1u), w_block(oc0, 2u), w_block(oc0, 3u));
     let ocp4 = (p.cout + 3u) / 4u;
+    let steps = p.kh * p.kw * p.cin;
+    let r8 = steps / 8u * 8u;
     var acc: Tile8;
-    var w1 = vec4(0.0);
-    var w2 = vec4(0.0);
-    var w3 = vec4(0.0);
-    var xb = vec4(0.0);
-    for (var kh = 0u; kh < p.kh; kh++) {
-        for (var kw = 0u; kw < p.kw; kw++) {
-            let iha = pa.ih0 + vec4(i32(kh));
-            let iwa = pa.iw0 + vec4(i32(kw));
-            let oka = (iha >= vec4(0)) & (iha < vec4(i32(p.h))) & (iwa >= vec4(0)) & (iwa < vec4(i32(p.w)));
-            let ia = select(pa.xb, pa.xb + vec4<u32>(iha) * p.w + vec4<u32>(iwa), oka);
-            let ihb = pb.ih0 + vec4(i32(kh));
-            let iwb = pb.iw0 + vec4(i32(kw));
-            let okb = (ihb >= vec4(0)) & (ihb < vec4(i32(p.h))) & (iwb >= vec4(0)) & (iwb < vec4(i32(p.w)));
-            let ib = select(pb.xb, pb.xb + vec4<u32>(ihb) * p.w + vec4<u32>(iwb), okb);
-            let t = kh * p.kw + kw;
-            for (var ci = 0u; ci < p.cin; ci++) {
-                let co = ci * hw;
-                var xa = vec4(ft_x[ia.x + co], ft_x[ia.y + co], ft_x[ia.z + co], ft_x[ia.w + co]);
-                if (PXV > 1u) {
-                    xb = vec4(ft_x[ib.x + co], ft_x[ib.y + co], ft_x[ib.z + co], ft_x[ib.w + co]);
-                }
-                if (PROLOGUE) {
-                    let sc = vec4(ft_scale[p.sc_off + ci]);
-                    let sh = vec4(ft_shift[p.sh_off + ci]);
-                    xa = max(fma(xa, sc, sh), vec4(0.0));
-                    xb = max(fma(xb, sc, sh), vec4(0.0));
-                }
-                xa = select(vec4(0.0), xa, oka);
-                xb = select(vec4(0.0), xb, okb);
-                let wr = (ci * kk + t) * ocp4;
-                let w0 = ft_w[wr + o0];
-                if (CH_TILE > 4u) { w1 = ft_w[wr + o1]; }
-                if (CH_TILE > 8u) { w2 = ft_w[wr + o2]; }
-                if (CH_TILE > 12u) { w3 = ft_w[wr + o3]; }
-                mac_tile(&acc, w0, w1, w2, w3, xa, xb);
-            }
-        }
+    var l: W4;
+    var s = vec3(0u); // (ci, kw, kh) of step r
+    for (var r = 0u; r < r8; r++) {
+        ft_step(&acc, ft_weights(&l, r, ocp4, os, sl), s.z, s.y, s.x, pa, pb);
+        s = count_next(s, vec2(p.cin, p.kw));
+    }
+    for (var r = r8; r < steps; r++) {
+        ft_step(&acc, c1_load(ft_row(r), ocp4, os), s.z, s.y, s.x, pa, pb);
+        s = count_next(s, vec2(p.cin, p.kw));
     }
     ft_store(acc[0], oc0 + 0u, qa);
     if (CH_TILE > 4u) { ft_store(acc[2], oc0 + 4u, qa); }

@@ -49,6 +49,15 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
     return W12(sh4((*l).t0, src), sh4((*l).t1, src), sh4((*l).t2, src));
 }
 
+// forward_tiled: the weights of reduction step r, r below the last multiple of 8 of the
+// steps: every 8th step lane s loads step r + s % 8, and step r comes from lane r % 8.
+fn ft_weights(l: ptr<function, W4>, r: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> W4 {
+    let s8 = sl % 8u;
+    let j = r % 8u;
+    if (j == 0u) { *l = c1_load(ft_row(r + s8), ocp4, os); }
+    return sh4(*l, sl - s8 + j);
+}
+
 // backward_weight_strided: d_y at output pixel k for the tile's channel blocks, k below
 // k0 plus the last multiple of 8 of the chunk's length. Every 8th pixel, lane s loads pixel
 // k + s % 8 into `l`; pixel k then comes from lane (k - k0) % 8 of the lane's group of 8.
@@ -120,4 +129,11 @@ fn backward_weight_strided_sg(@builtin(workgroup_id) wg: vec3<u32>,
                               @builtin(local_invocation_index) li: u32,
                               @builtin(subgroup_invocation_id) sl: u32) {
     bs_body(wg, li, sl);
+}
+
+@compute @workgroup_size(WG)
+fn forward_tiled_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32,
+                    @builtin(subgroup_invocation_id) sl: u32) {
+    ft_body(wg, nwg, li, sl);
 }

@@ -20,6 +20,11 @@ fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
     return c3_load(rc, ti, ocp4, os);
 }
 
+// forward_tiled: the weights of reduction step r.
+fn ft_weights(l: ptr<function, W4>, r: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> W4 {
+    return c1_load(ft_row(r), ocp4, os);
+}
+
 // backward_weight_strided: d_y at output pixel k for the tile's channel blocks.
 fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> W4 {
     return bs_load_dy(k, cop4, os);
@@ -67,4 +72,10 @@ fn backward_weight_dot(@builtin(workgroup_id) wg: vec3<u32>,
 fn backward_weight_strided(@builtin(workgroup_id) wg: vec3<u32>,
                            @builtin(local_invocation_index) li: u32) {
     bs_body(wg, li, 0u);
+}
+
+@compute @workgroup_size(WG)
+fn forward_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) li: u32) {
+    ft_body(wg, nwg, li, 0u);
 }

@@ -23,6 +23,7 @@ fn variant(enc: &Encoder, entry: &'static str) -> (&'static Shader, &'static str
         (true, "backward_weight_rows") => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
         (true, "backward_weight_dot") => (&SUBGROUP_SHADER, "backward_weight_dot_sg"),
         (true, "backward_weight_strided") => (&SUBGROUP_SHADER, "backward_weight_strided_sg"),
+        (true, "forward_tiled") => (&SUBGROUP_SHADER, "forward_tiled_sg"),
         _ => (&SHADER, entry),
     }
 }
