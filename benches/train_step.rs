@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use densenet_wgpu::bench::{json_num, json_str, median, peak_rss_bytes, write_jsonl};
 use densenet_wgpu::gpu::{Gpu, Result};
-use densenet_wgpu::models::{BlockMode, DenseNet, DenseNetConfig};
+use densenet_wgpu::models::{self, BlockMode};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::rng::Rng;
@@ -205,20 +205,13 @@ struct Measured {
 
 fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
     let classes = 4;
-    let config = DenseNetConfig::preset(case.preset, classes).expect("preset");
-    let mut model = DenseNet::new(gpu, config, 0)?;
-    model.mode = mode;
+    let config = models::preset(case.preset, classes).expect("preset");
+    let mut model = config.build(gpu, 0)?;
+    model.set_mode(mode);
     let opt = Adam::new(
         gpu,
-        &model.params,
-        AdamConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decoupled: false,
-        },
+        model.params(),
+        AdamConfig::default(),
         Schedule::Constant,
     )?;
     let param_state = 16 * model.num_parameters() as u64;

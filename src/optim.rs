@@ -83,18 +83,18 @@ impl Adam {
         self.schedule.lr(self.base_lr, self.step as usize)
     }
 
-    /// Records one update of every parameter from its accumulated gradient, then zeroes
-    /// the gradients for the next step.
+    /// Records one update of every trainable parameter from its accumulated gradient,
+    /// then zeroes the gradients for the next step. Frozen parameters are left untouched
+    /// (weight decay included).
     pub fn update(&mut self, enc: &mut Encoder, params: &[Param]) -> Result<()> {
         let cfg = AdamConfig {
             lr: self.current_lr() as f32,
             ..self.config
         };
         self.step += 1;
-        for ((p, m), v) in params.iter().zip(&self.m).zip(&self.v) {
+        let trainable = params.iter().zip(&self.m).zip(&self.v);
+        for ((p, m), v) in trainable.filter(|((p, _), _)| p.trainable) {
             adam::step(enc, &p.value, m, v, &p.grad, cfg, self.step)?;
-        }
-        for p in params {
             enc.clear(&p.grad);
         }
         Ok(())

@@ -1,9 +1,13 @@
 //! The autograd tape.
 //!
 //! Every op called on a [`Tape`] launches its forward kernel(s) immediately (recorded into
-//! the tape's command encoder) and, when the tape is recording, appends an [`Op`] holding
-//! the ids of its inputs/outputs and whatever its backward needs (BN's `mean`/`inv_std`,
-//! softmax probabilities, max pooling's argmax indices). [`Tape::backward`] walks the ops
+//! the tape's command encoder) and, when the tape is recording, appends a [`Backward`]
+//! record holding the ids of its inputs/outputs and whatever its backward needs (BN's
+//! `mean`/`inv_std`, softmax probabilities, max pooling's argmax indices).
+//!
+//! The tape itself names no op: each op's entry (`Tape::conv2d`, `Tape::relu`, ...) and
+//! its [`Backward`] record live in the op's module under `ops/`, next to its launchers,
+//! so adding an op touches one WGSL file and one module. [`Tape::backward`] walks the ops
 //! in reverse, launching backward kernels that **accumulate** into one gradient buffer per
 //! variable; it frees each variable's gradient as soon as no earlier op needs it, and its
 //! value as soon as no earlier op's backward reads it (at once for values no backward
@@ -17,13 +21,6 @@
 use std::fmt;
 
 use crate::gpu::{Encoder, Gpu, GpuError, Result, Submitted, Tensor};
-use crate::ops::avg_pool2d::Pool2dSpec;
-use crate::ops::batch_norm::BnConfig;
-use crate::ops::conv2d::{BnReluPrologue, Conv2dSpec};
-use crate::ops::{
-    avg_pool2d, batch_norm, concat, conv2d, cross_entropy, global_avg_pool, linear, max_pool2d,
-    relu,
-};
 
 /// The tape submits its encoder once it holds this many launches, or once this many bytes
 /// were allocated since the last submission (see [`Tape::flush`]).
@@ -40,6 +37,9 @@ pub struct Param {
     pub name: String,
     pub value: Tensor,
     pub grad: Tensor,
+    /// False for a frozen parameter: the tape treats it as a constant (no gradient flows
+    /// into it) and the optimizer leaves it untouched.
+    pub trainable: bool,
 }
 
 impl Param {
@@ -48,6 +48,7 @@ impl Param {
             name: name.to_string(),
             value: gpu.upload(data, shape, name)?,
             grad: gpu.zeros(shape, &format!("grad.{name}"))?,
+            trainable: true,
         })
     }
 }
@@ -71,142 +72,22 @@ struct Slot {
     persistent_grad: bool,
 }
 
-/// One recorded op: what its backward needs.
-enum Op {
-    Conv2d {
-        y: Var,
-        x: Var,
-        w: Var,
-        b: Option<Var>,
-        spec: Conv2dSpec,
-    },
-    BatchNorm {
-        y: Var,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        mean: Tensor,
-        inv_std: Tensor,
-        cfg: BnConfig,
-    },
-    /// BN (batch statistics) → ReLU → conv, with the BN+ReLU output never stored: the conv
-    /// applies `max(scale*x + shift, 0)` while reading x, and backward recomputes it.
-    BnReluConv {
-        y: Var,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        w: Var,
-        mean: Tensor,
-        inv_std: Tensor,
-        scale: Tensor,
-        shift: Tensor,
-        cfg: BnConfig,
-        spec: Conv2dSpec,
-    },
-    Relu {
-        y: Var,
-        x: Var,
-    },
-    /// Backward reads the saved argmax of every window (`max_pool2d::indices_shape`), not
-    /// x; `None` only on inference tapes, which record nothing.
-    MaxPool {
-        y: Var,
-        x: Var,
-        indices: Option<Tensor>,
-        spec: Pool2dSpec,
-    },
-    AvgPool {
-        y: Var,
-        x: Var,
-        spec: Pool2dSpec,
-    },
-    GlobalAvgPool {
-        y: Var,
-        x: Var,
-    },
-    Linear {
-        y: Var,
-        x: Var,
-        w: Var,
-        b: Option<Var>,
-    },
-    Concat {
-        y: Var,
-        inputs: Vec<Var>,
-    },
-    CrossEntropy {
-        loss: Var,
-        logits: Var,
-        probs: Tensor,
-        labels: Tensor,
-    },
-}
-
-impl Op {
-    fn name(&self) -> &'static str {
-        match self {
-            Op::Conv2d { .. } => "conv2d",
-            Op::BatchNorm { .. } => "batch_norm",
-            Op::BnReluConv { .. } => "bn_relu_conv",
-            Op::Relu { .. } => "relu",
-            Op::MaxPool { .. } => "max_pool2d",
-            Op::AvgPool { .. } => "avg_pool2d",
-            Op::GlobalAvgPool { .. } => "global_avg_pool",
-            Op::Linear { .. } => "linear",
-            Op::Concat { .. } => "concat",
-            Op::CrossEntropy { .. } => "cross_entropy",
-        }
-    }
-
-    /// Variables whose *values* this op's backward reads (the rest of [`Op::vars`] only
-    /// take part through their gradients).
-    fn value_reads(&self) -> Vec<Var> {
-        match self {
-            Op::Conv2d { x, w, .. } | Op::Linear { x, w, .. } => vec![*x, *w],
-            Op::BatchNorm { x, gamma, beta, .. } => vec![*x, *gamma, *beta],
-            Op::BnReluConv {
-                x, gamma, beta, w, ..
-            } => vec![*x, *gamma, *beta, *w],
-            Op::Relu { x, .. } => vec![*x],
-            Op::MaxPool { .. }
-            | Op::AvgPool { .. }
-            | Op::GlobalAvgPool { .. }
-            | Op::Concat { .. }
-            | Op::CrossEntropy { .. } => Vec::new(),
-        }
-    }
-
-    /// Variables this op's backward touches (values or gradients), outputs first.
-    fn vars(&self) -> Vec<Var> {
-        match self {
-            Op::Conv2d { y, x, w, b, .. } => [Some(*y), Some(*x), Some(*w), *b]
-                .into_iter()
-                .flatten()
-                .collect(),
-            Op::BatchNorm {
-                y, x, gamma, beta, ..
-            } => vec![*y, *x, *gamma, *beta],
-            Op::BnReluConv {
-                y,
-                x,
-                gamma,
-                beta,
-                w,
-                ..
-            } => vec![*y, *x, *gamma, *beta, *w],
-            Op::Relu { y, x }
-            | Op::MaxPool { y, x, .. }
-            | Op::AvgPool { y, x, .. }
-            | Op::GlobalAvgPool { y, x } => vec![*y, *x],
-            Op::Linear { y, x, w, b } => [Some(*y), Some(*x), Some(*w), *b]
-                .into_iter()
-                .flatten()
-                .collect(),
-            Op::Concat { y, inputs } => std::iter::once(*y).chain(inputs.iter().copied()).collect(),
-            Op::CrossEntropy { loss, logits, .. } => vec![*loss, *logits],
-        }
-    }
+/// What one recorded op keeps for its backward pass.
+///
+/// `vars()[0]` is the op's output. The tape releases a variable's value after the last
+/// (in backward order) op that lists it in `value_reads`, and its gradient after the last
+/// op that lists it in `vars`.
+pub trait Backward {
+    /// The op's name in listings and profiles (`conv2d`, `batch_norm`, ...).
+    fn name(&self) -> &'static str;
+    /// Variables this op's backward touches (values or gradients), output first.
+    fn vars(&self) -> Vec<Var>;
+    /// Variables whose *values* this op's backward reads (the rest of [`Backward::vars`]
+    /// only take part through their gradients).
+    fn value_reads(&self) -> Vec<Var>;
+    /// Accumulates the gradients of the op's inputs from `d_y`, the gradient of its
+    /// output (`None` when the output is the loss itself, whose gradient is 1).
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()>;
 }
 
 /// Records ops and replays them backwards. See the module docs.
@@ -218,11 +99,26 @@ pub struct Tape<'g> {
     /// `MemoryStats::allocated_bytes` at the last flush.
     flushed_at: u64,
     slots: Vec<Slot>,
-    ops: Vec<Op>,
+    ops: Vec<Box<dyn Backward>>,
     recording: bool,
     backward_done: bool,
     /// Per-op device time when profiling (each op is followed by a device sync).
     profile: Option<Profile>,
+    /// ReLU inputs near zero, when probing (see [`Tape::probe_relu_inputs`]).
+    relu_probe: Option<ReluProbe>,
+}
+
+/// What [`Tape::probe_relu_inputs`] counted: ReLU inputs so close to zero that float32
+/// rounding in any correct program may put them on either side of it (which changes the
+/// gradient upstream of them, not the forward values).
+#[derive(Clone, Debug, Default)]
+pub struct ReluProbe {
+    /// An input `v` counts when `|v| <= rel * max|v|` over its tensor.
+    pub rel: f64,
+    pub near_zero: usize,
+    pub total: usize,
+    /// (op, count) for every tensor with any.
+    pub tensors: Vec<(String, usize)>,
 }
 
 /// Device time per (pass, op, output shape), for finding the slow kernels.
@@ -244,6 +140,7 @@ impl<'g> Tape<'g> {
             recording: true,
             backward_done: false,
             profile: None,
+            relu_probe: None,
         }
     }
 
@@ -263,7 +160,8 @@ impl<'g> Tape<'g> {
         self.recording
     }
 
-    fn enc(&mut self) -> &mut Encoder<'g> {
+    /// The encoder the op launchers record into.
+    pub(crate) fn enc(&mut self) -> &mut Encoder<'g> {
         self.enc.as_mut().expect("tape encoder")
     }
 
@@ -315,12 +213,16 @@ impl<'g> Tape<'g> {
         self.push(name, value, false)
     }
 
-    /// A parameter: its gradient accumulates into `param.grad`.
+    /// A parameter: its gradient accumulates into `param.grad` (a frozen one is a
+    /// constant).
     pub fn param(&mut self, param: &Param) -> Var {
-        let v = self.push(&param.name, param.value.clone(), self.recording);
-        let slot = &mut self.slots[v.0];
-        slot.grad = Some(param.grad.clone());
-        slot.persistent_grad = true;
+        let trainable = self.recording && param.trainable;
+        let v = self.push(&param.name, param.value.clone(), trainable);
+        if trainable {
+            let slot = &mut self.slots[v.0];
+            slot.grad = Some(param.grad.clone());
+            slot.persistent_grad = true;
+        }
         v
     }
 
@@ -350,6 +252,15 @@ impl<'g> Tape<'g> {
         })
     }
 
+    /// The current values of several variables (tensor handles, not copies).
+    pub fn values<const N: usize>(&self, vars: [Var; N]) -> Result<[Tensor; N]> {
+        let mut out = Vec::with_capacity(N);
+        for v in vars {
+            out.push(self.value(v)?.clone());
+        }
+        Ok(out.try_into().expect("one value per variable"))
+    }
+
     pub fn shape(&self, v: Var) -> &[usize] {
         &self.slots[v.0].shape
     }
@@ -358,8 +269,13 @@ impl<'g> Tape<'g> {
         &self.slots[v.0].name
     }
 
+    /// Whether backward will compute a gradient for `v`.
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.slots[v.0].requires_grad
+    }
+
     /// Marks `out` (and every ancestor slice) as needing a gradient when `inputs` do.
-    fn mark(&mut self, out: Var, inputs: &[Var]) {
+    pub(crate) fn mark(&mut self, out: Var, inputs: &[Var]) {
         if self.recording && inputs.iter().any(|v| self.slots[v.0].requires_grad) {
             let mut cur = Some(out);
             while let Some(v) = cur {
@@ -370,7 +286,7 @@ impl<'g> Tape<'g> {
     }
 
     /// Output variable: the given destination (e.g. a block slice) or a new buffer.
-    fn output(&mut self, out: Option<Var>, shape: &[usize], name: &str) -> Result<Var> {
+    pub(crate) fn output(&mut self, out: Option<Var>, shape: &[usize], name: &str) -> Result<Var> {
         match out {
             Some(v) => {
                 crate::gpu::expect_shape(name, "destination", self.shape(v), shape)?;
@@ -383,7 +299,9 @@ impl<'g> Tape<'g> {
         }
     }
 
-    fn record(&mut self, op: Op) -> Result<()> {
+    /// Appends an op's backward record (dropped on inference tapes), after its forward
+    /// launches were recorded.
+    pub(crate) fn record(&mut self, op: impl Backward + 'static) -> Result<()> {
         let key = format!(
             "forward  {:<15} {:?}",
             op.name(),
@@ -391,7 +309,7 @@ impl<'g> Tape<'g> {
         );
         self.profile_mark(key);
         if self.recording {
-            self.ops.push(op);
+            self.ops.push(Box::new(op));
         }
         self.flush_if_long()
     }
@@ -424,6 +342,44 @@ impl<'g> Tape<'g> {
         p.mark = std::time::Instant::now();
     }
 
+    /// From now on, every op that applies a ReLU in training mode also reads its input
+    /// back (a device sync per op) and counts the values within `rel` of zero relative to
+    /// the largest magnitude in that tensor. For checks against reference outputs only.
+    pub fn probe_relu_inputs(&mut self, rel: f64) {
+        self.relu_probe = Some(ReluProbe {
+            rel,
+            ..Default::default()
+        });
+    }
+
+    /// The counts so far, if probing.
+    pub fn relu_probe(&self) -> Option<&ReluProbe> {
+        self.relu_probe.as_ref()
+    }
+
+    /// Counts one ReLU input tensor when probing; `pre` computes its values on the host
+    /// after the tape's work so far has been submitted.
+    pub(crate) fn probe_relu(
+        &mut self,
+        name: &str,
+        pre: impl FnOnce(&Gpu) -> Result<Vec<f64>>,
+    ) -> Result<()> {
+        if self.relu_probe.is_none() {
+            return Ok(());
+        }
+        self.flush()?;
+        let values = pre(self.gpu)?;
+        let max = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let probe = self.relu_probe.as_mut().expect("probe");
+        let near = values.iter().filter(|v| v.abs() <= probe.rel * max).count();
+        probe.total += values.len();
+        probe.near_zero += near;
+        if near > 0 {
+            probe.tensors.push((name.to_string(), near));
+        }
+        Ok(())
+    }
+
     /// Profiled time per (pass, op, output shape), slowest first, with a total line.
     pub fn profile_report(&self) -> String {
         let Some(p) = &self.profile else {
@@ -445,323 +401,9 @@ impl<'g> Tape<'g> {
         s
     }
 
-    /// Convolution, optionally writing into `out` (a slice of a larger buffer).
-    pub fn conv2d(
-        &mut self,
-        x: Var,
-        w: Var,
-        b: Option<Var>,
-        spec: Conv2dSpec,
-        out: Option<Var>,
-        name: &str,
-    ) -> Result<Var> {
-        let (xs, ws) = (self.shape(x).to_vec(), self.shape(w).to_vec());
-        let [n, _, h, wd] = crate::gpu::nchw(name, "x", self.value(x)?)?;
-        let [co, _, kh, kw] = crate::gpu::nchw(name, "weight", self.value(w)?)?;
-        let (oh, ow) = conv2d::output_size(spec, h, wd, kh, kw)?;
-        let _ = (xs, ws);
-        let y = self.output(out, &[n, co, oh, ow], name)?;
-        let bt = match b {
-            Some(b) => Some(self.value(b)?.clone()),
-            None => None,
-        };
-        let (yt, xt, wt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(w)?.clone(),
-        );
-        conv2d::forward(self.enc(), &yt, &xt, &wt, bt.as_ref(), None, spec)?;
-        let mut ins = vec![x, w];
-        ins.extend(b);
-        self.mark(y, &ins);
-        self.record(Op::Conv2d { y, x, w, b, spec })?;
-        Ok(y)
-    }
-
-    /// Batch norm (+ReLU when `cfg.relu`). Training mode uses batch statistics and updates
-    /// the running ones; inference mode uses the running statistics.
-    #[allow(clippy::too_many_arguments)]
-    pub fn batch_norm(
-        &mut self,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        running: RunningStats,
-        cfg: BnConfig,
-        training: bool,
-        name: &str,
-    ) -> Result<Var> {
-        let shape = self.shape(x).to_vec();
-        let c = shape.get(1).copied().unwrap_or(0);
-        let y = self.output(None, &shape, name)?;
-        let (yt, xt, gt, bt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(gamma)?.clone(),
-            self.value(beta)?.clone(),
-        );
-        if training {
-            let mean = self.gpu.zeros(&[c], &format!("{name}.mean"))?;
-            let inv_std = self.gpu.zeros(&[c], &format!("{name}.inv_std"))?;
-            batch_norm::forward_train(
-                self.enc(),
-                Some(&yt),
-                &mean,
-                &inv_std,
-                running.mean,
-                running.var,
-                &xt,
-                &gt,
-                &bt,
-                cfg,
-            )?;
-            self.mark(y, &[x, gamma, beta]);
-            self.record(Op::BatchNorm {
-                y,
-                x,
-                gamma,
-                beta,
-                mean,
-                inv_std,
-                cfg,
-            })?;
-        } else {
-            batch_norm::forward_eval(
-                self.enc(),
-                &yt,
-                &xt,
-                &gt,
-                &bt,
-                running.mean,
-                running.var,
-                cfg,
-            )?;
-        }
-        Ok(y)
-    }
-
-    /// Training-mode BN → ReLU → conv without storing the BN+ReLU output (memory-efficient
-    /// dense layers). Statistics are computed once, here; backward recomputes the
-    /// normalised input on the fly and never touches the running statistics.
-    #[allow(clippy::too_many_arguments)]
-    pub fn bn_relu_conv(
-        &mut self,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        running: RunningStats,
-        cfg: BnConfig,
-        w: Var,
-        spec: Conv2dSpec,
-        out: Option<Var>,
-        name: &str,
-    ) -> Result<Var> {
-        let [n, c, h, wd] = crate::gpu::nchw(name, "x", self.value(x)?)?;
-        let [co, _, kh, kw] = crate::gpu::nchw(name, "weight", self.value(w)?)?;
-        let (oh, ow) = conv2d::output_size(spec, h, wd, kh, kw)?;
-        let y = self.output(out, &[n, co, oh, ow], name)?;
-        let g = self.gpu;
-        let mean = g.zeros(&[c], &format!("{name}.mean"))?;
-        let inv_std = g.zeros(&[c], &format!("{name}.inv_std"))?;
-        let scale = g.zeros(&[c], &format!("{name}.scale"))?;
-        let shift = g.zeros(&[c], &format!("{name}.shift"))?;
-        let (yt, xt, gt, bt, wt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(gamma)?.clone(),
-            self.value(beta)?.clone(),
-            self.value(w)?.clone(),
-        );
-        let cfg = BnConfig { relu: true, ..cfg };
-        let enc = self.enc();
-        batch_norm::forward_train(
-            enc,
-            None,
-            &mean,
-            &inv_std,
-            running.mean,
-            running.var,
-            &xt,
-            &gt,
-            &bt,
-            cfg,
-        )?;
-        batch_norm::fold_scale_shift(enc, &scale, &shift, &gt, &bt, &mean, &inv_std)?;
-        let pro = BnReluPrologue {
-            scale: &scale,
-            shift: &shift,
-        };
-        conv2d::forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
-        self.mark(y, &[x, gamma, beta, w]);
-        self.record(Op::BnReluConv {
-            y,
-            x,
-            gamma,
-            beta,
-            w,
-            mean,
-            inv_std,
-            scale,
-            shift,
-            cfg,
-            spec,
-        })?;
-        Ok(y)
-    }
-
-    pub fn relu(&mut self, x: Var, name: &str) -> Result<Var> {
-        let shape = self.shape(x).to_vec();
-        let y = self.output(None, &shape, name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        relu::forward(self.enc(), &yt, &xt)?;
-        self.mark(y, &[x]);
-        self.record(Op::Relu { y, x })?;
-        Ok(y)
-    }
-
-    /// Max pooling (padding acts as -inf), optionally writing into `out`. A recording tape
-    /// saves each window's argmax for backward (x itself is not kept for the pool).
-    pub fn max_pool2d(
-        &mut self,
-        x: Var,
-        spec: Pool2dSpec,
-        out: Option<Var>,
-        name: &str,
-    ) -> Result<Var> {
-        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
-        let (oh, ow) = max_pool2d::output_size(spec, h, w)?;
-        let y = self.output(out, &[n, c, oh, ow], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        // An inference tape never runs backward: no indices.
-        let indices = if self.recording {
-            let label = format!("{name}.indices");
-            Some(max_pool2d::alloc_indices(self.gpu, [n, c, oh, ow], &label)?)
-        } else {
-            None
-        };
-        max_pool2d::forward(self.enc(), &yt, indices.as_ref(), &xt, spec)?;
-        self.mark(y, &[x]);
-        self.record(Op::MaxPool {
-            y,
-            x,
-            indices,
-            spec,
-        })?;
-        Ok(y)
-    }
-
-    /// Average pooling (padding counted in the divisor), optionally writing into `out`.
-    pub fn avg_pool2d(
-        &mut self,
-        x: Var,
-        spec: Pool2dSpec,
-        out: Option<Var>,
-        name: &str,
-    ) -> Result<Var> {
-        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
-        let (oh, ow) = avg_pool2d::output_size(spec, h, w)?;
-        let y = self.output(out, &[n, c, oh, ow], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        avg_pool2d::forward(self.enc(), &yt, &xt, spec)?;
-        self.mark(y, &[x]);
-        self.record(Op::AvgPool { y, x, spec })?;
-        Ok(y)
-    }
-
-    /// Mean over H×W: (N, C, H, W) → (N, C).
-    pub fn global_avg_pool(&mut self, x: Var, name: &str) -> Result<Var> {
-        let [n, c, _, _] = crate::gpu::nchw(name, "x", self.value(x)?)?;
-        let y = self.output(None, &[n, c], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        global_avg_pool::forward(self.enc(), &yt, &xt)?;
-        self.mark(y, &[x]);
-        self.record(Op::GlobalAvgPool { y, x })?;
-        Ok(y)
-    }
-
-    /// `x · Wᵀ + b`.
-    pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>, name: &str) -> Result<Var> {
-        let n = self.shape(x).first().copied().unwrap_or(0);
-        let o = self.shape(w).first().copied().unwrap_or(0);
-        let y = self.output(None, &[n, o], name)?;
-        let bt = match b {
-            Some(b) => Some(self.value(b)?.clone()),
-            None => None,
-        };
-        let (yt, xt, wt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(w)?.clone(),
-        );
-        linear::forward(self.enc(), &yt, &xt, &wt, bt.as_ref())?;
-        let mut ins = vec![x, w];
-        ins.extend(b);
-        self.mark(y, &ins);
-        self.record(Op::Linear { y, x, w, b })?;
-        Ok(y)
-    }
-
-    /// Channel concatenation into a new buffer (the plain, copying DenseNet).
-    pub fn concat(&mut self, inputs: &[Var], name: &str) -> Result<Var> {
-        let first = self
-            .shape(
-                *inputs
-                    .first()
-                    .ok_or_else(|| GpuError::Shape(format!("{name}: no inputs")))?,
-            )
-            .to_vec();
-        let c: usize = inputs
-            .iter()
-            .map(|v| self.shape(*v).get(1).copied().unwrap_or(0))
-            .sum();
-        let mut shape = first.clone();
-        if shape.len() != 4 {
-            return Err(GpuError::Shape(format!(
-                "{name}: inputs must be 4-D, got {first:?}"
-            )));
-        }
-        shape[1] = c;
-        let y = self.output(None, &shape, name)?;
-        let yt = self.value(y)?.clone();
-        let ts: Vec<Tensor> = inputs
-            .iter()
-            .map(|v| self.value(*v).cloned())
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Tensor> = ts.iter().collect();
-        concat::forward(self.enc(), &yt, &refs)?;
-        self.mark(y, inputs);
-        self.record(Op::Concat {
-            y,
-            inputs: inputs.to_vec(),
-        })?;
-        Ok(y)
-    }
-
-    /// Mean softmax cross-entropy. Returns `(loss [1], probabilities [N, K])`.
-    pub fn cross_entropy(
-        &mut self,
-        logits: Var,
-        labels: &Tensor,
-        name: &str,
-    ) -> Result<(Var, Tensor)> {
-        let shape = self.shape(logits).to_vec();
-        let loss = self.output(None, &[1], name)?;
-        let probs = self.gpu.zeros(&shape, &format!("{name}.probs"))?;
-        let (lt, xt) = (self.value(loss)?.clone(), self.value(logits)?.clone());
-        cross_entropy::forward(self.enc(), &lt, &probs, &xt, labels)?;
-        self.mark(loss, &[logits]);
-        self.record(Op::CrossEntropy {
-            loss,
-            logits,
-            probs: probs.clone(),
-            labels: labels.clone(),
-        })?;
-        Ok((loss, probs))
-    }
-
     /// Gradient buffer of `v`, created zeroed on first use (a slice's gradient is the
     /// same slice of its parent's gradient).
-    fn grad(&mut self, v: Var) -> Result<Tensor> {
+    pub(crate) fn grad(&mut self, v: Var) -> Result<Tensor> {
         if let Some(g) = &self.slots[v.0].grad {
             return Ok(g.clone());
         }
@@ -781,7 +423,7 @@ impl<'g> Tape<'g> {
     }
 
     /// Gradient to push into `v`, or `None` if nothing upstream of it wants one.
-    fn grad_if(&mut self, v: Var) -> Result<Option<Tensor>> {
+    pub(crate) fn grad_if(&mut self, v: Var) -> Result<Option<Tensor>> {
         if self.slots[v.0].requires_grad {
             self.grad(v).map(Some)
         } else {
@@ -815,10 +457,10 @@ impl<'g> Tape<'g> {
         // backward touches it, after which its gradient is no longer needed, and the
         // earliest op whose backward reads its value. A value no backward reads (a max
         // pool's input, a ReLU's output, ...) is released before the first backward op.
-        let earliest = |uses: &dyn Fn(&Op) -> Vec<Var>| {
+        let earliest = |uses: &dyn Fn(&dyn Backward) -> Vec<Var>| {
             let mut first = vec![usize::MAX; self.slots.len()];
             for (i, op) in self.ops.iter().enumerate() {
-                for v in uses(op) {
+                for v in uses(op.as_ref()) {
                     let mut cur = Some(v);
                     while let Some(c) = cur {
                         first[c.0] = first[c.0].min(i);
@@ -828,8 +470,8 @@ impl<'g> Tape<'g> {
             }
             first
         };
-        let first_use = earliest(&Op::vars);
-        let first_read = earliest(&Op::value_reads);
+        let first_use = earliest(&|op| op.vars());
+        let first_read = earliest(&|op| op.value_reads());
         let mut release_grad: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
         let mut release_value: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
         for (v, (&used, &read)) in first_use.iter().zip(&first_read).enumerate() {
@@ -868,177 +510,17 @@ impl<'g> Tape<'g> {
         self.flush()
     }
 
-    fn backward_op(&mut self, op: Op, loss: Var) -> Result<()> {
+    fn backward_op(&mut self, op: Box<dyn Backward>, loss: Var) -> Result<()> {
         let out = op.vars()[0];
         if !self.slots[out.0].requires_grad {
             return Ok(());
         }
-        let d_out = if out == loss {
+        let d_y = if out == loss {
             None
         } else {
             Some(self.grad(out)?)
         };
-        match op {
-            Op::CrossEntropy {
-                logits,
-                probs,
-                labels,
-                ..
-            } => {
-                if let Some(d) = self.grad_if(logits)? {
-                    cross_entropy::backward(self.enc(), &d, &probs, &labels, 1.0)?;
-                }
-            }
-            Op::Conv2d { x, w, b, spec, .. } => {
-                let d_y = d_out.expect("conv output grad");
-                let xt = self.value(x)?.clone();
-                let wt = self.value(w)?.clone();
-                let d_w = self.grad_if(w)?;
-                let d_b = match b {
-                    Some(b) => self.grad_if(b)?,
-                    None => None,
-                };
-                let d_x = self.grad_if(x)?;
-                if let Some(d_w) = d_w {
-                    conv2d::backward_weight(self.enc(), &d_w, d_b.as_ref(), &d_y, &xt, None, spec)?;
-                }
-                if let Some(d_x) = d_x {
-                    conv2d::backward_data(self.enc(), &d_x, &d_y, &wt, spec)?;
-                }
-            }
-            Op::BatchNorm {
-                x,
-                gamma,
-                beta,
-                mean,
-                inv_std,
-                cfg,
-                ..
-            } => {
-                let d_y = d_out.expect("bn output grad");
-                self.bn_backward(x, gamma, beta, &d_y, &mean, &inv_std, cfg)?;
-            }
-            Op::BnReluConv {
-                x,
-                gamma,
-                beta,
-                w,
-                mean,
-                inv_std,
-                scale,
-                shift,
-                cfg,
-                spec,
-                ..
-            } => {
-                let d_y = d_out.expect("conv output grad");
-                let (xt, wt) = (self.value(x)?.clone(), self.value(w)?.clone());
-                let pro = BnReluPrologue {
-                    scale: &scale,
-                    shift: &shift,
-                };
-                let d_w = self.grad(w)?;
-                conv2d::backward_weight(self.enc(), &d_w, None, &d_y, &xt, Some(pro), spec)?;
-                // Gradient w.r.t. the (never stored) BN+ReLU output: one transient buffer.
-                let d_act = self.gpu.zeros(&xt.shape, "d_bn_relu (transient)")?;
-                conv2d::backward_data(self.enc(), &d_act, &d_y, &wt, spec)?;
-                self.bn_backward(x, gamma, beta, &d_act, &mean, &inv_std, cfg)?;
-            }
-            Op::Relu { x, .. } => {
-                let d_y = d_out.expect("relu output grad");
-                if let Some(d_x) = self.grad_if(x)? {
-                    let xt = self.value(x)?.clone();
-                    relu::backward(self.enc(), &d_x, &xt, &d_y)?;
-                }
-            }
-            Op::MaxPool {
-                x, indices, spec, ..
-            } => {
-                let d_y = d_out.expect("pool output grad");
-                if let Some(d_x) = self.grad_if(x)? {
-                    let indices = indices.ok_or_else(|| {
-                        GpuError::Shape("tape: max_pool2d indices were not saved".into())
-                    })?;
-                    max_pool2d::backward(self.enc(), &d_x, &d_y, &indices, spec)?;
-                }
-            }
-            Op::AvgPool { x, spec, .. } => {
-                let d_y = d_out.expect("pool output grad");
-                if let Some(d_x) = self.grad_if(x)? {
-                    avg_pool2d::backward(self.enc(), &d_x, &d_y, spec)?;
-                }
-            }
-            Op::GlobalAvgPool { x, .. } => {
-                let d_y = d_out.expect("pool output grad");
-                if let Some(d_x) = self.grad_if(x)? {
-                    global_avg_pool::backward(self.enc(), &d_x, &d_y)?;
-                }
-            }
-            Op::Linear { x, w, b, .. } => {
-                let d_y = d_out.expect("linear output grad");
-                let (xt, wt) = (self.value(x)?.clone(), self.value(w)?.clone());
-                let d_x = self.grad_if(x)?;
-                let d_w = self.grad(w)?;
-                let d_b = match b {
-                    Some(b) => self.grad_if(b)?,
-                    None => None,
-                };
-                linear::backward(self.enc(), d_x.as_ref(), &d_w, d_b.as_ref(), &d_y, &xt, &wt)?;
-            }
-            Op::Concat { inputs, .. } => {
-                let d_y = d_out.expect("concat output grad");
-                let mut start = 0;
-                for v in inputs {
-                    let c = self.shape(v)[1];
-                    if let Some(d_x) = self.grad_if(v)? {
-                        let part = d_y.channels(start, c)?;
-                        concat::copy(self.enc(), &d_x, &part, true)?;
-                    }
-                    start += c;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Batch-norm backward from the op's output gradient `d_y`, accumulating into the
-    /// gradients of x, gamma and beta.
-    #[allow(clippy::too_many_arguments)]
-    fn bn_backward(
-        &mut self,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        d_y: &Tensor,
-        mean: &Tensor,
-        inv_std: &Tensor,
-        cfg: BnConfig,
-    ) -> Result<()> {
-        let (xt, gt, bt) = (
-            self.value(x)?.clone(),
-            self.value(gamma)?.clone(),
-            self.value(beta)?.clone(),
-        );
-        let d_g = self.grad(gamma)?;
-        let d_b = self.grad(beta)?;
-        let d_x = match self.grad_if(x)? {
-            Some(d) => d,
-            // BN's backward kernel always writes d_x; give it a scratch buffer.
-            None => self.gpu.zeros(&xt.shape, "unused d_x")?,
-        };
-        batch_norm::backward(
-            self.enc(),
-            &d_x,
-            &d_g,
-            &d_b,
-            d_y,
-            &xt,
-            &gt,
-            &bt,
-            mean,
-            inv_std,
-            cfg,
-        )
+        op.backward(self, d_y)
     }
 
     /// Number of recorded ops.
@@ -1080,4 +562,9 @@ impl fmt::Display for Tape<'_> {
         }
         Ok(())
     }
+}
+
+/// The output gradient of an op whose output cannot be the loss itself.
+pub(crate) fn output_grad(d_y: Option<Tensor>, op: &str) -> Result<Tensor> {
+    d_y.ok_or_else(|| GpuError::Shape(format!("tape: the output of {op} cannot be the loss")))
 }

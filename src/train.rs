@@ -3,14 +3,14 @@
 //! read-back is recorded without CPU round-trips.
 
 use crate::gpu::{Gpu, GpuError, Result};
-use crate::models::DenseNet;
+use crate::models::Model;
 use crate::optim::Adam;
 use crate::tape::Tape;
 
 /// A model and its optimizer on one device.
 pub struct Trainer<'g> {
     pub gpu: &'g Gpu,
-    pub model: DenseNet,
+    pub model: Box<dyn Model>,
     pub opt: Adam,
     /// Print per-op device times after every step (`DENSENET_WGPU_PROFILE=1`).
     pub profile: bool,
@@ -73,7 +73,7 @@ fn summarise(loss: f32, probs: Vec<f32>, labels: &[usize], classes: usize) -> Ba
 }
 
 impl<'g> Trainer<'g> {
-    pub fn new(gpu: &'g Gpu, model: DenseNet, opt: Adam) -> Trainer<'g> {
+    pub fn new(gpu: &'g Gpu, model: Box<dyn Model>, opt: Adam) -> Trainer<'g> {
         let profile = std::env::var("DENSENET_WGPU_PROFILE").is_ok_and(|v| v == "1");
         Trainer {
             gpu,
@@ -91,7 +91,7 @@ impl<'g> Trainer<'g> {
         size: usize,
     ) -> Result<BatchResult> {
         let gpu = self.gpu;
-        let classes = self.model.config.num_classes;
+        let classes = self.model.num_classes();
         let n = check_batch(images, labels, size, classes)?;
         let x = gpu.upload(images, &[n, 3, size, size], "images")?;
         let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
@@ -116,7 +116,7 @@ impl<'g> Trainer<'g> {
 
         // Adam on every parameter, then zero the gradients.
         let mut enc = gpu.encoder("adam");
-        self.opt.update(&mut enc, &self.model.params)?;
+        self.opt.update(&mut enc, self.model.params())?;
         enc.submit()?;
 
         // The only read-backs: the loss and the probabilities.
@@ -132,19 +132,19 @@ impl<'g> Trainer<'g> {
 
     /// Inference on a batch (running statistics, nothing recorded, nothing updated).
     pub fn evaluate(&self, images: &[f32], labels: &[usize], size: usize) -> Result<BatchResult> {
-        evaluate(self.gpu, &self.model, images, labels, size)
+        evaluate(self.gpu, self.model.as_ref(), images, labels, size)
     }
 }
 
 /// Inference on a batch with any model.
 pub fn evaluate(
     gpu: &Gpu,
-    model: &DenseNet,
+    model: &dyn Model,
     images: &[f32],
     labels: &[usize],
     size: usize,
 ) -> Result<BatchResult> {
-    let classes = model.config.num_classes;
+    let classes = model.num_classes();
     let n = check_batch(images, labels, size, classes)?;
     let x = gpu.upload(images, &[n, 3, size, size], "images")?;
     let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();

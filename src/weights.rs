@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::gpu::{Gpu, GpuError};
-use crate::models::{DenseNet, DenseNetConfig};
+use crate::models::{DenseNetConfig, ModelConfig, ParamStore, ResNetBlock, ResNetConfig};
 
 /// Errors reading, writing or applying a weight file. Messages name the file.
 #[derive(Debug)]
@@ -204,7 +204,7 @@ pub fn write(
     Ok(())
 }
 
-impl DenseNet {
+impl ParamStore {
     /// The model's state_dict: parameters, running statistics and `num_batches_tracked`.
     pub fn state_dict(&self, gpu: &Gpu) -> Result<Vec<(String, Entry)>, WeightsError> {
         let mut out = Vec::new();
@@ -223,37 +223,32 @@ impl DenseNet {
         Ok(out)
     }
 
-    /// Names and shapes the model expects, in state_dict order.
-    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let mut v: Vec<(String, Vec<usize>)> = self
-            .params
-            .iter()
-            .map(|p| (p.name.clone(), p.value.shape.clone()))
-            .collect();
-        v.extend(
-            self.buffers
-                .iter()
-                .map(|(n, t)| (n.clone(), t.shape.clone())),
-        );
-        v.extend(
-            self.batches_tracked
-                .iter()
-                .map(|(n, _)| (n.clone(), vec![])),
-        );
-        v
-    }
-
-    /// Loads parameters and buffers by state_dict name. Names under `prefix_filter`
-    /// (e.g. `optim.`, `grad.`) are ignored; anything else that is missing, unexpected
-    /// or of the wrong shape is reported (the first 10 problems).
+    /// Loads parameters and buffers by state_dict name. File names under
+    /// `ignore_prefixes` (e.g. `optim.`, `grad.`) are ignored; anything else that is
+    /// missing, unexpected or of the wrong shape is reported (the first 10 problems).
     pub fn load(
         &mut self,
         gpu: &Gpu,
         file: &TensorFile,
         ignore_prefixes: &[&str],
     ) -> Result<(), WeightsError> {
+        self.load_except(gpu, file, ignore_prefixes, None)
+    }
+
+    /// [`ParamStore::load`], leaving the model's tensors under `keep` (a state_dict
+    /// prefix such as `fc.`) as they are and ignoring the file's tensors there: how a
+    /// classifier for another class count is kept freshly initialised when fine-tuning.
+    pub fn load_except(
+        &mut self,
+        gpu: &Gpu,
+        file: &TensorFile,
+        ignore_prefixes: &[&str],
+        keep: Option<&str>,
+    ) -> Result<(), WeightsError> {
+        let kept = |name: &str| keep.is_some_and(|k| name.starts_with(k));
         let mut problems = Vec::new();
-        let expected = self.expected_tensors();
+        let mut expected = self.expected_tensors();
+        expected.retain(|(n, _)| !kept(n));
         let known: std::collections::HashSet<&str> =
             expected.iter().map(|(n, _)| n.as_str()).collect();
         for (name, shape) in &expected {
@@ -270,6 +265,7 @@ impl DenseNet {
         }
         for name in file.tensors.keys() {
             if !known.contains(name.as_str())
+                && !kept(name)
                 && !ignore_prefixes.iter().any(|p| name.starts_with(p))
             {
                 problems.push(format!("unexpected {name}"));
@@ -284,21 +280,79 @@ impl DenseNet {
                 total,
             });
         }
-        for p in &self.params {
+        for p in self.params.iter().filter(|p| !kept(&p.name)) {
             gpu.write(&p.value, &file.tensors[&p.name].to_f32())?;
         }
-        for (name, t) in &self.buffers {
+        for (name, t) in self.buffers.iter().filter(|(n, _)| !kept(n)) {
             gpu.write(t, &file.tensors[name].to_f32())?;
         }
-        for (name, n) in &self.batches_tracked {
+        for (name, n) in self.batches_tracked.iter().filter(|(n, _)| !kept(n)) {
             n.set(file.tensors[name].data[0] as i64);
         }
         Ok(())
     }
 }
 
-/// Infers a DenseNet configuration from torchvision state_dict names and shapes.
-pub fn infer_config(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
+/// Infers the architecture from torchvision state_dict names and shapes: a DenseNet
+/// (`features.conv0.weight`, `features.denseblock*`) or a ResNet (`conv1.weight`,
+/// `layer*.*`).
+pub fn infer_config(file: &TensorFile) -> Result<ModelConfig, WeightsError> {
+    if file.tensors.contains_key("features.conv0.weight") {
+        infer_densenet(file).map(ModelConfig::DenseNet)
+    } else if file.tensors.contains_key("conv1.weight") {
+        infer_resnet(file).map(ModelConfig::ResNet)
+    } else {
+        Err(WeightsError::Format {
+            path: file.path.clone(),
+            message: "neither features.conv0.weight (DenseNet) nor conv1.weight (ResNet): \
+                      not a torchvision DenseNet or ResNet state_dict"
+                .into(),
+        })
+    }
+}
+
+fn infer_resnet(file: &TensorFile) -> Result<ResNetConfig, WeightsError> {
+    let fail = |m: String| WeightsError::Format {
+        path: file.path.clone(),
+        message: m,
+    };
+    let width = file.get("conv1.weight")?.shape[0];
+    let fc = file.get("fc.weight")?;
+    if fc.shape.len() != 2 {
+        return Err(fail(format!("fc.weight has shape {:?}", fc.shape)));
+    }
+    let block = if file.tensors.contains_key("layer1.0.conv3.weight") {
+        ResNetBlock::Bottleneck
+    } else {
+        ResNetBlock::Basic
+    };
+    let mut layers = Vec::new();
+    for stage in 1.. {
+        let blocks = (0..)
+            .take_while(|b| {
+                file.tensors
+                    .contains_key(&format!("layer{stage}.{b}.conv1.weight"))
+            })
+            .count();
+        if blocks == 0 {
+            break;
+        }
+        layers.push(blocks);
+    }
+    if layers.is_empty() {
+        return Err(fail(
+            "no layer1.0.conv1.weight: not a torchvision ResNet state_dict".into(),
+        ));
+    }
+    Ok(ResNetConfig {
+        block,
+        layers,
+        width,
+        num_classes: fc.shape[0],
+    })
+}
+
+fn infer_densenet(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
     let fail = |m: String| WeightsError::Format {
         path: file.path.clone(),
         message: m,

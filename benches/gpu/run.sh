@@ -57,7 +57,7 @@ log "PyTorch on the same GPU"
 [ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 240 python3 benches/gpu/torch_step.py "$OUT/torch_step.jsonl" 2>&1 | tee -a "$OUT/summary.txt"
 
 log "DenseNet-121 golden made here by PyTorch (CPU), checked on the GPU adapter"
-if timeout 180 python3 benches/gpu/make_golden.py /tmp/golden121 densenet121 > "$OUT/golden121.log" 2>&1; then
+if timeout 180 python3 scripts/make_golden.py /tmp/golden121 densenet121 > "$OUT/golden121.log" 2>&1; then
     timeout 120 "$B/train" verify-torch /tmp/golden121/densenet121_golden.safetensors 2>&1 | tee -a "$OUT/summary.txt"
     timeout 120 "$B/train" verify-torch /tmp/golden121/densenet121_golden.safetensors --plain 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
 else

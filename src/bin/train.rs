@@ -1,4 +1,4 @@
-//! `train`: DenseNet training on image folders, on any WebGPU adapter.
+//! `train`: DenseNet and ResNet training on image folders, on any WebGPU adapter.
 //!
 //! ```text
 //! train                              train on the embedded synthetic dataset (no download)
@@ -19,7 +19,7 @@ use densenet_wgpu::data::loader::Loader;
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
 use densenet_wgpu::metrics::{self, EpochMetrics};
-use densenet_wgpu::models::{BlockMode, DenseNet, DenseNetConfig};
+use densenet_wgpu::models::{self, BlockMode, Model, ModelConfig};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::progress::Progress;
@@ -31,10 +31,16 @@ use densenet_wgpu::Gpu;
 
 const USAGE: &str = "\
 usage:
-  train                                  train a small DenseNet on the embedded synthetic
-                                         dataset (6 procedural classes, no download)
+  train [options]                        train a small DenseNet on the embedded synthetic
+                                         dataset (6 procedural classes, no download);
+                                         the fit options below apply (--model resnet18, ...)
   train fit --data DIR [options]         train on DIR/<class>/<image files>
-      --model NAME        densenet121 (default), densenet169, densenet201, densenet-bc, densenet-tiny
+      --model NAME        densenet121 (default), densenet169, densenet201, densenet-bc,
+                          densenet-tiny, resnet18, resnet34, resnet50, resnet101, resnet152
+      --init FILE         start from these weights (same architecture, e.g. torchvision's
+                          ImageNet weights); a classifier for another class count is
+                          replaced by a freshly initialised one
+      --freeze-features   train only the classifier (frozen BNs use running statistics)
       --image-size N      images are resized to N x N (default 224)
       --batch-size N      default 8
       --epochs N          default 10
@@ -48,7 +54,8 @@ usage:
       --out DIR           run folder (default runs/<data folder name>)
       --resume            continue from DIR/checkpoint.safetensors (mid-epoch too)
       --checkpoint-minutes M  also checkpoint every M minutes within an epoch (default 10, 0: off)
-      --plain             materialised concatenation (default: memory-efficient blocks)
+      --plain             materialise every BN+ReLU output and concatenation
+                          (default: memory-efficient, recomputed in backward)
   train eval --weights FILE [--data DIR] [--image-size N] [--batch-size N]
                           (no --data: the data the weights were trained on, when that was
                           the embedded dataset: its validation split)
@@ -111,7 +118,14 @@ struct Opts {
     positional: Vec<String>,
 }
 
-const FLAGS: &[&str] = &["augment", "flip", "resume", "plain", "adamw"];
+const FLAGS: &[&str] = &[
+    "augment",
+    "flip",
+    "resume",
+    "plain",
+    "adamw",
+    "freeze-features",
+];
 
 impl Opts {
     fn parse(args: &[String]) -> CliResult<Opts> {
@@ -178,8 +192,11 @@ struct RunSpec {
     dataset: Arc<dyn Dataset>,
     train: Vec<usize>,
     val: Vec<usize>,
-    config: DenseNetConfig,
+    config: ModelConfig,
     preset: String,
+    /// Weights to start from (fine-tuning).
+    init: Option<PathBuf>,
+    freeze_features: bool,
     image_size: usize,
     batch_size: usize,
     epochs: usize,
@@ -263,7 +280,7 @@ fn write_samples(data: &Synthetic, val: &[usize], dir: &Path) -> CliResult<()> {
 fn unknown_model(name: &str) -> String {
     format!(
         "unknown --model {name:?}; choose one of {}",
-        DenseNetConfig::PRESETS.join(", ")
+        models::preset_names()
     )
 }
 
@@ -336,13 +353,15 @@ fn run_spec(
 ) -> CliResult<RunSpec> {
     let preset = opts.str("model").unwrap_or(d.model).to_string();
     let classes = dataset.classes().len();
-    let config = DenseNetConfig::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
+    let config = models::preset(&preset, classes).ok_or_else(|| unknown_model(&preset))?;
     Ok(RunSpec {
         dataset,
         train,
         val,
         config,
         preset,
+        init: opts.str("init").map(PathBuf::from),
+        freeze_features: opts.flag("freeze-features"),
         image_size,
         batch_size: opts.num("batch-size", d.batch_size)?,
         epochs: opts.num("epochs", d.epochs)?,
@@ -406,9 +425,28 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
     }
     std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
     let gpu = open_gpu()?;
-    let mut model =
-        DenseNet::new(&gpu, spec.config.clone(), spec.seed).map_err(|e| e.to_string())?;
-    model.mode = spec.mode;
+    let mut model = spec
+        .config
+        .build(&gpu, spec.seed)
+        .map_err(|e| e.to_string())?;
+    model.set_mode(spec.mode);
+    if let Some(init) = &spec.init {
+        init_from(&gpu, model.as_mut(), init)?;
+    }
+    if spec.freeze_features {
+        model.freeze_features();
+        let trainable: usize = model
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.value.numel())
+            .sum();
+        println!(
+            "--freeze-features: training only {}* ({trainable} of {} parameters); frozen BNs use their running statistics",
+            model.classifier_prefix(),
+            model.num_parameters()
+        );
+    }
     let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
     let schedule = parse_schedule(&spec.schedule, spec.epochs, steps_per_epoch)?;
     let adam = AdamConfig {
@@ -419,7 +457,7 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         weight_decay: spec.weight_decay as f32,
         decoupled: spec.adamw,
     };
-    let opt = Adam::new(&gpu, &model.params, adam, schedule).map_err(|e| e.to_string())?;
+    let opt = Adam::new(&gpu, model.params(), adam, schedule).map_err(|e| e.to_string())?;
     let mut trainer = Trainer::new(&gpu, model, opt);
     let checkpoint = spec.out.join("checkpoint.safetensors");
     let csv = spec.out.join("metrics.csv");
@@ -433,11 +471,12 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         let file = TensorFile::read(&checkpoint).map_err(|e| e.to_string())?;
         trainer
             .model
+            .store_mut()
             .load(&gpu, &file, &["optim."])
             .map_err(|e| e.to_string())?;
         trainer
             .opt
-            .load(&gpu, &trainer.model.params, &file)
+            .load(&gpu, trainer.model.params(), &file)
             .map_err(|e| e.to_string())?;
         history = if csv.exists() {
             metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?
@@ -554,7 +593,7 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
         } else {
             let (l, a, m) = run_eval(
                 &gpu,
-                &trainer.model,
+                trainer.model.as_ref(),
                 &spec.dataset,
                 &spec.val,
                 spec.batch_size.max(16),
@@ -584,7 +623,7 @@ fn fit(spec: RunSpec) -> CliResult<i32> {
                 best_val = a;
                 save_weights(
                     &gpu,
-                    &trainer.model,
+                    trainer.model.as_ref(),
                     &spec,
                     &spec.out.join("best.safetensors"),
                     epoch + 1,
@@ -611,6 +650,7 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> HashMap<String, String> {
     meta.insert("classes".into(), spec.dataset.classes().join("\n"));
     meta.insert("image_size".into(), spec.image_size.to_string());
     meta.insert("model".into(), spec.preset.clone());
+    meta.insert("architecture".into(), spec.config.to_string());
     meta.insert("epoch".into(), epoch.to_string());
     meta.insert("format".into(), "pt".into());
     meta.insert("data".into(), spec.data.clone());
@@ -619,12 +659,12 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> HashMap<String, String> {
 
 fn save_weights(
     gpu: &Gpu,
-    model: &DenseNet,
+    model: &dyn Model,
     spec: &RunSpec,
     path: &Path,
     epoch: usize,
 ) -> CliResult<()> {
-    let entries = model.state_dict(gpu).map_err(|e| e.to_string())?;
+    let entries = model.store().state_dict(gpu).map_err(|e| e.to_string())?;
     weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
 }
 
@@ -682,10 +722,10 @@ fn save_checkpoint(
     epoch: usize,
     partial: Option<&Partial>,
 ) -> CliResult<()> {
-    let mut entries = t.model.state_dict(gpu).map_err(|e| e.to_string())?;
+    let mut entries = t.model.store().state_dict(gpu).map_err(|e| e.to_string())?;
     entries.extend(
         t.opt
-            .state_dict(gpu, &t.model.params)
+            .state_dict(gpu, t.model.params())
             .map_err(|e| e.to_string())?,
     );
     let mut meta = run_metadata(spec, epoch);
@@ -698,7 +738,7 @@ fn save_checkpoint(
 /// Mean loss, accuracy and confusion matrix (rows: true class) over `indices`.
 fn run_eval(
     gpu: &Gpu,
-    model: &DenseNet,
+    model: &dyn Model,
     dataset: &Arc<dyn Dataset>,
     indices: &[usize],
     batch_size: usize,
@@ -747,11 +787,12 @@ struct RunInfo {
     data: Option<String>,
 }
 
-fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(DenseNet, RunInfo)> {
+fn load_model(gpu: &Gpu, path: &Path) -> CliResult<(Box<dyn Model>, RunInfo)> {
     let file = TensorFile::read(path).map_err(|e| e.to_string())?;
     let config = infer_config(&file).map_err(|e| e.to_string())?;
-    let mut model = DenseNet::new(gpu, config, 0).map_err(|e| e.to_string())?;
+    let mut model = config.build(gpu, 0).map_err(|e| e.to_string())?;
     model
+        .store_mut()
         .load(gpu, &file, &["optim."])
         .map_err(|e| e.to_string())?;
     let meta = read_metadata(path);
@@ -819,17 +860,18 @@ fn cmd_eval(opts: &Opts) -> CliResult<i32> {
             (Arc::new(folder), indices, data.display().to_string())
         }
     };
-    if dataset.classes().len() != model.config.num_classes {
+    if dataset.classes().len() != model.num_classes() {
         return Err(format!(
             "{source} has {} classes but {} was trained for {}",
             dataset.classes().len(),
             weights_path.display(),
-            model.config.num_classes
+            model.num_classes()
         ));
     }
     let names = dataset.classes().to_vec();
     let batch = opts.num("batch-size", 16)?;
-    let (loss, acc, matrix) = run_eval(&gpu, &model, &dataset, &indices, batch, image_size)?;
+    let (loss, acc, matrix) =
+        run_eval(&gpu, model.as_ref(), &dataset, &indices, batch, image_size)?;
     println!(
         "{source}: {} images, loss={loss:.4} accuracy={acc:.4}",
         indices.len()
@@ -849,9 +891,9 @@ fn cmd_predict(opts: &Opts) -> CliResult<i32> {
         info.classes,
         opts.num("image-size", info.image_size.unwrap_or(224))?,
     );
-    let top = opts.num("top", 3usize)?.min(model.config.num_classes);
+    let top = opts.num("top", 3usize)?.min(model.num_classes());
     let names = classes.unwrap_or_else(|| {
-        (0..model.config.num_classes)
+        (0..model.num_classes())
             .map(|i| format!("class {i}"))
             .collect()
     });
@@ -865,7 +907,8 @@ fn cmd_predict(opts: &Opts) -> CliResult<i32> {
                 continue;
             }
         };
-        let r = evaluate(&gpu, &model, &image, &[0], image_size).map_err(|e| e.to_string())?;
+        let r =
+            evaluate(&gpu, model.as_ref(), &image, &[0], image_size).map_err(|e| e.to_string())?;
         let mut ranked: Vec<(usize, f32)> = r.probabilities.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let shown: Vec<String> = ranked[..top]
@@ -897,4 +940,36 @@ fn cmd_verify(opts: &Opts) -> CliResult<i32> {
     let report = verify_golden(&gpu, Path::new(path), mode).map_err(|e| e.to_string())?;
     print!("{}", report.table());
     Ok(if report.passed() { 0 } else { 1 })
+}
+
+/// `--init FILE`: loads weights of the same architecture into `model`. When the file's
+/// classifier is for another class count, the model keeps its freshly initialised one.
+fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> CliResult<()> {
+    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
+    let theirs = infer_config(&file).map_err(|e| e.to_string())?;
+    let ours = model.config();
+    if theirs.with_num_classes(ours.num_classes()) != ours {
+        return Err(format!(
+            "--init {}: the file holds {theirs}, but the model is {ours}",
+            path.display()
+        ));
+    }
+    let head = model.classifier_prefix();
+    let replace = theirs.num_classes() != ours.num_classes();
+    let keep = replace.then_some(head);
+    model
+        .store_mut()
+        .load_except(gpu, &file, &["optim."], keep)
+        .map_err(|e| e.to_string())?;
+    if replace {
+        println!(
+            "--init {}: loaded every tensor but the classifier; {head}* replaced by a freshly initialised one ({} → {} classes)",
+            path.display(),
+            theirs.num_classes(),
+            ours.num_classes()
+        );
+    } else {
+        println!("--init {}: loaded every tensor", path.display());
+    }
+    Ok(())
 }

@@ -1,5 +1,212 @@
-//! Models built from the ops on a [`Tape`](crate::tape::Tape).
+//! Models built from the ops on a [`Tape`]: DenseNet and ResNet as torchvision defines
+//! them, behind one [`Model`] trait, made from shared [`layers`] and named in one preset
+//! registry ([`PRESETS`]).
 
 pub mod densenet;
+pub mod layers;
+pub mod resnet;
 
-pub use densenet::{BlockMode, DenseNet, DenseNetConfig};
+use std::fmt;
+
+pub use densenet::{DenseNet, DenseNetConfig};
+pub use layers::ParamStore;
+pub use resnet::{ResNet, ResNetBlock, ResNetConfig};
+
+use crate::gpu::{Gpu, Result};
+use crate::tape::{Param, Tape, Var};
+
+/// How activations that only feed a convolution are handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BlockMode {
+    /// A BN (+ReLU) output that only feeds a convolution is never stored: the convolution
+    /// applies it while reading its input and backward recomputes it. DenseNet also keeps
+    /// each dense block in one buffer that every layer writes its new channels into.
+    #[default]
+    MemoryEfficient,
+    /// Every intermediate is materialised, like torchvision's default modules.
+    Plain,
+}
+
+/// A classification network on a tape.
+pub trait Model {
+    /// The architecture (also what weight files record and what is inferred from them).
+    fn config(&self) -> ModelConfig;
+    fn store(&self) -> &ParamStore;
+    fn store_mut(&mut self) -> &mut ParamStore;
+    /// Logits (N, classes) for images (N, 3, H, W). `training`: batch statistics (and
+    /// running-statistic updates) rather than running statistics.
+    fn forward(&self, tape: &mut Tape, images: Var, training: bool) -> Result<Var>;
+    fn mode(&self) -> BlockMode;
+    fn set_mode(&mut self, mode: BlockMode);
+    /// The state_dict prefix of the classifier (`classifier.` or `fc.`), the part replaced
+    /// when fine-tuning on another class count and kept trainable by
+    /// [`Model::freeze_features`].
+    fn classifier_prefix(&self) -> &'static str;
+
+    fn num_classes(&self) -> usize {
+        self.config().num_classes()
+    }
+    fn params(&self) -> &[Param] {
+        &self.store().params
+    }
+    fn num_parameters(&self) -> usize {
+        self.store().num_parameters()
+    }
+    /// Freezes every parameter outside the classifier: no gradient flows into them, the
+    /// optimizer leaves them alone, and their BNs normalise with running statistics.
+    fn freeze_features(&mut self) {
+        let head = self.classifier_prefix();
+        for p in &mut self.store_mut().params {
+            p.trainable = p.name.starts_with(head);
+        }
+    }
+}
+
+/// The architecture of a model: one variant per family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelConfig {
+    DenseNet(DenseNetConfig),
+    ResNet(ResNetConfig),
+}
+
+impl ModelConfig {
+    /// A model with this architecture, initialised as torchvision does, seeded.
+    pub fn build(&self, gpu: &Gpu, seed: u64) -> Result<Box<dyn Model>> {
+        Ok(match self {
+            ModelConfig::DenseNet(c) => Box::new(DenseNet::new(gpu, c.clone(), seed)?),
+            ModelConfig::ResNet(c) => Box::new(ResNet::new(gpu, c.clone(), seed)?),
+        })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        match self {
+            ModelConfig::DenseNet(c) => c.num_classes,
+            ModelConfig::ResNet(c) => c.num_classes,
+        }
+    }
+
+    /// The same architecture with another class count.
+    pub fn with_num_classes(&self, num_classes: usize) -> ModelConfig {
+        let mut c = self.clone();
+        match &mut c {
+            ModelConfig::DenseNet(d) => d.num_classes = num_classes,
+            ModelConfig::ResNet(r) => r.num_classes = num_classes,
+        }
+        c
+    }
+
+    /// The preset this architecture is, if any (`densenet121`, `resnet50`, ...).
+    pub fn preset_name(&self) -> Option<&'static str> {
+        PRESETS
+            .iter()
+            .find(|p| (p.config)(self.num_classes()) == *self)
+            .map(|p| p.name)
+    }
+}
+
+impl fmt::Display for ModelConfig {
+    /// The torchvision constructor call that builds the same architecture.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelConfig::DenseNet(c) => write!(
+                f,
+                "torchvision.models.DenseNet(growth_rate={}, block_config={:?}, num_init_features={}, bn_size={}, num_classes={})",
+                c.growth_rate, c.block_config, c.num_init_features, c.bn_size, c.num_classes
+            ),
+            ModelConfig::ResNet(c) => {
+                let block = match c.block {
+                    ResNetBlock::Basic => "BasicBlock",
+                    ResNetBlock::Bottleneck => "Bottleneck",
+                };
+                write!(
+                    f,
+                    "torchvision.models.ResNet(torchvision.models.resnet.{block}, {:?}, num_classes={})",
+                    c.layers, c.num_classes
+                )?;
+                if c.width != 64 {
+                    write!(f, " with stage widths {:?}", c.stage_widths())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A named architecture: what `--model NAME` builds.
+pub struct Preset {
+    pub name: &'static str,
+    pub config: fn(usize) -> ModelConfig,
+    /// One line for `--help` and errors.
+    pub about: &'static str,
+}
+
+/// Every preset, DenseNets then ResNets.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "densenet121",
+        config: |k| ModelConfig::DenseNet(DenseNetConfig::densenet121(k)),
+        about: "torchvision densenet121 (k=32, blocks 6-12-24-16)",
+    },
+    Preset {
+        name: "densenet169",
+        config: |k| ModelConfig::DenseNet(DenseNetConfig::densenet169(k)),
+        about: "torchvision densenet169 (k=32, blocks 6-12-32-32)",
+    },
+    Preset {
+        name: "densenet201",
+        config: |k| ModelConfig::DenseNet(DenseNetConfig::densenet201(k)),
+        about: "torchvision densenet201 (k=32, blocks 6-12-48-32)",
+    },
+    Preset {
+        name: "densenet-bc",
+        config: |k| ModelConfig::DenseNet(DenseNetConfig::densenet_bc(k)),
+        about: "DenseNet-BC for small images (k=12, blocks 6-6-6)",
+    },
+    Preset {
+        name: "densenet-tiny",
+        config: |k| ModelConfig::DenseNet(DenseNetConfig::densenet_tiny(k)),
+        about: "a very small DenseNet-BC (k=12, blocks 3-3-3)",
+    },
+    Preset {
+        name: "resnet18",
+        config: |k| ModelConfig::ResNet(ResNetConfig::resnet18(k)),
+        about: "torchvision resnet18 (BasicBlock, 2-2-2-2)",
+    },
+    Preset {
+        name: "resnet34",
+        config: |k| ModelConfig::ResNet(ResNetConfig::resnet34(k)),
+        about: "torchvision resnet34 (BasicBlock, 3-4-6-3)",
+    },
+    Preset {
+        name: "resnet50",
+        config: |k| ModelConfig::ResNet(ResNetConfig::resnet50(k)),
+        about: "torchvision resnet50 (Bottleneck, 3-4-6-3)",
+    },
+    Preset {
+        name: "resnet101",
+        config: |k| ModelConfig::ResNet(ResNetConfig::resnet101(k)),
+        about: "torchvision resnet101 (Bottleneck, 3-4-23-3)",
+    },
+    Preset {
+        name: "resnet152",
+        config: |k| ModelConfig::ResNet(ResNetConfig::resnet152(k)),
+        about: "torchvision resnet152 (Bottleneck, 3-8-36-3)",
+    },
+];
+
+/// The preset called `name`, for `num_classes` classes.
+pub fn preset(name: &str, num_classes: usize) -> Option<ModelConfig> {
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| (p.config)(num_classes))
+}
+
+/// The preset names, comma-separated (for messages).
+pub fn preset_names() -> String {
+    PRESETS
+        .iter()
+        .map(|p| p.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -10,6 +10,7 @@ use super::{groups, ViewParams};
 use crate::gpu::{
     expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
 };
+use crate::tape::{output_grad, Backward, RunningStats, Tape, Var};
 
 pub const SHADER: Shader = shader!("batch_norm");
 /// Lanes per workgroup of the per-channel entry points (a power of two).
@@ -533,5 +534,276 @@ pub mod reference {
             }
         }
         (d_x, d_gamma, d_beta)
+    }
+}
+
+// Tape entries.
+
+impl Tape<'_> {
+    /// Batch norm (+ReLU when `cfg.relu`). Training mode uses batch statistics and updates
+    /// the running ones; inference mode uses the running statistics and has no backward
+    /// (an error if its input or parameters need a gradient on a recording tape).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        running: RunningStats,
+        cfg: BnConfig,
+        training: bool,
+        name: &str,
+    ) -> Result<Var> {
+        let shape = self.shape(x).to_vec();
+        let y = self.output(None, &shape, name)?;
+        let saved = self.batch_norm_into(y, x, gamma, beta, running, cfg, training, name)?;
+        if let Some((mean, inv_std)) = saved {
+            if cfg.relu {
+                let [xt, gt, bt] = self.values([x, gamma, beta])?;
+                self.probe_relu(name, |g| {
+                    pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
+                })?;
+            }
+            self.mark(y, &[x, gamma, beta]);
+            self.record(BatchNormOp {
+                y,
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                cfg,
+            })?;
+        }
+        Ok(y)
+    }
+
+    /// `max(BN(x) + residual, 0)`: the end of a residual block. BN writes the output and
+    /// the shortcut is added in place ([`add::accumulate_forward`](super::add)); backward
+    /// masks d_y once, routes it to the shortcut, and runs BN's backward on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_add_relu(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        running: RunningStats,
+        cfg: BnConfig,
+        training: bool,
+        residual: Var,
+        name: &str,
+    ) -> Result<Var> {
+        let shape = self.shape(x).to_vec();
+        crate::gpu::expect_shape(name, "residual", self.shape(residual), &shape)?;
+        let y = self.output(None, &shape, name)?;
+        let cfg = BnConfig { relu: false, ..cfg };
+        let saved = self.batch_norm_into(y, x, gamma, beta, running, cfg, training, name)?;
+        let (yt, rt) = (self.value(y)?.clone(), self.value(residual)?.clone());
+        super::add::accumulate_forward(self.enc(), &yt, &rt, true)?;
+        match saved {
+            Some((mean, inv_std)) => {
+                let [xt, gt, bt] = self.values([x, gamma, beta])?;
+                self.probe_relu(name, |g| {
+                    pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], Some(&rt))
+                })?;
+                self.mark(y, &[x, gamma, beta, residual]);
+                self.record(BatchNormAddReluOp {
+                    bn: BatchNormOp {
+                        y,
+                        x,
+                        gamma,
+                        beta,
+                        mean,
+                        inv_std,
+                        cfg,
+                    },
+                    residual,
+                })?;
+            }
+            None if self.is_recording() && self.requires_grad(residual) => {
+                return Err(GpuError::Shape(format!(
+                    "{name}: inference-mode batch norm has no backward, but the shortcut \
+                     needs a gradient"
+                )));
+            }
+            None => {}
+        }
+        Ok(y)
+    }
+
+    /// Launches BN's forward into `y`; returns the saved batch statistics in training mode.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_into(
+        &mut self,
+        y: Var,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        running: RunningStats,
+        cfg: BnConfig,
+        training: bool,
+        name: &str,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let c = self.shape(x).get(1).copied().unwrap_or(0);
+        let (yt, xt, gt, bt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(gamma)?.clone(),
+            self.value(beta)?.clone(),
+        );
+        if !training {
+            if self.is_recording() && [x, gamma, beta].iter().any(|&v| self.requires_grad(v)) {
+                return Err(GpuError::Shape(format!(
+                    "{name}: inference-mode batch norm has no backward, but its input or \
+                     parameters need a gradient (freeze everything before it, or train it)"
+                )));
+            }
+            forward_eval(
+                self.enc(),
+                &yt,
+                &xt,
+                &gt,
+                &bt,
+                running.mean,
+                running.var,
+                cfg,
+            )?;
+            return Ok(None);
+        }
+        let mean = self.gpu().zeros(&[c], &format!("{name}.mean"))?;
+        let inv_std = self.gpu().zeros(&[c], &format!("{name}.inv_std"))?;
+        forward_train(
+            self.enc(),
+            Some(&yt),
+            &mean,
+            &inv_std,
+            running.mean,
+            running.var,
+            &xt,
+            &gt,
+            &bt,
+            cfg,
+        )?;
+        Ok(Some((mean, inv_std)))
+    }
+}
+
+/// A training-mode BN's output before its ReLU, on the host for [`Tape::probe_relu`]:
+/// `gamma * (x - mean) * inv_std + beta (+ residual)`.
+pub(crate) fn pre_activation(
+    gpu: &Gpu,
+    x: &Tensor,
+    [gamma, beta, mean, inv_std]: [&Tensor; 4],
+    residual: Option<&Tensor>,
+) -> Result<Vec<f64>> {
+    let [_, c, h, w] = nchw("batch_norm probe", "x", x)?;
+    let [g, b, m, s] = [gamma, beta, mean, inv_std].map(|t| gpu.download(t));
+    let (g, b, m, s) = (g?, b?, m?, s?);
+    let mut v: Vec<f64> = gpu
+        .download(x)?
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let ch = (i / (h * w)) % c;
+            ((x - m[ch]) * s[ch] * g[ch] + b[ch]) as f64
+        })
+        .collect();
+    if let Some(r) = residual {
+        for (v, r) in v.iter_mut().zip(gpu.download(r)?) {
+            *v += r as f64;
+        }
+    }
+    Ok(v)
+}
+
+/// A training-mode batch norm: backward recomputes x̂ from the saved statistics.
+pub(crate) struct BatchNormOp {
+    pub y: Var,
+    pub x: Var,
+    pub gamma: Var,
+    pub beta: Var,
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+    pub cfg: BnConfig,
+}
+
+impl BatchNormOp {
+    /// Accumulates the gradients of x, gamma and beta from the output gradient `d_y`.
+    pub(crate) fn push_grads(&self, tape: &mut Tape, d_y: &Tensor) -> Result<()> {
+        let (xt, gt, bt) = (
+            tape.value(self.x)?.clone(),
+            tape.value(self.gamma)?.clone(),
+            tape.value(self.beta)?.clone(),
+        );
+        let d_g = tape.grad(self.gamma)?;
+        let d_b = tape.grad(self.beta)?;
+        let d_x = match tape.grad_if(self.x)? {
+            Some(d) => d,
+            // BN's backward kernel always writes d_x; give it a scratch buffer.
+            None => tape.gpu().zeros(&xt.shape, "unused d_x")?,
+        };
+        backward(
+            tape.enc(),
+            &d_x,
+            &d_g,
+            &d_b,
+            d_y,
+            &xt,
+            &gt,
+            &bt,
+            &self.mean,
+            &self.inv_std,
+            self.cfg,
+        )
+    }
+}
+
+impl Backward for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.y, self.x, self.gamma, self.beta]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        vec![self.x, self.gamma, self.beta]
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "batch_norm")?;
+        self.push_grads(tape, &d_y)
+    }
+}
+
+struct BatchNormAddReluOp {
+    /// BN without ReLU; its output is also the op's output `y`.
+    bn: BatchNormOp,
+    residual: Var,
+}
+
+impl Backward for BatchNormAddReluOp {
+    fn name(&self) -> &'static str {
+        "batch_norm_add_relu"
+    }
+    fn vars(&self) -> Vec<Var> {
+        let mut v = self.bn.vars();
+        v.push(self.residual);
+        v
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        let mut v = self.bn.value_reads();
+        v.push(self.bn.y);
+        v
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "batch_norm_add_relu")?;
+        let yt = tape.value(self.bn.y)?.clone();
+        // g = d_y * [y > 0], once: into a transient buffer for BN, and onto the shortcut.
+        let g = tape.gpu().zeros(&d_y.shape, "d_bn (transient)")?;
+        let d_r = match tape.grad_if(self.residual)? {
+            Some(d) => d,
+            None => tape.gpu().zeros(&d_y.shape, "unused d_residual")?,
+        };
+        super::add::backward(tape.enc(), &g, &d_r, &yt, &d_y, true)?;
+        self.bn.push_grads(tape, &g)
     }
 }

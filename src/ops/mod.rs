@@ -35,6 +35,7 @@ macro_rules! shader {
 pub(crate) use shader;
 
 pub mod adam;
+pub mod add;
 pub mod avg_pool2d;
 pub mod batch_norm;
 pub mod concat;

@@ -7,6 +7,7 @@
 mod common;
 
 mod adam;
+mod add;
 mod avg_pool2d;
 mod batch_norm;
 mod concat;

@@ -1,7 +1,7 @@
 use crate::gpu;
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::Dataset;
-use densenet_wgpu::models::{DenseNet, DenseNetConfig};
+use densenet_wgpu::models::{DenseNet, DenseNetConfig, Model};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::train::Trainer;
@@ -26,8 +26,8 @@ fn overfits_a_tiny_batch() {
         weight_decay: 0.0,
         decoupled: false,
     };
-    let opt = Adam::new(g, &model.params, cfg, Schedule::Constant).unwrap();
-    let mut t = Trainer::new(g, model, opt);
+    let opt = Adam::new(g, model.params(), cfg, Schedule::Constant).unwrap();
+    let mut t = Trainer::new(g, Box::new(model), opt);
     let first = t.train_step(&images, &labels, 32).unwrap().loss;
     let mut last = first;
     for _ in 0..40 {

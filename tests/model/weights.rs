@@ -1,5 +1,5 @@
 use crate::{data, gpu};
-use densenet_wgpu::models::{DenseNet, DenseNetConfig};
+use densenet_wgpu::models::{DenseNet, DenseNetConfig, ModelConfig};
 use densenet_wgpu::weights::{self, infer_config, TensorFile, WeightsError};
 
 #[test]
@@ -16,12 +16,20 @@ fn save_load_round_trip_and_architecture_inference() {
     let dir = std::env::temp_dir().join(format!("densenet-wgpu-weights-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("w.safetensors");
-    weights::write(&path, model.state_dict(g).unwrap(), Default::default()).unwrap();
+    weights::write(
+        &path,
+        model.store.state_dict(g).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     let file = TensorFile::read(&path).unwrap();
-    assert_eq!(infer_config(&file).unwrap(), cfg);
+    assert_eq!(
+        infer_config(&file).unwrap(),
+        ModelConfig::DenseNet(cfg.clone())
+    );
     let mut other = DenseNet::new(g, cfg, 8).unwrap();
-    other.load(g, &file, &[]).unwrap();
-    for (a, b) in model.params.iter().zip(&other.params) {
+    other.store.load(g, &file, &[]).unwrap();
+    for (a, b) in model.store.params.iter().zip(&other.store.params) {
         assert_eq!(
             g.download(&a.value).unwrap(),
             g.download(&b.value).unwrap(),
@@ -52,7 +60,7 @@ fn loading_another_architecture_lists_mismatches() {
         num_classes: 10,
     };
     let mut model = DenseNet::new(g, cfg, 0).unwrap();
-    match model.load(
+    match model.store.load(
         g,
         &file,
         &[

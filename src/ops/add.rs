@@ -1,0 +1,253 @@
+//! Element-wise add (the residual sum), with an optional fused ReLU:
+//! `y = max(a + b, 0)`; backward `g = d_y * [y > 0]`, `d_a += g`, `d_b += g`.
+//!
+//! `accumulate_forward` adds in place (`y = max(y + b, 0)`): a batch norm writes y and
+//! this adds the shortcut, so the end of a residual block (BN + add + ReLU) needs no
+//! buffer beyond its output ([`Tape::batch_norm_add_relu`]).
+
+use super::{groups, ViewParams};
+use crate::gpu::Tensor;
+use crate::gpu::{expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader};
+use crate::tape::{output_grad, Backward, Tape, Var};
+
+pub const SHADER: Shader = shader!("add");
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    /// a (forward) or d_a (backward).
+    a: ViewParams,
+    /// b (forward, accumulate) or d_b (backward).
+    b: ViewParams,
+    y: ViewParams,
+    d_y: ViewParams,
+    numel: u32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 80);
+
+/// Checks that every tensor has `shape` and that outputs share no buffer with inputs.
+fn params(op: &str, shape: &[usize], tensors: [(&str, Option<&Tensor>); 4]) -> Result<Params> {
+    for (what, t) in tensors {
+        if let Some(t) = t {
+            expect_shape(op, what, &t.shape, shape)?;
+        }
+    }
+    let view = |t: Option<&Tensor>| t.map(ViewParams::of).unwrap_or_default();
+    Ok(Params {
+        a: view(tensors[0].1),
+        b: view(tensors[1].1),
+        y: view(tensors[2].1),
+        d_y: view(tensors[3].1),
+        numel: to_u32(op, "numel", shape.iter().product())?,
+        _pad: [0; 3],
+    })
+}
+
+fn distinct(op: &str, out: &Tensor, ins: &[&Tensor]) -> Result<()> {
+    match ins.iter().find(|t| out.same_storage(t)) {
+        Some(t) => Err(GpuError::Shape(format!(
+            "{op}: output {} shares its buffer with input {}",
+            out.label(),
+            t.label()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Switches to the vec4 entry points when every view's offset, batch stride and item size
+/// are multiples of 4: rewrites the uniform in vec4 units and returns the entry suffix.
+fn vectorise(p: &mut Params, tensors: &[&Tensor]) -> &'static str {
+    let aligned = tensors
+        .iter()
+        .all(|t| t.offset % 4 == 0 && t.batch_stride % 4 == 0 && t.item_numel() % 4 == 0);
+    if !aligned {
+        return "";
+    }
+    for v in [&mut p.a, &mut p.b, &mut p.y, &mut p.d_y] {
+        v.offset /= 4;
+        v.batch_stride /= 4;
+        v.item = (v.item / 4).max(1);
+    }
+    p.numel /= 4;
+    "_v4"
+}
+
+/// `args`: the uniform, then the entry point's storage bindings in order.
+fn launch(enc: &mut Encoder, entry: &str, relu: bool, numel: u32, args: &[Arg]) -> Result<()> {
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry,
+        overrides: &[("WG", WG as f64), ("RELU", if relu { 1.0 } else { 0.0 })],
+        args,
+        workgroups: Gpu::grid_1d(groups(numel as usize, WG)),
+    })
+}
+
+/// `y = a + b` (then `max(y, 0)` when `relu`). Overwrites y; all three of one shape.
+pub fn forward(enc: &mut Encoder, y: &Tensor, a: &Tensor, b: &Tensor, relu: bool) -> Result<()> {
+    let op = "add forward";
+    let mut p = params(
+        op,
+        &y.shape,
+        [("a", Some(a)), ("b", Some(b)), ("y", Some(y)), ("", None)],
+    )?;
+    distinct(op, y, &[a, b])?;
+    let entry = format!("forward{}", vectorise(&mut p, &[a, b, y]));
+    let u = Arg::Uniform(bytemuck::bytes_of(&p));
+    launch(
+        enc,
+        &entry,
+        relu,
+        p.numel,
+        &[u, Arg::Read(a), Arg::Read(b), Arg::Write(y)],
+    )
+}
+
+/// `y = y + b` in place (then `max(y, 0)` when `relu`).
+pub fn accumulate_forward(enc: &mut Encoder, y: &Tensor, b: &Tensor, relu: bool) -> Result<()> {
+    let op = "add accumulate_forward";
+    let mut p = params(
+        op,
+        &y.shape,
+        [("", None), ("b", Some(b)), ("y", Some(y)), ("", None)],
+    )?;
+    distinct(op, y, &[b])?;
+    let entry = format!("accumulate_forward{}", vectorise(&mut p, &[b, y]));
+    let u = Arg::Uniform(bytemuck::bytes_of(&p));
+    launch(
+        enc,
+        &entry,
+        relu,
+        p.numel,
+        &[u, Arg::Read(b), Arg::Write(y)],
+    )
+}
+
+/// `g = d_y * [y > 0 if relu]`; `d_a += g`, `d_b += g`. `y` is the forward's output (its
+/// sign is the ReLU's mask); d_a and d_b may be the same tensor only if that is wanted
+/// twice (x + x).
+pub fn backward(
+    enc: &mut Encoder,
+    d_a: &Tensor,
+    d_b: &Tensor,
+    y: &Tensor,
+    d_y: &Tensor,
+    relu: bool,
+) -> Result<()> {
+    let op = "add backward";
+    let shape = &d_y.shape;
+    let mut p = params(
+        op,
+        shape,
+        [
+            ("d_a", Some(d_a)),
+            ("d_b", Some(d_b)),
+            ("y", Some(y)),
+            ("d_y", Some(d_y)),
+        ],
+    )?;
+    distinct(op, d_a, &[y, d_y])?;
+    distinct(op, d_b, &[y, d_y])?;
+    let entry = format!("backward{}", vectorise(&mut p, &[d_a, d_b, y, d_y]));
+    let args = [
+        Arg::Uniform(bytemuck::bytes_of(&p)),
+        Arg::Read(y),
+        Arg::Read(d_y),
+        Arg::Write(d_a),
+        Arg::Write(d_b),
+    ];
+    launch(enc, &entry, relu, p.numel, &args)
+}
+
+/// f64 CPU reference.
+pub mod reference {
+    pub fn forward(a: &[f64], b: &[f64], relu: bool) -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| if relu { (x + y).max(0.0) } else { x + y })
+            .collect()
+    }
+    /// The gradient each input receives (d_a = d_b), for a zero-initialised accumulator.
+    pub fn backward(y: &[f64], d_y: &[f64], relu: bool) -> Vec<f64> {
+        y.iter()
+            .zip(d_y)
+            .map(|(&v, &g)| if relu && v <= 0.0 { 0.0 } else { g })
+            .collect()
+    }
+}
+
+// Tape entry.
+
+impl Tape<'_> {
+    /// `a + b` (then ReLU when `relu`), a new variable.
+    pub fn add(&mut self, a: Var, b: Var, relu: bool, name: &str) -> Result<Var> {
+        let shape = self.shape(a).to_vec();
+        let y = self.output(None, &shape, name)?;
+        let (yt, at, bt) = (
+            self.value(y)?.clone(),
+            self.value(a)?.clone(),
+            self.value(b)?.clone(),
+        );
+        forward(self.enc(), &yt, &at, &bt, relu)?;
+        if relu {
+            self.probe_relu(name, |g| {
+                let (a, b) = (g.download(&at)?, g.download(&bt)?);
+                Ok(a.iter()
+                    .zip(&b)
+                    .map(|(a, b)| *a as f64 + *b as f64)
+                    .collect())
+            })?;
+        }
+        self.mark(y, &[a, b]);
+        self.record(AddOp { y, a, b, relu })?;
+        Ok(y)
+    }
+}
+
+struct AddOp {
+    y: Var,
+    a: Var,
+    b: Var,
+    relu: bool,
+}
+
+impl Backward for AddOp {
+    fn name(&self) -> &'static str {
+        if self.relu {
+            "add_relu"
+        } else {
+            "add"
+        }
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.y, self.a, self.b]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        if self.relu {
+            vec![self.y]
+        } else {
+            Vec::new()
+        }
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "add")?;
+        let (d_a, d_b) = (tape.grad_if(self.a)?, tape.grad_if(self.b)?);
+        if d_a.is_none() && d_b.is_none() {
+            return Ok(());
+        }
+        let scratch = |t: Option<Tensor>| match t {
+            Some(t) => Ok(t),
+            None => tape.gpu().zeros(&d_y.shape, "unused add gradient"),
+        };
+        let (d_a, d_b) = (scratch(d_a)?, scratch(d_b)?);
+        // Without the ReLU the mask is never read: d_y stands in for y.
+        let y = if self.relu {
+            tape.value(self.y)?.clone()
+        } else {
+            d_y.clone()
+        };
+        backward(tape.enc(), &d_a, &d_b, &y, &d_y, self.relu)
+    }
+}
