@@ -7,9 +7,9 @@ ratio of two measurements made side by side.
 Kernels: median over 9 samples (each >= 40 ms of back-to-back calls, after a warm-up call),
 forward alone and forward + backward (the gradient of every input the crate's backward pass
 produces, from a fixed random output gradient). Steps: one training step of the torchvision
-DenseNet (forward, cross-entropy, backward, Adam), median of timed steps after one untimed
-step, default and memory_efficient=True, with the process's peak RSS measured in a fresh
-child process per configuration. Threads: torch.set_num_threads(os.cpu_count()).
+DenseNet or ResNet (forward, cross-entropy, backward, Adam), median of timed steps after one
+untimed step, DenseNet both default and memory_efficient=True (torchvision's ResNet has no
+such mode), with the process's peak RSS measured in a fresh child process per configuration. Threads: torch.set_num_threads(os.cpu_count()).
 Writes JSON lines to target/bench/torch_cpu_kernels.jsonl / torch_cpu_steps.jsonl.
 """
 import json
@@ -124,6 +124,10 @@ STEPS = [
     ("densenet-bc_32_b64", dict(growth_rate=12, block_config=(6, 6, 6), num_init_features=24), 32, 64),
     ("densenet121_64_b8", dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64), 64, 8),
     ("densenet121_224_b8", dict(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64), 224, 8),
+    ("resnet18_64_b8", "resnet18", 64, 8),
+    ("resnet50_64_b8", "resnet50", 64, 8),
+    ("resnet18_224_b8", "resnet18", 224, 8),
+    ("resnet50_224_b8", "resnet50", 224, 8),
 ]
 
 
@@ -132,7 +136,10 @@ def step_child(name, efficient, steps):
 
     kw, size, batch = next((kw, s, b) for n, kw, s, b in STEPS if n == name)
     torch.manual_seed(0)
-    model = torchvision.models.DenseNet(num_classes=4, memory_efficient=efficient, **kw).train()
+    if isinstance(kw, str):
+        model = getattr(torchvision.models, kw)(num_classes=4).train()
+    else:
+        model = torchvision.models.DenseNet(num_classes=4, memory_efficient=efficient, **kw).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size)
     y = torch.arange(batch) % 4
@@ -161,10 +168,10 @@ def run_steps(flt):
     steps = int(os.environ.get("BENCH_STEPS", "5"))
     rows = []
     print(f"{'config':<22} {'mode':<17} {'ms/step':>9} {'peak RSS MiB':>13}")
-    for name, _, _, _ in STEPS:
+    for name, kw, _, _ in STEPS:
         if flt and flt not in name:
             continue
-        for efficient in (False, True):
+        for efficient in (False, True) if not isinstance(kw, str) else (False,):
             out = subprocess.run([sys.executable, __file__, "--child", name, str(int(efficient)),
                                   str(steps)], capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])

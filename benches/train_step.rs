@@ -1,6 +1,6 @@
 //! Whole training steps (forward, loss, backward, Adam): median ms, images/s, peak device
-//! bytes (the crate's own allocation accounting) and process peak RSS, for both dense
-//! block modes; plus peak device memory against depth (DenseNet-121/169/201).
+//! bytes (the crate's own allocation accounting) and process peak RSS, for both block
+//! modes, DenseNet and ResNet; plus peak device memory against depth (DenseNet-121/169/201).
 //! Prints a table and writes `target/bench/train_step.jsonl`.
 //!
 //! Each (config, mode) runs in a fresh child process, so peak RSS is that run's own.
@@ -52,6 +52,34 @@ fn cases(steps: usize) -> Vec<Case> {
         Case {
             name: "densenet121_224_b8",
             preset: "densenet121",
+            size: 224,
+            batch: 8,
+            steps,
+        },
+        Case {
+            name: "resnet18_64_b8",
+            preset: "resnet18",
+            size: 64,
+            batch: 8,
+            steps,
+        },
+        Case {
+            name: "resnet50_64_b8",
+            preset: "resnet50",
+            size: 64,
+            batch: 8,
+            steps,
+        },
+        Case {
+            name: "resnet18_224_b8",
+            preset: "resnet18",
+            size: 224,
+            batch: 8,
+            steps,
+        },
+        Case {
+            name: "resnet50_224_b8",
+            preset: "resnet50",
             size: 224,
             batch: 8,
             steps,

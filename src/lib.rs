@@ -1,15 +1,16 @@
 //! # densenet-wgpu
 //!
-//! DenseNet training on any WebGPU adapter — a discrete GPU, or a plain CPU through
+//! DenseNet and ResNet training on any WebGPU adapter — a discrete GPU, or a plain CPU through
 //! Mesa's lavapipe — with hand-written WGSL kernels and a small autograd tape.
 //!
 //! - [`gpu`]: adapter, tensors (with channel-slice views), pipeline cache, launches.
 //! - [`ops`]: one module per kernel (forward, backward, f64 CPU reference).
 //! - [`tape`]: records ops, replays them backwards, accumulates gradients.
-//! - [`models`]: DenseNet as torchvision defines it.
+//! - [`models`]: DenseNet and ResNet as torchvision defines them, behind one `Model` trait.
 //! - [`optim`]: Adam/AdamW and learning-rate schedules.
 //! - [`train`]: one training step, top to bottom.
 //! - [`weights`]: safetensors with torchvision's names; [`verify`]: PyTorch golden checks.
+//! - [`study`]: the DenseNet-vs-ResNet comparison (`train compare`).
 //! - [`data`]: image folders, the embedded synthetic dataset, background loading;
 //!   [`metrics`], [`plot`], [`progress`]: what a training run reports.
 
@@ -23,6 +24,7 @@ pub mod optim;
 pub mod plot;
 pub mod progress;
 pub mod rng;
+pub mod study;
 pub mod tape;
 pub mod train;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! Training curves as a PNG: loss on the left, accuracy on the right, train and validation
-//! lines in each, with axes, tick labels, a legend and titles. Text uses a small built-in
+//! lines in each, with axes, tick labels, a legend and titles; and [`write_chart`], one
+//! panel of named series (the model comparison's figures). Text uses a small built-in
 //! 5x7 bitmap font, so plotting needs nothing but the `image` crate.
 
 use std::fs;
@@ -31,17 +32,76 @@ const MAX_MARKERS: usize = 40;
 /// Writes the loss and accuracy curves of `history` as a `WIDTH x HEIGHT` PNG at `path`,
 /// atomically (a temporary file next to it, then a rename). One epoch is drawn as points.
 pub fn write_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), String> {
-    let image = render_curves(history)?;
+    write_png(path, &render_curves(history)?)
+}
+
+/// Writes `image` as a PNG at `path`, atomically.
+fn write_png(path: &Path, image: &RgbImage) -> Result<(), String> {
     let mut bytes = Vec::new();
     image
         .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .map_err(|e| format!("cannot encode the curves PNG: {e}"))?;
+        .map_err(|e| format!("cannot encode the PNG: {e}"))?;
     let tmp = temp_path(path);
     fs::write(&tmp, &bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
     })
+}
+
+/// One named line of a [`write_chart`] figure.
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    /// Draw only the points, not the line between them.
+    pub scatter: bool,
+}
+
+/// Series colours, in order (matplotlib's first six).
+const PALETTE: [Rgb<u8>; 6] = [
+    Rgb([31, 119, 180]),
+    Rgb([230, 110, 10]),
+    Rgb([44, 160, 44]),
+    Rgb([214, 39, 40]),
+    Rgb([148, 103, 189]),
+    Rgb([140, 86, 75]),
+];
+
+/// One panel of `series` (x and y from 0 up to their largest values), with a title, an
+/// x-axis label and a legend, as a `WIDTH x HEIGHT` PNG at `path`.
+pub fn write_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+) -> Result<(), String> {
+    let all = || series.iter().flat_map(|s| s.points.iter());
+    if all().next().is_none() {
+        return Err(format!("{title}: no points to plot"));
+    }
+    let x_max = all().map(|p| p.0).fold(0.0f64, f64::max);
+    let y_max = all().map(|p| p.1).fold(0.0f64, f64::max);
+    let mut canvas = Canvas {
+        image: RgbImage::from_pixel(WIDTH, HEIGHT, WHITE),
+    };
+    let x_hi = if x_max > 0.0 { x_max * 1.05 } else { 1.0 };
+    let mut panel = Panel::new(0, WIDTH as i64, &[0.0, x_hi], (0.0, y_max.max(1e-9) * 1.1));
+    panel.x_label = x_label.to_string();
+    panel.draw_axes(&mut canvas, title);
+    let mut legend = Vec::new();
+    for (s, color) in series.iter().zip(PALETTE.iter().cycle()) {
+        let (xs, ys): (Vec<f64>, Vec<f64>) = s.points.iter().copied().unzip();
+        if s.scatter {
+            for (x, y) in s.points.iter().copied() {
+                canvas.disc(panel.px(x), panel.py(y), 5.0, *color);
+            }
+        } else {
+            panel.draw_series(&mut canvas, &xs, &ys, *color);
+        }
+        legend.push((s.label.as_str(), *color));
+    }
+    panel.draw_legend(&mut canvas, &legend, Corner::BottomRight);
+    write_png(path, &canvas.image)
 }
 
 /// Draws the figure `write_curves` saves.
@@ -122,6 +182,7 @@ struct Panel {
     x_step: f64,
     y_range: (f64, f64),
     y_step: f64,
+    x_label: String,
 }
 
 impl Panel {
@@ -145,6 +206,7 @@ impl Panel {
             x_step,
             y_range: (y_range.0, y_hi),
             y_step,
+            x_label: "epoch".into(),
         }
     }
 
@@ -187,9 +249,9 @@ impl Panel {
             BLACK,
         );
         canvas.text(
-            mid - text_width("epoch") / 2,
+            mid - text_width(&self.x_label) / 2,
             self.y1 + 10 + ch + 10,
-            "epoch",
+            &self.x_label,
             BLACK,
         );
     }

@@ -106,6 +106,8 @@ pub struct Tape<'g> {
     profile: Option<Profile>,
     /// ReLU inputs near zero, when probing (see [`Tape::probe_relu_inputs`]).
     relu_probe: Option<ReluProbe>,
+    /// Floating-point operations of the forward convolutions and linear layers so far.
+    flops: u64,
 }
 
 /// What [`Tape::probe_relu_inputs`] counted: ReLU inputs so close to zero that float32
@@ -141,6 +143,7 @@ impl<'g> Tape<'g> {
             backward_done: false,
             profile: None,
             relu_probe: None,
+            flops: 0,
         }
     }
 
@@ -350,6 +353,16 @@ impl<'g> Tape<'g> {
             rel,
             ..Default::default()
         });
+    }
+
+    /// Floating-point operations (2 per multiply-add) of the convolutions and linear
+    /// layers recorded so far: a model's forward cost. Element-wise ops are not counted.
+    pub fn flops(&self) -> u64 {
+        self.flops
+    }
+
+    pub(crate) fn count_multiply_adds(&mut self, n: usize) {
+        self.flops += 2 * n as u64;
     }
 
     /// The counts so far, if probing.

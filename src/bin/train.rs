@@ -24,6 +24,7 @@ use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::progress::Progress;
 use densenet_wgpu::rng::Rng;
+use densenet_wgpu::study;
 use densenet_wgpu::train::{evaluate, Trainer};
 use densenet_wgpu::verify::verify_golden;
 use densenet_wgpu::weights::{self, infer_config, TensorFile};
@@ -62,6 +63,20 @@ usage:
                           [--val-split X --seed N: evaluate only that validation split]
   train predict --weights FILE [--image-size N] [--top K] IMAGE...
   train verify-torch GOLDEN.safetensors [--plain]
+  train compare --data DIR [options]     the DenseNet-vs-ResNet study: measures each model's
+                                         cost, trains each with identical settings, writes
+                                         docs/densenet-vs-resnet.md and its figures
+      --models A,B,...    default densenet121,densenet169,resnet18,resnet50
+      --cost-only A,...   also measure these, without training (default densenet201,
+                          resnet34,resnet101: more depths for the memory figure)
+      --image-size N      default 32 (the lavapipe recipe; 224 on a GPU)
+      --epochs N          default 8;  --batch-size N  default 32;  --lr X  default 1e-3
+      --schedule S        default cosine;  --seed N  default 123
+      --cost-steps N      timed steps per model and block mode (default 3)
+      --out DIR           run folders (default runs/compare/<model>)
+      --doc FILE          the report (default docs/densenet-vs-resnet.md; figures go to
+                          img/ beside it)
+      --resume            continue unfinished runs from their checkpoints
   train info                             print the adapter that would be used
 
 environment: DENSENET_WGPU_ADAPTER=<name substring> picks an adapter.";
@@ -98,6 +113,7 @@ fn run(args: &[String]) -> CliResult<i32> {
         "eval" => cmd_eval(&opts),
         "predict" => cmd_predict(&opts),
         "verify-torch" => cmd_verify(&opts),
+        "compare" => cmd_compare(&opts),
         "info" => {
             let gpu = open_gpu()?;
             println!("{}", gpu.describe());
@@ -285,13 +301,19 @@ fn unknown_model(name: &str) -> String {
 }
 
 fn cmd_fit(opts: &Opts) -> CliResult<i32> {
+    fit(fit_spec(opts, false)?)
+}
+
+/// The run `fit` would make from these options (`compare`: the study's defaults, with
+/// augmentation always on).
+fn fit_spec(opts: &Opts, compare: bool) -> CliResult<RunSpec> {
     let data = opts.path("data")?;
-    let image_size = opts.num("image-size", 224usize)?;
+    let image_size = opts.num("image-size", if compare { 32 } else { 224usize })?;
     let (folder, warnings) = ImageFolder::open(&data, image_size).map_err(|e| e.to_string())?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    let folder = folder.with_augmentation(if opts.flag("augment") {
+    let folder = folder.with_augmentation(if opts.flag("augment") || compare {
         Augmentation::CropFlip
     } else {
         Augmentation::Flip
@@ -312,13 +334,24 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
-    let defaults = Defaults {
-        model: "densenet121",
-        batch_size: 8,
-        epochs: 10,
-        lr: 1e-3,
-        schedule: "constant",
-        out: Path::new("runs").join(name),
+    let defaults = if compare {
+        Defaults {
+            model: "densenet121",
+            batch_size: 32,
+            epochs: 8,
+            lr: 1e-3,
+            schedule: "cosine",
+            out: Path::new("runs").join("compare"),
+        }
+    } else {
+        Defaults {
+            model: "densenet121",
+            batch_size: 8,
+            epochs: 10,
+            lr: 1e-3,
+            schedule: "constant",
+            out: Path::new("runs").join(name),
+        }
     };
     let mut spec = run_spec(
         opts,
@@ -329,7 +362,11 @@ fn cmd_fit(opts: &Opts) -> CliResult<i32> {
         defaults,
     )?;
     spec.data = data.display().to_string();
-    fit(spec)
+    if compare {
+        spec.augment = true;
+        spec.augment_name = "random crops + flips";
+    }
+    Ok(spec)
 }
 
 /// Per-command defaults for the training options.
@@ -972,4 +1009,149 @@ fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> CliResult<()> {
         println!("--init {}: loaded every tensor", path.display());
     }
     Ok(())
+}
+
+/// `train compare`: the DenseNet-vs-ResNet study. Costs first (on a quiet machine, before
+/// any training), then one training run per model with identical settings, then the report.
+fn cmd_compare(opts: &Opts) -> CliResult<i32> {
+    let names: Vec<String> = opts
+        .str("models")
+        .unwrap_or("densenet121,densenet169,resnet18,resnet50")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let base = fit_spec(opts, true)?;
+    let classes = base.dataset.classes().len();
+    let configs: Vec<ModelConfig> = names
+        .iter()
+        .map(|n| models::preset(n, classes).ok_or_else(|| unknown_model(n)))
+        .collect::<CliResult<_>>()?;
+    let doc = opts
+        .str("doc")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("docs/densenet-vs-resnet.md"));
+    let cost_steps = opts.num("cost-steps", 3usize)?;
+
+    let gpu = open_gpu()?;
+    let adapter = gpu.describe();
+    let cost_only: Vec<String> = opts
+        .str("cost-only")
+        .unwrap_or("densenet201,resnet34,resnet101")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && !names.contains(s))
+        .collect();
+    let measured: Vec<(String, ModelConfig)> = names
+        .iter()
+        .cloned()
+        .zip(configs.iter().cloned())
+        .chain(
+            cost_only
+                .iter()
+                .map(|n| {
+                    Ok((
+                        n.clone(),
+                        models::preset(n, classes).ok_or_else(|| unknown_model(n))?,
+                    ))
+                })
+                .collect::<CliResult<Vec<_>>>()?,
+        )
+        .collect();
+    let mut costs = Vec::new();
+    for (name, config) in &measured {
+        println!(
+            "cost: {name} ({cost_steps} steps per block mode, batch {}, {}x{})",
+            base.batch_size, base.image_size, base.image_size
+        );
+        let c = study::measure_cost(
+            &gpu,
+            name,
+            config,
+            base.image_size,
+            base.batch_size,
+            cost_steps,
+        )
+        .map_err(|e| format!("{name}: {e}"))?;
+        for m in &c.modes {
+            println!(
+                "cost: {name} {:?}: {:.0} ms/step, peak {:.1} MiB; {:.2} M parameters, {:.3} GFLOPs/image",
+                m.mode,
+                m.step_ms,
+                m.peak_bytes as f64 / (1 << 20) as f64,
+                c.params as f64 / 1e6,
+                c.gflops_per_image
+            );
+        }
+        costs.push(c);
+    }
+    drop(gpu);
+
+    let mut runs = Vec::new();
+    for (name, config) in names.iter().zip(&configs) {
+        let mut spec = fit_spec(opts, true)?;
+        spec.out = base.out.join(name);
+        spec.config = config.clone();
+        spec.preset = name.clone();
+        spec.resume = opts.flag("resume") && spec.out.join("checkpoint.safetensors").exists();
+        println!("== {name}: training");
+        fit(spec)?;
+        let csv = base.out.join(name).join("metrics.csv");
+        let history = metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+        let seconds = history.iter().map(|m| m.seconds).sum();
+        runs.push(study::Run {
+            name: name.clone(),
+            history,
+            seconds,
+        });
+    }
+
+    let settings = study::Settings {
+        data: base.data.clone(),
+        images: base.train.len() + base.val.len(),
+        classes: base.dataset.classes().to_vec(),
+        train: base.train.len(),
+        val: base.val.len(),
+        image_size: base.image_size,
+        epochs: base.epochs,
+        batch_size: base.batch_size,
+        lr: base.lr,
+        schedule: base.schedule.clone(),
+        augmentation: base.augment_name.to_string(),
+        seed: base.seed,
+        command: compare_command(),
+        adapter,
+        date: today(),
+    };
+    let img = doc.parent().unwrap_or(Path::new(".")).join("img");
+    study::write_report(&doc, &img, &settings, &costs, &runs)?;
+    println!(
+        "wrote {} and its figures in {}",
+        doc.display(),
+        img.display()
+    );
+    Ok(0)
+}
+
+/// The command line as typed, for the report (the data path as given).
+fn compare_command() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("train {}", args.join(" "))
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }

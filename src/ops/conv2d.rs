@@ -1045,9 +1045,10 @@ impl Tape<'_> {
         name: &str,
     ) -> Result<Var> {
         let [n, _, h, wd] = nchw(name, "x", self.value(x)?)?;
-        let [co, _, kh, kw] = nchw(name, "weight", self.value(w)?)?;
+        let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
         let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
         let y = self.output(out, &[n, co, oh, ow], name)?;
+        self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
         let bt = b.map(|b| self.value(b).cloned()).transpose()?;
         let (yt, xt, wt) = (
             self.value(y)?.clone(),
@@ -1079,9 +1080,10 @@ impl Tape<'_> {
         name: &str,
     ) -> Result<Var> {
         let [n, c, h, wd] = nchw(name, "x", self.value(x)?)?;
-        let [co, _, kh, kw] = nchw(name, "weight", self.value(w)?)?;
+        let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
         let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
         let y = self.output(out, &[n, co, oh, ow], name)?;
+        self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
         let g = self.gpu();
         let mean = g.zeros(&[c], &format!("{name}.mean"))?;
         let inv_std = g.zeros(&[c], &format!("{name}.inv_std"))?;

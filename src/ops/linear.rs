@@ -450,8 +450,9 @@ impl Tape<'_> {
     /// `x · Wᵀ + b`.
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>, name: &str) -> Result<Var> {
         let n = self.shape(x).first().copied().unwrap_or(0);
-        let o = self.shape(w).first().copied().unwrap_or(0);
+        let [o, i] = [0, 1].map(|d| self.shape(w).get(d).copied().unwrap_or(0));
         let y = self.output(None, &[n, o], name)?;
+        self.count_multiply_adds(n * o * i);
         let bt = b.map(|b| self.value(b).cloned()).transpose()?;
         let (yt, xt, wt) = (
             self.value(y)?.clone(),

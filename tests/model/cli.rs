@@ -21,9 +21,21 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn default_run_writes_files_that_eval_and_predict_read_back() {
-    let dir = std::env::temp_dir().join(format!("densenet-wgpu-cli-{}", std::process::id()));
+    default_run_reads_back(&[]);
+}
+
+#[test]
+fn default_run_with_resnet18_reads_back() {
+    default_run_reads_back(&["--model", "resnet18"]);
+}
+
+fn default_run_reads_back(model: &[&str]) {
+    let tag = model.last().unwrap_or(&"default");
+    let dir = std::env::temp_dir().join(format!("densenet-wgpu-cli-{tag}-{}", std::process::id()));
     let out = dir.to_str().unwrap();
-    let o = train(&["--epochs", "1", "--images", "240", "--out", out]);
+    let mut args = vec!["--epochs", "1", "--images", "240", "--out", out];
+    args.extend(model);
+    let o = train(&args);
     assert!(o.status.success(), "{}", text(&o));
     let log = text(&o);
     let line = log

@@ -1,0 +1,103 @@
+//! Fine-tuning: `--init` from a run on one image folder, on another folder with a
+//! different class count, with `--freeze-features`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::image_folder;
+use densenet_wgpu::weights::TensorFile;
+
+fn train(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn fine_tuning_with_frozen_features_replaces_the_classifier_and_keeps_the_rest() {
+    let base = std::env::temp_dir().join(format!("densenet-wgpu-finetune-{}", std::process::id()));
+    let (a, b) = (base.join("four"), base.join("two"));
+    image_folder(&a, 4, 12, 1);
+    image_folder(&b, 2, 12, 2);
+    let (run_a, run_b) = (base.join("run-a"), base.join("run-b"));
+    let common = ["--model", "resnet18", "--image-size", "32", "--epochs", "1"];
+    let fit = |data: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec!["fit", "--data", data.to_str().unwrap()];
+        args.extend(common);
+        args.extend(["--batch-size", "8", "--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        train(&args)
+    };
+    let o = fit(&a, &run_a, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let init = run_a.join("checkpoint.safetensors");
+
+    // Another class count: the classifier is replaced, and the output says so.
+    let o = fit(
+        &b,
+        &run_b,
+        &["--init", init.to_str().unwrap(), "--freeze-features"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let log = text(&o);
+    assert!(
+        log.contains("fc.* replaced by a freshly initialised one (4 → 2 classes)"),
+        "{log}"
+    );
+    assert!(log.contains("training only fc.*"), "{log}");
+
+    // Every tensor outside the classifier, BN running statistics and counters included,
+    // is bit-identical to the initial weights; the classifier has 2 rows and was trained.
+    let before = TensorFile::read(&init).unwrap();
+    let after = TensorFile::read(&run_b.join("checkpoint.safetensors")).unwrap();
+    let mut compared = 0;
+    for (name, t) in &after.tensors {
+        if name.starts_with("optim.") || name.starts_with("fc.") {
+            continue;
+        }
+        let want = &before.tensors[name];
+        let same = t
+            .data
+            .iter()
+            .zip(&want.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same && t.shape == want.shape, "{name} changed");
+        compared += 1;
+    }
+    // resnet18 outside fc: 60 parameters, and 20 BNs with two statistics and a counter each.
+    assert_eq!(compared, 120);
+    assert_eq!(after.tensors["fc.weight"].shape, vec![2, 512]);
+    assert_eq!(after.tensors["fc.bias"].shape, vec![2]);
+    assert_ne!(
+        after.tensors["optim.m.fc.weight"]
+            .data
+            .iter()
+            .map(|v| v.abs())
+            .sum::<f64>(),
+        0.0,
+        "the classifier was not trained"
+    );
+
+    // Weights of another architecture are refused, naming both.
+    let o = fit(
+        &b,
+        &base.join("run-c"),
+        &["--init", init.to_str().unwrap(), "--model", "resnet34"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("BasicBlock, [2, 2, 2, 2]"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_dir_all(&base).ok();
+}
