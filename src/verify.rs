@@ -191,16 +191,6 @@ pub fn verify_golden_with(
     })
 }
 
-/// The Adam settings of the reference step.
-const REFERENCE_ADAM: AdamConfig = AdamConfig {
-    lr: 1e-3,
-    beta1: 0.9,
-    beta2: 0.999,
-    eps: 1e-8,
-    weight_decay: 0.0,
-    decoupled: false,
-};
-
 /// What our training step produced (gradients stay in the model's parameters).
 struct Step {
     logits: Tensor,
@@ -364,7 +354,8 @@ fn check_adam(
     reference: &TensorFile,
 ) -> Result<Vec<Check>, WeightsError> {
     let params = model.params();
-    let mut opt = Adam::new(gpu, params, REFERENCE_ADAM, Schedule::Constant)?;
+    // The reference step uses PyTorch's defaults.
+    let mut opt = Adam::new(gpu, params, AdamConfig::default(), Schedule::Constant)?;
     let mut enc = gpu.encoder("adam");
     opt.update(&mut enc, params)?;
     enc.submit()?;
@@ -414,7 +405,7 @@ fn check_adam_kernel(
         let grad = gpu.upload(&file.get(&grad_name)?.to_f32(), shape, "grad")?;
         let m = gpu.zeros(shape, "m")?;
         let v = gpu.zeros(shape, "v")?;
-        adam::step(&mut enc, &value, &m, &v, &grad, REFERENCE_ADAM, 1)?;
+        adam::step(&mut enc, &value, &m, &v, &grad, AdamConfig::default(), 1)?;
         outs.push((p.name.clone(), value));
     }
     enc.submit()?;

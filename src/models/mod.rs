@@ -94,14 +94,6 @@ impl ModelConfig {
         }
         c
     }
-
-    /// The preset this architecture is, if any (`densenet121`, `resnet50`, ...).
-    pub fn preset_name(&self) -> Option<&'static str> {
-        PRESETS
-            .iter()
-            .find(|p| (p.config)(self.num_classes()) == *self)
-            .map(|p| p.name)
-    }
 }
 
 impl fmt::Display for ModelConfig {

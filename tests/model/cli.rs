@@ -4,20 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::{text, train};
 
 #[test]
 fn default_run_writes_files_that_eval_and_predict_read_back() {

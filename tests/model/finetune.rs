@@ -2,25 +2,9 @@
 //! different class count, with `--freeze-features`.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use crate::image_folder;
+use crate::{image_folder, text, train};
 use densenet_wgpu::weights::TensorFile;
-
-fn train(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn fine_tuning_with_frozen_features_replaces_the_classifier_and_keeps_the_rest() {
