@@ -8,7 +8,8 @@
 //! - [`tape`]: records ops, replays them backwards, accumulates gradients.
 //! - [`models`]: DenseNet and ResNet as torchvision defines them, behind one `Model` trait.
 //! - [`optim`]: Adam/AdamW and learning-rate schedules.
-//! - [`train`]: one training step, top to bottom.
+//! - [`train`]: one training step, top to bottom; [`run`]: a whole training run (epochs,
+//!   checkpoints, resume, evaluation), as the `train` binary makes it.
 //! - [`weights`]: safetensors with torchvision's names; [`verify`]: PyTorch golden checks.
 //! - [`study`]: the DenseNet-vs-ResNet comparison (`train compare`).
 //! - [`data`]: image folders, the embedded synthetic dataset, background loading;
@@ -24,6 +25,7 @@ pub mod optim;
 pub mod plot;
 pub mod progress;
 pub mod rng;
+pub mod run;
 pub mod study;
 pub mod tape;
 pub mod train;

@@ -10,11 +10,12 @@ use std::time::Instant;
 use crate::bench::median;
 use crate::gpu::{Gpu, Result};
 use crate::metrics::EpochMetrics;
-use crate::models::{BlockMode, ModelConfig, ResNetBlock};
+use crate::models::{self, BlockMode, ModelConfig, ResNetBlock};
 use crate::ops::adam::AdamConfig;
 use crate::optim::{Adam, Schedule};
 use crate::plot::{write_chart, Series};
 use crate::rng::Rng;
+use crate::run::{self, RunResult, RunSpec};
 use crate::tape::Tape;
 use crate::train::Trainer;
 
@@ -474,4 +475,139 @@ fn discussion(w: &mut String, costs: &[Cost], runs: &[Run]) {
         w,
         "- Memory-efficient DenseNets: G. Pleiss et al., *Memory-Efficient Implementation of DenseNets*, arXiv:1707.06990 (2017): shared storage for concatenations and recomputed BN+ReLU, the idea implemented here.\n- Dual Path Networks: Y. Chen et al., NeurIPS 2017: one path sums (ResNet, feature re-use) and one concatenates (DenseNet, new features).\n- CondenseNet: G. Huang et al., CVPR 2018: learned group convolutions prune the dense connections for mobile inference.\n- Semantic segmentation: S. Jégou et al., *The One Hundred Layers Tiramisu*, CVPR Workshops 2017: dense blocks in an encoder-decoder.\n- Image restoration: Y. Zhang et al., *Residual Dense Network for Image Super-Resolution*, CVPR 2018: dense connections inside residual blocks.\n- Sequence models: DenseNet-style connections across recurrent or transformer layers, e.g. *DenseFormer* (M. Pagliardini et al., 2024), which averages the outputs of all earlier transformer blocks with learned weights.\n- Detection backbones: VoVNet (Y. Lee et al., CVPRW 2019) keeps DenseNet's concatenation but aggregates once per block (one-shot aggregation), for lower memory traffic."
     );
+}
+
+/// What `train compare` runs.
+pub struct Plan {
+    /// Settings shared by every model (`config`, `preset` and `out` are set per model:
+    /// `out` is the parent of the per-model run folders).
+    pub base: RunSpec,
+    /// Models measured and trained.
+    pub models: Vec<String>,
+    /// Models only measured (more depths for the memory figure).
+    pub cost_only: Vec<String>,
+    pub cost_steps: usize,
+    /// The report; its figures go to `img/` beside it.
+    pub doc: std::path::PathBuf,
+    /// Continue runs that have a checkpoint.
+    pub resume: bool,
+    /// The command line, quoted in the report.
+    pub command: String,
+}
+
+/// The study: costs first (before any training, on a quiet machine), then one training
+/// run per model with identical settings, then the report.
+pub fn compare(plan: &Plan) -> RunResult<()> {
+    let base = &plan.base;
+    let classes = base.dataset.classes().len();
+    let preset = |n: &String| {
+        models::preset(n, classes)
+            .map(|c| (n.clone(), c))
+            .ok_or_else(|| {
+                format!(
+                    "unknown model {n:?}; choose among {}",
+                    models::preset_names()
+                )
+            })
+    };
+    let trained: Vec<(String, ModelConfig)> =
+        plan.models.iter().map(preset).collect::<RunResult<_>>()?;
+    let extra: Vec<(String, ModelConfig)> = plan
+        .cost_only
+        .iter()
+        .filter(|n| !plan.models.contains(n))
+        .map(preset)
+        .collect::<RunResult<_>>()?;
+
+    let gpu = run::open_gpu()?;
+    let adapter = gpu.describe();
+    let mut costs = Vec::new();
+    for (name, config) in trained.iter().chain(&extra) {
+        println!(
+            "cost: {name} ({} steps per block mode, batch {}, {}x{})",
+            plan.cost_steps, base.batch_size, base.image_size, base.image_size
+        );
+        let c = measure_cost(
+            &gpu,
+            name,
+            config,
+            base.image_size,
+            base.batch_size,
+            plan.cost_steps,
+        )
+        .map_err(|e| format!("{name}: {e}"))?;
+        for m in &c.modes {
+            println!(
+                "cost: {name} {:?}: {:.0} ms/step, peak {:.1} MiB; {:.2} M parameters, {:.3} GFLOPs/image",
+                m.mode,
+                m.step_ms,
+                mib(m.peak_bytes),
+                c.params as f64 / 1e6,
+                c.gflops_per_image
+            );
+        }
+        costs.push(c);
+    }
+    drop(gpu);
+
+    let mut runs = Vec::new();
+    for (name, config) in &trained {
+        let mut spec = base.clone();
+        spec.out = base.out.join(name);
+        spec.config = config.clone();
+        spec.preset = name.clone();
+        spec.resume = plan.resume && spec.out.join("checkpoint.safetensors").exists();
+        println!("== {name}: training");
+        let history = run::fit(&spec)?;
+        let seconds = history.iter().map(|m| m.seconds).sum();
+        runs.push(Run {
+            name: name.clone(),
+            history,
+            seconds,
+        });
+    }
+
+    let settings = Settings {
+        data: base.data.clone(),
+        images: base.train.len() + base.val.len(),
+        classes: base.dataset.classes().to_vec(),
+        train: base.train.len(),
+        val: base.val.len(),
+        image_size: base.image_size,
+        epochs: base.epochs,
+        batch_size: base.batch_size,
+        lr: base.lr,
+        schedule: base.schedule.to_string(),
+        augmentation: base.augment.unwrap_or("none").to_string(),
+        seed: base.seed,
+        command: plan.command.clone(),
+        adapter,
+        date: today(),
+    };
+    let img = plan.doc.parent().unwrap_or(Path::new(".")).join("img");
+    write_report(&plan.doc, &img, &settings, &costs, &runs)?;
+    println!(
+        "wrote {} and its figures in {}",
+        plan.doc.display(),
+        img.display()
+    );
+    Ok(())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
 }

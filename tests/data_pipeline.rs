@@ -411,6 +411,31 @@ fn augmentation_is_reproducible_whatever_the_worker_count() {
 }
 
 #[test]
+fn a_resumed_epoch_continues_with_the_same_batches_and_augmentation() {
+    let synthetic: Arc<dyn Dataset> = Arc::new(Synthetic::new(40, 8, 3));
+    let full = collect(Loader::new(
+        synthetic.clone(),
+        (0..40).collect(),
+        6,
+        Some(9),
+        true,
+        false,
+    ));
+    assert_eq!(full.len(), 7);
+    for first in [0, 1, 4, 6, 7] {
+        let rest = collect(Loader::resume_at(
+            synthetic.clone(),
+            (0..40).collect(),
+            6,
+            Some(9),
+            true,
+            first,
+        ));
+        assert_eq!(rest, full[first..], "resumed after {first} batches");
+    }
+}
+
+#[test]
 fn dropping_the_loader_mid_epoch_stops_its_workers() {
     let dataset: Arc<dyn Dataset> = Arc::new(Synthetic::new(100_000, 32, 1));
     let start = Instant::now();

@@ -57,6 +57,8 @@ struct Plan {
     num_batches: usize,
     /// Seed of the per-item augmentation generators; `None`: no augmentation.
     augment_seed: Option<u64>,
+    /// The first batch built: batches before it were consumed before an interruption.
+    first_batch: usize,
     stop: AtomicBool,
 }
 
@@ -106,6 +108,41 @@ impl Loader {
         drop_last: bool,
         workers: usize,
     ) -> Loader {
+        let plan = (shuffle_seed, augment, drop_last);
+        Loader::build(dataset, indices, batch_size, plan, workers, 0)
+    }
+
+    /// The epoch [`Loader::new`] would give, from batch `first_batch` on: the same order
+    /// and the same augmentation of every item (it depends on the item's position in the
+    /// epoch only), so a run resumed after `first_batch` batches continues exactly as the
+    /// uninterrupted one.
+    pub fn resume_at(
+        dataset: Arc<dyn Dataset>,
+        indices: Vec<usize>,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+        augment: bool,
+        first_batch: usize,
+    ) -> Loader {
+        let plan = (shuffle_seed, augment, false);
+        Loader::build(
+            dataset,
+            indices,
+            batch_size,
+            plan,
+            default_workers(),
+            first_batch,
+        )
+    }
+
+    fn build(
+        dataset: Arc<dyn Dataset>,
+        indices: Vec<usize>,
+        batch_size: usize,
+        (shuffle_seed, augment, drop_last): (Option<u64>, bool, bool),
+        workers: usize,
+        first_batch: usize,
+    ) -> Loader {
         assert!(batch_size > 0, "batch size must be positive");
         let mut order = indices;
         if let Some(seed) = shuffle_seed {
@@ -123,14 +160,16 @@ impl Loader {
             batch_size,
             num_batches,
             augment_seed: augment.then(|| shuffle_seed.unwrap_or(0)),
+            first_batch: first_batch.min(num_batches),
             stop: AtomicBool::new(false),
         });
 
-        let workers = workers.clamp(1, num_batches.max(1));
+        let left = num_batches - plan.first_batch;
+        let workers = workers.clamp(1, left.max(1));
         let capacity = (PREFETCH_BATCHES / workers).saturating_sub(1);
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
-        if num_batches > 0 {
+        if left > 0 {
             for worker in 0..workers {
                 let (tx, rx) = sync_channel(capacity);
                 let plan = Arc::clone(&plan);
@@ -143,10 +182,10 @@ impl Loader {
             }
         }
         Loader {
+            next: plan.first_batch,
             plan,
             receivers,
             workers: handles,
-            next: 0,
             warnings: Mutex::new(Vec::new()),
         }
     }
@@ -177,7 +216,7 @@ pub fn default_workers() -> usize {
 }
 
 fn run_worker(plan: &Plan, worker: usize, workers: usize, tx: &SyncSender<Prepared>) {
-    for b in (worker..plan.num_batches).step_by(workers) {
+    for b in (plan.first_batch + worker..plan.num_batches).step_by(workers) {
         let Some(prepared) = build_batch(plan, b) else {
             return;
         };
@@ -238,7 +277,7 @@ impl Iterator for Loader {
 
     fn next(&mut self) -> Option<Batch> {
         while self.next < self.plan.num_batches {
-            let rx = &self.receivers[self.next % self.receivers.len()];
+            let rx = &self.receivers[(self.next - self.plan.first_batch) % self.receivers.len()];
             let prepared = rx
                 .recv()
                 .expect("a data loader thread stopped unexpectedly");

@@ -84,6 +84,32 @@ fn default_run_reads_back(model: &[&str]) {
 }
 
 #[test]
+fn misspelled_options_are_usage_errors_with_a_suggestion() {
+    for args in [
+        &["fit", "--data", "x", "--epoch", "3", "--bacth-size", "4"][..],
+        &["--epochz", "2"],
+        &["--epochs", "0"],
+        &["fit", "--data", "x", "--schedule", "cosin"],
+    ] {
+        let o = train(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}\n{}", text(&o));
+    }
+    let o = train(&["--epochz", "2"]);
+    assert!(
+        text(&o).contains("a similar argument exists: '--epochs'"),
+        "{}",
+        text(&o)
+    );
+    // Each subcommand has its own help.
+    let o = train(&["fit", "--help"]);
+    assert!(
+        o.status.success() && text(&o).contains("--val-split"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn bad_input_is_one_clear_error() {
     let o = train(&["fit", "--data", "/no/such/folder"]);
     assert!(!o.status.success());

@@ -13,10 +13,13 @@ fn fine_tuning_with_frozen_features_replaces_the_classifier_and_keeps_the_rest()
     image_folder(&a, 4, 12, 1);
     image_folder(&b, 2, 12, 2);
     let (run_a, run_b) = (base.join("run-a"), base.join("run-b"));
-    let common = ["--model", "resnet18", "--image-size", "32", "--epochs", "1"];
+    let common = ["--image-size", "32", "--epochs", "1"];
     let fit = |data: &Path, out: &Path, extra: &[&str]| {
         let mut args = vec!["fit", "--data", data.to_str().unwrap()];
         args.extend(common);
+        if !extra.contains(&"--model") {
+            args.extend(["--model", "resnet18"]);
+        }
         args.extend(["--batch-size", "8", "--out", out.to_str().unwrap()]);
         args.extend(extra);
         train(&args)

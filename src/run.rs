@@ -1,0 +1,573 @@
+//! A training run, the way the `train` binary makes one: the epoch loop with progress
+//! output, per-epoch metrics (metrics.csv, curves.png), checkpoints (weights, Adam state
+//! and the position in the epoch) and resuming from them, the best weights, evaluation
+//! over a split, and reading weight files back. The binary only parses its command line
+//! into a [`RunSpec`] and calls [`fit`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::data::loader::Loader;
+use crate::data::synthetic::Synthetic;
+use crate::data::Dataset;
+use crate::gpu::Gpu;
+use crate::metrics::{self, EpochMetrics};
+use crate::models::{BlockMode, Model, ModelConfig};
+use crate::ops::adam::AdamConfig;
+use crate::optim::{Adam, Schedule};
+use crate::progress::Progress;
+use crate::train::{evaluate, Trainer};
+use crate::weights::{self, infer_config, TensorFile};
+
+/// Errors of a run are messages that name what failed (file, option, tensor).
+pub type RunResult<T> = Result<T, String>;
+
+/// A learning-rate schedule as the command line names it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScheduleSpec {
+    Constant,
+    /// `lr / (1 + decay · step)`.
+    InverseTime {
+        decay: f64,
+    },
+    /// Cosine decay to 0 over the run, after a linear warm-up of this many epochs.
+    Cosine {
+        warmup_epochs: f64,
+    },
+}
+
+impl ScheduleSpec {
+    /// The per-step schedule for a run of `epochs` epochs of `steps_per_epoch` steps.
+    pub fn schedule(self, epochs: usize, steps_per_epoch: usize) -> Schedule {
+        match self {
+            ScheduleSpec::Constant => Schedule::Constant,
+            ScheduleSpec::InverseTime { decay } => Schedule::InverseTime { decay },
+            ScheduleSpec::Cosine { warmup_epochs } => Schedule::Cosine {
+                total_steps: epochs * steps_per_epoch,
+                warmup_steps: (warmup_epochs * steps_per_epoch as f64) as usize,
+                min_lr: 0.0,
+            },
+        }
+    }
+}
+
+impl FromStr for ScheduleSpec {
+    type Err = String;
+    /// `constant`, `inverse-time:DECAY` or `cosine[:WARMUP_EPOCHS]`.
+    fn from_str(s: &str) -> RunResult<Self> {
+        let bad =
+            || format!("{s:?}: expected constant, inverse-time:DECAY or cosine[:WARMUP_EPOCHS]");
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let num = |a: &str| a.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+        Ok(match (name, arg) {
+            ("constant", None) => ScheduleSpec::Constant,
+            ("inverse-time", Some(a)) => ScheduleSpec::InverseTime {
+                decay: num(a).ok_or_else(bad)?,
+            },
+            ("cosine", None) => ScheduleSpec::Cosine { warmup_epochs: 0.0 },
+            ("cosine", Some(a)) => ScheduleSpec::Cosine {
+                warmup_epochs: num(a).ok_or_else(bad)?,
+            },
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl fmt::Display for ScheduleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleSpec::Constant => write!(f, "constant"),
+            ScheduleSpec::InverseTime { decay } => write!(f, "inverse-time:{decay}"),
+            ScheduleSpec::Cosine { warmup_epochs } if *warmup_epochs == 0.0 => write!(f, "cosine"),
+            ScheduleSpec::Cosine { warmup_epochs } => write!(f, "cosine:{warmup_epochs}"),
+        }
+    }
+}
+
+/// Everything a training run needs, however its data was chosen.
+#[derive(Clone)]
+pub struct RunSpec {
+    pub dataset: Arc<dyn Dataset>,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub config: ModelConfig,
+    /// The `--model` preset name, as recorded with the weights.
+    pub preset: String,
+    /// Weights to start from (fine-tuning).
+    pub init: Option<PathBuf>,
+    pub freeze_features: bool,
+    pub image_size: usize,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub schedule: ScheduleSpec,
+    pub weight_decay: f64,
+    pub adamw: bool,
+    pub seed: u64,
+    /// Whether the dataset's augmentation is applied to training batches, and its name.
+    pub augment: Option<&'static str>,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub mode: BlockMode,
+    /// Where the data came from (stored with the weights, read by `eval`).
+    pub data: String,
+    /// Minutes between mid-epoch checkpoints (0: only at the end of each epoch).
+    pub checkpoint_minutes: f64,
+}
+
+/// Opens the adapter (`DENSENET_WGPU_ADAPTER` picks one) and says which it is.
+pub fn open_gpu() -> RunResult<Gpu> {
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    eprintln!("adapter: {}", gpu.describe());
+    Ok(gpu)
+}
+
+/// Trains `spec.config` on `spec.train`, evaluating on `spec.val` after every epoch, and
+/// writes the run folder. Returns the per-epoch metrics (resumed epochs included).
+pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
+    if spec.batch_size == 0 || spec.epochs == 0 {
+        return Err("--batch-size and --epochs must be positive".into());
+    }
+    if spec.train.is_empty() {
+        return Err("no training images".into());
+    }
+    std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
+    let gpu = open_gpu()?;
+    let mut model = spec
+        .config
+        .build(&gpu, spec.seed)
+        .map_err(|e| e.to_string())?;
+    model.set_mode(spec.mode);
+    if let Some(init) = &spec.init {
+        init_from(&gpu, model.as_mut(), init)?;
+    }
+    if spec.freeze_features {
+        model.freeze_features();
+        let trainable: usize = model
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.value.numel())
+            .sum();
+        println!(
+            "--freeze-features: training only {}* ({trainable} of {} parameters); frozen BNs use their running statistics",
+            model.classifier_prefix(),
+            model.num_parameters()
+        );
+    }
+    let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
+    let adam = AdamConfig {
+        lr: spec.lr as f32,
+        weight_decay: spec.weight_decay as f32,
+        decoupled: spec.adamw,
+        ..AdamConfig::default()
+    };
+    let schedule = spec.schedule.schedule(spec.epochs, steps_per_epoch);
+    let opt = Adam::new(&gpu, model.params(), adam, schedule).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(&gpu, model, opt);
+    let checkpoint = spec.out.join("checkpoint.safetensors");
+    let csv = spec.out.join("metrics.csv");
+    let mut history: Vec<EpochMetrics> = Vec::new();
+    let mut start_epoch = 0;
+    let mut resume_partial: Option<Partial> = None;
+    if spec.resume {
+        if !checkpoint.exists() {
+            return Err(format!("--resume: {} does not exist", checkpoint.display()));
+        }
+        let file = TensorFile::read(&checkpoint).map_err(|e| e.to_string())?;
+        trainer
+            .model
+            .store_mut()
+            .load(&gpu, &file, &["optim."])
+            .map_err(|e| e.to_string())?;
+        trainer
+            .opt
+            .load(&gpu, trainer.model.params(), &file)
+            .map_err(|e| e.to_string())?;
+        history = if csv.exists() {
+            metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?
+        } else {
+            vec![]
+        };
+        let meta = read_metadata(&checkpoint);
+        start_epoch = meta
+            .get("epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or_else(|| (trainer.opt.step as usize).div_ceil(steps_per_epoch));
+        resume_partial = Partial::from_metadata(&meta);
+        history.truncate(start_epoch);
+        for h in &mut history {
+            h.epochs = spec.epochs;
+        }
+        metrics::write_csv(&csv, &history).map_err(|e| format!("{}: {e}", csv.display()))?;
+        println!(
+            "resumed from {} at epoch {} batch {} (step {})",
+            checkpoint.display(),
+            start_epoch + 1,
+            resume_partial.as_ref().map_or(0, |p| p.batches_done),
+            trainer.opt.step
+        );
+    } else if csv.exists() {
+        std::fs::remove_file(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+    }
+    println!(
+        "model: {} ({} parameters, {:?} blocks), image {}x{}, batch {}, {} epochs, Adam lr {} ({}){}",
+        spec.preset,
+        trainer.model.num_parameters(),
+        spec.mode,
+        spec.image_size,
+        spec.image_size,
+        spec.batch_size,
+        spec.epochs,
+        spec.lr,
+        spec.schedule,
+        spec.augment
+            .map(|a| format!(", augmentation: {a}"))
+            .unwrap_or_default()
+    );
+    println!("run folder: {}", spec.out.display());
+
+    let mut best_val = f64::NEG_INFINITY;
+    for epoch in start_epoch..spec.epochs {
+        let lr = trainer.opt.current_lr();
+        let shuffle_seed = spec.seed.wrapping_add(epoch as u64 + 1);
+        // A checkpoint written mid-epoch resumes after its last finished batch: the same
+        // shuffled order and the same augmentation of every item, minus the batches done.
+        let partial = resume_partial.take().unwrap_or_default();
+        let mut loader = Loader::resume_at(
+            spec.dataset.clone(),
+            spec.train.clone(),
+            spec.batch_size,
+            Some(shuffle_seed),
+            spec.augment.is_some(),
+            partial.batches_done,
+        );
+        let mut bar = Progress::new(
+            &format!("epoch {}/{}", epoch + 1, spec.epochs),
+            spec.train.len(),
+        );
+        bar.inc(partial.seen, "");
+        let mut part = partial;
+        let t0 = Instant::now() - Duration::from_secs_f64(part.seconds);
+        let mut last_save = Instant::now();
+        for batch in loader.by_ref() {
+            let r = trainer
+                .train_step(&batch.images, &batch.labels, spec.image_size)
+                .map_err(|e| e.to_string())?;
+            part.loss_sum += r.loss * r.count as f64;
+            part.correct += r.correct;
+            part.seen += r.count;
+            part.batches_done += 1;
+            bar.inc(
+                r.count,
+                &format!(
+                    "loss {:.4} acc {:.3}",
+                    part.loss_sum / part.seen as f64,
+                    part.correct as f64 / part.seen as f64
+                ),
+            );
+            if spec.checkpoint_minutes > 0.0
+                && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0
+            {
+                part.seconds = t0.elapsed().as_secs_f64();
+                save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))?;
+                last_save = Instant::now();
+            }
+        }
+        let (loss_sum, correct, seen) = (part.loss_sum, part.correct, part.seen);
+        bar.finish();
+        for w in loader.take_warnings() {
+            eprintln!("warning: {w}");
+        }
+        if seen == 0 {
+            return Err("no training image could be loaded".into());
+        }
+        let (val_loss, val_acc) = if spec.val.is_empty() {
+            (None, None)
+        } else {
+            let e = evaluate_split(
+                &gpu,
+                trainer.model.as_ref(),
+                &spec.dataset,
+                &spec.val,
+                spec.batch_size.max(16),
+                spec.image_size,
+            )?;
+            (Some(e.loss), Some(e.accuracy))
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            epochs: spec.epochs,
+            train_loss: loss_sum / seen as f64,
+            train_acc: correct as f64 / seen as f64,
+            val_loss,
+            val_acc,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        println!("{}", m.summary_line());
+        metrics::append_csv(&csv, &m).map_err(|e| format!("{}: {e}", csv.display()))?;
+        history.push(m);
+        if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &history) {
+            eprintln!("warning: could not write curves.png: {e}");
+        }
+        save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch + 1, None)?;
+        if let Some(a) = val_acc {
+            if a > best_val {
+                best_val = a;
+                let best = spec.out.join("best.safetensors");
+                save_weights(&gpu, trainer.model.as_ref(), spec, &best, epoch + 1)?;
+            }
+        }
+    }
+    println!(
+        "wrote {}, {}, {}{}",
+        csv.display(),
+        spec.out.join("curves.png").display(),
+        checkpoint.display(),
+        if best_val.is_finite() {
+            format!(", best.safetensors (val_acc {best_val:.4})")
+        } else {
+            String::new()
+        }
+    );
+    Ok(history)
+}
+
+fn run_metadata(spec: &RunSpec, epoch: usize) -> HashMap<String, String> {
+    let mut meta = HashMap::new();
+    meta.insert("classes".into(), spec.dataset.classes().join("\n"));
+    meta.insert("image_size".into(), spec.image_size.to_string());
+    meta.insert("model".into(), spec.preset.clone());
+    meta.insert("architecture".into(), spec.config.to_string());
+    meta.insert("epoch".into(), epoch.to_string());
+    meta.insert("format".into(), "pt".into());
+    meta.insert("data".into(), spec.data.clone());
+    meta
+}
+
+/// The model's state_dict with the run's metadata (what `best.safetensors` holds).
+pub fn save_weights(
+    gpu: &Gpu,
+    model: &dyn Model,
+    spec: &RunSpec,
+    path: &Path,
+    epoch: usize,
+) -> RunResult<()> {
+    let entries = model.store().state_dict(gpu).map_err(|e| e.to_string())?;
+    weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string())
+}
+
+/// Progress through an epoch, saved in mid-epoch checkpoints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Partial {
+    pub batches_done: usize,
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub seen: usize,
+    pub seconds: f64,
+}
+
+impl Partial {
+    fn to_metadata(&self, meta: &mut HashMap<String, String>) {
+        meta.insert("batches_done".into(), self.batches_done.to_string());
+        meta.insert("partial_loss_sum".into(), self.loss_sum.to_string());
+        meta.insert("partial_correct".into(), self.correct.to_string());
+        meta.insert("partial_seen".into(), self.seen.to_string());
+        meta.insert("partial_seconds".into(), self.seconds.to_string());
+    }
+
+    /// The progress a mid-epoch checkpoint recorded (`None` at an epoch boundary).
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Option<Partial> {
+        let get = |k: &str| meta.get(k).and_then(|v| v.parse::<f64>().ok());
+        let batches_done = get("batches_done")? as usize;
+        (batches_done > 0).then(|| Partial {
+            batches_done,
+            loss_sum: get("partial_loss_sum").unwrap_or(0.0),
+            correct: get("partial_correct").unwrap_or(0.0) as usize,
+            seen: get("partial_seen").unwrap_or(0.0) as usize,
+            seconds: get("partial_seconds").unwrap_or(0.0),
+        })
+    }
+}
+
+/// The string metadata of a safetensors file (empty if it has none or cannot be read).
+pub fn read_metadata(path: &Path) -> HashMap<String, String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| {
+            safetensors::SafeTensors::read_metadata(&bytes)
+                .ok()
+                .and_then(|(_, m)| m.metadata().clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Weights + optimizer state; `epoch` counts finished epochs, `partial` the progress
+/// through the next one (mid-epoch saves).
+fn save_checkpoint(
+    gpu: &Gpu,
+    t: &Trainer,
+    spec: &RunSpec,
+    path: &Path,
+    epoch: usize,
+    partial: Option<&Partial>,
+) -> RunResult<()> {
+    let mut entries = t.model.store().state_dict(gpu).map_err(|e| e.to_string())?;
+    entries.extend(
+        t.opt
+            .state_dict(gpu, t.model.params())
+            .map_err(|e| e.to_string())?,
+    );
+    let mut meta = run_metadata(spec, epoch);
+    if let Some(p) = partial {
+        p.to_metadata(&mut meta);
+    }
+    weights::write(path, entries, meta).map_err(|e| e.to_string())
+}
+
+/// What [`evaluate_split`] measured.
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Counts by (true class, predicted class).
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Mean loss, accuracy and confusion matrix of `model` over `indices` of `dataset`.
+pub fn evaluate_split(
+    gpu: &Gpu,
+    model: &dyn Model,
+    dataset: &Arc<dyn Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+    size: usize,
+) -> RunResult<Evaluation> {
+    let k = dataset.classes().len();
+    let mut confusion = vec![vec![0usize; k]; k];
+    let mut loader = Loader::new(
+        dataset.clone(),
+        indices.to_vec(),
+        batch_size,
+        None,
+        false,
+        false,
+    );
+    let mut bar = Progress::new("validation", indices.len());
+    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+    for batch in loader.by_ref() {
+        let r =
+            evaluate(gpu, model, &batch.images, &batch.labels, size).map_err(|e| e.to_string())?;
+        loss_sum += r.loss * r.count as f64;
+        correct += r.correct;
+        seen += r.count;
+        for (p, l) in r.predictions.iter().zip(&batch.labels) {
+            confusion[*l][*p] += 1;
+        }
+        bar.inc(r.count, "");
+    }
+    bar.finish();
+    for w in loader.take_warnings() {
+        eprintln!("warning: {w}");
+    }
+    if seen == 0 {
+        return Err("no validation image could be loaded".into());
+    }
+    Ok(Evaluation {
+        loss: loss_sum / seen as f64,
+        accuracy: correct as f64 / seen as f64,
+        confusion,
+    })
+}
+
+/// What a weight file's metadata says about its run.
+pub struct RunInfo {
+    pub classes: Option<Vec<String>>,
+    pub image_size: Option<usize>,
+    /// `embedded:<images>:<seed>` for the built-in dataset, else the data folder.
+    pub data: Option<String>,
+}
+
+/// Loads a weights or checkpoint file: the architecture comes from the tensor names and
+/// shapes, class names and image size from the metadata when present.
+pub fn load_model(gpu: &Gpu, path: &Path) -> RunResult<(Box<dyn Model>, RunInfo)> {
+    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
+    let config = infer_config(&file).map_err(|e| e.to_string())?;
+    let mut model = config.build(gpu, 0).map_err(|e| e.to_string())?;
+    model
+        .store_mut()
+        .load(gpu, &file, &["optim."])
+        .map_err(|e| e.to_string())?;
+    let meta = read_metadata(path);
+    let info = RunInfo {
+        classes: meta
+            .get("classes")
+            .map(|c| c.lines().map(String::from).collect()),
+        image_size: meta.get("image_size").and_then(|s| s.parse().ok()),
+        data: meta.get("data").cloned(),
+    };
+    Ok((model, info))
+}
+
+/// `--init FILE`: loads weights of the same architecture into `model`. When the file's
+/// classifier is for another class count, the model keeps its freshly initialised one.
+pub fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> RunResult<()> {
+    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
+    let theirs = infer_config(&file).map_err(|e| e.to_string())?;
+    let ours = model.config();
+    if theirs.with_num_classes(ours.num_classes()) != ours {
+        return Err(format!(
+            "--init {}: the file holds {theirs}, but the model is {ours}",
+            path.display()
+        ));
+    }
+    let head = model.classifier_prefix();
+    let replace = theirs.num_classes() != ours.num_classes();
+    let keep = replace.then_some(head);
+    model
+        .store_mut()
+        .load_except(gpu, &file, &["optim."], keep)
+        .map_err(|e| e.to_string())?;
+    if replace {
+        println!(
+            "--init {}: loaded every tensor but the classifier; {head}* replaced by a freshly initialised one ({} → {} classes)",
+            path.display(),
+            theirs.num_classes(),
+            ours.num_classes()
+        );
+    } else {
+        println!("--init {}: loaded every tensor", path.display());
+    }
+    Ok(())
+}
+
+/// Writes two validation images per class of the embedded dataset as PNGs, for
+/// `train predict` to try.
+pub fn write_samples(data: &Synthetic, val: &[usize], dir: &Path) -> RunResult<()> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = vec![0usize; data.classes().len()];
+    for &i in val {
+        let (pixels, label) = data.render(i);
+        if written[label] >= 2 {
+            continue;
+        }
+        written[label] += 1;
+        let s = data.image_size();
+        let img = image::RgbImage::from_fn(s as u32, s as u32, |x, y| {
+            let at =
+                |c: usize| (pixels[(c * s + y as usize) * s + x as usize] * 255.0).round() as u8;
+            image::Rgb([at(0), at(1), at(2)])
+        });
+        let path = dir.join(format!("{}_{i}.png", data.classes()[label]));
+        img.save(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
