@@ -4,7 +4,7 @@
 //! over a split, and reading weight files back. The binary only parses its command line
 //! into a [`RunSpec`] and calls [`fit`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -341,8 +341,8 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
     Ok(history)
 }
 
-fn run_metadata(spec: &RunSpec, epoch: usize) -> HashMap<String, String> {
-    let mut meta = HashMap::new();
+fn run_metadata(spec: &RunSpec, epoch: usize) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
     meta.insert("classes".into(), spec.dataset.classes().join("\n"));
     meta.insert("image_size".into(), spec.image_size.to_string());
     meta.insert("model".into(), spec.preset.clone());
@@ -376,7 +376,7 @@ pub struct Partial {
 }
 
 impl Partial {
-    fn to_metadata(&self, meta: &mut HashMap<String, String>) {
+    fn to_metadata(&self, meta: &mut BTreeMap<String, String>) {
         meta.insert("batches_done".into(), self.batches_done.to_string());
         meta.insert("partial_loss_sum".into(), self.loss_sum.to_string());
         meta.insert("partial_correct".into(), self.correct.to_string());

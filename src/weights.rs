@@ -4,8 +4,9 @@
 //! A checkpoint is the same file plus the optimizer state under `optim.` names
 //! (`optim.m.<param>`, `optim.v.<param>`, `optim.step`), which PyTorch loaders can filter.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -160,47 +161,74 @@ pub enum Entry {
     I64(Vec<usize>, Vec<i64>),
 }
 
-/// Writes tensors to `path` atomically (a temporary file in the same folder, then rename),
-/// so an interrupted save never leaves a truncated file behind.
+/// Writes tensors to `path` in the safetensors format, crash-safely: a temporary file in
+/// the same folder is written and flushed to disk, renamed over `path`, and the folder is
+/// flushed too, so a crash at any moment leaves either the old file or the new one.
+///
+/// The bytes depend only on the tensors and the metadata: tensors are laid out by name,
+/// and the header's keys are sorted (the `safetensors` crate writes the metadata map in
+/// hash order, so two saves of the same run differed).
 pub fn write(
     path: &Path,
     entries: Vec<(String, Entry)>,
-    metadata: HashMap<String, String>,
+    metadata: BTreeMap<String, String>,
 ) -> Result<(), WeightsError> {
     let io = |e: std::io::Error| WeightsError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = entries
+    let mut entries: Vec<(String, &'static str, Vec<usize>, Vec<u8>)> = entries
         .into_iter()
         .map(|(name, e)| match e {
-            Entry::F32(shape, d) => (name, bytemuck::cast_slice(&d).to_vec(), Dtype::F32, shape),
-            Entry::I64(shape, d) => (
-                name,
-                d.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Dtype::I64,
-                shape,
-            ),
+            Entry::F32(shape, d) => (name, "F32", shape, bytemuck::cast_slice(&d).to_vec()),
+            Entry::I64(shape, d) => {
+                let bytes = d.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, "I64", shape, bytes)
+            }
         })
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(n, b, d, s)| {
-            safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| WeightsError::Format {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    let data = safetensors::serialize(views, Some(metadata)).map_err(|e| WeightsError::Format {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
+    let mut offset = 0;
+    for (name, dtype, shape, bytes) in &entries {
+        let end = offset + bytes.len();
+        let info =
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, end]});
+        if header.insert(name.clone(), info).is_some() {
+            return Err(WeightsError::Format {
+                path: path.to_path_buf(),
+                message: format!("tensor {name} given twice"),
+            });
+        }
+        offset = end;
+    }
+    let mut head = serde_json::to_vec(&header).map_err(|e| WeightsError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
+    // The data starts 8-byte aligned: the header is padded with spaces.
+    head.resize(head.len().next_multiple_of(8), b' ');
     let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, data).map_err(io)?;
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        f.write_all(&(head.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        f.write_all(&head).map_err(io)?;
+        for (_, _, _, bytes) in &entries {
+            f.write_all(bytes).map_err(io)?;
+        }
+        let f = f.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+    }
     std::fs::rename(&tmp, path).map_err(io)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(())
 }
 
