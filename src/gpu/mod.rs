@@ -172,10 +172,9 @@ pub const NO_SUBGROUPS_ENV: &str = "DENSENET_WGPU_NO_SUBGROUPS";
 pub const ADAPTER_ENV: &str = "DENSENET_WGPU_ADAPTER";
 
 const NO_ADAPTER_HINT: &str = "no WebGPU adapter found. On a machine without a GPU install Mesa's \
-software Vulkan driver (lavapipe); on Debian 12 use Mesa 25 from bookworm-backports: \
-add `deb http://deb.debian.org/debian bookworm-backports main` to apt sources, then \
-`apt-get update && apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1`. \
-`vulkaninfo --summary` should then list `llvmpipe`.";
+software Vulkan driver (lavapipe): on Debian 12, run `sudo scripts/setup-lavapipe.sh` from \
+the repository (Mesa 25 from bookworm-backports; `vulkaninfo --summary` then lists \
+`llvmpipe`).";
 
 impl Gpu {
     /// Opens the preferred adapter: the one named by `DENSENET_WGPU_ADAPTER` if set,
