@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,70 @@ pub struct RunSpec {
     pub data: String,
     /// Minutes between mid-epoch checkpoints (0: only at the end of each epoch).
     pub checkpoint_minutes: f64,
+    /// Steps between mid-epoch checkpoints (0: none on a step count).
+    pub checkpoint_steps: usize,
+}
+
+/// Which of SIGINT and SIGTERM arrived (see [`handle_interrupts`]), and whether either did.
+static SIGINT_SEEN: AtomicBool = AtomicBool::new(false);
+static SIGTERM_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// From now on the first SIGINT or SIGTERM asks [`fit`] to stop after the current step:
+/// it writes a checkpoint, prints the command that resumes, and returns an error; the
+/// process should then exit with [`interrupt_exit_code`]. A second signal ends the
+/// process at once (code 130 for SIGINT, 143 for SIGTERM).
+pub fn handle_interrupts() -> RunResult<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let any = Arc::new(AtomicBool::new(false));
+    let watch = |signal: i32, code: i32| -> std::io::Result<()> {
+        // Registered first, so it sees `any` as the earlier signal left it.
+        signal_hook::flag::register_conditional_shutdown(signal, code, Arc::clone(&any))?;
+        signal_hook::flag::register(signal, Arc::clone(&any))?;
+        let seen = if signal == SIGINT {
+            &SIGINT_SEEN
+        } else {
+            &SIGTERM_SEEN
+        };
+        // SAFETY: the handler only stores to a static atomic, which is async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(signal, move || seen.store(true, Ordering::SeqCst))
+        }?;
+        Ok(())
+    };
+    watch(SIGINT, 130)
+        .and_then(|_| watch(SIGTERM, 143))
+        .map_err(|e| format!("cannot handle SIGINT/SIGTERM: {e}"))
+}
+
+/// The exit code an interrupted run should end with: 130 after SIGINT, 143 after SIGTERM.
+pub fn interrupt_exit_code() -> Option<u8> {
+    if SIGINT_SEEN.load(Ordering::SeqCst) {
+        Some(130)
+    } else if SIGTERM_SEEN.load(Ordering::SeqCst) {
+        Some(143)
+    } else {
+        None
+    }
+}
+
+/// The command line that continues this run: the same arguments with `--resume`.
+fn resume_command() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--resume") {
+        args.push("--resume".into());
+    }
+    args.iter()
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Opens the adapter (`DENSENET_WGPU_ADAPTER` picks one) and says which it is.
@@ -234,9 +299,14 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
     );
     println!("run folder: {}", spec.out.display());
 
-    let mut best_val = f64::NEG_INFINITY;
+    // The best validation accuracy so far, resumed epochs included.
+    let mut best_val = history
+        .iter()
+        .filter_map(|m| m.val_acc)
+        .fold(f64::NEG_INFINITY, f64::max);
     for epoch in start_epoch..spec.epochs {
-        let lr = trainer.opt.current_lr();
+        // The rate at the epoch's first step, also when resuming in the middle of it.
+        let lr = (trainer.opt.schedule).lr(trainer.opt.base_lr, epoch * steps_per_epoch);
         let shuffle_seed = spec.seed.wrapping_add(epoch as u64 + 1);
         // A checkpoint written mid-epoch resumes after its last finished batch: the same
         // shuffled order and the same augmentation of every item, minus the batches done.
@@ -273,12 +343,27 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
                     part.correct as f64 / part.seen as f64
                 ),
             );
-            if spec.checkpoint_minutes > 0.0
-                && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0
-            {
+            let interrupted = interrupt_exit_code().is_some();
+            let by_time = spec.checkpoint_minutes > 0.0
+                && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0;
+            let by_steps = spec.checkpoint_steps > 0
+                && part.batches_done.is_multiple_of(spec.checkpoint_steps);
+            if interrupted || by_time || by_steps {
                 part.seconds = t0.elapsed().as_secs_f64();
                 save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))?;
                 last_save = Instant::now();
+            }
+            if interrupted {
+                bar.finish();
+                println!(
+                    "interrupted after step {} (epoch {}, batch {}): checkpoint written to {}\nresume with: {}",
+                    trainer.opt.step,
+                    epoch + 1,
+                    part.batches_done,
+                    checkpoint.display(),
+                    resume_command()
+                );
+                return Err("interrupted".into());
             }
         }
         let (loss_sum, correct, seen) = (part.loss_sum, part.correct, part.seen);
@@ -318,7 +403,8 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &history) {
             eprintln!("warning: could not write curves.png: {e}");
         }
-        save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch + 1, None)?;
+        // The best weights first: the checkpoint marks the epoch as done, so a run killed
+        // in between redoes the epoch's end and writes the same best file again.
         if let Some(a) = val_acc {
             if a > best_val {
                 best_val = a;
@@ -326,6 +412,7 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
                 save_weights(&gpu, trainer.model.as_ref(), spec, &best, epoch + 1)?;
             }
         }
+        save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch + 1, None)?;
     }
     println!(
         "wrote {}, {}, {}{}",

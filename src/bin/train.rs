@@ -100,6 +100,9 @@ struct TrainOpts {
     /// Also checkpoint every M minutes within an epoch (0: only at epoch ends).
     #[arg(long, value_name = "M", default_value_t = 10.0)]
     checkpoint_minutes: f64,
+    /// Also checkpoint every N steps within an epoch.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    checkpoint_steps: usize,
     /// Materialise every BN+ReLU output and concatenation (default: memory-efficient,
     /// recomputed in backward).
     #[arg(long)]
@@ -221,6 +224,10 @@ struct Defaults {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = run::handle_interrupts() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         None => cmd_default(&cli.default),
         Some(Command::Fit(a)) => folder_spec(&a.data, a.val_split, &a.train, fit_defaults(&a.data))
@@ -236,9 +243,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
     };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
+    result.unwrap_or_else(|e| match run::interrupt_exit_code() {
+        // The run said what it saved and how to resume.
+        Some(code) => ExitCode::from(code),
+        None => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     })
 }
 
@@ -305,6 +316,7 @@ fn run_spec(
         },
         data: String::new(),
         checkpoint_minutes: o.checkpoint_minutes,
+        checkpoint_steps: o.checkpoint_steps,
     })
 }
 

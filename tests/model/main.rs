@@ -12,6 +12,7 @@ mod cli;
 mod compare;
 mod finetune;
 mod golden;
+mod interrupts;
 mod overfit;
 mod tape;
 mod weights;
