@@ -347,7 +347,7 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             let by_time = spec.checkpoint_minutes > 0.0
                 && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0;
             let by_steps = spec.checkpoint_steps > 0
-                && part.batches_done.is_multiple_of(spec.checkpoint_steps);
+                && part.batches_done % spec.checkpoint_steps == 0;
             if interrupted || by_time || by_steps {
                 part.seconds = t0.elapsed().as_secs_f64();
                 save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))?;
