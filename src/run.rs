@@ -200,9 +200,7 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
     if spec.batch_size == 0 || spec.epochs == 0 {
         return Err("--batch-size and --epochs must be positive".into());
     }
-    if spec.train.is_empty() {
-        return Err("no training images".into());
-    }
+    check_classes(spec)?;
     std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
     let gpu = open_gpu()?;
     let mut model = spec
@@ -311,6 +309,8 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         // A checkpoint written mid-epoch resumes after its last finished batch: the same
         // shuffled order and the same augmentation of every item, minus the batches done.
         let partial = resume_partial.take().unwrap_or_default();
+        let from_start = partial.batches_done == 0;
+        let mut loaded = vec![0usize; spec.dataset.classes().len()];
         let mut loader = Loader::resume_at(
             spec.dataset.clone(),
             spec.train.clone(),
@@ -335,6 +335,9 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             part.correct += r.correct;
             part.seen += r.count;
             part.batches_done += 1;
+            for &l in &batch.labels {
+                loaded[l] += 1;
+            }
             bar.inc(
                 r.count,
                 &format!(
@@ -346,8 +349,8 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             let interrupted = interrupt_exit_code().is_some();
             let by_time = spec.checkpoint_minutes > 0.0
                 && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0;
-            let by_steps = spec.checkpoint_steps > 0
-                && part.batches_done % spec.checkpoint_steps == 0;
+            let by_steps =
+                spec.checkpoint_steps > 0 && part.batches_done % spec.checkpoint_steps == 0;
             if interrupted || by_time || by_steps {
                 part.seconds = t0.elapsed().as_secs_f64();
                 save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))?;
@@ -368,11 +371,20 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         }
         let (loss_sum, correct, seen) = (part.loss_sum, part.correct, part.seen);
         bar.finish();
-        for w in loader.take_warnings() {
+        let skipped = loader.take_warnings();
+        for w in &skipped {
             eprintln!("warning: {w}");
         }
         if seen == 0 {
             return Err("no training image could be loaded".into());
+        }
+        // Every training image of a class skipped: the class cannot be learnt.
+        if let Some(class) = loaded.iter().position(|&n| n == 0).filter(|_| from_start) {
+            return Err(format!(
+                "class {:?} of {} has no readable training image left after skipping the files above",
+                spec.dataset.classes()[class],
+                spec.data
+            ));
         }
         let (val_loss, val_acc) = if spec.val.is_empty() {
             (None, None)
@@ -397,7 +409,10 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             lr,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        println!("{}", m.summary_line());
+        match skipped.len() {
+            0 => println!("{}", m.summary_line()),
+            k => println!("{} skipped={k}", m.summary_line()),
+        }
         metrics::append_csv(&csv, &m).map_err(|e| format!("{}: {e}", csv.display()))?;
         history.push(m);
         if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &history) {
@@ -438,6 +453,55 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> BTreeMap<String, String> {
     meta.insert("format".into(), "pt".into());
     meta.insert("data".into(), spec.data.clone());
     meta
+}
+
+/// Refuses data a classifier cannot be trained on (one class, or a class with no training
+/// image) and says which classes the validation split leaves out.
+fn check_classes(spec: &RunSpec) -> RunResult<()> {
+    let classes = spec.dataset.classes();
+    if classes.len() < 2 {
+        return Err(format!(
+            "{}: {} class ({}); a classifier needs at least two",
+            spec.data,
+            classes.len(),
+            classes.join(", ")
+        ));
+    }
+    let count = |indices: &[usize]| {
+        let mut n = vec![0usize; classes.len()];
+        for &i in indices {
+            if let Some(l) = spec.dataset.label(i) {
+                n[l] += 1;
+            }
+        }
+        n
+    };
+    let missing = |n: &[usize]| -> Vec<&str> {
+        classes
+            .iter()
+            .zip(n)
+            .filter(|(_, &k)| k == 0)
+            .map(|(c, _)| c.as_str())
+            .collect()
+    };
+    let untrained = missing(&count(&spec.train));
+    if !untrained.is_empty() {
+        return Err(format!(
+            "{}: the split leaves no training image for class(es) {} (add images, or lower --val-split)",
+            spec.data,
+            untrained.join(", ")
+        ));
+    }
+    let unvalidated = missing(&count(&spec.val));
+    if spec.val.is_empty() {
+        println!("validation: none (--val-split 0); accuracy is reported on training batches only");
+    } else if !unvalidated.is_empty() {
+        println!(
+            "warning: the validation split holds no image of class(es) {}; their accuracy is not measured (more images, a larger --val-split, or --val-split 0 to train without validation)",
+            unvalidated.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The model's state_dict with the run's metadata (what `best.safetensors` holds).

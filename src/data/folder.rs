@@ -177,6 +177,10 @@ impl Dataset for ImageFolder {
         self.items.len()
     }
 
+    fn label(&self, index: usize) -> Option<usize> {
+        self.items.get(index).map(|(_, label)| *label)
+    }
+
     fn classes(&self) -> &[String] {
         &self.classes
     }

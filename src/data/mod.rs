@@ -136,6 +136,9 @@ pub trait Dataset: Send + Sync {
 
     /// Human name of item `index` (the file path for folders), for messages.
     fn describe(&self, index: usize) -> String;
+
+    /// Label of item `index` without loading it (`None` past the end).
+    fn label(&self, index: usize) -> Option<usize>;
 }
 
 /// Deterministic split of `0..n`: a permutation shuffled by `Rng::new(seed)`, whose last

@@ -213,6 +213,10 @@ impl Dataset for Synthetic {
         self.len
     }
 
+    fn label(&self, index: usize) -> Option<usize> {
+        (index < self.len).then(|| Synthetic::label(self, index))
+    }
+
     fn classes(&self) -> &[String] {
         &self.classes
     }

@@ -10,6 +10,7 @@ use densenet_wgpu::gpu::Gpu;
 
 mod cli;
 mod compare;
+mod data_guards;
 mod finetune;
 mod golden;
 mod interrupts;
