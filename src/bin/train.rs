@@ -224,9 +224,16 @@ struct Defaults {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = run::handle_interrupts() {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+    // Training commands stop gracefully on the first Ctrl-C; the others keep the default.
+    let training = matches!(
+        cli.command,
+        None | Some(Command::Fit(_)) | Some(Command::Compare(_))
+    );
+    if training {
+        if let Err(e) = run::handle_interrupts() {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let result = match cli.command {
         None => cmd_default(&cli.default),
