@@ -165,3 +165,59 @@ fn perturbed_reference_is_reported() {
         .all(|c| c.passed()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn running_stat_tolerance_follows_pytorchs_own_float32_deviation() {
+    use densenet_wgpu::weights::{self, Entry, TensorFile};
+    // A float64 twin whose running statistics sit 3e-5 (relative) away from the float32
+    // outputs, as on deep networks with small last feature maps: PyTorch's own float32 run
+    // then misses the fixed 1e-5 bound, and ours is held to twice its deviation instead.
+    let file = TensorFile::read(&data("densenet_bc_small_golden.safetensors")).unwrap();
+    let twin = |shift: f64| -> Vec<(String, Entry)> {
+        file.tensors
+            .iter()
+            .map(|(name, t)| {
+                let e = if t.dtype == safetensors::Dtype::I64 {
+                    Entry::I64(t.shape.clone(), t.data.iter().map(|&v| v as i64).collect())
+                } else if name.starts_with("after.") {
+                    let m = t.data.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    Entry::F32(
+                        t.shape.clone(),
+                        t.data.iter().map(|v| (v + shift * m) as f32).collect(),
+                    )
+                } else {
+                    Entry::F32(t.shape.clone(), t.to_f32())
+                };
+                (name.clone(), e)
+            })
+            .collect()
+    };
+    let dir = std::env::temp_dir().join(format!("densenet-wgpu-calibrated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("shifted_golden.safetensors");
+    weights::write(&path, twin(0.0), Default::default()).unwrap();
+    weights::write(
+        &dir.join("shifted_golden_f64.safetensors"),
+        twin(3e-5),
+        Default::default(),
+    )
+    .unwrap();
+    let report = verify_golden(gpu(), &path, BlockMode::MemoryEfficient).unwrap();
+    let stats = report
+        .checks
+        .iter()
+        .find(|c| c.group.starts_with("after."))
+        .unwrap();
+    assert!(
+        stats.metric.contains("2x PyTorch f32"),
+        "{}",
+        report.table()
+    );
+    assert!(
+        stats.tolerance > 5.5e-5 && stats.tolerance < 6.5e-5,
+        "{}",
+        report.table()
+    );
+    assert!(stats.value > 2e-5 && stats.passed(), "{}", report.table());
+    std::fs::remove_dir_all(&dir).ok();
+}
