@@ -56,22 +56,13 @@ fn distinct(op: &str, out: &Tensor, ins: &[&Tensor]) -> Result<()> {
     }
 }
 
-/// Switches to the vec4 entry points when every view's offset, batch stride and item size
-/// are multiples of 4: rewrites the uniform in vec4 units and returns the entry suffix.
+/// [`super::vectorise`] on this op's uniform.
 fn vectorise(p: &mut Params, tensors: &[&Tensor]) -> &'static str {
-    let aligned = tensors
-        .iter()
-        .all(|t| t.offset % 4 == 0 && t.batch_stride % 4 == 0 && t.item_numel() % 4 == 0);
-    if !aligned {
-        return "";
-    }
-    for v in [&mut p.a, &mut p.b, &mut p.y, &mut p.d_y] {
-        v.offset /= 4;
-        v.batch_stride /= 4;
-        v.item = (v.item / 4).max(1);
-    }
-    p.numel /= 4;
-    "_v4"
+    super::vectorise(
+        &mut [&mut p.a, &mut p.b, &mut p.y, &mut p.d_y],
+        &mut p.numel,
+        tensors,
+    )
 }
 
 /// `args`: the uniform, then the entry point's storage bindings in order.

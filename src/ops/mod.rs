@@ -67,6 +67,29 @@ impl ViewParams {
     }
 }
 
+/// For element-wise ops: when every tensor's offset, batch stride and item size are
+/// multiples of 4, rewrites `views` and `numel` in vec4 units and returns the entry-point
+/// suffix of the vec4 variants (`"_v4"`); else leaves them and returns `""`.
+pub fn vectorise(
+    views: &mut [&mut ViewParams],
+    numel: &mut u32,
+    tensors: &[&Tensor],
+) -> &'static str {
+    let aligned = tensors
+        .iter()
+        .all(|t| t.offset % 4 == 0 && t.batch_stride % 4 == 0 && t.item_numel() % 4 == 0);
+    if !aligned {
+        return "";
+    }
+    for v in views {
+        v.offset /= 4;
+        v.batch_stride /= 4;
+        v.item = (v.item / 4).max(1);
+    }
+    *numel /= 4;
+    "_v4"
+}
+
 /// Workgroups needed for `n` invocations of `wg` each.
 pub fn groups(n: usize, wg: u32) -> u32 {
     (n as u64).div_ceil(wg as u64) as u32

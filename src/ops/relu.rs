@@ -38,22 +38,9 @@ fn params(op: &str, x: &Tensor, y: &Tensor, d_x: &Tensor) -> Result<Params> {
     })
 }
 
-/// Uses the vec4 entry points when every view's offset, batch stride and item size are
-/// multiples of 4: rewrites the uniform in vec4 units and returns the entry-point suffix.
+/// [`super::vectorise`] on this op's uniform.
 fn vectorise(p: &mut Params, tensors: &[&Tensor]) -> &'static str {
-    let aligned = tensors
-        .iter()
-        .all(|t| t.offset % 4 == 0 && t.batch_stride % 4 == 0 && t.item_numel() % 4 == 0);
-    if !aligned {
-        return "";
-    }
-    for v in [&mut p.x, &mut p.y, &mut p.d_x] {
-        v.offset /= 4;
-        v.batch_stride /= 4;
-        v.item = (v.item / 4).max(1);
-    }
-    p.numel /= 4;
-    "_v4"
+    super::vectorise(&mut [&mut p.x, &mut p.y, &mut p.d_x], &mut p.numel, tensors)
 }
 
 /// `y = max(x, 0)` (overwrites `y`; `x` and `y` may be views of one shape).
