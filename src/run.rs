@@ -21,7 +21,7 @@ use crate::models::{BlockMode, Model, ModelConfig};
 use crate::ops::adam::AdamConfig;
 use crate::optim::{Adam, Schedule};
 use crate::progress::Progress;
-use crate::train::{evaluate, Trainer};
+use crate::train::{evaluate, StepError, Trainer};
 use crate::weights::{self, infer_config, TensorFile};
 
 /// Errors of a run are messages that name what failed (file, option, tensor).
@@ -123,6 +123,8 @@ pub struct RunSpec {
     pub checkpoint_minutes: f64,
     /// Steps between mid-epoch checkpoints (0: none on a step count).
     pub checkpoint_steps: usize,
+    /// Skip a batch whose loss or gradients are not finite, instead of stopping.
+    pub skip_nonfinite: bool,
 }
 
 /// Which of SIGINT and SIGTERM arrived (see [`handle_interrupts`]), and whether either did.
@@ -310,6 +312,7 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         // shuffled order and the same augmentation of every item, minus the batches done.
         let partial = resume_partial.take().unwrap_or_default();
         let from_start = partial.batches_done == 0;
+        let mut nonfinite = 0usize;
         let mut loaded = vec![0usize; spec.dataset.classes().len()];
         let mut loader = Loader::resume_at(
             spec.dataset.clone(),
@@ -328,9 +331,28 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         let t0 = Instant::now() - Duration::from_secs_f64(part.seconds);
         let mut last_save = Instant::now();
         for batch in loader.by_ref() {
-            let r = trainer
-                .train_step(&batch.images, &batch.labels, spec.image_size)
-                .map_err(|e| e.to_string())?;
+            let r = match trainer.train_step(&batch.images, &batch.labels, spec.image_size) {
+                Ok(r) => r,
+                Err(e @ StepError::NonFinite { .. }) => {
+                    let files: Vec<String> = batch
+                        .indices
+                        .iter()
+                        .map(|&i| spec.dataset.describe(i))
+                        .collect();
+                    let what = format!("{e}; batch: {}", files.join(", "));
+                    if !spec.skip_nonfinite {
+                        return Err(format!(
+                            "{what}\nnothing of this step was applied; {} holds the last good checkpoint (--skip-nonfinite skips such batches; a lower --lr may avoid them)",
+                            checkpoint.display()
+                        ));
+                    }
+                    eprintln!("warning: skipped {what}");
+                    nonfinite += 1;
+                    part.batches_done += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             part.loss_sum += r.loss * r.count as f64;
             part.correct += r.correct;
             part.seen += r.count;
@@ -375,6 +397,12 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         for w in &skipped {
             eprintln!("warning: {w}");
         }
+        if seen == 0 && nonfinite > 0 {
+            return Err(format!(
+                "every batch of epoch {} had non-finite values: lower the learning rate",
+                epoch + 1
+            ));
+        }
         if seen == 0 {
             return Err("no training image could be loaded".into());
         }
@@ -409,10 +437,14 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             lr,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        match skipped.len() {
-            0 => println!("{}", m.summary_line()),
-            k => println!("{} skipped={k}", m.summary_line()),
+        let mut line = m.summary_line();
+        if !skipped.is_empty() {
+            line += &format!(" skipped={}", skipped.len());
         }
+        if nonfinite > 0 {
+            line += &format!(" nonfinite_skipped={nonfinite}");
+        }
+        println!("{line}");
         metrics::append_csv(&csv, &m).map_err(|e| format!("{}: {e}", csv.display()))?;
         history.push(m);
         if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &history) {

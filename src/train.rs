@@ -2,10 +2,58 @@
 //! Adam → read back the loss and the predictions. Everything between the upload and the
 //! read-back is recorded without CPU round-trips.
 
+use std::fmt;
+
 use crate::gpu::{Gpu, GpuError, Result};
 use crate::models::Model;
+use crate::ops::finite;
 use crate::optim::Adam;
 use crate::tape::Tape;
+
+/// Why a training step did not update the model.
+#[derive(Debug, Clone)]
+pub enum StepError {
+    Gpu(GpuError),
+    /// The loss or a gradient was NaN or infinite. Nothing was updated (the gradients
+    /// were cleared), so the model is still the one before the step.
+    NonFinite {
+        /// The optimizer step this would have been (1-based).
+        step: u32,
+        loss: f32,
+        /// The first parameter, in state_dict order, with a non-finite gradient.
+        param: Option<String>,
+    },
+}
+
+impl From<GpuError> for StepError {
+    fn from(e: GpuError) -> Self {
+        StepError::Gpu(e)
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Gpu(e) => write!(f, "{e}"),
+            StepError::NonFinite { step, loss, param } => write!(
+                f,
+                "non-finite values at step {step}: loss {loss}, first parameter with a non-finite gradient: {}",
+                param.as_deref().unwrap_or("none")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
+impl From<StepError> for GpuError {
+    fn from(e: StepError) -> Self {
+        match e {
+            StepError::Gpu(e) => e,
+            other => GpuError::Device(other.to_string()),
+        }
+    }
+}
 
 /// A model and its optimizer on one device.
 pub struct Trainer<'g> {
@@ -83,13 +131,14 @@ impl<'g> Trainer<'g> {
         }
     }
 
-    /// One optimisation step on a batch of NCHW images (3 x size x size each).
+    /// One optimisation step on a batch of NCHW images (3 x size x size each). A step
+    /// whose loss or gradients are not finite updates nothing ([`StepError::NonFinite`]).
     pub fn train_step(
         &mut self,
         images: &[f32],
         labels: &[usize],
         size: usize,
-    ) -> Result<BatchResult> {
+    ) -> std::result::Result<BatchResult, StepError> {
         let gpu = self.gpu;
         let classes = self.model.num_classes();
         let n = check_batch(images, labels, size, classes)?;
@@ -114,19 +163,42 @@ impl<'g> Trainer<'g> {
         }
         tape.finish()?;
 
+        // Count the non-finite values of every trainable gradient, and read them back with
+        // the loss before Adam may touch the weights.
+        let params = self.model.params();
+        let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
+        let flags = gpu.zeros(&[trainable.len().max(1)], "non-finite gradient counts")?;
+        let mut enc = gpu.encoder("finite check");
+        for (slot, p) in trainable.iter().enumerate() {
+            finite::count_nonfinite(&mut enc, &flags, slot, &p.grad)?;
+        }
+        enc.submit()?;
+        let loss = gpu.download(&loss_value)?[0];
+        let counts = gpu.download(&flags)?;
+        if !loss.is_finite() || counts.iter().any(|&c| c > 0.0) {
+            let mut enc = gpu.encoder("clear gradients");
+            for p in params {
+                enc.clear(&p.grad);
+            }
+            enc.submit()?;
+            let param = trainable
+                .iter()
+                .zip(&counts)
+                .find(|(_, &c)| c > 0.0)
+                .map(|(p, _)| p.name.clone());
+            return Err(StepError::NonFinite {
+                step: self.opt.step + 1,
+                loss,
+                param,
+            });
+        }
+
         // Adam on every parameter, then zero the gradients.
         let mut enc = gpu.encoder("adam");
-        self.opt.update(&mut enc, self.model.params())?;
+        self.opt.update(&mut enc, params)?;
         enc.submit()?;
 
-        // The only read-backs: the loss and the probabilities.
-        let loss = gpu.download(&loss_value)?[0];
-        if !loss.is_finite() {
-            return Err(GpuError::Device(format!(
-                "loss became {loss} at step {}: lower the learning rate",
-                self.opt.step
-            )));
-        }
+        // The probabilities, read back for accuracy.
         Ok(summarise(loss, gpu.download(&probs)?, labels, classes))
     }
 

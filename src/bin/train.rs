@@ -103,6 +103,10 @@ struct TrainOpts {
     /// Also checkpoint every N steps within an epoch.
     #[arg(long, value_name = "N", default_value_t = 0)]
     checkpoint_steps: usize,
+    /// Skip a batch whose loss or gradients are NaN or infinite (default: stop, naming
+    /// the step, the batch's files and the first such parameter).
+    #[arg(long)]
+    skip_nonfinite: bool,
     /// Materialise every BN+ReLU output and concatenation (default: memory-efficient,
     /// recomputed in backward).
     #[arg(long)]
@@ -324,6 +328,7 @@ fn run_spec(
         data: String::new(),
         checkpoint_minutes: o.checkpoint_minutes,
         checkpoint_steps: o.checkpoint_steps,
+        skip_nonfinite: o.skip_nonfinite,
     })
 }
 

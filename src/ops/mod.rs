@@ -41,6 +41,7 @@ pub mod batch_norm;
 pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
+pub mod finite;
 pub mod global_avg_pool;
 pub mod linear;
 pub mod max_pool2d;

@@ -14,6 +14,7 @@ mod concat;
 mod conv2d;
 mod cross_entropy;
 mod device;
+mod finite;
 mod global_avg_pool;
 mod linear;
 mod max_pool2d;

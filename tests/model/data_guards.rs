@@ -97,3 +97,59 @@ fn unusable_data_is_refused_naming_the_class() {
     assert!(summary.ends_with("skipped=1"), "{log}");
     std::fs::remove_dir_all(&base).ok();
 }
+
+#[test]
+fn a_non_finite_step_stops_naming_it_or_is_skipped() {
+    let base = std::env::temp_dir().join(format!("densenet-wgpu-nonfinite-{}", std::process::id()));
+    let out = base.join("stop");
+    // A learning rate of 1e30 turns the weights huge after step 1, and step 2 into NaN.
+    let args = [
+        "--images",
+        "240",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e30",
+        "--checkpoint-steps",
+        "1",
+    ];
+    let mut a: Vec<&str> = args.to_vec();
+    let out_s = out.to_str().unwrap().to_string();
+    a.extend(["--out", &out_s]);
+    let o = train(&a);
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{log}");
+    for want in [
+        "non-finite values at step 2: loss NaN",
+        "first parameter with a non-finite gradient: features.conv0.weight",
+        "batch: synthetic #",
+        "holds the last good checkpoint",
+    ] {
+        assert!(log.contains(want), "{want:?} missing:\n{log}");
+    }
+    // The checkpoint is the one after step 1.
+    let meta = densenet_wgpu::run::read_metadata(&out.join("checkpoint.safetensors"));
+    assert_eq!(
+        meta.get("batches_done").map(String::as_str),
+        Some("1"),
+        "{meta:?}"
+    );
+
+    let skip = base.join("skip");
+    let skip_s = skip.to_str().unwrap().to_string();
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["--out", &skip_s, "--skip-nonfinite"]);
+    let o = train(&a);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(
+        log.contains("warning: skipped non-finite values at step 2"),
+        "{log}"
+    );
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("epoch 1/1 "))
+        .unwrap_or("");
+    assert!(summary.contains("nonfinite_skipped=5"), "{log}");
+    std::fs::remove_dir_all(&base).ok();
+}

@@ -1,0 +1,65 @@
+//! Non-finite check: how many elements of a tensor are NaN or ±infinity, written into one
+//! slot of a flags tensor, so a training step can test all its gradients with one
+//! read-back before the optimizer touches the weights.
+
+use crate::gpu::{to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor};
+
+pub const SHADER: Shader = shader!("finite");
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    x_off: u32,
+    numel: u32,
+    slot: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+/// `flags[slot] = count of non-finite elements of x` (x contiguous; overwrites the slot).
+pub fn count_nonfinite(enc: &mut Encoder, flags: &Tensor, slot: usize, x: &Tensor) -> Result<()> {
+    let op = "count_nonfinite";
+    if !x.is_contiguous() {
+        return Err(GpuError::Shape(format!(
+            "{op}: {} must be contiguous",
+            x.label()
+        )));
+    }
+    if !flags.is_contiguous() || slot >= flags.numel() {
+        return Err(GpuError::Shape(format!(
+            "{op}: slot {slot} outside flags {:?}",
+            flags.shape
+        )));
+    }
+    if flags.same_storage(x) {
+        return Err(GpuError::Shape(format!(
+            "{op}: flags share a buffer with {}",
+            x.label()
+        )));
+    }
+    let p = Params {
+        x_off: to_u32(op, "offset", x.offset)?,
+        numel: to_u32(op, "numel", x.numel())?,
+        slot: to_u32(op, "slot", flags.offset + slot)?,
+        _pad: 0,
+    };
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: "count_nonfinite",
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Write(flags),
+        ],
+        workgroups: [1, 1, 1],
+    })
+}
+
+/// f64 CPU reference.
+pub mod reference {
+    pub fn count_nonfinite(x: &[f32]) -> usize {
+        x.iter().filter(|v| !v.is_finite()).count()
+    }
+}
