@@ -224,7 +224,7 @@ pub fn write_report(
     );
     let _ = writeln!(
         w,
-        "- Trained from scratch in the memory-efficient block mode (both modes compute the same function; see the golden tests). Step time and peak memory were measured for both modes on random images of the same size and batch, before training, with nothing else running: median of the timed steps after one warm-up step; peak is the crate's own count of device bytes allocated (parameters, gradients and Adam moments included).\n"
+        "- Trained from scratch in the memory-efficient block mode (both modes compute the same function; see the golden tests). Step time and peak memory were measured for both modes on random images of the same size and batch, before any training: median of the timed steps after one warm-up step; peak is the crate's own count of device bytes allocated (parameters, gradients and Adam moments included).\n"
     );
 
     let _ = writeln!(w, "## Results\n");
