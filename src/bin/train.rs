@@ -58,9 +58,8 @@ enum Command {
 /// command's defaults.
 #[derive(Args, Clone)]
 struct TrainOpts {
-    /// densenet121, densenet169, densenet201, densenet-bc, densenet-tiny, resnet18,
-    /// resnet34, resnet50, resnet101, resnet152
-    #[arg(long, value_name = "NAME")]
+    /// The architecture (a preset of the registry).
+    #[arg(long, value_name = "NAME", value_parser = presets())]
     model: Option<String>,
     /// Images are resized to N x N.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -213,6 +212,14 @@ struct CompareArgs {
     doc: PathBuf,
     #[command(flatten)]
     train: TrainOpts,
+}
+
+/// `--model`'s values: the preset registry, each with its one-line description.
+fn presets() -> clap::builder::PossibleValuesParser {
+    let values = models::PRESETS
+        .iter()
+        .map(|p| clap::builder::PossibleValue::new(p.name).help(p.about));
+    clap::builder::PossibleValuesParser::new(values)
 }
 
 /// Per-command defaults of the training options.
