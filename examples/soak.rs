@@ -41,14 +41,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = models::preset(&model_name, data.classes().len())
         .ok_or_else(|| format!("unknown model {model_name}"))?;
     let model = config.build(&gpu, 123)?;
-    let opt = Adam::new(&gpu, model.params(), AdamConfig::default(), Schedule::Constant)?;
+    let opt = Adam::new(
+        &gpu,
+        model.params(),
+        AdamConfig::default(),
+        Schedule::Constant,
+    )?;
     let mut trainer = Trainer::new(&gpu, model, opt);
     println!("{model_name}, {size}x{size}, batch {batch}, {steps} steps");
-    println!("{:>6} {:>16} {:>12} {:>10}", "step", "held device MiB", "RSS MiB", "loss");
+    println!(
+        "{:>6} {:>16} {:>12} {:>10}",
+        "step", "held device MiB", "RSS MiB", "loss"
+    );
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let report = |step: usize, loss: f64, gpu: &Gpu| {
         let held = gpu.memory().held_bytes();
-        println!("{step:>6} {:>16.1} {:>12.1} {loss:>10.4}", mib(held), mib(rss_bytes()));
+        println!(
+            "{step:>6} {:>16.1} {:>12.1} {loss:>10.4}",
+            mib(held),
+            mib(rss_bytes())
+        );
     };
     let t0 = Instant::now();
     let (mut step, mut epoch) = (0, 0u64);
