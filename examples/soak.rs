@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use densenet_wgpu::bench::rss_bytes;
 use densenet_wgpu::data::loader::Loader;
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::Dataset;
@@ -15,17 +16,6 @@ use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::train::Trainer;
 use densenet_wgpu::Gpu;
-
-/// Resident set size of this process now, bytes (Linux `VmRSS`; 0 elsewhere).
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kb| kb * 1024)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
