@@ -19,6 +19,8 @@ pub struct Progress {
     label: String,
     total: usize,
     done: usize,
+    /// Items done before this process started (a resumed epoch): not part of the rate.
+    resumed: usize,
     extra: String,
     start: Instant,
     last_draw: Option<Instant>,
@@ -35,6 +37,7 @@ impl Progress {
             label: label.to_string(),
             total,
             done: 0,
+            resumed: 0,
             extra: String::new(),
             start: Instant::now(),
             last_draw: None,
@@ -62,6 +65,13 @@ impl Progress {
         }
     }
 
+    /// Marks `n_items` as done before this run started (a resumed epoch): they fill the
+    /// bar but not the rate or the ETA.
+    pub fn resume_from(&mut self, n_items: usize) {
+        self.done += n_items;
+        self.resumed += n_items;
+    }
+
     /// Items counted so far.
     pub fn done(&self) -> usize {
         self.done
@@ -83,9 +93,10 @@ impl Progress {
     /// The current line, as it would be drawn.
     pub fn line(&self, finished: bool) -> String {
         let elapsed = self.start.elapsed().as_secs_f64();
-        render(
+        render_resumed(
             &self.label,
             self.done,
+            self.resumed,
             self.total,
             elapsed,
             &self.extra,
@@ -127,6 +138,20 @@ pub fn render(
     extra: &str,
     finished: bool,
 ) -> String {
+    render_resumed(label, done, 0, total, elapsed_s, extra, finished)
+}
+
+/// [`render`] for a bar of which `resumed` items were done before `elapsed_s` started: the
+/// rate and the ETA count only the others.
+pub fn render_resumed(
+    label: &str,
+    done: usize,
+    resumed: usize,
+    total: usize,
+    elapsed_s: f64,
+    extra: &str,
+    finished: bool,
+) -> String {
     let fraction = if total == 0 {
         1.0
     } else {
@@ -135,7 +160,7 @@ pub fn render(
     let filled = (fraction * BAR_WIDTH as f64).round() as usize;
     let bar: String = "█".repeat(filled) + &"░".repeat(BAR_WIDTH - filled);
     let rate = if elapsed_s > 0.0 {
-        done as f64 / elapsed_s
+        done.saturating_sub(resumed) as f64 / elapsed_s
     } else {
         0.0
     };

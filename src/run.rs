@@ -125,7 +125,13 @@ pub struct RunSpec {
     pub checkpoint_steps: usize,
     /// Skip a batch whose loss or gradients are not finite, instead of stopping.
     pub skip_nonfinite: bool,
+    /// Called after every optimizer step with the device and the step number, before
+    /// the step's checkpoint (if any) is written.
+    pub after_step: Option<StepHook>,
 }
+
+/// A callback run after each training step (see [`RunSpec::after_step`]).
+pub type StepHook = Arc<dyn Fn(&Gpu, u32) + Send + Sync>;
 
 /// Which of SIGINT and SIGTERM arrived (see [`handle_interrupts`]), and whether either did.
 static SIGINT_SEEN: AtomicBool = AtomicBool::new(false);
@@ -205,6 +211,7 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
     check_classes(spec)?;
     std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
     let gpu = open_gpu()?;
+    check_memory(&gpu, spec)?;
     let mut model = spec
         .config
         .build(&gpu, spec.seed)
@@ -326,7 +333,7 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             &format!("epoch {}/{}", epoch + 1, spec.epochs),
             spec.train.len(),
         );
-        bar.inc(partial.seen, "");
+        bar.resume_from(partial.seen);
         let mut part = partial;
         let t0 = Instant::now() - Duration::from_secs_f64(part.seconds);
         let mut last_save = Instant::now();
@@ -351,8 +358,11 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
                     part.batches_done += 1;
                     continue;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(StepError::Gpu(e)) => return Err(step_failure(&e, &trainer, &checkpoint)),
             };
+            if let Some(hook) = &spec.after_step {
+                hook(&gpu, trainer.opt.step);
+            }
             part.loss_sum += r.loss * r.count as f64;
             part.correct += r.correct;
             part.seen += r.count;
@@ -375,7 +385,8 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
                 spec.checkpoint_steps > 0 && part.batches_done % spec.checkpoint_steps == 0;
             if interrupted || by_time || by_steps {
                 part.seconds = t0.elapsed().as_secs_f64();
-                save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))?;
+                save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))
+                    .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
                 last_save = Instant::now();
             }
             if interrupted {
@@ -422,9 +433,10 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
                 trainer.model.as_ref(),
                 &spec.dataset,
                 &spec.val,
-                spec.batch_size.max(16),
+                crate::budget::eval_batch(spec.batch_size),
                 spec.image_size,
-            )?;
+            )
+            .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
             (Some(e.loss), Some(e.accuracy))
         };
         let m = EpochMetrics {
@@ -456,10 +468,12 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             if a > best_val {
                 best_val = a;
                 let best = spec.out.join("best.safetensors");
-                save_weights(&gpu, trainer.model.as_ref(), spec, &best, epoch + 1)?;
+                save_weights(&gpu, trainer.model.as_ref(), spec, &best, epoch + 1)
+                    .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
             }
         }
-        save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch + 1, None)?;
+        save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch + 1, None)
+            .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
     }
     println!(
         "wrote {}, {}, {}{}",
@@ -473,6 +487,75 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         }
     );
     Ok(history)
+}
+
+/// Refuses a batch and image size that would not fit the adapter (a tensor larger than
+/// one buffer may be, or more memory than the adapter has), naming the tensor and the
+/// largest batch that fits; otherwise prints the estimate.
+fn check_memory(gpu: &Gpu, spec: &RunSpec) -> RunResult<()> {
+    use crate::budget::{largest_fitting_batch, mib, plan_training, RunShape};
+    let shape = RunShape {
+        config: spec.config.clone(),
+        mode: spec.mode,
+        freeze_features: spec.freeze_features,
+        image_size: spec.image_size,
+    };
+    let memory = gpu.memory_bytes;
+    let limits = format!(
+        "{} per buffer, {}",
+        mib(gpu.max_binding_bytes()),
+        memory.map_or("memory unknown".into(), |m| format!("{} memory", mib(m)))
+    );
+    match plan_training(gpu, &shape, spec.batch_size, memory).map_err(|e| e.to_string())? {
+        Ok(plan) => {
+            println!(
+                "device memory: estimated peak {} ({} parameters, gradients and Adam state), largest tensor {:?} {}; the adapter allows {limits}",
+                mib(plan.peak_bytes),
+                mib(plan.state_bytes),
+                plan.largest.1,
+                mib(plan.largest.0)
+            );
+            Ok(())
+        }
+        Err(why) => {
+            let fits = largest_fitting_batch(gpu, &shape, spec.batch_size, memory)
+                .map_err(|e| e.to_string())?;
+            Err(format!(
+                "--batch-size {} at {s}x{s} does not fit {}: {why}. {}",
+                spec.batch_size,
+                gpu.info.name,
+                match fits {
+                    Some(b) => format!("The largest batch that fits is {b} (--batch-size {b})."),
+                    None => "Not even batch 1 fits: use a smaller --image-size or model.".into(),
+                },
+                s = spec.image_size
+            ))
+        }
+    }
+}
+
+/// The message for a step that failed on the device: for a lost device, what was kept and
+/// how to resume.
+fn step_failure(e: &crate::gpu::GpuError, trainer: &Trainer, checkpoint: &Path) -> String {
+    match e {
+        crate::gpu::GpuError::DeviceLost(_) => format!(
+            "{e} during step {}. Nothing after the last checkpoint was written: {} is intact{}.\nresume with: {}",
+            trainer.opt.step + 1,
+            checkpoint.display(),
+            if checkpoint.exists() { "" } else { " (none was written yet)" },
+            resume_command()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A failed checkpoint write or evaluation: the lost-device message when the device is
+/// gone, else the failure as it is.
+fn lost_or(gpu: &Gpu, message: String, trainer: &Trainer, checkpoint: &Path) -> String {
+    match gpu.check_device_error() {
+        Err(e @ crate::gpu::GpuError::DeviceLost(_)) => step_failure(&e, trainer, checkpoint),
+        _ => message,
+    }
 }
 
 fn run_metadata(spec: &RunSpec, epoch: usize) -> BTreeMap<String, String> {

@@ -136,7 +136,7 @@ impl<'g> Tape<'g> {
             gpu,
             enc: Some(gpu.encoder("tape")),
             in_flight: None,
-            flushed_at: gpu.memory().allocated_bytes(),
+            flushed_at: gpu.active_memory().allocated_bytes(),
             slots: Vec::new(),
             ops: Vec::new(),
             recording: true,
@@ -182,7 +182,7 @@ impl<'g> Tape<'g> {
                 self.gpu.wait_for(previous)?;
             }
         }
-        self.flushed_at = self.gpu.memory().allocated_bytes();
+        self.flushed_at = self.gpu.active_memory().allocated_bytes();
         self.enc = Some(self.gpu.encoder("tape"));
         Ok(())
     }
@@ -191,7 +191,7 @@ impl<'g> Tape<'g> {
     /// allocated since the last flush (forward and backward call this after each op).
     fn flush_if_long(&mut self) -> Result<()> {
         let launches = self.enc.as_ref().map_or(0, |e| e.launches());
-        let allocated = self.gpu.memory().allocated_bytes() - self.flushed_at;
+        let allocated = self.gpu.active_memory().allocated_bytes() - self.flushed_at;
         if launches >= FLUSH_LAUNCHES || allocated >= FLUSH_BYTES {
             self.flush()?;
         }

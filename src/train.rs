@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::gpu::{Gpu, GpuError, Result};
+use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::models::Model;
 use crate::ops::finite;
 use crate::optim::Adam;
@@ -85,12 +85,30 @@ fn check_batch(images: &[f32], labels: &[usize], size: usize, classes: usize) ->
             images.len()
         )));
     }
-    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(GpuError::Shape(format!(
-            "batch: label {bad} but the model has {classes} classes"
-        )));
-    }
+    check_label_range(labels, classes)?;
     Ok(n)
+}
+
+fn check_label_range(labels: &[usize], classes: usize) -> Result<()> {
+    match labels.iter().find(|&&l| l >= classes) {
+        Some(&bad) => Err(GpuError::Shape(format!(
+            "batch: label {bad} but the model has {classes} classes"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Images on the device must be (N, 3, H, W) with one label per image.
+fn check_labels(x: &Tensor, labels: &[usize], classes: usize) -> Result<()> {
+    match x.shape[..] {
+        [n, 3, _, _] if n == labels.len() && n > 0 => check_label_range(labels, classes),
+        _ => Err(GpuError::Shape(format!(
+            "batch: images of shape {:?} for {} labels; expected (N, 3, H, W) with N = {}",
+            x.shape,
+            labels.len(),
+            labels.len()
+        ))),
+    }
 }
 
 fn summarise(loss: f32, probs: Vec<f32>, labels: &[usize], classes: usize) -> BatchResult {
@@ -139,12 +157,22 @@ impl<'g> Trainer<'g> {
         labels: &[usize],
         size: usize,
     ) -> std::result::Result<BatchResult, StepError> {
+        let n = check_batch(images, labels, size, self.model.num_classes())?;
+        let x = self.gpu.upload(images, &[n, 3, size, size], "images")?;
+        self.train_step_on(x, labels)
+    }
+
+    /// [`Trainer::train_step`] on images already on the device (N, 3, H, W).
+    pub fn train_step_on(
+        &mut self,
+        x: Tensor,
+        labels: &[usize],
+    ) -> std::result::Result<BatchResult, StepError> {
         let gpu = self.gpu;
         let classes = self.model.num_classes();
-        let n = check_batch(images, labels, size, classes)?;
-        let x = gpu.upload(images, &[n, 3, size, size], "images")?;
+        check_labels(&x, labels, classes)?;
         let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-        let y = gpu.upload(&label_values, &[n], "labels")?;
+        let y = gpu.upload(&label_values, &[labels.len()], "labels")?;
 
         // Forward: every op launches its kernel and records what backward needs.
         let mut tape = Tape::new(gpu);
@@ -216,11 +244,22 @@ pub fn evaluate(
     labels: &[usize],
     size: usize,
 ) -> Result<BatchResult> {
-    let classes = model.num_classes();
-    let n = check_batch(images, labels, size, classes)?;
+    let n = check_batch(images, labels, size, model.num_classes())?;
     let x = gpu.upload(images, &[n, 3, size, size], "images")?;
+    evaluate_on(gpu, model, x, labels)
+}
+
+/// [`evaluate`] on images already on the device (N, 3, H, W).
+pub fn evaluate_on(
+    gpu: &Gpu,
+    model: &dyn Model,
+    x: Tensor,
+    labels: &[usize],
+) -> Result<BatchResult> {
+    let classes = model.num_classes();
+    check_labels(&x, labels, classes)?;
     let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-    let y = gpu.upload(&label_values, &[n], "labels")?;
+    let y = gpu.upload(&label_values, &[labels.len()], "labels")?;
     let mut tape = Tape::inference(gpu);
     let images = tape.input(x, "images");
     let logits = model.forward(&mut tape, images, false)?;

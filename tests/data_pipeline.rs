@@ -15,7 +15,7 @@ use densenet_wgpu::metrics::{
     append_csv, confusion_matrix_table, read_csv, write_csv, EpochMetrics,
 };
 use densenet_wgpu::plot::write_curves;
-use densenet_wgpu::progress::{format_duration, render};
+use densenet_wgpu::progress::{format_duration, render, render_resumed};
 use densenet_wgpu::rng::Rng;
 use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 
@@ -655,4 +655,10 @@ fn progress_line_format() {
         "[val] ████████████████████ 10/10 img  3.3 img/s  took 3s"
     );
     assert_eq!(format_duration(3725.0), "1h02m");
+    // A resumed epoch: 400 images were done before; 12 in 0.5 s now.
+    let resumed = render_resumed("epoch 2/10", 412, 400, 3192, 0.5, "", false);
+    assert_eq!(
+        resumed,
+        "[epoch 2/10] ███░░░░░░░░░░░░░░░░░ 412/3192 img  24.0 img/s  ETA 1m56s"
+    );
 }

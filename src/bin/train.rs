@@ -258,6 +258,12 @@ fn main() -> ExitCode {
             println!("{}", gpu.describe());
             let on = if gpu.subgroups() { "on" } else { "off" };
             println!("subgroup kernel variants: {on}");
+            println!(
+                "largest buffer: {}; memory: {}",
+                densenet_wgpu::budget::mib(gpu.max_binding_bytes()),
+                gpu.memory_bytes
+                    .map_or("unknown".into(), densenet_wgpu::budget::mib)
+            );
             ExitCode::SUCCESS
         }),
     };
@@ -336,6 +342,7 @@ fn run_spec(
         checkpoint_minutes: o.checkpoint_minutes,
         checkpoint_steps: o.checkpoint_steps,
         skip_nonfinite: o.skip_nonfinite,
+        after_step: None,
     })
 }
 

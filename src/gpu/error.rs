@@ -28,6 +28,9 @@ pub enum GpuError {
     Pipeline { name: String, message: String },
     /// An error reported by the device while running work.
     Device(String),
+    /// The device is gone (driver reset, GPU removed or hung): nothing on it can be read
+    /// back, and every later call fails the same way.
+    DeviceLost(String),
 }
 
 pub type Result<T> = std::result::Result<T, GpuError>;
@@ -62,6 +65,7 @@ impl fmt::Display for GpuError {
             GpuError::Limit(m) => write!(f, "device limit: {m}"),
             GpuError::Pipeline { name, message } => write!(f, "pipeline {name}: {message}"),
             GpuError::Device(m) => write!(f, "device error: {m}"),
+            GpuError::DeviceLost(m) => write!(f, "the device was lost ({m})"),
         }
     }
 }

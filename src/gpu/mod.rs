@@ -13,8 +13,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 /// Largest number of workgroups a dispatch may have in one dimension (WebGPU limit).
 pub const MAX_WORKGROUPS_PER_DIM: u32 = 65_535;
 
@@ -84,10 +82,18 @@ pub struct MemoryStats {
     peak: AtomicU64,
     /// Highest `live_bytes` seen.
     peak_live: AtomicU64,
+    /// The largest single allocation since creation or the last `reset_peak`: bytes, label.
+    largest: Mutex<Option<(u64, String)>>,
 }
 
 impl MemoryStats {
-    fn alloc(&self, bytes: u64) {
+    fn alloc(&self, bytes: u64, label: &str) {
+        {
+            let mut largest = self.largest.lock().unwrap();
+            if largest.as_ref().is_none_or(|(b, _)| bytes > *b) {
+                *largest = Some((bytes, label.to_string()));
+            }
+        }
         self.allocated.fetch_add(bytes, Ordering::Relaxed);
         let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak_live.fetch_max(live, Ordering::Relaxed);
@@ -136,9 +142,15 @@ impl MemoryStats {
     pub fn peak_live_bytes(&self) -> u64 {
         self.peak_live.load(Ordering::Relaxed)
     }
+    /// The largest single buffer allocated since creation or the last `reset_peak`: its
+    /// size in bytes and its label.
+    pub fn largest_buffer(&self) -> Option<(u64, String)> {
+        self.largest.lock().unwrap().clone()
+    }
     pub fn reset_peak(&self) {
         self.peak.store(self.held_bytes(), Ordering::Relaxed);
         self.peak_live.store(self.live_bytes(), Ordering::Relaxed);
+        *self.largest.lock().unwrap() = None;
     }
 }
 
@@ -154,10 +166,17 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// The device memory a run may use, where the adapter tells: its largest device-local
+    /// heap, and for a CPU adapter at most the host memory available when it was opened.
+    pub memory_bytes: Option<u64>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     shader_modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pub(crate) memory: Arc<MemoryStats>,
+    /// During [`Gpu::dry_run`]: the accounting that dry allocations go to.
+    dry: Mutex<Option<Arc<MemoryStats>>>,
     device_error: Arc<Mutex<Option<String>>>,
+    /// Why the device was lost, once it has been.
+    lost: Arc<Mutex<Option<String>>>,
     subgroups: bool,
     /// Submissions made through [`Encoder::submit`] so far (their sequence numbers).
     submissions: AtomicU64,
@@ -249,15 +268,24 @@ impl Gpu {
                 *slot = Some(e.to_string());
             }
         }));
+        let lost = Arc::new(Mutex::new(None::<String>));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *sink.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        });
+        let memory_bytes = device_memory_bytes(&adapter, &info);
         Ok(Gpu {
             device,
             queue,
             info,
             limits,
+            memory_bytes,
             pipelines: Mutex::new(HashMap::new()),
             shader_modules: Mutex::new(HashMap::new()),
             memory: Arc::new(MemoryStats::default()),
+            dry: Mutex::new(None),
             device_error,
+            lost,
             subgroups,
             submissions: AtomicU64::new(0),
         })
@@ -290,12 +318,71 @@ impl Gpu {
             .min(self.limits.max_buffer_size)
     }
 
-    /// Fails with the first device error seen since the last check (validation, OOM).
+    /// Fails with [`GpuError::DeviceLost`] once the device is lost, else with the first
+    /// device error seen since the last check (validation, OOM).
     pub fn check_device_error(&self) -> Result<()> {
-        match self.device_error.lock().unwrap().take() {
-            Some(e) => Err(GpuError::Device(e)),
+        self.check_lost()?;
+        let error = self.device_error.lock().unwrap().take();
+        match error {
+            Some(e) => {
+                // A device that is being lost reports its loss only from a poll; its
+                // failed calls may come first. Ask, so that the loss is what is reported.
+                let _ = self.device.poll(wgpu::PollType::Poll);
+                self.check_lost()?;
+                Err(GpuError::Device(e))
+            }
             None => Ok(()),
         }
+    }
+
+    /// A device error, or [`GpuError::DeviceLost`] when the device is lost (a lost device
+    /// makes every later wait and mapping fail; the loss is the error worth reporting).
+    fn device_failure(&self, message: String) -> GpuError {
+        match self.lost.lock().unwrap().clone() {
+            Some(reason) => GpuError::DeviceLost(reason),
+            None => GpuError::Device(message),
+        }
+    }
+
+    /// Fails with [`GpuError::DeviceLost`] once the device is lost.
+    pub fn check_lost(&self) -> Result<()> {
+        match self.lost.lock().unwrap().clone() {
+            Some(reason) => Err(GpuError::DeviceLost(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the device has been lost (driver reset, GPU removed, [`wgpu::Device::destroy`]).
+    pub fn is_lost(&self) -> bool {
+        self.lost.lock().unwrap().is_some()
+    }
+
+    /// The accounting that allocations go to now: the dry one inside [`Gpu::dry_run`].
+    pub fn active_memory(&self) -> Arc<MemoryStats> {
+        match &*self.dry.lock().unwrap() {
+            Some(dry) => dry.clone(),
+            None => self.memory.clone(),
+        }
+    }
+
+    /// Whether this is inside [`Gpu::dry_run`].
+    pub fn is_dry(&self) -> bool {
+        self.dry.lock().unwrap().is_some()
+    }
+
+    /// Runs `work` without running anything on the device, and returns what it would have
+    /// allocated. Inside, every tensor is a placeholder: allocations are counted at their
+    /// full size (and still checked against the binding limit) but take 4 bytes, launches
+    /// are checked and their pipelines built but not recorded, copies, clears and writes are
+    /// skipped, and read-backs return zeros. The counts follow the same rules as
+    /// [`Gpu::memory`], so a training step run dry reports the peak the real step reaches.
+    /// Tensors made inside must not outlive it.
+    pub fn dry_run<T>(&self, work: impl FnOnce() -> Result<T>) -> (Result<T>, Arc<MemoryStats>) {
+        let stats = Arc::new(MemoryStats::default());
+        let previous = self.dry.lock().unwrap().replace(stats.clone());
+        let out = work();
+        *self.dry.lock().unwrap() = previous;
+        (out, stats)
     }
 
     /// Creates a zero-filled f32 tensor (wgpu zero-initialises new buffers).
@@ -315,7 +402,7 @@ impl Gpu {
             )));
         }
         let t = self.zeros(shape, label)?;
-        if !data.is_empty() {
+        if !data.is_empty() && !self.is_dry() {
             self.queue
                 .write_buffer(&t.storage.buffer, 0, bytemuck::cast_slice(data));
         }
@@ -332,6 +419,9 @@ impl Gpu {
                 tensor.shape
             )));
         }
+        if self.is_dry() {
+            return Ok(());
+        }
         let offset = (tensor.offset * 4) as u64;
         self.queue
             .write_buffer(&tensor.storage.buffer, offset, bytemuck::cast_slice(data));
@@ -344,6 +434,10 @@ impl Gpu {
         let bytes = storage.numel as u64 * 4;
         if bytes == 0 {
             return Ok(Vec::new());
+        }
+        if self.is_dry() {
+            self.active_memory().finished(None);
+            return Ok(vec![0.0; tensor.numel()]);
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("read-back staging"),
@@ -364,16 +458,16 @@ impl Gpu {
         });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Device(e.to_string()))?;
+            .map_err(|e| self.device_failure(e.to_string()))?;
         self.memory.finished(None);
         rx.recv()
-            .map_err(|e| GpuError::Device(e.to_string()))?
-            .map_err(|e| GpuError::Device(format!("mapping {}: {e}", storage.label)))?;
+            .map_err(|e| self.device_failure(e.to_string()))?
+            .map_err(|e| self.device_failure(format!("mapping {}: {e}", storage.label)))?;
         self.check_device_error()?;
         let all: Vec<f32> = {
             let view = staging
                 .get_mapped_range(..)
-                .map_err(|e| GpuError::Device(e.to_string()))?;
+                .map_err(|e| self.device_failure(e.to_string()))?;
             bytemuck::cast_slice(&view).to_vec()
         };
         staging.unmap();
@@ -384,8 +478,8 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Device(e.to_string()))?;
-        self.memory.finished(None);
+            .map_err(|e| self.device_failure(e.to_string()))?;
+        self.active_memory().finished(None);
         self.check_device_error()
     }
 
@@ -397,8 +491,8 @@ impl Gpu {
                 submission_index: Some(submitted.index),
                 timeout: None,
             })
-            .map_err(|e| GpuError::Device(e.to_string()))?;
-        self.memory.finished(Some(submitted.seq));
+            .map_err(|e| self.device_failure(e.to_string()))?;
+        self.active_memory().finished(Some(submitted.seq));
         self.check_device_error()
     }
 
@@ -574,6 +668,8 @@ impl Encoder<'_> {
     /// Records one compute dispatch.
     pub fn launch(&mut self, l: Launch<'_>) -> Result<()> {
         let gpu = self.gpu;
+        // A lost device makes wgpu's buffer helpers panic: stop at the first launch.
+        gpu.check_lost()?;
         if l.workgroups.iter().any(|&w| w > MAX_WORKGROUPS_PER_DIM) {
             return Err(GpuError::Limit(format!(
                 "{}::{}: grid {:?} exceeds {} workgroups per dimension",
@@ -593,17 +689,25 @@ impl Encoder<'_> {
             )));
         }
         let pipeline = gpu.pipeline(l.shader, l.entry, l.overrides, &kinds)?;
+        if gpu.is_dry() {
+            self.launches += 1;
+            return Ok(());
+        }
         let uniforms: Vec<Option<wgpu::Buffer>> = l
             .args
             .iter()
             .map(|a| match a {
-                Arg::Uniform(bytes) => Some(gpu.device.create_buffer_init(
-                    &wgpu::util::BufferInitDescriptor {
+                // Not `create_buffer_init`: it panics on a lost device, where this reports.
+                Arg::Uniform(bytes) => {
+                    let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some(l.entry),
-                        contents: bytes,
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    },
-                )),
+                        size: (bytes.len() as u64).next_multiple_of(16).max(16),
+                        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    gpu.queue.write_buffer(&buffer, 0, bytes);
+                    Some(buffer)
+                }
                 _ => None,
             })
             .collect();
@@ -640,6 +744,9 @@ impl Encoder<'_> {
 
     /// Records a copy of `len` f32 values between two buffers.
     pub fn copy(&mut self, src: &Tensor, src_off: usize, dst: &Tensor, dst_off: usize, len: usize) {
+        if self.gpu.is_dry() {
+            return;
+        }
         let enc = self.inner.as_mut().expect("encoder used after submit");
         enc.copy_buffer_to_buffer(
             &src.storage.buffer,
@@ -652,6 +759,9 @@ impl Encoder<'_> {
 
     /// Records zero-filling of a tensor's whole storage.
     pub fn clear(&mut self, t: &Tensor) {
+        if self.gpu.is_dry() {
+            return;
+        }
         let enc = self.inner.as_mut().expect("encoder used after submit");
         enc.clear_buffer(&t.storage.buffer, 0, None);
     }
@@ -671,7 +781,7 @@ impl Encoder<'_> {
         let submitted = self.inner.take().map(|enc| {
             let index = self.gpu.queue.submit([enc.finish()]);
             let seq = self.gpu.submissions.fetch_add(1, Ordering::Relaxed) + 1;
-            self.gpu.memory.submitted(seq);
+            self.gpu.active_memory().submitted(seq);
             Submitted { index, seq }
         });
         self.gpu.check_device_error()?;
@@ -703,4 +813,48 @@ pub fn nchw(op: &str, what: &str, t: &Tensor) -> Result<[usize; 4]> {
 /// Converts a size to the u32 a uniform holds, with a typed error on overflow.
 pub fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| GpuError::Limit(format!("{op}: {what} = {v} exceeds u32")))
+}
+
+/// `VK_MEMORY_HEAP_DEVICE_LOCAL_BIT`: a heap a GPU reads at full speed.
+#[cfg(any(target_os = "linux", target_os = "windows", target_os = "android"))]
+const VK_MEMORY_HEAP_DEVICE_LOCAL: u32 = 0x1;
+
+/// The memory a run may use on this adapter, where it can be known: for a Vulkan adapter
+/// its largest device-local heap, and for a CPU adapter (lavapipe, whose heap is host
+/// memory) no more than the host memory available now. `None` elsewhere.
+fn device_memory_bytes(adapter: &wgpu::Adapter, info: &wgpu::AdapterInfo) -> Option<u64> {
+    let mut heap: Option<u64> = None;
+    #[cfg(any(target_os = "linux", target_os = "windows", target_os = "android"))]
+    if info.backend == wgpu::Backend::Vulkan {
+        // SAFETY: only reads the physical device's memory properties; the handles stay
+        // owned by wgpu and are not kept.
+        if let Some(hal) = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() } {
+            let props = unsafe {
+                hal.shared_instance()
+                    .raw_instance()
+                    .get_physical_device_memory_properties(hal.raw_physical_device())
+            };
+            heap = props
+                .memory_heaps_as_slice()
+                .iter()
+                .filter(|h| h.flags.as_raw() & VK_MEMORY_HEAP_DEVICE_LOCAL != 0)
+                .map(|h| h.size)
+                .max();
+        }
+    }
+    let _ = adapter;
+    if info.device_type == wgpu::DeviceType::Cpu {
+        if let Some(available) = host_available_bytes() {
+            heap = Some(heap.map_or(available, |h| h.min(available)));
+        }
+    }
+    heap
+}
+
+/// `MemAvailable` from /proc/meminfo (Linux), in bytes.
+fn host_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

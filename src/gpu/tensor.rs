@@ -17,6 +17,7 @@ pub struct Storage {
 impl Storage {
     /// Allocates `numel` zeroed f32 values, checking the adapter's binding limit.
     pub fn new(gpu: &Gpu, numel: usize, label: &str) -> Result<Storage> {
+        gpu.check_lost()?;
         let bytes = (numel.max(1) * 4) as u64;
         let limit = gpu.max_binding_bytes();
         if bytes > limit {
@@ -26,20 +27,23 @@ impl Storage {
                 limit,
             });
         }
+        // Inside a dry run the buffer is a placeholder; the accounting gets the full size.
+        let memory = gpu.active_memory();
+        let size = if gpu.is_dry() { 4 } else { bytes };
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes,
+            size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        gpu.memory.alloc(bytes);
+        memory.alloc(bytes, label);
         Ok(Storage {
             buffer,
             numel,
             label: label.to_string(),
-            memory: gpu.memory.clone(),
+            memory,
         })
     }
 

@@ -11,6 +11,7 @@ use densenet_wgpu::gpu::Gpu;
 mod cli;
 mod compare;
 mod data_guards;
+mod device_limits;
 mod finetune;
 mod golden;
 mod interrupts;
