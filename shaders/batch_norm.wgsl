@@ -8,6 +8,12 @@
 //                                    + momentum * sum((x - mean_c)^2) / max(n - 1, 1)
 //   eval forward:     y = (x - running_mean) * gamma / sqrt(running_var + eps) + beta  [relu]
 //   fold:             scale = gamma * inv_std, shift = beta - mean * scale
+//   synchronised (sync-BN, several processes): `moments` writes each channel's local
+//                     (mean, M2 = sum((x - mean)^2)); the host merges every rank's and
+//                     `apply` writes y from the merged mean and inv_std; `backward_sums`
+//                     writes the local (sum(g), sum(g * xhat)), the host sums them over the
+//                     ranks, and `backward_apply` writes d_x from the totals and n = the
+//                     global count.
 //   backward:         xhat = (x - mean) * inv_std, g = d_y * [gamma * xhat + beta > 0 if relu]
 //                     d_beta  += sum(g)
 //                     d_gamma += sum(g * xhat)
@@ -157,6 +163,15 @@ fn hsum(v: vec4<f32>) -> f32 {
 // Returns (mean, inv_std) of channel c. Each lane keeps running moments of its values
 // (Welford: one read of x, no cancellation), then the lanes' moments are merged.
 fn stats_of_v1(li: u32, c: u32) -> vec2<f32> {
+    return finish_stats(li, c, lane_moments_v1(li, c));
+}
+
+fn stats_of_v4(li: u32, c: u32) -> vec2<f32> {
+    return finish_stats(li, c, lane_moments_v4(li, c));
+}
+
+// This lane's (count, mean, M2) over its values of channel c.
+fn lane_moments_v1(li: u32, c: u32) -> vec3<f32> {
     var k = 0.0;
     var m = 0.0;
     var m2 = 0.0;
@@ -169,10 +184,10 @@ fn stats_of_v1(li: u32, c: u32) -> vec2<f32> {
         m2 += d * (v - m);
         w = walk_next(w);
     }
-    return finish_stats(li, c, vec3(k, m, m2));
+    return vec3(k, m, m2);
 }
 
-fn stats_of_v4(li: u32, c: u32) -> vec2<f32> {
+fn lane_moments_v4(li: u32, c: u32) -> vec3<f32> {
     var k = 0.0;
     var m = vec4(0.0);
     var m2 = vec4(0.0);
@@ -186,9 +201,8 @@ fn stats_of_v4(li: u32, c: u32) -> vec2<f32> {
         w = walk_next(w);
     }
     // The four components are four sets of k values each.
-    let lane = merge(merge(vec3(k, m.x, m2.x), vec3(k, m.y, m2.y)),
-                     merge(vec3(k, m.z, m2.z), vec3(k, m.w, m2.w)));
-    return finish_stats(li, c, lane);
+    return merge(merge(vec3(k, m.x, m2.x), vec3(k, m.y, m2.y)),
+                 merge(vec3(k, m.z, m2.z), vec3(k, m.w, m2.w)));
 }
 
 // Merges the lanes' moments; lane 0 stores the statistics of channel c and updates the
@@ -252,6 +266,67 @@ fn train_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let st = stats_of_v4(li, c);
     let mean = st.x;
     let scale = tr_gamma[p.gamma_off + c] * st.y;
+    let shift = tr_beta[p.beta_off + c];
+    var w = walk_start(li);
+    for (var j = li; j < p.units; j += WG) {
+        var v = (tr4_x[at(p.x, c, w)] - mean) * scale + shift;
+        if (p.relu != 0u) { v = max(v, vec4(0.0)); }
+        tr4_y[at(p.y, c, w)] = v;
+        w = walk_next(w);
+    }
+}
+
+// Synchronised statistics: this rank's (mean, M2) of channel c into (mean, inv_std)'s
+// buffers; the running statistics are left alone (the host updates them).
+fn store_moments(li: u32, c: u32, lane: vec3<f32>) {
+    let all = reduce_moments(li, lane);
+    if (li == 0u) {
+        tr_mean[p.mean_off + c] = all.y;
+        tr_inv_std[p.inv_std_off + c] = all.z;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn moments_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    store_moments(li, c, lane_moments_v1(li, c));
+}
+
+@compute @workgroup_size(WG)
+fn moments_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    store_moments(li, c, lane_moments_v4(li, c));
+}
+
+// y from given (mean, inv_std): the same expression as `train_*`.
+@compute @workgroup_size(WG)
+fn apply_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    let mean = tr_mean[p.mean_off + c];
+    let scale = tr_gamma[p.gamma_off + c] * tr_inv_std[p.inv_std_off + c];
+    let shift = tr_beta[p.beta_off + c];
+    var w = walk_start(li);
+    for (var j = li; j < p.units; j += WG) {
+        var v = (tr_x[at(p.x, c, w)] - mean) * scale + shift;
+        if (p.relu != 0u) { v = max(v, 0.0); }
+        tr_y[at(p.y, c, w)] = v;
+        w = walk_next(w);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn apply_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    let mean = tr_mean[p.mean_off + c];
+    let scale = tr_gamma[p.gamma_off + c] * tr_inv_std[p.inv_std_off + c];
     let shift = tr_beta[p.beta_off + c];
     var w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
@@ -346,6 +421,9 @@ fn fold(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 @group(0) @binding(7) var<storage, read_write> bw4_d_x: array<vec4<f32>>; // (N, C, H, W) via p.d_x
 @group(0) @binding(8) var<storage, read_write> bw_d_gamma: array<f32>;    // (C)
 @group(0) @binding(9) var<storage, read_write> bw_d_beta: array<f32>;     // (C)
+// Synchronised backward: (sum g, sum g*xhat) per channel, as [C] then [C].
+@group(0) @binding(10) var<storage, read_write> bw_sums_out: array<f32>;  // (2C) local
+@group(0) @binding(10) var<storage, read> bw_sums_in: array<f32>;         // (2C) all ranks
 
 // Per-channel constants of the backward pass.
 struct BwdChannel {
@@ -421,6 +499,104 @@ fn backward_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let m = bwd_params(li, c, reduce_sum(li, vec2(hsum(sg), hsum(sgx))));
     w = walk_start(li);
+    for (var j = li; j < p.units; j += WG) {
+        let xc = bw4_x[at(p.x, c, w)] - k.mean;
+        let xhat = xc * k.inv_std;
+        let keep = vec4(!k.relu) | (xc * k.scale + k.beta > vec4(0.0));
+        let g = select(vec4(0.0), bw4_d_y[at(p.y, c, w)], keep);
+        let a = at(p.d_x, c, w);
+        bw4_d_x[a] += k.scale * (g - m.x - xhat * m.y);
+        w = walk_next(w);
+    }
+}
+
+// This lane's (sum g, sum g*xhat) over its values of channel c.
+fn bwd_lane_sums_v1(li: u32, c: u32, k: BwdChannel) -> vec2<f32> {
+    var acc = vec2(0.0);
+    var w = walk_start(li);
+    for (var j = li; j < p.units; j += WG) {
+        let xc = bw_x[at(p.x, c, w)] - k.mean;
+        let xhat = xc * k.inv_std;
+        let keep = !k.relu || xc * k.scale + k.beta > 0.0;
+        let g = select(0.0, bw_d_y[at(p.y, c, w)], keep);
+        acc += vec2(g, g * xhat);
+        w = walk_next(w);
+    }
+    return acc;
+}
+
+fn bwd_lane_sums_v4(li: u32, c: u32, k: BwdChannel) -> vec2<f32> {
+    var sg = vec4(0.0);
+    var sgx = vec4(0.0);
+    var w = walk_start(li);
+    for (var j = li; j < p.units; j += WG) {
+        let xc = bw4_x[at(p.x, c, w)] - k.mean;
+        let xhat = xc * k.inv_std;
+        let keep = vec4(!k.relu) | (xc * k.scale + k.beta > vec4(0.0));
+        let g = select(vec4(0.0), bw4_d_y[at(p.y, c, w)], keep);
+        sg += g;
+        sgx += g * xhat;
+        w = walk_next(w);
+    }
+    return vec2(hsum(sg), hsum(sgx));
+}
+
+// Synchronised backward, part 1: accumulates this rank's d_gamma and d_beta and writes its
+// sums for the host to add up over the ranks.
+fn store_bwd_sums(li: u32, c: u32, lane: vec2<f32>) {
+    let sums = reduce_sum(li, lane);
+    if (li == 0u) {
+        bw_d_beta[p.d_beta_off + c] += sums.x;
+        bw_d_gamma[p.d_gamma_off + c] += sums.y;
+        bw_sums_out[c] = sums.x;
+        bw_sums_out[p.channels + c] = sums.y;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn backward_sums_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    store_bwd_sums(li, c, bwd_lane_sums_v1(li, c, bwd_channel(c)));
+}
+
+@compute @workgroup_size(WG)
+fn backward_sums_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    store_bwd_sums(li, c, bwd_lane_sums_v4(li, c, bwd_channel(c)));
+}
+
+// Synchronised backward, part 2: d_x from the sums over all ranks (p.count is the global n).
+@compute @workgroup_size(WG)
+fn backward_apply_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    let k = bwd_channel(c);
+    let m = vec2(bw_sums_in[c], bw_sums_in[p.channels + c]) / p.count;
+    var w = walk_start(li);
+    for (var j = li; j < p.units; j += WG) {
+        let xc = bw_x[at(p.x, c, w)] - k.mean;
+        let xhat = xc * k.inv_std;
+        let keep = !k.relu || xc * k.scale + k.beta > 0.0;
+        let g = select(0.0, bw_d_y[at(p.y, c, w)], keep);
+        let a = at(p.d_x, c, w);
+        bw_d_x[a] += k.scale * (g - m.x - xhat * m.y);
+        w = walk_next(w);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn backward_apply_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    let k = bwd_channel(c);
+    let m = vec2(bw_sums_in[c], bw_sums_in[p.channels + c]) / p.count;
+    var w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
         let xc = bw4_x[at(p.x, c, w)] - k.mean;
         let xhat = xc * k.inv_std;

@@ -19,6 +19,7 @@
 pub mod bench;
 pub mod budget;
 pub mod data;
+pub mod dist;
 pub mod gpu;
 pub mod metrics;
 pub mod models;

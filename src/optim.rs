@@ -78,6 +78,11 @@ impl Adam {
         })
     }
 
+    /// Adam's first and second moments of every parameter, in parameter order.
+    pub fn moments(&self) -> impl Iterator<Item = &Tensor> {
+        self.m.iter().chain(&self.v)
+    }
+
     /// Learning rate the next update will use.
     pub fn current_lr(&self) -> f64 {
         self.schedule.lr(self.base_lr, self.step as usize)

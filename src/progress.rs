@@ -27,6 +27,8 @@ pub struct Progress {
     tty: bool,
     /// A line is on the terminal without its newline yet.
     open_line: bool,
+    /// Draws nothing when false (the ranks of a data-parallel run other than rank 0).
+    visible: bool,
     finished: bool,
 }
 
@@ -43,6 +45,7 @@ impl Progress {
             last_draw: None,
             tty: std::io::stderr().is_terminal(),
             open_line: false,
+            visible: true,
             finished: false,
         }
     }
@@ -70,6 +73,11 @@ impl Progress {
     pub fn resume_from(&mut self, n_items: usize) {
         self.done += n_items;
         self.resumed += n_items;
+    }
+
+    /// Shows or hides the bar (hidden, it still counts).
+    pub fn set_visible(&mut self, visible: bool) {
+        self.visible = visible;
     }
 
     /// Items counted so far.
@@ -105,6 +113,9 @@ impl Progress {
     }
 
     fn draw(&mut self, finished: bool) {
+        if !self.visible {
+            return;
+        }
         let line = self.line(finished);
         let mut err = std::io::stderr().lock();
         let _ = if self.tty {

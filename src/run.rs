@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::data::loader::Loader;
 use crate::data::synthetic::Synthetic;
 use crate::data::Dataset;
-use crate::gpu::Gpu;
+use crate::dist::{average_tensors, broadcast_tensors, check_replicas, Collective, Solo};
+use crate::gpu::{Gpu, Tensor};
 use crate::metrics::{self, EpochMetrics};
 use crate::models::{BlockMode, Model, ModelConfig};
 use crate::ops::adam::AdamConfig;
@@ -125,6 +126,8 @@ pub struct RunSpec {
     pub checkpoint_steps: usize,
     /// Skip a batch whose loss or gradients are not finite, instead of stopping.
     pub skip_nonfinite: bool,
+    /// In a data-parallel run, batch-norm statistics over the global batch.
+    pub sync_bn: bool,
     /// Called after every optimizer step with the device and the step number, before
     /// the step's checkpoint (if any) is written.
     pub after_step: Option<StepHook>,
@@ -136,6 +139,8 @@ pub type StepHook = Arc<dyn Fn(&Gpu, u32) + Send + Sync>;
 /// Which of SIGINT and SIGTERM arrived (see [`handle_interrupts`]), and whether either did.
 static SIGINT_SEEN: AtomicBool = AtomicBool::new(false);
 static SIGTERM_SEEN: AtomicBool = AtomicBool::new(false);
+/// Another rank of a data-parallel run was interrupted, and this one stopped with it.
+static GROUP_STOPPED: AtomicBool = AtomicBool::new(false);
 
 /// From now on the first SIGINT or SIGTERM asks [`fit`] to stop after the current step:
 /// it writes a checkpoint, prints the command that resumes, and returns an error; the
@@ -170,6 +175,8 @@ pub fn interrupt_exit_code() -> Option<u8> {
         Some(130)
     } else if SIGTERM_SEEN.load(Ordering::SeqCst) {
         Some(143)
+    } else if GROUP_STOPPED.load(Ordering::SeqCst) {
+        Some(130)
     } else {
         None
     }
@@ -205,19 +212,57 @@ pub fn open_gpu() -> RunResult<Gpu> {
 /// Trains `spec.config` on `spec.train`, evaluating on `spec.val` after every epoch, and
 /// writes the run folder. Returns the per-epoch metrics (resumed epochs included).
 pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
+    fit_group(spec, &Solo)
+}
+
+/// [`fit`] as one rank of a data-parallel run over `group` (every rank calls it with the
+/// same spec): `spec.batch_size` is the global batch, each rank trains on its share of it
+/// and decodes only those images, gradients are summed over the ranks before the same
+/// Adam step everywhere, and only rank 0 prints progress and writes files. With one rank
+/// it is exactly the single-process run. See docs/distributed.md.
+pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochMetrics>> {
+    let writer = group.is_writer();
+    let ranks = group.size();
+    let distributed = ranks > 1;
     if spec.batch_size == 0 || spec.epochs == 0 {
         return Err("--batch-size and --epochs must be positive".into());
     }
-    check_classes(spec)?;
-    std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
-    let gpu = open_gpu()?;
-    check_memory(&gpu, spec)?;
+    if spec.batch_size < ranks {
+        return Err(format!(
+            "--batch-size {} is the global batch: it must be at least the number of ranks ({ranks})",
+            spec.batch_size
+        ));
+    }
+    let last = spec.train.len() % spec.batch_size;
+    if spec.sync_bn && distributed && last > 0 && last < ranks {
+        return Err(format!(
+            "--sync-bn: the last batch of each epoch holds {last} images, fewer than the {ranks} ranks; choose a --batch-size that leaves none or at least {ranks}"
+        ));
+    }
+    check_classes(spec, writer)?;
+    if writer {
+        std::fs::create_dir_all(&spec.out).map_err(|e| format!("{}: {e}", spec.out.display()))?;
+    }
+    let gpu = if distributed {
+        let gpu = Gpu::for_local_rank(group.local_rank()).map_err(|e| e.to_string())?;
+        eprintln!(
+            "rank {}/{ranks} (local rank {}, pid {}): adapter {}",
+            group.rank(),
+            group.local_rank(),
+            std::process::id(),
+            gpu.describe()
+        );
+        gpu
+    } else {
+        open_gpu()?
+    };
+    check_memory(&gpu, spec, spec.batch_size.div_ceil(ranks), writer)?;
     let mut model = spec
         .config
         .build(&gpu, spec.seed)
         .map_err(|e| e.to_string())?;
     model.set_mode(spec.mode);
-    if let Some(init) = &spec.init {
+    if let Some(init) = spec.init.as_ref().filter(|_| writer) {
         init_from(&gpu, model.as_mut(), init)?;
     }
     if spec.freeze_features {
@@ -228,11 +273,13 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             .filter(|p| p.trainable)
             .map(|p| p.value.numel())
             .sum();
-        println!(
-            "--freeze-features: training only {}* ({trainable} of {} parameters); frozen BNs use their running statistics",
-            model.classifier_prefix(),
-            model.num_parameters()
-        );
+        if writer {
+            println!(
+                "--freeze-features: training only {}* ({trainable} of {} parameters); frozen BNs use their running statistics",
+                model.classifier_prefix(),
+                model.num_parameters()
+            );
+        }
     }
     let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
     let adam = AdamConfig {
@@ -244,12 +291,14 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
     let schedule = spec.schedule.schedule(spec.epochs, steps_per_epoch);
     let opt = Adam::new(&gpu, model.params(), adam, schedule).map_err(|e| e.to_string())?;
     let mut trainer = Trainer::new(&gpu, model, opt);
+    trainer.sync_bn = spec.sync_bn;
     let checkpoint = spec.out.join("checkpoint.safetensors");
     let csv = spec.out.join("metrics.csv");
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut start_epoch = 0;
     let mut resume_partial: Option<Partial> = None;
-    if spec.resume {
+    // Rank 0 reads the checkpoint; the others get its state below.
+    if spec.resume && writer {
         if !checkpoint.exists() {
             return Err(format!("--resume: {} does not exist", checkpoint.display()));
         }
@@ -286,25 +335,37 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             resume_partial.as_ref().map_or(0, |p| p.batches_done),
             trainer.opt.step
         );
-    } else if csv.exists() {
+    } else if writer && csv.exists() {
         std::fs::remove_file(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
     }
-    println!(
-        "model: {} ({} parameters, {:?} blocks), image {}x{}, batch {}, {} epochs, Adam lr {} ({}){}",
-        spec.preset,
-        trainer.model.num_parameters(),
-        spec.mode,
-        spec.image_size,
-        spec.image_size,
-        spec.batch_size,
-        spec.epochs,
-        spec.lr,
-        spec.schedule,
-        spec.augment
-            .map(|a| format!(", augmentation: {a}"))
-            .unwrap_or_default()
-    );
-    println!("run folder: {}", spec.out.display());
+    if distributed {
+        (start_epoch, resume_partial) =
+            share_start(&gpu, &mut trainer, group, start_epoch, resume_partial)
+                .map_err(|e| e.to_string())?;
+    }
+    if writer {
+        println!(
+            "model: {} ({} parameters, {:?} blocks), image {}x{}, batch {}{}, {} epochs, Adam lr {} ({}){}",
+            spec.preset,
+            trainer.model.num_parameters(),
+            spec.mode,
+            spec.image_size,
+            spec.image_size,
+            spec.batch_size,
+            if distributed {
+                format!(" over {} ({} per rank)", group.describe(), spec.batch_size.div_ceil(ranks))
+            } else {
+                String::new()
+            },
+            spec.epochs,
+            spec.lr,
+            spec.schedule,
+            spec.augment
+                .map(|a| format!(", augmentation: {a}"))
+                .unwrap_or_default()
+        );
+        println!("run folder: {}", spec.out.display());
+    }
 
     // The best validation accuracy so far, resumed epochs included.
     let mut best_val = history
@@ -320,25 +381,64 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         let partial = resume_partial.take().unwrap_or_default();
         let from_start = partial.batches_done == 0;
         let mut nonfinite = 0usize;
-        let mut loaded = vec![0usize; spec.dataset.classes().len()];
-        let mut loader = Loader::resume_at(
+        let mut loaded = vec![0f64; spec.dataset.classes().len()];
+        let mut loader = Loader::resume_shard_at(
             spec.dataset.clone(),
             spec.train.clone(),
             spec.batch_size,
             Some(shuffle_seed),
             spec.augment.is_some(),
             partial.batches_done,
+            (group.rank(), ranks),
         );
         let mut bar = Progress::new(
             &format!("epoch {}/{}", epoch + 1, spec.epochs),
             spec.train.len(),
         );
+        bar.set_visible(writer);
         bar.resume_from(partial.seen);
         let mut part = partial;
         let t0 = Instant::now() - Duration::from_secs_f64(part.seconds);
         let mut last_save = Instant::now();
+        let (mut comm_seconds, mut steps) = (0.0, 0usize);
         for batch in loader.by_ref() {
-            let r = match trainer.train_step(&batch.images, &batch.labels, spec.image_size) {
+            let time_is_up = |last_save: Instant| {
+                spec.checkpoint_minutes > 0.0
+                    && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0
+            };
+            let step = if distributed {
+                // Every rank stops or checkpoints at the same step: on any rank's signal,
+                // and on rank 0's clock.
+                let flags = [
+                    interrupt_exit_code().is_some() as u8 as f64,
+                    (time_is_up(last_save) && writer) as u8 as f64,
+                ];
+                trainer
+                    .train_step_group(&batch.images, &batch.labels, spec.image_size, group, flags)
+                    .map(|s| {
+                        (
+                            s.loss,
+                            s.correct,
+                            s.count,
+                            s.flags[0] > 0.0,
+                            s.flags[1] > 0.0,
+                        )
+                    })
+            } else {
+                trainer
+                    .train_step(&batch.images, &batch.labels, spec.image_size)
+                    .map(|r| {
+                        let interrupted = interrupt_exit_code().is_some();
+                        (
+                            r.loss,
+                            r.correct,
+                            r.count,
+                            interrupted,
+                            time_is_up(last_save),
+                        )
+                    })
+            };
+            let (loss, correct, count, interrupted, by_time) = match step {
                 Ok(r) => r,
                 Err(e @ StepError::NonFinite { .. }) => {
                     let files: Vec<String> = batch
@@ -363,42 +463,47 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             if let Some(hook) = &spec.after_step {
                 hook(&gpu, trainer.opt.step);
             }
-            part.loss_sum += r.loss * r.count as f64;
-            part.correct += r.correct;
-            part.seen += r.count;
+            comm_seconds += trainer.comm_seconds;
+            steps += 1;
+            part.loss_sum += loss * count as f64;
+            part.correct += correct;
+            part.seen += count;
             part.batches_done += 1;
             for &l in &batch.labels {
-                loaded[l] += 1;
+                loaded[l] += 1.0;
             }
             bar.inc(
-                r.count,
+                count,
                 &format!(
                     "loss {:.4} acc {:.3}",
                     part.loss_sum / part.seen as f64,
                     part.correct as f64 / part.seen as f64
                 ),
             );
-            let interrupted = interrupt_exit_code().is_some();
-            let by_time = spec.checkpoint_minutes > 0.0
-                && last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0;
             let by_steps =
                 spec.checkpoint_steps > 0 && part.batches_done % spec.checkpoint_steps == 0;
             if interrupted || by_time || by_steps {
                 part.seconds = t0.elapsed().as_secs_f64();
-                save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))
-                    .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
+                average_buffers(&gpu, &trainer, group)?;
+                if writer {
+                    save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch, Some(&part))
+                        .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
+                }
                 last_save = Instant::now();
             }
             if interrupted {
+                GROUP_STOPPED.store(true, Ordering::SeqCst);
                 bar.finish();
-                println!(
-                    "interrupted after step {} (epoch {}, batch {}): checkpoint written to {}\nresume with: {}",
-                    trainer.opt.step,
-                    epoch + 1,
-                    part.batches_done,
-                    checkpoint.display(),
-                    resume_command()
-                );
+                if writer {
+                    println!(
+                        "interrupted after step {} (epoch {}, batch {}): checkpoint written to {}\nresume with: {}",
+                        trainer.opt.step,
+                        epoch + 1,
+                        part.batches_done,
+                        checkpoint.display(),
+                        resume_command()
+                    );
+                }
                 return Err("interrupted".into());
             }
         }
@@ -408,6 +513,10 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         for w in &skipped {
             eprintln!("warning: {w}");
         }
+        // Per-class counts and skipped files over all ranks.
+        loaded.push(skipped.len() as f64);
+        group.all_reduce_sum_f64(&mut loaded);
+        let skipped_total = loaded.pop().unwrap_or(0.0) as usize;
         if seen == 0 && nonfinite > 0 {
             return Err(format!(
                 "every batch of epoch {} had non-finite values: lower the learning rate",
@@ -418,26 +527,33 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             return Err("no training image could be loaded".into());
         }
         // Every training image of a class skipped: the class cannot be learnt.
-        if let Some(class) = loaded.iter().position(|&n| n == 0).filter(|_| from_start) {
+        if let Some(class) = loaded.iter().position(|&n| n == 0.0).filter(|_| from_start) {
             return Err(format!(
                 "class {:?} of {} has no readable training image left after skipping the files above",
                 spec.dataset.classes()[class],
                 spec.data
             ));
         }
+        average_buffers(&gpu, &trainer, group)?;
         let (val_loss, val_acc) = if spec.val.is_empty() {
             (None, None)
         } else {
-            let e = evaluate_split(
+            let mine = &spec.val[crate::dist::share(spec.val.len(), group.rank(), ranks)];
+            let mut e = evaluate_sums(
                 &gpu,
                 trainer.model.as_ref(),
                 &spec.dataset,
-                &spec.val,
-                crate::budget::eval_batch(spec.batch_size),
+                mine,
+                crate::budget::eval_batch(spec.batch_size.div_ceil(ranks)),
                 spec.image_size,
+                writer,
             )
             .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
-            (Some(e.loss), Some(e.accuracy))
+            group.all_reduce_sum_f64(&mut e);
+            if e[2] == 0.0 {
+                return Err("no validation image could be loaded".into());
+            }
+            (Some(e[0] / e[2]), Some(e[1] / e[2]))
         };
         let m = EpochMetrics {
             epoch: epoch + 1,
@@ -450,15 +566,43 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
             seconds: t0.elapsed().as_secs_f64(),
         };
         let mut line = m.summary_line();
-        if !skipped.is_empty() {
-            line += &format!(" skipped={}", skipped.len());
+        if skipped_total > 0 {
+            line += &format!(" skipped={skipped_total}");
         }
         if nonfinite > 0 {
             line += &format!(" nonfinite_skipped={nonfinite}");
         }
+        if distributed && steps > 0 {
+            line += &format!(
+                " allreduce={:.1}ms/step",
+                1000.0 * comm_seconds / steps as f64
+            );
+        }
+        history.push(m.clone());
+        if distributed {
+            let mut tensors: Vec<(String, Tensor)> = trainer
+                .model
+                .params()
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect();
+            tensors.extend(trainer.model.store().buffers.iter().cloned());
+            match check_replicas(&gpu, group, &tensors).map_err(|e| e.to_string())? {
+                Ok(hash) => line += &format!("\nreplicas: {ranks} ranks, parameters identical (hash {hash:016x})"),
+                Err(mismatch) => {
+                    return Err(format!(
+                        "after epoch {}: {mismatch}; the last checkpoint ({}) is from before the divergence",
+                        epoch + 1,
+                        checkpoint.display()
+                    ))
+                }
+            }
+        }
+        if !writer {
+            continue;
+        }
         println!("{line}");
         metrics::append_csv(&csv, &m).map_err(|e| format!("{}: {e}", csv.display()))?;
-        history.push(m);
         if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &history) {
             eprintln!("warning: could not write curves.png: {e}");
         }
@@ -475,24 +619,83 @@ pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
         save_checkpoint(&gpu, &trainer, spec, &checkpoint, epoch + 1, None)
             .map_err(|e| lost_or(&gpu, e, &trainer, &checkpoint))?;
     }
-    println!(
-        "wrote {}, {}, {}{}",
-        csv.display(),
-        spec.out.join("curves.png").display(),
-        checkpoint.display(),
-        if best_val.is_finite() {
-            format!(", best.safetensors (val_acc {best_val:.4})")
-        } else {
-            String::new()
-        }
-    );
+    if writer {
+        println!(
+            "wrote {}, {}, {}{}",
+            csv.display(),
+            spec.out.join("curves.png").display(),
+            checkpoint.display(),
+            if best_val.is_finite() {
+                format!(", best.safetensors (val_acc {best_val:.4})")
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(history)
+}
+
+/// Rank 0's weights, BN statistics and optimizer state, and where its run starts (epoch
+/// and position in it), on every rank.
+fn share_start(
+    gpu: &Gpu,
+    trainer: &mut Trainer,
+    group: &dyn Collective,
+    start_epoch: usize,
+    partial: Option<Partial>,
+) -> crate::gpu::Result<(usize, Option<Partial>)> {
+    let store = trainer.model.store();
+    let tensors = store
+        .params
+        .iter()
+        .map(|p| &p.value)
+        .chain(store.buffers.iter().map(|(_, t)| t))
+        .chain(trainer.opt.moments());
+    broadcast_tensors(gpu, group, tensors)?;
+    let p = partial.unwrap_or_default();
+    let mut header = vec![
+        start_epoch as u64,
+        trainer.opt.step as u64,
+        p.batches_done as u64,
+        p.loss_sum.to_bits(),
+        p.correct as u64,
+        p.seen as u64,
+        p.seconds.to_bits(),
+    ];
+    header.extend(store.batches_tracked.iter().map(|(_, c)| c.get() as u64));
+    group.broadcast_u64(&mut header);
+    for ((_, c), &v) in store.batches_tracked.iter().zip(&header[7..]) {
+        c.set(v as i64);
+    }
+    trainer.opt.step = header[1] as u32;
+    let partial = Partial {
+        batches_done: header[2] as usize,
+        loss_sum: f64::from_bits(header[3]),
+        correct: header[4] as usize,
+        seen: header[5] as usize,
+        seconds: f64::from_bits(header[6]),
+    };
+    Ok((
+        header[0] as usize,
+        (partial.batches_done > 0).then_some(partial),
+    ))
+}
+
+/// The mean over the ranks of every BN running statistic, on every rank (before an
+/// evaluation or a checkpoint; see the `dist` module).
+fn average_buffers(gpu: &Gpu, trainer: &Trainer, group: &dyn Collective) -> RunResult<()> {
+    if trainer.sync_bn {
+        // Synchronised statistics are the same on every rank already.
+        return Ok(());
+    }
+    let buffers = trainer.model.store().buffers.iter().map(|(_, t)| t);
+    average_tensors(gpu, group, buffers).map_err(|e| e.to_string())
 }
 
 /// Refuses a batch and image size that would not fit the adapter (a tensor larger than
 /// one buffer may be, or more memory than the adapter has), naming the tensor and the
 /// largest batch that fits; otherwise prints the estimate.
-fn check_memory(gpu: &Gpu, spec: &RunSpec) -> RunResult<()> {
+fn check_memory(gpu: &Gpu, spec: &RunSpec, batch: usize, writer: bool) -> RunResult<()> {
     use crate::budget::{largest_fitting_batch, mib, plan_training, RunShape};
     let shape = RunShape {
         config: spec.config.clone(),
@@ -506,7 +709,8 @@ fn check_memory(gpu: &Gpu, spec: &RunSpec) -> RunResult<()> {
         mib(gpu.max_binding_bytes()),
         memory.map_or("memory unknown".into(), |m| format!("{} memory", mib(m)))
     );
-    match plan_training(gpu, &shape, spec.batch_size, memory).map_err(|e| e.to_string())? {
+    match plan_training(gpu, &shape, batch, memory).map_err(|e| e.to_string())? {
+        Ok(_) if !writer => Ok(()),
         Ok(plan) => {
             println!(
                 "device memory: estimated peak {} ({} parameters, gradients and Adam state), largest tensor {:?} {}; the adapter allows {limits}",
@@ -518,14 +722,20 @@ fn check_memory(gpu: &Gpu, spec: &RunSpec) -> RunResult<()> {
             Ok(())
         }
         Err(why) => {
-            let fits = largest_fitting_batch(gpu, &shape, spec.batch_size, memory)
-                .map_err(|e| e.to_string())?;
+            let fits =
+                largest_fitting_batch(gpu, &shape, batch, memory).map_err(|e| e.to_string())?;
+            // In a data-parallel run the limit is on each rank's share of the batch.
+            let ranks = spec.batch_size.div_ceil(batch);
             Err(format!(
                 "--batch-size {} at {s}x{s} does not fit {}: {why}. {}",
                 spec.batch_size,
                 gpu.info.name,
                 match fits {
-                    Some(b) => format!("The largest batch that fits is {b} (--batch-size {b})."),
+                    Some(b) => format!(
+                        "The largest batch that fits is {} (--batch-size {}).",
+                        b * ranks,
+                        b * ranks
+                    ),
                     None => "Not even batch 1 fits: use a smaller --image-size or model.".into(),
                 },
                 s = spec.image_size
@@ -572,7 +782,7 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> BTreeMap<String, String> {
 
 /// Refuses data a classifier cannot be trained on (one class, or a class with no training
 /// image) and says which classes the validation split leaves out.
-fn check_classes(spec: &RunSpec) -> RunResult<()> {
+fn check_classes(spec: &RunSpec, writer: bool) -> RunResult<()> {
     let classes = spec.dataset.classes();
     if classes.len() < 2 {
         return Err(format!(
@@ -608,7 +818,8 @@ fn check_classes(spec: &RunSpec) -> RunResult<()> {
         ));
     }
     let unvalidated = missing(&count(&spec.val));
-    if spec.val.is_empty() {
+    if !writer {
+    } else if spec.val.is_empty() {
         println!("validation: none (--val-split 0); accuracy is reported on training batches only");
     } else if !unvalidated.is_empty() {
         println!(
@@ -718,6 +929,62 @@ pub fn evaluate_split(
 ) -> RunResult<Evaluation> {
     let k = dataset.classes().len();
     let mut confusion = vec![vec![0usize; k]; k];
+    let [loss_sum, correct, seen] = evaluate_into(
+        gpu,
+        model,
+        dataset,
+        indices,
+        batch_size,
+        size,
+        true,
+        &mut confusion,
+    )?;
+    if seen == 0.0 {
+        return Err("no validation image could be loaded".into());
+    }
+    Ok(Evaluation {
+        loss: loss_sum / seen,
+        accuracy: correct / seen,
+        confusion,
+    })
+}
+
+/// Summed loss, correct predictions and images of `model` over `indices` (one rank's
+/// share of a validation split; the sums add up over ranks). `show`: draw the progress.
+pub fn evaluate_sums(
+    gpu: &Gpu,
+    model: &dyn Model,
+    dataset: &Arc<dyn Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+    size: usize,
+    show: bool,
+) -> RunResult<[f64; 3]> {
+    let k = dataset.classes().len();
+    let mut confusion = vec![vec![0usize; k]; k];
+    evaluate_into(
+        gpu,
+        model,
+        dataset,
+        indices,
+        batch_size,
+        size,
+        show,
+        &mut confusion,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_into(
+    gpu: &Gpu,
+    model: &dyn Model,
+    dataset: &Arc<dyn Dataset>,
+    indices: &[usize],
+    batch_size: usize,
+    size: usize,
+    show: bool,
+    confusion: &mut [Vec<usize>],
+) -> RunResult<[f64; 3]> {
     let mut loader = Loader::new(
         dataset.clone(),
         indices.to_vec(),
@@ -727,6 +994,7 @@ pub fn evaluate_split(
         false,
     );
     let mut bar = Progress::new("validation", indices.len());
+    bar.set_visible(show);
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
     for batch in loader.by_ref() {
         let r =
@@ -743,14 +1011,7 @@ pub fn evaluate_split(
     for w in loader.take_warnings() {
         eprintln!("warning: {w}");
     }
-    if seen == 0 {
-        return Err("no validation image could be loaded".into());
-    }
-    Ok(Evaluation {
-        loss: loss_sum / seen as f64,
-        accuracy: correct as f64 / seen as f64,
-        confusion,
-    })
+    Ok([loss_sum, correct as f64, seen as f64])
 }
 
 /// What a weight file's metadata says about its run.

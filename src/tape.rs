@@ -108,6 +108,9 @@ pub struct Tape<'g> {
     relu_probe: Option<ReluProbe>,
     /// Floating-point operations of the forward convolutions and linear layers so far.
     flops: u64,
+    /// Training-mode batch norms compute their statistics over every rank of this group
+    /// (synchronised BN; see [`Tape::sync_batch_norm`]).
+    sync: Option<&'g dyn crate::dist::Collective>,
 }
 
 /// What [`Tape::probe_relu_inputs`] counted: ReLU inputs so close to zero that float32
@@ -144,7 +147,20 @@ impl<'g> Tape<'g> {
             profile: None,
             relu_probe: None,
             flops: 0,
+            sync: None,
         }
+    }
+
+    /// Makes training-mode batch norms on this tape synchronised over `group`: batch
+    /// statistics over the global batch in forward, and the matching sums in backward
+    /// (PyTorch's SyncBatchNorm). Every rank must record the same ops.
+    pub fn sync_batch_norm(&mut self, group: &'g dyn crate::dist::Collective) {
+        self.sync = (group.size() > 1).then_some(group);
+    }
+
+    /// The group batch norms synchronise over, if any.
+    pub(crate) fn sync_group(&self) -> Option<&'g dyn crate::dist::Collective> {
+        self.sync
     }
 
     /// A tape that only runs forward kernels (inference): nothing is kept for backward.
@@ -448,6 +464,17 @@ impl<'g> Tape<'g> {
     /// parameter's `grad`. A tape can be backwarded once: a second call is an error
     /// (parameter gradients would silently double).
     pub fn backward(&mut self, loss: Var) -> Result<()> {
+        self.backward_with(loss, &mut |_, _| Ok(()))
+    }
+
+    /// [`Tape::backward`], calling `ready` with each parameter's name and gradient as soon
+    /// as no op left to replay contributes to it (data-parallel training starts summing a
+    /// bucket of gradients over the ranks there). `ready` may flush the tape.
+    pub fn backward_with(
+        &mut self,
+        loss: Var,
+        ready: &mut dyn FnMut(&mut Tape<'g>, &[(String, Tensor)]) -> Result<()>,
+    ) -> Result<()> {
         if !self.recording {
             return Err(GpuError::Shape(
                 "tape: backward on an inference tape".into(),
@@ -511,11 +538,17 @@ impl<'g> Tape<'g> {
             for &v in &release_value[i] {
                 self.slots[v].value = None;
             }
+            let mut done = Vec::new();
             for &v in &release_grad[i] {
                 let slot = &mut self.slots[v];
                 if !slot.persistent_grad {
                     slot.grad = None;
+                } else if let Some(g) = &slot.grad {
+                    done.push((slot.name.clone(), g.clone()));
                 }
+            }
+            if !done.is_empty() {
+                ready(self, &done)?;
             }
             // Submit now and then so released buffers can really be reused.
             self.flush_if_long()?;

@@ -4,11 +4,12 @@
 
 use std::fmt;
 
+use crate::dist::Collective;
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::models::Model;
 use crate::ops::finite;
 use crate::optim::Adam;
-use crate::tape::Tape;
+use crate::tape::{Param, Tape};
 
 /// Why a training step did not update the model.
 #[derive(Debug, Clone)]
@@ -62,6 +63,30 @@ pub struct Trainer<'g> {
     pub opt: Adam,
     /// Print per-op device times after every step (`DENSENET_WGPU_PROFILE=1`).
     pub profile: bool,
+    /// Synchronised batch norm in [`Trainer::train_step_group`]: statistics over the
+    /// global batch rather than each rank's share.
+    pub sync_bn: bool,
+    /// Seconds the last [`Trainer::train_step_group`] spent summing gradients over the
+    /// ranks (read-back, all-reduce, write-back).
+    pub comm_seconds: f64,
+}
+
+/// Gradients are summed over the ranks in buckets of about this many bytes (PyTorch DDP's
+/// default bucket size).
+pub const GRAD_BUCKET_BYTES: usize = 25 << 20;
+
+/// What one data-parallel step produced.
+#[derive(Clone, Debug)]
+pub struct GroupStep {
+    /// This rank's share: its predictions and its own loss.
+    pub local: BatchResult,
+    /// Mean loss over the global batch.
+    pub loss: f64,
+    /// Correct predictions and images over the global batch.
+    pub correct: usize,
+    pub count: usize,
+    /// The flags passed in, summed over the ranks.
+    pub flags: [f64; 2],
 }
 
 /// What one batch produced.
@@ -146,6 +171,8 @@ impl<'g> Trainer<'g> {
             model,
             opt,
             profile,
+            sync_bn: false,
+            comm_seconds: 0.0,
         }
     }
 
@@ -170,26 +197,7 @@ impl<'g> Trainer<'g> {
     ) -> std::result::Result<BatchResult, StepError> {
         let gpu = self.gpu;
         let classes = self.model.num_classes();
-        check_labels(&x, labels, classes)?;
-        let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
-        let y = gpu.upload(&label_values, &[labels.len()], "labels")?;
-
-        // Forward: every op launches its kernel and records what backward needs.
-        let mut tape = Tape::new(gpu);
-        if self.profile {
-            tape.enable_profiling()?;
-        }
-        let images = tape.input(x, "images");
-        let logits = self.model.forward(&mut tape, images, true)?;
-        let (loss, probs) = tape.cross_entropy(logits, &y, "loss")?;
-        let loss_value = tape.value(loss)?.clone();
-
-        // Backward: gradients accumulate into each parameter's `grad`.
-        tape.backward(loss)?;
-        if self.profile {
-            eprint!("{}", tape.profile_report());
-        }
-        tape.finish()?;
+        let (loss_value, probs) = self.forward_backward(x, labels, None)?;
 
         // Count the non-finite values of every trainable gradient, and read them back with
         // the loss before Adam may touch the weights.
@@ -228,6 +236,158 @@ impl<'g> Trainer<'g> {
 
         // The probabilities, read back for accuracy.
         Ok(summarise(loss, gpu.download(&probs)?, labels, classes))
+    }
+
+    /// Forward and backward on a batch: the gradients accumulate into each parameter's
+    /// `grad`. Returns the loss (one value) and the softmax probabilities.
+    fn forward_backward(
+        &mut self,
+        x: Tensor,
+        labels: &[usize],
+        sync_bn: Option<&dyn Collective>,
+    ) -> Result<(Tensor, Tensor)> {
+        let gpu = self.gpu;
+        check_labels(&x, labels, self.model.num_classes())?;
+        let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        let y = gpu.upload(&label_values, &[labels.len()], "labels")?;
+
+        // Forward: every op launches its kernel and records what backward needs.
+        let mut tape = Tape::new(gpu);
+        if self.profile {
+            tape.enable_profiling()?;
+        }
+        if let Some(group) = sync_bn {
+            tape.sync_batch_norm(group);
+        }
+        let images = tape.input(x, "images");
+        let logits = self.model.forward(&mut tape, images, true)?;
+        let (loss, probs) = tape.cross_entropy(logits, &y, "loss")?;
+        let loss_value = tape.value(loss)?.clone();
+
+        // Backward: gradients accumulate into each parameter's `grad`.
+        tape.backward(loss)?;
+        if self.profile {
+            eprint!("{}", tape.profile_report());
+        }
+        tape.finish()?;
+        Ok((loss_value, probs))
+    }
+
+    /// One data-parallel step on this rank's share of a global batch (NCHW images, 3 x size
+    /// x size each; the share may be empty). Every rank of `group` calls it for the same
+    /// global batch.
+    ///
+    /// Each rank runs forward and backward on its share; the gradients are then summed over
+    /// the ranks, each rank's weighted by its share of the batch (n_r / n), in buckets of
+    /// [`GRAD_BUCKET_BYTES`], which gives the gradient of the global batch's mean loss. The
+    /// check for non-finite values and the Adam step see the same summed gradients on every
+    /// rank, so the replicas stay identical. `flags` are summed over the ranks alongside the
+    /// loss (the run uses them to agree on stopping and checkpointing).
+    pub fn train_step_group(
+        &mut self,
+        images: &[f32],
+        labels: &[usize],
+        size: usize,
+        group: &dyn Collective,
+        flags: [f64; 2],
+    ) -> std::result::Result<GroupStep, StepError> {
+        let gpu = self.gpu;
+        let classes = self.model.num_classes();
+        let n_local = labels.len();
+        let mut local = (0.0f32, Vec::new());
+        if n_local == 0 && self.sync_bn {
+            // The other ranks wait for this one's batch statistics.
+            return Err(StepError::Gpu(GpuError::Shape(format!(
+                "--sync-bn: rank {} has no image in this batch (its share of the global batch is empty or unreadable)",
+                group.rank()
+            ))));
+        }
+        if n_local > 0 {
+            check_batch(images, labels, size, classes)?;
+            let x = gpu.upload(images, &[n_local, 3, size, size], "images")?;
+            let sync = self.sync_bn.then_some(group);
+            let (loss, probs) = self.forward_backward(x, labels, sync)?;
+            local = (gpu.download(&loss)?[0], gpu.download(&probs)?);
+        }
+        let result = summarise(local.0, local.1, labels, classes);
+        let started = std::time::Instant::now();
+        let mut totals = [
+            n_local as f64,
+            local.0 as f64 * n_local as f64,
+            result.correct as f64,
+            flags[0],
+            flags[1],
+        ];
+        group.all_reduce_sum_f64(&mut totals);
+        let n = totals[0];
+        let loss = (totals[1] / n.max(1.0)) as f32;
+
+        // Gradients: weighted by this rank's share, summed over the ranks in buckets,
+        // written back.
+        let params = self.model.params();
+        let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
+        let weight = (n_local as f64 / n.max(1.0)) as f32;
+        let mut first_nonfinite: Option<String> = None;
+        let bucket_len = GRAD_BUCKET_BYTES / 4;
+        // Backward produces the last layers' gradients first: buckets go in that order.
+        let mut pending: Vec<&Param> = Vec::new();
+        let mut pending_len = 0usize;
+        let flush = |pending: &mut Vec<&Param>, first: &mut Option<String>| -> Result<()> {
+            let grads: Vec<&Tensor> = pending.iter().map(|p| &p.grad).collect();
+            let mut bucket: Vec<f32> = gpu.download_many(&grads)?.concat();
+            for g in &mut bucket {
+                *g *= weight;
+            }
+            group.all_reduce_sum(&mut bucket);
+            let mut at = 0;
+            for p in pending.iter() {
+                let len = p.grad.numel();
+                let values = &bucket[at..at + len];
+                if values.iter().any(|v| !v.is_finite()) {
+                    // Buckets run from the last parameter back: keep the earliest one.
+                    *first = Some(p.name.clone());
+                }
+                gpu.write(&p.grad, values)?;
+                at += len;
+            }
+            pending.clear();
+            Ok(())
+        };
+        for p in trainable.iter().rev() {
+            pending.push(p);
+            pending_len += p.grad.numel();
+            if pending_len >= bucket_len {
+                flush(&mut pending, &mut first_nonfinite)?;
+                pending_len = 0;
+            }
+        }
+        if !pending.is_empty() {
+            flush(&mut pending, &mut first_nonfinite)?;
+        }
+        self.comm_seconds = started.elapsed().as_secs_f64();
+
+        if !loss.is_finite() || first_nonfinite.is_some() {
+            let mut enc = gpu.encoder("clear gradients");
+            for p in params {
+                enc.clear(&p.grad);
+            }
+            enc.submit()?;
+            return Err(StepError::NonFinite {
+                step: self.opt.step + 1,
+                loss,
+                param: first_nonfinite,
+            });
+        }
+        let mut enc = gpu.encoder("adam");
+        self.opt.update(&mut enc, params)?;
+        enc.submit()?;
+        Ok(GroupStep {
+            local: result,
+            loss: loss as f64,
+            correct: totals[2] as usize,
+            count: n as usize,
+            flags: [totals[3], totals[4]],
+        })
     }
 
     /// Inference on a batch (running statistics, nothing recorded, nothing updated).

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use densenet_wgpu::data::folder::{load_image, Augmentation, ImageFolder};
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
+use densenet_wgpu::dist::{self, Collective};
 use densenet_wgpu::metrics;
 use densenet_wgpu::models::{self, BlockMode};
 use densenet_wgpu::run::{self, open_gpu, RunResult, RunSpec, ScheduleSpec};
@@ -106,6 +107,10 @@ struct TrainOpts {
     /// the step, the batch's files and the first such parameter).
     #[arg(long)]
     skip_nonfinite: bool,
+    /// Under mpirun: batch-norm statistics over the global batch (all ranks) rather than
+    /// each rank's share, like PyTorch's SyncBatchNorm.
+    #[arg(long)]
+    sync_bn: bool,
     /// Materialise every BN+ReLU output and concatenation (default: memory-efficient,
     /// recomputed in backward).
     #[arg(long)]
@@ -235,6 +240,9 @@ struct Defaults {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Started by mpirun (with the `mpi` feature): one rank of a data-parallel run.
+    let group = dist::init();
+    let writer = group.is_writer();
     // Training commands stop gracefully on the first Ctrl-C; the others keep the default.
     let training = matches!(
         cli.command,
@@ -246,10 +254,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let parallel = training && !matches!(cli.command, Some(Command::Compare(_)));
     let result = match cli.command {
-        None => cmd_default(&cli.default),
-        Some(Command::Fit(a)) => folder_spec(&a.data, a.val_split, &a.train, fit_defaults(&a.data))
-            .and_then(|spec| run::fit(&spec).map(|_| ExitCode::SUCCESS)),
+        _ if group.size() > 1 && !parallel => Err(
+            "only `fit` and the default run train data-parallel; run other commands without mpirun"
+                .into(),
+        ),
+        None => cmd_default(&cli.default, group.as_ref()),
+        Some(Command::Fit(a)) => {
+            let d = fit_defaults(&a.data);
+            folder_spec(&a.data, a.val_split, &a.train, d, writer)
+                .and_then(|spec| run::fit_group(&spec, group.as_ref()).map(|_| ExitCode::SUCCESS))
+        }
         Some(Command::Eval(a)) => cmd_eval(&a),
         Some(Command::Predict(a)) => cmd_predict(&a),
         Some(Command::VerifyTorch(a)) => cmd_verify(&a),
@@ -270,6 +286,11 @@ fn main() -> ExitCode {
     result.unwrap_or_else(|e| match run::interrupt_exit_code() {
         // The run said what it saved and how to resume.
         Some(code) => ExitCode::from(code),
+        None if group.size() > 1 => {
+            // The other ranks may be waiting in a collective: end them all.
+            eprintln!("error: rank {}: {e}", group.rank());
+            group.abort(1)
+        }
         None => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -342,23 +363,27 @@ fn run_spec(
         checkpoint_minutes: o.checkpoint_minutes,
         checkpoint_steps: o.checkpoint_steps,
         skip_nonfinite: o.skip_nonfinite,
+        sync_bn: o.sync_bn,
         after_step: None,
     })
 }
 
-fn cmd_default(a: &DefaultArgs) -> RunResult<ExitCode> {
+fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
+    let writer = group.is_writer();
     let o = &a.train;
     let image_size = o.image_size.map_or(32, |v| v as usize);
     let (len, seed) = (a.images, o.seed);
     let dataset: Arc<dyn Dataset> = Arc::new(Synthetic::new(len, image_size, seed));
     let (train, val) = split(len, 0.2, seed).map_err(|e| e.to_string())?;
-    println!(
+    if writer {
+        println!(
         "embedded dataset: {len} procedural {image_size}x{image_size} images of {} classes ({}), {} train / {} validation",
         dataset.classes().len(),
         dataset.classes().join(", "),
         train.len(),
         val.len()
     );
+    }
     let defaults = Defaults {
         model: "densenet-tiny",
         image_size,
@@ -371,15 +396,23 @@ fn cmd_default(a: &DefaultArgs) -> RunResult<ExitCode> {
     let mut spec = run_spec(o, dataset, (train, val.clone()), image_size, defaults)?;
     spec.data = format!("embedded:{len}:{seed}");
     let samples = Synthetic::new(len, image_size, seed);
-    run::write_samples(&samples, &val, &spec.out.join("samples"))?;
-    run::fit(&spec).map(|_| ExitCode::SUCCESS)
+    if writer {
+        run::write_samples(&samples, &val, &spec.out.join("samples"))?;
+    }
+    run::fit_group(&spec, group).map(|_| ExitCode::SUCCESS)
 }
 
 /// A run on an image folder; `d.image_size` applies unless `--image-size` is given.
-fn folder_spec(data: &Path, val_split: f64, o: &TrainOpts, d: Defaults) -> RunResult<RunSpec> {
+fn folder_spec(
+    data: &Path,
+    val_split: f64,
+    o: &TrainOpts,
+    d: Defaults,
+    writer: bool,
+) -> RunResult<RunSpec> {
     let image_size = o.image_size.map_or(d.image_size, |v| v as usize);
     let (folder, warnings) = ImageFolder::open(data, image_size).map_err(|e| e.to_string())?;
-    for w in warnings {
+    for w in warnings.iter().filter(|_| writer) {
         eprintln!("warning: {w}");
     }
     let folder = folder.with_augmentation(if o.augment {
@@ -389,15 +422,17 @@ fn folder_spec(data: &Path, val_split: f64, o: &TrainOpts, d: Defaults) -> RunRe
     });
     let seed = o.seed;
     let (train, val) = split(folder.len(), val_split, seed).map_err(|e| e.to_string())?;
-    println!(
-        "data: {} — {} images, {} classes ({}); {} train / {} validation (seed {seed})",
-        data.display(),
-        folder.len(),
-        folder.classes().len(),
-        folder.classes().join(", "),
-        train.len(),
-        val.len()
-    );
+    if writer {
+        println!(
+            "data: {} — {} images, {} classes ({}); {} train / {} validation (seed {seed})",
+            data.display(),
+            folder.len(),
+            folder.classes().len(),
+            folder.classes().join(", "),
+            train.len(),
+            val.len()
+        );
+    }
     let mut spec = run_spec(o, Arc::new(folder), (train, val), image_size, d)?;
     spec.data = data.display().to_string();
     Ok(spec)
@@ -422,7 +457,7 @@ fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
         flip: false,
         ..a.train.clone()
     };
-    let base = folder_spec(&a.data, 0.2, &opts, defaults)?;
+    let base = folder_spec(&a.data, 0.2, &opts, defaults, true)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let plan = study::Plan {
         base,

@@ -59,6 +59,10 @@ struct Plan {
     augment_seed: Option<u64>,
     /// The first batch built: batches before it were consumed before an interruption.
     first_batch: usize,
+    /// (rank, ranks): this process builds only its share of every batch
+    /// ([`crate::dist::share`]), and yields a batch even when its share is empty, so
+    /// that every rank takes part in every step.
+    shard: (usize, usize),
     stop: AtomicBool,
 }
 
@@ -109,7 +113,7 @@ impl Loader {
         workers: usize,
     ) -> Loader {
         let plan = (shuffle_seed, augment, drop_last);
-        Loader::build(dataset, indices, batch_size, plan, workers, 0)
+        Loader::build(dataset, indices, batch_size, plan, (workers, (0, 1)), 0)
     }
 
     /// The epoch [`Loader::new`] would give, from batch `first_batch` on: the same order
@@ -124,13 +128,37 @@ impl Loader {
         augment: bool,
         first_batch: usize,
     ) -> Loader {
+        Loader::resume_shard_at(
+            dataset,
+            indices,
+            batch_size,
+            shuffle_seed,
+            augment,
+            first_batch,
+            (0, 1),
+        )
+    }
+
+    /// [`Loader::resume_at`] for rank `shard.0` of `shard.1` in a data-parallel run: each
+    /// batch holds only this rank's share of the global batch of `batch_size`
+    /// ([`crate::dist::share`] of the batch's positions), with the augmentation the item
+    /// gets in a single-process run. Batches whose share is empty are yielded too.
+    pub fn resume_shard_at(
+        dataset: Arc<dyn Dataset>,
+        indices: Vec<usize>,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+        augment: bool,
+        first_batch: usize,
+        shard: (usize, usize),
+    ) -> Loader {
         let plan = (shuffle_seed, augment, false);
         Loader::build(
             dataset,
             indices,
             batch_size,
             plan,
-            default_workers(),
+            (default_workers(), shard),
             first_batch,
         )
     }
@@ -140,9 +168,10 @@ impl Loader {
         indices: Vec<usize>,
         batch_size: usize,
         (shuffle_seed, augment, drop_last): (Option<u64>, bool, bool),
-        workers: usize,
+        (workers, shard): (usize, (usize, usize)),
         first_batch: usize,
     ) -> Loader {
+        assert!(shard.0 < shard.1, "rank {} of {}", shard.0, shard.1);
         assert!(batch_size > 0, "batch size must be positive");
         let mut order = indices;
         if let Some(seed) = shuffle_seed {
@@ -161,6 +190,7 @@ impl Loader {
             num_batches,
             augment_seed: augment.then(|| shuffle_seed.unwrap_or(0)),
             first_batch: first_batch.min(num_batches),
+            shard,
             stop: AtomicBool::new(false),
         });
 
@@ -230,8 +260,10 @@ fn run_worker(plan: &Plan, worker: usize, workers: usize, tx: &SyncSender<Prepar
 fn build_batch(plan: &Plan, b: usize) -> Option<Prepared> {
     let size = plan.dataset.image_size();
     let item_len = 3 * size * size;
-    let start = b * plan.batch_size;
-    let end = (start + plan.batch_size).min(plan.order.len());
+    let global_start = b * plan.batch_size;
+    let global_end = (global_start + plan.batch_size).min(plan.order.len());
+    let mine = crate::dist::share(global_end - global_start, plan.shard.0, plan.shard.1);
+    let (start, end) = (global_start + mine.start, global_start + mine.end);
     let mut batch = Batch {
         images: Vec::with_capacity((end - start) * item_len),
         labels: Vec::with_capacity(end - start),
@@ -288,7 +320,7 @@ impl Iterator for Loader {
                     .unwrap_or_else(|e| e.into_inner())
                     .extend(prepared.warnings);
             }
-            if !prepared.batch.is_empty() {
+            if !prepared.batch.is_empty() || self.plan.shard.1 > 1 {
                 return Some(prepared.batch);
             }
         }

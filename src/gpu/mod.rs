@@ -154,6 +154,48 @@ impl MemoryStats {
     }
 }
 
+/// Tensors being read back ([`Gpu::stage_read`]).
+pub struct Staged {
+    staging: wgpu::Buffer,
+    index: wgpu::SubmissionIndex,
+    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    /// What was copied, in order (for the view of each).
+    views: Vec<Tensor>,
+}
+
+impl Staged {
+    /// Waits for the copy and returns each tensor's values.
+    pub fn wait(self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        gpu.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(self.index),
+                timeout: None,
+            })
+            .map_err(|e| gpu.device_failure(e.to_string()))?;
+        self.mapped
+            .recv()
+            .map_err(|e| gpu.device_failure(e.to_string()))?
+            .map_err(|e| gpu.device_failure(format!("mapping a read-back: {e}")))?;
+        gpu.check_lost()?;
+        let mut out = Vec::with_capacity(self.views.len());
+        {
+            let view = self
+                .staging
+                .get_mapped_range(..)
+                .map_err(|e| gpu.device_failure(e.to_string()))?;
+            let all: &[f32] = bytemuck::cast_slice(&view);
+            let mut at = 0usize;
+            for t in &self.views {
+                let n = t.storage.numel;
+                out.push(t.gather(&all[at..at + n]));
+                at += n;
+            }
+        }
+        self.staging.unmap();
+        Ok(out)
+    }
+}
+
 /// A submission to wait for with [`Gpu::wait_for`].
 pub struct Submitted {
     index: wgpu::SubmissionIndex,
@@ -203,6 +245,30 @@ impl Gpu {
         Self::with_adapter(wanted.as_deref())
     }
 
+    /// The adapter for the process of local rank `local_rank` on its host in a
+    /// data-parallel run: the one `DENSENET_WGPU_ADAPTER` names if set, else the
+    /// (`local_rank` mod count)-th discrete GPU, else the preferred adapter.
+    pub fn for_local_rank(local_rank: usize) -> Result<Gpu> {
+        if std::env::var(ADAPTER_ENV).is_ok_and(|s| !s.is_empty()) {
+            return Gpu::new();
+        }
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut discrete: Vec<wgpu::Adapter> =
+            pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+                .into_iter()
+                .filter(|a| {
+                    let i = a.get_info();
+                    i.device_type == wgpu::DeviceType::DiscreteGpu && i.backend != wgpu::Backend::Gl
+                })
+                .collect();
+        if discrete.is_empty() {
+            return Gpu::new();
+        }
+        let pick = local_rank % discrete.len();
+        Gpu::open(discrete.swap_remove(pick))
+    }
+
     /// Opens the first adapter whose name contains `name` (case-insensitive), or the
     /// preferred one when `name` is `None`.
     pub fn with_adapter(name: Option<&str>) -> Result<Gpu> {
@@ -241,6 +307,11 @@ impl Gpu {
                 .min_by_key(|a| rank(a.get_info().device_type))
                 .ok_or(GpuError::NoAdapter(NO_ADAPTER_HINT))?,
         };
+        Gpu::open(adapter)
+    }
+
+    /// Opens a device on `adapter` with everything it offers.
+    fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         // Ask for everything the adapter offers: lavapipe and real GPUs allow far larger
         // buffers and more storage bindings than the WebGPU defaults.
@@ -472,6 +543,59 @@ impl Gpu {
         };
         staging.unmap();
         Ok(tensor.gather(&all))
+    }
+
+    /// Reads several tensors back with one copy pass into one mapped staging buffer and one
+    /// wait (what a bucket of gradients needs); each tensor's values in order.
+    pub fn download_many(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        if self.is_dry() {
+            self.active_memory().finished(None);
+            return Ok(tensors.iter().map(|t| vec![0.0; t.numel()]).collect());
+        }
+        let staged = self.stage_read(tensors)?;
+        let out = staged.wait(self)?;
+        self.memory.finished(None);
+        Ok(out)
+    }
+
+    /// Starts reading tensors back: submits their copy into one staging buffer and asks to
+    /// map it, without waiting. [`Staged::wait`] (on any thread) returns the values. Work
+    /// submitted before this call is finished before the copy runs.
+    pub fn stage_read(&self, tensors: &[&Tensor]) -> Result<Staged> {
+        self.check_lost()?;
+        let total: u64 = tensors.iter().map(|t| t.storage.numel as u64 * 4).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back staging"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read-back"),
+            });
+        let mut at = 0u64;
+        let mut views = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let bytes = t.storage.numel as u64 * 4;
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(&t.storage.buffer, 0, &staging, at, bytes);
+            }
+            at += bytes;
+            views.push((*t).clone());
+        }
+        let index = self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        Ok(Staged {
+            staging,
+            index,
+            mapped: rx,
+            views,
+        })
     }
 
     /// Blocks until all submitted work has finished; reports device errors.

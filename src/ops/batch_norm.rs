@@ -396,6 +396,217 @@ pub fn backward(
     })
 }
 
+/// Synchronised BN, forward part 1: this rank's per-channel mean of `x` into `mean` and
+/// `M2 = sum((x - mean)^2)` into `m2` (both `[C]`). The running statistics are not touched.
+#[allow(clippy::too_many_arguments)]
+pub fn moments(
+    enc: &mut Encoder,
+    mean: &Tensor,
+    m2: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    let op = "batch_norm moments";
+    let (mut p, vec) = geometry(op, x, None, None, cfg)?;
+    if p.units == 0 {
+        return Err(GpuError::Shape(format!(
+            "{op}: x has shape {:?}; training needs at least one value per channel",
+            x.shape
+        )));
+    }
+    let c = x.shape[1];
+    p.mean_off = per_channel(op, "mean", mean, c)?;
+    p.inv_std_off = per_channel(op, "m2", m2, c)?;
+    no_alias(op, &[("mean", mean), ("m2", m2)], &[("x", x)])?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: &format!("moments_v{vec}"),
+        overrides: &[("WG", lanes(&p))],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Read(gamma),
+            Arg::Read(beta),
+            Arg::Write(mean),
+            Arg::Write(m2),
+        ],
+        workgroups: channel_grid(op, p.channels)?,
+    })
+}
+
+/// Synchronised BN, forward part 2: `y = gamma * (x - mean) * inv_std + beta` (then
+/// `max(., 0)` if `cfg.relu`) from statistics merged over the ranks; the same expression as
+/// the training forward. `running_*` are bound but not used.
+#[allow(clippy::too_many_arguments)]
+pub fn apply(
+    enc: &mut Encoder,
+    y: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    let op = "batch_norm apply";
+    let (mut p, vec) = geometry(op, x, Some(("y", y)), None, cfg)?;
+    let c = x.shape[1];
+    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
+    p.beta_off = per_channel(op, "beta", beta, c)?;
+    p.mean_off = per_channel(op, "mean", mean, c)?;
+    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
+    no_alias(
+        op,
+        &[("y", y)],
+        &[
+            ("x", x),
+            ("gamma", gamma),
+            ("beta", beta),
+            ("mean", mean),
+            ("inv_std", inv_std),
+        ],
+    )?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: &format!("apply_v{vec}"),
+        overrides: &[("WG", lanes(&p))],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Read(gamma),
+            Arg::Read(beta),
+            Arg::Write(mean),
+            Arg::Write(inv_std),
+            Arg::Write(running_mean),
+            Arg::Write(running_var),
+            Arg::Write(y),
+        ],
+        workgroups: channel_grid(op, p.channels)?,
+    })
+}
+
+/// Synchronised BN, backward part 1: accumulates this rank's `d_gamma += sum(g * xhat)` and
+/// `d_beta += sum(g)` (as [`backward`]) and writes those sums to `sums` (`[2C]`: the sums
+/// of g, then of g * xhat) for adding up over the ranks. `d_x` is bound but not written.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_sums(
+    enc: &mut Encoder,
+    sums: &Tensor,
+    d_x: &Tensor,
+    d_gamma: &Tensor,
+    d_beta: &Tensor,
+    d_y: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    sync_backward(
+        enc,
+        ("backward_sums", Arg::Write(sums), None),
+        [d_x, d_gamma, d_beta, d_y, x, gamma, beta, mean, inv_std],
+        cfg,
+    )
+}
+
+/// Synchronised BN, backward part 2: `d_x += gamma*inv_std * (g - S_g/n - xhat*S_gx/n)`
+/// with `sums = [S_g; S_gx]` (`[2C]`) and `n = count`, both over every rank.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_apply(
+    enc: &mut Encoder,
+    d_x: &Tensor,
+    sums: &Tensor,
+    count: f32,
+    d_gamma: &Tensor,
+    d_beta: &Tensor,
+    d_y: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    sync_backward(
+        enc,
+        ("backward_apply", Arg::Read(sums), Some(count)),
+        [d_x, d_gamma, d_beta, d_y, x, gamma, beta, mean, inv_std],
+        cfg,
+    )
+}
+
+fn sync_backward(
+    enc: &mut Encoder,
+    (entry, sums, count): (&str, Arg, Option<f32>),
+    [d_x, d_gamma, d_beta, d_y, x, gamma, beta, mean, inv_std]: [&Tensor; 9],
+    cfg: BnConfig,
+) -> Result<()> {
+    let op = &format!("batch_norm {entry}");
+    let (mut p, vec) = geometry(op, x, Some(("d_y", d_y)), Some(("d_x", d_x)), cfg)?;
+    let c = x.shape[1];
+    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
+    p.beta_off = per_channel(op, "beta", beta, c)?;
+    p.mean_off = per_channel(op, "mean", mean, c)?;
+    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
+    p.d_gamma_off = per_channel(op, "d_gamma", d_gamma, c)?;
+    p.d_beta_off = per_channel(op, "d_beta", d_beta, c)?;
+    let (Arg::Read(s) | Arg::Write(s)) = &sums else {
+        unreachable!("sums is a storage binding")
+    };
+    if s.shape != [2 * c] || !s.is_contiguous() {
+        return Err(GpuError::Shape(format!(
+            "{op}: sums has shape {:?}, expected [{}]",
+            s.shape,
+            2 * c
+        )));
+    }
+    if let Some(n) = count {
+        p.count = n;
+    }
+    no_alias(
+        op,
+        &[
+            ("d_x", d_x),
+            ("d_gamma", d_gamma),
+            ("d_beta", d_beta),
+            ("sums", s),
+        ],
+        &[
+            ("x", x),
+            ("d_y", d_y),
+            ("gamma", gamma),
+            ("beta", beta),
+            ("mean", mean),
+            ("inv_std", inv_std),
+        ],
+    )?;
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: &format!("{entry}_v{vec}"),
+        overrides: &[("WG", lanes(&p))],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(x),
+            Arg::Read(d_y),
+            Arg::Read(gamma),
+            Arg::Read(beta),
+            Arg::Read(mean),
+            Arg::Read(inv_std),
+            Arg::Write(d_x),
+            Arg::Write(d_gamma),
+            Arg::Write(d_beta),
+            sums,
+        ],
+        workgroups: channel_grid(op, p.channels)?,
+    })
+}
+
 /// f64 CPU reference. `x` is NCHW with `shape = [N, C, H, W]`; per-channel slices are `[C]`.
 pub mod reference {
     use super::BnConfig;
@@ -557,7 +768,12 @@ impl Tape<'_> {
         let shape = self.shape(x).to_vec();
         let y = self.output(None, &shape, name)?;
         let saved = self.batch_norm_into(y, x, gamma, beta, running, cfg, training, name)?;
-        if let Some((mean, inv_std)) = saved {
+        if let Some(BnStats {
+            mean,
+            inv_std,
+            counts,
+        }) = saved
+        {
             if cfg.relu {
                 let [xt, gt, bt] = self.values([x, gamma, beta])?;
                 self.probe_relu(name, |g| {
@@ -573,6 +789,7 @@ impl Tape<'_> {
                 mean,
                 inv_std,
                 cfg,
+                counts,
             })?;
         }
         Ok(y)
@@ -601,7 +818,11 @@ impl Tape<'_> {
         let (yt, rt) = (self.value(y)?.clone(), self.value(residual)?.clone());
         super::add::accumulate_forward(self.enc(), &yt, &rt, true)?;
         match saved {
-            Some((mean, inv_std)) => {
+            Some(BnStats {
+                mean,
+                inv_std,
+                counts,
+            }) => {
                 let [xt, gt, bt] = self.values([x, gamma, beta])?;
                 self.probe_relu(name, |g| {
                     pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], Some(&rt))
@@ -616,6 +837,7 @@ impl Tape<'_> {
                         mean,
                         inv_std,
                         cfg,
+                        counts,
                     },
                     residual,
                 })?;
@@ -643,8 +865,7 @@ impl Tape<'_> {
         cfg: BnConfig,
         training: bool,
         name: &str,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        let c = self.shape(x).get(1).copied().unwrap_or(0);
+    ) -> Result<Option<BnStats>> {
         let (yt, xt, gt, bt) = (
             self.value(y)?.clone(),
             self.value(x)?.clone(),
@@ -670,22 +891,122 @@ impl Tape<'_> {
             )?;
             return Ok(None);
         }
-        let mean = self.gpu().zeros(&[c], &format!("{name}.mean"))?;
-        let inv_std = self.gpu().zeros(&[c], &format!("{name}.inv_std"))?;
-        forward_train(
-            self.enc(),
-            Some(&yt),
-            &mean,
-            &inv_std,
-            running.mean,
-            running.var,
-            &xt,
-            &gt,
-            &bt,
-            cfg,
-        )?;
-        Ok(Some((mean, inv_std)))
+        let stats = self.bn_statistics(Some(&yt), &xt, &gt, &bt, running, cfg, name)?;
+        Ok(Some(stats))
     }
+
+    /// Training-mode batch statistics of `x` (saved mean and inv_std), updating the running
+    /// ones, and `y` when given. On a tape synchronised over a group
+    /// ([`Tape::sync_batch_norm`]) the statistics are those of the global batch: each rank's
+    /// per-channel (count, mean, M2) are gathered and merged in rank order (Chan et al.,
+    /// in f64), so every rank gets the same values.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bn_statistics(
+        &mut self,
+        y: Option<&Tensor>,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running: RunningStats,
+        cfg: BnConfig,
+        name: &str,
+    ) -> Result<BnStats> {
+        let [n, c, h, w] = nchw(name, "x", x)?;
+        let gpu = self.gpu();
+        let mean = gpu.zeros(&[c], &format!("{name}.mean"))?;
+        let inv_std = gpu.zeros(&[c], &format!("{name}.inv_std"))?;
+        let Some(group) = self.sync_group() else {
+            let (r_mean, r_var) = (running.mean, running.var);
+            forward_train(
+                self.enc(),
+                y,
+                &mean,
+                &inv_std,
+                r_mean,
+                r_var,
+                x,
+                gamma,
+                beta,
+                cfg,
+            )?;
+            return Ok(BnStats {
+                mean,
+                inv_std,
+                counts: None,
+            });
+        };
+        let m2 = gpu.zeros(&[c], &format!("{name}.m2"))?;
+        moments(self.enc(), &mean, &m2, x, gamma, beta, cfg)?;
+        self.flush()?;
+        let local_count = (n * h * w) as f32;
+        let mut mine = vec![local_count];
+        mine.extend(gpu.download(&mean)?);
+        mine.extend(gpu.download(&m2)?);
+        let all = group.all_gather_f32(&mine);
+        // Merge (count, mean, M2) per channel in rank order.
+        let mut merged = vec![(0.0f64, 0.0f64, 0.0f64); c];
+        for part in all.chunks(1 + 2 * c) {
+            let nb = part[0] as f64;
+            if nb == 0.0 {
+                continue;
+            }
+            for (ch, (na, ma, qa)) in merged.iter_mut().enumerate() {
+                let (mb, qb) = (part[1 + ch] as f64, part[1 + c + ch] as f64);
+                let total = *na + nb;
+                let d = mb - *ma;
+                *ma += d * nb / total;
+                *qa += qb + d * d * *na * nb / total;
+                *na = total;
+            }
+        }
+        let count = merged.first().map_or(0.0, |m| m.0);
+        let batch_mean: Vec<f32> = merged.iter().map(|m| m.1 as f32).collect();
+        let batch_inv_std: Vec<f32> = merged
+            .iter()
+            .map(|m| (1.0 / (m.2 / count + cfg.eps as f64).sqrt()) as f32)
+            .collect();
+        // The running statistics, updated as the kernel does, in f32.
+        let mo = cfg.momentum;
+        let unbiased = (count - 1.0).max(1.0);
+        let mut r_mean = gpu.download(running.mean)?;
+        let mut r_var = gpu.download(running.var)?;
+        for (ch, m) in merged.iter().enumerate() {
+            r_mean[ch] = (1.0 - mo) * r_mean[ch] + mo * batch_mean[ch];
+            r_var[ch] = (1.0 - mo) * r_var[ch] + mo * ((m.2 / unbiased) as f32);
+        }
+        gpu.write(running.mean, &r_mean)?;
+        gpu.write(running.var, &r_var)?;
+        gpu.write(&mean, &batch_mean)?;
+        gpu.write(&inv_std, &batch_inv_std)?;
+        if let Some(y) = y {
+            let (r_mean, r_var) = (running.mean, running.var);
+            apply(
+                self.enc(),
+                y,
+                &mean,
+                &inv_std,
+                r_mean,
+                r_var,
+                x,
+                gamma,
+                beta,
+                cfg,
+            )?;
+        }
+        Ok(BnStats {
+            mean,
+            inv_std,
+            counts: Some((local_count, count as f32)),
+        })
+    }
+}
+
+/// Batch statistics saved for backward.
+pub(crate) struct BnStats {
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+    /// Synchronised BN: this rank's and the global count of values per channel.
+    pub counts: Option<(f32, f32)>,
 }
 
 /// A training-mode BN's output before its ReLU, on the host for [`Tape::probe_relu`]:
@@ -725,6 +1046,8 @@ pub(crate) struct BatchNormOp {
     pub mean: Tensor,
     pub inv_std: Tensor,
     pub cfg: BnConfig,
+    /// Synchronised BN: this rank's and the global count of values per channel.
+    pub counts: Option<(f32, f32)>,
 }
 
 impl BatchNormOp {
@@ -742,18 +1065,43 @@ impl BatchNormOp {
             // BN's backward kernel always writes d_x; give it a scratch buffer.
             None => tape.gpu().zeros(&xt.shape, "unused d_x")?,
         };
-        backward(
-            tape.enc(),
-            &d_x,
-            &d_g,
-            &d_b,
-            d_y,
-            &xt,
-            &gt,
-            &bt,
-            &self.mean,
-            &self.inv_std,
-            self.cfg,
+        let (mean, inv_std, cfg) = (&self.mean, &self.inv_std, self.cfg);
+        let (Some(group), Some((local, global))) = (tape.sync_group(), self.counts) else {
+            return backward(
+                tape.enc(),
+                &d_x,
+                &d_g,
+                &d_b,
+                d_y,
+                &xt,
+                &gt,
+                &bt,
+                mean,
+                inv_std,
+                cfg,
+            );
+        };
+        // Synchronised: the sums over every rank of the global loss's gradient. This rank's
+        // gradients are later weighted by its share w = local/global of the batch, so each
+        // rank contributes w·sums and uses (1/w)·total.
+        let c = xt.shape[1];
+        let sums = tape.gpu().zeros(&[2 * c], "batch_norm sums")?;
+        let enc = tape.enc();
+        backward_sums(
+            enc, &sums, &d_x, &d_g, &d_b, d_y, &xt, &gt, &bt, mean, inv_std, cfg,
+        )?;
+        tape.flush()?;
+        let gpu = tape.gpu();
+        let share = local / global;
+        let mut totals: Vec<f32> = gpu.download(&sums)?.iter().map(|v| v * share).collect();
+        group.all_reduce_sum(&mut totals);
+        for v in &mut totals {
+            *v /= share;
+        }
+        let totals = gpu.upload(&totals, &[2 * c], "batch_norm sums over the ranks")?;
+        let enc = tape.enc();
+        backward_apply(
+            enc, &d_x, &totals, global, &d_g, &d_b, d_y, &xt, &gt, &bt, mean, inv_std, cfg,
         )
     }
 }

@@ -1085,8 +1085,6 @@ impl Tape<'_> {
         let y = self.output(out, &[n, co, oh, ow], name)?;
         self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
         let g = self.gpu();
-        let mean = g.zeros(&[c], &format!("{name}.mean"))?;
-        let inv_std = g.zeros(&[c], &format!("{name}.inv_std"))?;
         let scale = g.zeros(&[c], &format!("{name}.scale"))?;
         let shift = g.zeros(&[c], &format!("{name}.shift"))?;
         let (yt, xt, gt, bt, wt) = (
@@ -1097,19 +1095,9 @@ impl Tape<'_> {
             self.value(w)?.clone(),
         );
         let cfg = BnConfig { relu: true, ..cfg };
+        let stats = self.bn_statistics(None, &xt, &gt, &bt, running, cfg, name)?;
+        let (mean, inv_std, counts) = (stats.mean, stats.inv_std, stats.counts);
         let enc = self.enc();
-        batch_norm::forward_train(
-            enc,
-            None,
-            &mean,
-            &inv_std,
-            running.mean,
-            running.var,
-            &xt,
-            &gt,
-            &bt,
-            cfg,
-        )?;
         batch_norm::fold_scale_shift(enc, &scale, &shift, &gt, &bt, &mean, &inv_std)?;
         let pro = BnReluPrologue {
             scale: &scale,
@@ -1131,6 +1119,7 @@ impl Tape<'_> {
                 mean,
                 inv_std,
                 cfg,
+                counts,
             },
             scale,
             shift,

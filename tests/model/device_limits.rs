@@ -248,6 +248,7 @@ fn spec(out: &Path, resume: bool, after_step: Option<StepHook>) -> RunSpec {
         checkpoint_minutes: 0.0,
         checkpoint_steps: 2,
         skip_nonfinite: false,
+        sync_bn: false,
         after_step,
     }
 }

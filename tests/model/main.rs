@@ -12,6 +12,7 @@ mod cli;
 mod compare;
 mod data_guards;
 mod device_limits;
+mod distributed;
 mod finetune;
 mod golden;
 mod interrupts;

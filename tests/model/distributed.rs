@@ -1,0 +1,293 @@
+//! Data-parallel training over MPI: 2 ranks through `mpirun` on the `mpi`-featured binary,
+//! over Open MPI's TCP transport on loopback (the multi-host code path).
+//!
+//! The binary is built once per test run into `target/mpi` (`cargo build --release
+//! --features mpi`). Without `mpirun` these tests say so and pass, unless
+//! `DENSENET_WGPU_REQUIRE_MPI` is set (CI sets it), where they fail.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use densenet_wgpu::verify::{ADAM_MAX_DIFF_TOL, ADAM_SHARE_TOL, STATS_TOL};
+use densenet_wgpu::weights::TensorFile;
+
+use crate::{text, train};
+
+/// The `mpi`-featured `train`, or `None` (with a notice) where MPI is not installed.
+fn mpi_train() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let found = Command::new("mpirun")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var_os("DENSENET_WGPU_REQUIRE_MPI").is_none(),
+                "mpirun not found, and DENSENET_WGPU_REQUIRE_MPI is set: install Open MPI \
+                 (openmpi-bin, libopenmpi-dev, libclang-dev; .ci/run does)"
+            );
+            eprintln!("SKIPPED: mpirun not found; the data-parallel tests need Open MPI");
+            return None;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = root.join("target/mpi");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "--release", "--features", "mpi", "--bin", "train"])
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build --features mpi failed");
+        Some(target.join("release/train"))
+    })
+    .clone()
+}
+
+/// `mpirun -n <ranks>` over TCP on loopback, one lavapipe thread per rank.
+fn mpirun(bin: &Path, ranks: usize, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-n"])
+        .arg(ranks.to_string())
+        .args([
+            "--mca",
+            "btl",
+            "tcp,self",
+            "--mca",
+            "btl_tcp_if_include",
+            "lo",
+        ])
+        .args(["-x", "LP_NUM_THREADS=1"])
+        .arg(bin)
+        .args(args);
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().expect("start mpirun")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dnw-dist-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Max |a - b| / max |b| over the running statistics; share of parameters off by more than
+/// 1e-6 and the largest difference, between two checkpoints.
+fn compare(a: &Path, b: &Path) -> (f64, f64, f64) {
+    let (a, b) = (TensorFile::read(a).unwrap(), TensorFile::read(b).unwrap());
+    let (mut stats, mut far, mut total, mut worst) = (0.0f64, 0usize, 0usize, 0.0f64);
+    for (name, t) in &a.tensors {
+        if name.starts_with("optim.") || name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let want = &b.get(name).unwrap().data;
+        let diffs = t.data.iter().zip(want).map(|(x, y)| (x - y).abs());
+        if name.contains("running_") {
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+            stats = stats.max(diffs.fold(0.0, f64::max) / scale);
+        } else {
+            for d in diffs {
+                far += (d > 1e-6) as usize;
+                total += 1;
+                worst = worst.max(d);
+            }
+        }
+    }
+    (stats, far as f64 / total as f64, worst)
+}
+
+#[test]
+fn sync_bn_step_on_two_ranks_matches_one_process() {
+    let Some(bin) = mpi_train() else { return };
+    let dir = temp("syncbn");
+    // 10 embedded images: 8 train (one global batch of 8, 4 per rank), 2 validation.
+    let common = [
+        "--images",
+        "10",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--model",
+        "densenet-bc",
+        "--lr",
+        "1e-3",
+    ];
+    let out = |name: &str| dir.join(name);
+    let one = train(&[&common[..], &["--out", out("one").to_str().unwrap()]].concat());
+    assert!(one.status.success(), "{}", text(&one));
+    let mut c = mpirun(&bin, 2, &common);
+    c.args(["--sync-bn", "--out", out("two").to_str().unwrap()]);
+    let two = run(c);
+    let t = text(&two);
+    assert!(two.status.success(), "{t}");
+    assert!(t.contains("replicas: 2 ranks, parameters identical"), "{t}");
+
+    let ckpt = "checkpoint.safetensors";
+    let (stats, share, worst) = compare(&out("two").join(ckpt), &out("one").join(ckpt));
+    eprintln!("sync-bn vs one process: running stats {stats:.2e}, Adam share {share:.2e}, max|d| {worst:.2e}");
+    assert!(
+        stats <= STATS_TOL,
+        "running statistics {stats:.2e} > {STATS_TOL}"
+    );
+    assert!(
+        share <= ADAM_SHARE_TOL,
+        "share {share:.2e} > {ADAM_SHARE_TOL}"
+    );
+    assert!(worst <= ADAM_MAX_DIFF_TOL, "max|d| {worst:.2e}");
+
+    // Per-rank statistics (the default) are another computation: the same check fails.
+    let mut c = mpirun(&bin, 2, &common);
+    c.args(["--out", out("local").to_str().unwrap()]);
+    assert!(run(c).status.success());
+    let (stats, share, _) = compare(&out("local").join(ckpt), &out("one").join(ckpt));
+    assert!(
+        stats > STATS_TOL && share > ADAM_SHARE_TOL,
+        "{stats} {share}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Epoch summary lines and the replica lines of a run's output.
+fn lines_with<'a>(t: &'a str, prefix: &str) -> Vec<&'a str> {
+    t.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+fn final_val_acc(t: &str) -> f64 {
+    let last = *lines_with(t, "epoch ").last().expect("an epoch line");
+    last.split("val_acc=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no val_acc in {last:?}"))
+}
+
+#[test]
+fn two_ranks_train_the_default_run_with_identical_replicas() {
+    let Some(bin) = mpi_train() else { return };
+    let dir = temp("default");
+    let args = ["--images", "1500", "--epochs", "4"];
+    let o = run({
+        let mut c = mpirun(&bin, 2, &args);
+        c.args(["--out", dir.join("two").to_str().unwrap()]);
+        c
+    });
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let epochs = lines_with(&t, "epoch ");
+    let replicas = lines_with(&t, "replicas: 2 ranks, parameters identical (hash ");
+    assert_eq!((epochs.len(), replicas.len()), (4, 4), "{t}");
+    assert!(epochs.iter().all(|l| l.contains("allreduce=")), "{t}");
+    // Only rank 0 writes: one progress header, one metrics file.
+    assert_eq!(t.matches("run folder:").count(), 1, "{t}");
+    let csv = std::fs::read_to_string(dir.join("two/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+
+    let one = train(&[&args[..], &["--out", dir.join("one").to_str().unwrap()]].concat());
+    assert!(one.status.success(), "{}", text(&one));
+    let (acc1, acc2) = (final_val_acc(&text(&one)), final_val_acc(&t));
+    eprintln!("validation accuracy: 1 process {acc1:.4}, 2 ranks {acc2:.4}");
+    assert!(acc2 >= acc1 - 0.05, "2 ranks {acc2} vs 1 process {acc1}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
+    let Some(bin) = mpi_train() else { return };
+    let dir = temp("kill");
+    let out = dir.join("run");
+    let args = [
+        "--images",
+        "1500",
+        "--epochs",
+        "3",
+        "--checkpoint-steps",
+        "4",
+    ];
+    let mut c = mpirun(&bin, 2, &args);
+    c.args(["--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("start mpirun");
+    let log = Arc::new(Mutex::new(String::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        })
+    })
+    .collect();
+    // Wait for rank 1's pid and a few checkpoints, then kill rank 1.
+    let checkpoint = out.join("checkpoint.safetensors");
+    let start = Instant::now();
+    let pid = loop {
+        let pid = log.lock().unwrap().lines().find_map(|l| {
+            l.strip_prefix("rank 1/2 ")
+                .and_then(|r| r.split("pid ").nth(1))
+                .and_then(|r| r.split(')').next())
+                .map(str::to_string)
+        });
+        if let Some(pid) = pid.filter(|_| checkpoint.exists()) {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint: {}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the run kept going 30 s after a rank died"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = killed.elapsed();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let t = log.lock().unwrap().clone();
+    eprintln!(
+        "the run ended {:.1} s after rank 1 was killed",
+        took.as_secs_f64()
+    );
+    assert!(!status.success(), "{t}");
+    assert!(t.contains("rank 1") && t.contains("signal 9"), "{t}");
+
+    // The checkpoint is whole, and continues on one process (any rank count resumes).
+    TensorFile::read(&checkpoint).expect("the checkpoint loads");
+    let o = train(&[&args[..], &["--out", out.to_str().unwrap(), "--resume"]].concat());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("resumed from"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
