@@ -43,6 +43,12 @@ pub trait Collective {
     fn abort(&self, code: i32) -> !;
     /// The transport, for the run's header line.
     fn describe(&self) -> String;
+    /// A second channel to the same ranks that another thread may use while this one is in
+    /// use (an MPI communicator duplicate under `MPI_THREAD_MULTIPLE`): gradient buckets
+    /// are summed on it while backward goes on. `None` where that is not possible.
+    fn duplicate(&self) -> Option<Box<dyn Collective + Send + Sync>> {
+        None
+    }
 
     /// Whether this process writes files and prints progress: rank 0.
     fn is_writer(&self) -> bool {
@@ -98,20 +104,30 @@ pub mod mpi_group {
     //! over its TCP transport).
 
     use mpi::collective::SystemOperation;
-    use mpi::environment::Universe;
+    use mpi::environment::{Threading, Universe};
     use mpi::topology::SimpleCommunicator;
     use mpi::traits::*;
 
-    /// The MPI job of this process (`MPI_COMM_WORLD`); finalised when dropped.
+    /// The MPI job of this process: `MPI_COMM_WORLD`, or a duplicate of it (see
+    /// [`Collective::duplicate`](super::Collective::duplicate)). The world group finalises
+    /// MPI when dropped.
     pub struct MpiGroup {
-        world: SimpleCommunicator,
+        comm: SimpleCommunicator,
         rank: usize,
         size: usize,
         local_rank: usize,
         library: String,
-        // Dropped last: finalises MPI.
-        _universe: Universe,
+        /// The library runs calls from several threads at once (`MPI_THREAD_MULTIPLE`).
+        multiple: bool,
+        // Dropped last: finalises MPI (world group only).
+        _universe: Option<Universe>,
     }
+
+    // SAFETY: a group crosses threads only as a duplicate, and duplicates are only made when
+    // MPI runs under MPI_THREAD_MULTIPLE, where a communicator may be used from any thread;
+    // each is used by one thread at a time.
+    unsafe impl Send for MpiGroup {}
+    unsafe impl Sync for MpiGroup {}
 
     /// Whether a launcher started this process (Open MPI, MPICH/Hydra or Slurm's PMI).
     pub fn launched_by_mpirun() -> bool {
@@ -121,10 +137,11 @@ pub mod mpi_group {
     }
 
     impl MpiGroup {
-        /// Initialises MPI. Panics when the launcher's MPI cannot be initialised (nothing
-        /// can run then).
+        /// Initialises MPI (asking for `MPI_THREAD_MULTIPLE`). Panics when the launcher's
+        /// MPI cannot be initialised (nothing can run then).
         pub fn init() -> MpiGroup {
-            let universe = mpi::initialize().expect("MPI_Init failed");
+            let (universe, threading) =
+                mpi::initialize_with_threading(Threading::Multiple).expect("MPI_Init failed");
             let world = universe.world();
             let shared = world.split_shared(world.rank());
             let library = mpi::environment::library_version()
@@ -138,9 +155,10 @@ pub mod mpi_group {
                 rank: world.rank() as usize,
                 size: world.size() as usize,
                 local_rank: shared.rank() as usize,
-                world,
+                comm: world,
                 library,
-                _universe: universe,
+                multiple: threading == Threading::Multiple,
+                _universe: Some(universe),
             }
         }
     }
@@ -157,35 +175,45 @@ pub mod mpi_group {
         }
         fn all_reduce_sum(&self, data: &mut [f32]) {
             let send = data.to_vec();
-            self.world
+            self.comm
                 .all_reduce_into(&send[..], data, SystemOperation::sum());
         }
         fn all_reduce_sum_f64(&self, data: &mut [f64]) {
             let send = data.to_vec();
-            self.world
+            self.comm
                 .all_reduce_into(&send[..], data, SystemOperation::sum());
         }
         fn broadcast(&self, data: &mut [f32]) {
-            self.world.process_at_rank(0).broadcast_into(data);
+            self.comm.process_at_rank(0).broadcast_into(data);
         }
         fn broadcast_u64(&self, data: &mut [u64]) {
-            self.world.process_at_rank(0).broadcast_into(data);
+            self.comm.process_at_rank(0).broadcast_into(data);
         }
         fn all_gather_u64(&self, value: u64) -> Vec<u64> {
             let mut all = vec![0u64; self.size];
-            self.world.all_gather_into(&value, &mut all[..]);
+            self.comm.all_gather_into(&value, &mut all[..]);
             all
         }
         fn all_gather_f32(&self, data: &[f32]) -> Vec<f32> {
             let mut all = vec![0f32; data.len() * self.size];
-            self.world.all_gather_into(data, &mut all[..]);
+            self.comm.all_gather_into(data, &mut all[..]);
             all
         }
         fn abort(&self, code: i32) -> ! {
-            self.world.abort(code)
+            self.comm.abort(code)
         }
         fn describe(&self) -> String {
             format!("MPI ({}), {} ranks", self.library, self.size)
+        }
+        fn duplicate(&self) -> Option<Box<dyn super::Collective + Send + Sync>> {
+            self.multiple.then(|| {
+                Box::new(MpiGroup {
+                    comm: self.comm.duplicate(),
+                    library: self.library.clone(),
+                    _universe: None,
+                    ..*self
+                }) as Box<dyn super::Collective + Send + Sync>
+            })
         }
     }
 }

@@ -133,6 +133,15 @@ pub struct RunSpec {
     pub after_step: Option<StepHook>,
 }
 
+/// Environment variable choosing where a data-parallel run sums its gradient buckets:
+/// `1` during backward, on a second thread, `0` after backward. The default is during
+/// backward except on a CPU adapter. The results are the same either way.
+pub const OVERLAP_ENV: &str = "DENSENET_WGPU_OVERLAP";
+
+/// Environment variable with the gradient bucket size of a data-parallel run, in bytes
+/// (default [`crate::train::GRAD_BUCKET_BYTES`]; the sums do not depend on it).
+pub const BUCKET_BYTES_ENV: &str = "DENSENET_WGPU_BUCKET_BYTES";
+
 /// A callback run after each training step (see [`RunSpec::after_step`]).
 pub type StepHook = Arc<dyn Fn(&Gpu, u32) + Send + Sync>;
 
@@ -292,6 +301,22 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
     let opt = Adam::new(&gpu, model.params(), adam, schedule).map_err(|e| e.to_string())?;
     let mut trainer = Trainer::new(&gpu, model, opt);
     trainer.sync_bn = spec.sync_bn;
+    // Summing during backward hides the all-reduce behind the device's work. A CPU adapter
+    // has no idle cores to hide it on: there it costs more than it saves (docs/distributed.md).
+    let overlap = match std::env::var(OVERLAP_ENV).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => gpu.info.device_type != wgpu::DeviceType::Cpu,
+    };
+    if distributed && overlap {
+        trainer.overlap = group.duplicate();
+    }
+    if let Some(bytes) = std::env::var(BUCKET_BYTES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        trainer.bucket_bytes = bytes;
+    }
     let checkpoint = spec.out.join("checkpoint.safetensors");
     let csv = spec.out.join("metrics.csv");
     let mut history: Vec<EpochMetrics> = Vec::new();
@@ -353,7 +378,17 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
             spec.image_size,
             spec.batch_size,
             if distributed {
-                format!(" over {} ({} per rank)", group.describe(), spec.batch_size.div_ceil(ranks))
+                format!(
+                    " over {} ({} per rank{}{})",
+                    group.describe(),
+                    spec.batch_size.div_ceil(ranks),
+                    if spec.sync_bn { ", synchronised BN" } else { "" },
+                    if trainer.overlap.is_some() {
+                        ", gradients summed during backward"
+                    } else {
+                        ", gradients summed after backward"
+                    }
+                )
             } else {
                 String::new()
             },
@@ -400,7 +435,7 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
         let mut part = partial;
         let t0 = Instant::now() - Duration::from_secs_f64(part.seconds);
         let mut last_save = Instant::now();
-        let (mut comm_seconds, mut steps) = (0.0, 0usize);
+        let (mut comm_seconds, mut steps) = ([0.0; 2], 0usize);
         for batch in loader.by_ref() {
             let time_is_up = |last_save: Instant| {
                 spec.checkpoint_minutes > 0.0
@@ -463,7 +498,8 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
             if let Some(hook) = &spec.after_step {
                 hook(&gpu, trainer.opt.step);
             }
-            comm_seconds += trainer.comm_seconds;
+            comm_seconds[0] += trainer.comm_seconds[0];
+            comm_seconds[1] += trainer.comm_seconds[1];
             steps += 1;
             part.loss_sum += loss * count as f64;
             part.correct += correct;
@@ -574,8 +610,9 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
         }
         if distributed && steps > 0 {
             line += &format!(
-                " allreduce={:.1}ms/step",
-                1000.0 * comm_seconds / steps as f64
+                " allreduce={:.1}ms/step exposed={:.1}ms/step",
+                1000.0 * comm_seconds[0] / steps as f64,
+                1000.0 * comm_seconds[1] / steps as f64
             );
         }
         history.push(m.clone());

@@ -90,6 +90,10 @@ pub trait Backward {
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()>;
 }
 
+/// Called by [`Tape::backward_with`] with the parameters (name, gradient) whose gradients
+/// have just become final.
+pub type GradReady<'a> = dyn for<'t> FnMut(&mut Tape<'t>, &[(String, Tensor)]) -> Result<()> + 'a;
+
 /// Records ops and replays them backwards. See the module docs.
 pub struct Tape<'g> {
     gpu: &'g Gpu,
@@ -470,11 +474,7 @@ impl<'g> Tape<'g> {
     /// [`Tape::backward`], calling `ready` with each parameter's name and gradient as soon
     /// as no op left to replay contributes to it (data-parallel training starts summing a
     /// bucket of gradients over the ranks there). `ready` may flush the tape.
-    pub fn backward_with(
-        &mut self,
-        loss: Var,
-        ready: &mut dyn FnMut(&mut Tape<'g>, &[(String, Tensor)]) -> Result<()>,
-    ) -> Result<()> {
+    pub fn backward_with(&mut self, loss: Var, ready: &mut GradReady<'_>) -> Result<()> {
         if !self.recording {
             return Err(GpuError::Shape(
                 "tape: backward on an inference tape".into(),

@@ -9,7 +9,7 @@ use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::models::Model;
 use crate::ops::finite;
 use crate::optim::Adam;
-use crate::tape::{Param, Tape};
+use crate::tape::{GradReady, Param, Tape};
 
 /// Why a training step did not update the model.
 #[derive(Debug, Clone)]
@@ -67,8 +67,56 @@ pub struct Trainer<'g> {
     /// global batch rather than each rank's share.
     pub sync_bn: bool,
     /// Seconds the last [`Trainer::train_step_group`] spent summing gradients over the
-    /// ranks (read-back, all-reduce, write-back).
-    pub comm_seconds: f64,
+    /// ranks (read-back and all-reduce; with [`Trainer::overlap`], the all-reduces alone),
+    /// and the seconds it waited for them after backward (with overlap: what backward did
+    /// not hide).
+    pub comm_seconds: [f64; 2],
+    /// A second channel to the ranks on which [`Trainer::train_step_group`] sums gradient
+    /// buckets while backward runs ([`Collective::duplicate`]); `None`: after backward.
+    pub overlap: Option<Box<dyn Collective + Send + Sync>>,
+    /// Size of the gradient buckets of [`Trainer::train_step_group`] in bytes
+    /// ([`GRAD_BUCKET_BYTES`] unless changed).
+    pub bucket_bytes: usize,
+}
+
+/// Sends buckets, in order, to the gradient thread.
+struct Outbox<'a> {
+    gpu: &'a Gpu,
+    buckets: &'a [Vec<usize>],
+    grads: &'a [Tensor],
+    /// This rank has no image: it sends zeros.
+    empty: bool,
+    tx: std::sync::mpsc::Sender<Pending>,
+    /// The next bucket to send.
+    next: usize,
+}
+
+impl Outbox<'_> {
+    /// Starts reading back every bucket before `upto` not sent yet, and sends them.
+    fn send_up_to(&mut self, upto: usize) -> Result<()> {
+        while self.next < upto {
+            let tensors: Vec<&Tensor> = self.buckets[self.next]
+                .iter()
+                .map(|&i| &self.grads[i])
+                .collect();
+            let pending = if self.empty {
+                Pending::Zeros(tensors.iter().map(|t| t.numel()).sum())
+            } else {
+                Pending::Staged(self.gpu.stage_read(&tensors)?)
+            };
+            // A send fails only when the worker stopped on an error, which its join reports.
+            let _ = self.tx.send(pending);
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A bucket on its way to the gradient thread.
+enum Pending {
+    Staged(crate::gpu::Staged),
+    /// A rank with no image in the batch contributes zeros.
+    Zeros(usize),
 }
 
 /// Gradients are summed over the ranks in buckets of about this many bytes (PyTorch DDP's
@@ -172,7 +220,9 @@ impl<'g> Trainer<'g> {
             opt,
             profile,
             sync_bn: false,
-            comm_seconds: 0.0,
+            comm_seconds: [0.0; 2],
+            overlap: None,
+            bucket_bytes: GRAD_BUCKET_BYTES,
         }
     }
 
@@ -197,7 +247,7 @@ impl<'g> Trainer<'g> {
     ) -> std::result::Result<BatchResult, StepError> {
         let gpu = self.gpu;
         let classes = self.model.num_classes();
-        let (loss_value, probs) = self.forward_backward(x, labels, None)?;
+        let (loss_value, probs) = self.forward_backward(x, labels, None, &mut |_, _| Ok(()))?;
 
         // Count the non-finite values of every trainable gradient, and read them back with
         // the loss before Adam may touch the weights.
@@ -245,6 +295,7 @@ impl<'g> Trainer<'g> {
         x: Tensor,
         labels: &[usize],
         sync_bn: Option<&dyn Collective>,
+        ready: &mut GradReady<'_>,
     ) -> Result<(Tensor, Tensor)> {
         let gpu = self.gpu;
         check_labels(&x, labels, self.model.num_classes())?;
@@ -265,7 +316,7 @@ impl<'g> Trainer<'g> {
         let loss_value = tape.value(loss)?.clone();
 
         // Backward: gradients accumulate into each parameter's `grad`.
-        tape.backward(loss)?;
+        tape.backward_with(loss, ready)?;
         if self.profile {
             eprint!("{}", tape.profile_report());
         }
@@ -277,12 +328,16 @@ impl<'g> Trainer<'g> {
     /// x size each; the share may be empty). Every rank of `group` calls it for the same
     /// global batch.
     ///
-    /// Each rank runs forward and backward on its share; the gradients are then summed over
-    /// the ranks, each rank's weighted by its share of the batch (n_r / n), in buckets of
-    /// [`GRAD_BUCKET_BYTES`], which gives the gradient of the global batch's mean loss. The
-    /// check for non-finite values and the Adam step see the same summed gradients on every
-    /// rank, so the replicas stay identical. `flags` are summed over the ranks alongside the
-    /// loss (the run uses them to agree on stopping and checkpointing).
+    /// Each rank runs forward and backward on its share; the gradients are summed over the
+    /// ranks, each rank's weighted by its share of the batch (n_r / n), which gives the
+    /// gradient of the global batch's mean loss. They are summed in buckets of about
+    /// [`Trainer::bucket_bytes`] in reverse parameter order, as PyTorch DDP does: with
+    /// [`Trainer::overlap`] set, a bucket is read back (through a mapped staging buffer)
+    /// and summed on a second thread as soon as backward has produced all its gradients,
+    /// while backward goes on; otherwise after backward. The check for non-finite values
+    /// and the Adam step see the same summed gradients on every rank, so the replicas stay
+    /// identical. `flags` are summed over the ranks with the image counts (the run uses them
+    /// to agree on stopping and checkpointing).
     pub fn train_step_group(
         &mut self,
         images: &[f32],
@@ -294,7 +349,6 @@ impl<'g> Trainer<'g> {
         let gpu = self.gpu;
         let classes = self.model.num_classes();
         let n_local = labels.len();
-        let mut local = (0.0f32, Vec::new());
         if n_local == 0 && self.sync_bn {
             // The other ranks wait for this one's batch statistics.
             return Err(StepError::Gpu(GpuError::Shape(format!(
@@ -302,70 +356,44 @@ impl<'g> Trainer<'g> {
                 group.rank()
             ))));
         }
-        if n_local > 0 {
-            check_batch(images, labels, size, classes)?;
-            let x = gpu.upload(images, &[n_local, 3, size, size], "images")?;
-            let sync = self.sync_bn.then_some(group);
-            let (loss, probs) = self.forward_backward(x, labels, sync)?;
-            local = (gpu.download(&loss)?[0], gpu.download(&probs)?);
-        }
-        let result = summarise(local.0, local.1, labels, classes);
-        let started = std::time::Instant::now();
-        let mut totals = [
-            n_local as f64,
-            local.0 as f64 * n_local as f64,
-            result.correct as f64,
-            flags[0],
-            flags[1],
-        ];
-        group.all_reduce_sum_f64(&mut totals);
-        let n = totals[0];
-        let loss = (totals[1] / n.max(1.0)) as f32;
-
-        // Gradients: weighted by this rank's share, summed over the ranks in buckets,
-        // written back.
-        let params = self.model.params();
-        let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
+        let mut counts = [n_local as f64, flags[0], flags[1]];
+        group.all_reduce_sum_f64(&mut counts);
+        let n = counts[0];
         let weight = (n_local as f64 / n.max(1.0)) as f32;
-        let mut first_nonfinite: Option<String> = None;
-        let bucket_len = GRAD_BUCKET_BYTES / 4;
-        // Backward produces the last layers' gradients first: buckets go in that order.
-        let mut pending: Vec<&Param> = Vec::new();
-        let mut pending_len = 0usize;
-        let flush = |pending: &mut Vec<&Param>, first: &mut Option<String>| -> Result<()> {
-            let grads: Vec<&Tensor> = pending.iter().map(|p| &p.grad).collect();
-            let mut bucket: Vec<f32> = gpu.download_many(&grads)?.concat();
-            for g in &mut bucket {
-                *g *= weight;
-            }
-            group.all_reduce_sum(&mut bucket);
-            let mut at = 0;
-            for p in pending.iter() {
-                let len = p.grad.numel();
-                let values = &bucket[at..at + len];
-                if values.iter().any(|v| !v.is_finite()) {
-                    // Buckets run from the last parameter back: keep the earliest one.
-                    *first = Some(p.name.clone());
-                }
-                gpu.write(&p.grad, values)?;
-                at += len;
-            }
-            pending.clear();
-            Ok(())
-        };
-        for p in trainable.iter().rev() {
-            pending.push(p);
-            pending_len += p.grad.numel();
-            if pending_len >= bucket_len {
-                flush(&mut pending, &mut first_nonfinite)?;
-                pending_len = 0;
-            }
-        }
-        if !pending.is_empty() {
-            flush(&mut pending, &mut first_nonfinite)?;
-        }
-        self.comm_seconds = started.elapsed().as_secs_f64();
+        let buckets = self.bucket_plan();
+        let overlap = self.overlap.take();
+        let step = self.forward_backward_reduced(
+            (images, labels, size),
+            group,
+            overlap.as_deref(),
+            &buckets,
+            weight,
+        );
+        self.overlap = overlap;
+        let (local, reduced, [busy, exposed]) = step?;
+        self.comm_seconds = [busy, exposed];
+        let result = summarise(local.0, local.1, labels, classes);
+        let mut totals = [local.0 as f64 * n_local as f64, result.correct as f64];
+        group.all_reduce_sum_f64(&mut totals);
+        let loss = (totals[0] / n.max(1.0)) as f32;
 
+        // Write the sums back; note the first parameter (state_dict order) with a
+        // non-finite one.
+        let params = self.model.params();
+        let trainable: Vec<&Param> = params.iter().filter(|p| p.trainable).collect();
+        let mut first_nonfinite: Option<usize> = None;
+        for (bucket, values) in buckets.iter().zip(&reduced) {
+            let mut at = 0;
+            for &i in bucket {
+                let grad = &trainable[i].grad;
+                let v = &values[at..at + grad.numel()];
+                if v.iter().any(|x| !x.is_finite()) {
+                    first_nonfinite = Some(first_nonfinite.map_or(i, |f| f.min(i)));
+                }
+                gpu.write(grad, v)?;
+                at += grad.numel();
+            }
+        }
         if !loss.is_finite() || first_nonfinite.is_some() {
             let mut enc = gpu.encoder("clear gradients");
             for p in params {
@@ -375,7 +403,7 @@ impl<'g> Trainer<'g> {
             return Err(StepError::NonFinite {
                 step: self.opt.step + 1,
                 loss,
-                param: first_nonfinite,
+                param: first_nonfinite.map(|i| trainable[i].name.clone()),
             });
         }
         let mut enc = gpu.encoder("adam");
@@ -384,9 +412,163 @@ impl<'g> Trainer<'g> {
         Ok(GroupStep {
             local: result,
             loss: loss as f64,
-            correct: totals[2] as usize,
+            correct: totals[1] as usize,
             count: n as usize,
-            flags: [totals[3], totals[4]],
+            flags: [counts[1], counts[2]],
+        })
+    }
+
+    /// Trainable parameters (indices among them) in buckets of about
+    /// [`Trainer::bucket_bytes`], from the last parameter back: the order backward roughly
+    /// produces them in.
+    fn bucket_plan(&self) -> Vec<Vec<usize>> {
+        let trainable: Vec<&Param> = self.model.params().iter().filter(|p| p.trainable).collect();
+        let mut buckets: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for i in (0..trainable.len()).rev() {
+            if bytes >= self.bucket_bytes.max(1) {
+                buckets.push(Vec::new());
+                bytes = 0;
+            }
+            buckets.last_mut().unwrap().push(i);
+            bytes += trainable[i].grad.numel() * 4;
+        }
+        buckets
+    }
+
+    /// Forward and backward on this rank's share (none when empty), with every bucket of
+    /// gradients weighted by `weight` and summed over the ranks: on `overlap`'s thread while
+    /// backward runs, or on `group` after it. Returns (local loss, local probabilities),
+    /// the summed buckets, and the seconds spent summing and the seconds waited for the
+    /// sums after backward.
+    #[allow(clippy::type_complexity)]
+    fn forward_backward_reduced(
+        &mut self,
+        (images, labels, size): (&[f32], &[usize], usize),
+        group: &dyn Collective,
+        overlap: Option<&(dyn Collective + Send + Sync)>,
+        buckets: &[Vec<usize>],
+        weight: f32,
+    ) -> Result<((f32, Vec<f32>), Vec<Vec<f32>>, [f64; 2])> {
+        let gpu = self.gpu;
+        let n_local = labels.len();
+        let grads: Vec<Tensor> = self
+            .model
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.grad.clone())
+            .collect();
+        let x = if n_local > 0 {
+            check_batch(images, labels, size, self.model.num_classes())?;
+            Some(gpu.upload(images, &[n_local, 3, size, size], "images")?)
+        } else {
+            None
+        };
+        let sync = self.sync_bn.then_some(group);
+        let Some(channel) = overlap else {
+            // After backward, on this thread.
+            let local = match x {
+                Some(x) => {
+                    let (loss, probs) =
+                        self.forward_backward(x, labels, sync, &mut |_, _| Ok(()))?;
+                    (gpu.download(&loss)?[0], gpu.download(&probs)?)
+                }
+                None => (0.0, Vec::new()),
+            };
+            let started = std::time::Instant::now();
+            let mut reduced = Vec::with_capacity(buckets.len());
+            for bucket in buckets {
+                let tensors: Vec<&Tensor> = bucket.iter().map(|&i| &grads[i]).collect();
+                let mut values = gpu.download_many(&tensors)?.concat();
+                values.iter_mut().for_each(|v| *v *= weight);
+                group.all_reduce_sum(&mut values);
+                reduced.push(values);
+            }
+            let took = started.elapsed().as_secs_f64();
+            return Ok((local, reduced, [took, took]));
+        };
+
+        // Overlapped: buckets go, in order, to a thread that waits for their read-back and
+        // sums them on the second channel.
+        let index: std::collections::HashMap<String, usize> = self
+            .model
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        let mut bucket_of = vec![0; grads.len()];
+        for (b, bucket) in buckets.iter().enumerate() {
+            for &i in bucket {
+                bucket_of[i] = b;
+            }
+        }
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+            let worker = scope.spawn(move || -> Result<(Vec<Vec<f32>>, f64)> {
+                let mut reduced = Vec::new();
+                let mut busy = 0.0;
+                for pending in rx {
+                    let mut values = match pending {
+                        Pending::Staged(staged) => staged.wait(gpu)?.concat(),
+                        Pending::Zeros(len) => vec![0.0; len],
+                    };
+                    let started = std::time::Instant::now();
+                    values.iter_mut().for_each(|v| *v *= weight);
+                    channel.all_reduce_sum(&mut values);
+                    busy += started.elapsed().as_secs_f64();
+                    reduced.push(values);
+                }
+                Ok((reduced, busy))
+            });
+            let mut out = Outbox {
+                gpu,
+                buckets,
+                grads: &grads,
+                empty: n_local == 0,
+                tx,
+                next: 0,
+            };
+            let mut missing: Vec<usize> = buckets.iter().map(Vec::len).collect();
+            let mut local = (0.0, Vec::new());
+            let run = (|| -> Result<()> {
+                if let Some(x) = x {
+                    let mut ready = |tape: &mut Tape, done: &[(String, Tensor)]| -> Result<()> {
+                        for (name, _) in done {
+                            if let Some(&i) = index.get(name) {
+                                missing[bucket_of[i]] -= 1;
+                            }
+                        }
+                        let next = out.next;
+                        let upto = next + missing[next..].iter().take_while(|&&m| m == 0).count();
+                        if upto > next {
+                            // The gradients are recorded, not yet computed: submit them first.
+                            tape.flush()?;
+                            out.send_up_to(upto)?;
+                        }
+                        Ok(())
+                    };
+                    let (loss, probs) = self.forward_backward(x, labels, sync, &mut ready)?;
+                    local = (gpu.download(&loss)?[0], gpu.download(&probs)?);
+                }
+                // Gradients no op produced (a parameter the forward did not use) stay zero.
+                out.send_up_to(buckets.len())
+            })();
+            // On an error the remaining buckets still go out (as zeros) so that the other
+            // ranks' sums complete; the error is reported after.
+            if run.is_err() {
+                out.empty = true;
+                let _ = out.send_up_to(buckets.len());
+            }
+            drop(out);
+            let waited = std::time::Instant::now();
+            let joined = worker.join().expect("the gradient thread panicked");
+            let exposed = waited.elapsed().as_secs_f64();
+            run?;
+            let (reduced, busy) = joined?;
+            Ok((local, reduced, [busy, exposed]))
         })
     }
 

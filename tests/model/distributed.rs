@@ -51,20 +51,21 @@ fn mpi_train() -> Option<PathBuf> {
 
 /// `mpirun -n <ranks>` over TCP on loopback, one lavapipe thread per rank.
 fn mpirun(bin: &Path, ranks: usize, args: &[&str]) -> Command {
+    mpirun_env(bin, ranks, &[], args)
+}
+
+/// [`mpirun`] with environment variables for every rank (`-x`, as on several hosts).
+fn mpirun_env(bin: &Path, ranks: usize, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut c = Command::new("mpirun");
     c.args(["--allow-run-as-root", "--oversubscribe", "-n"])
         .arg(ranks.to_string())
-        .args([
-            "--mca",
-            "btl",
-            "tcp,self",
-            "--mca",
-            "btl_tcp_if_include",
-            "lo",
-        ])
-        .args(["-x", "LP_NUM_THREADS=1"])
-        .arg(bin)
-        .args(args);
+        .args(["--mca", "btl", "tcp,self"])
+        .args(["--mca", "btl_tcp_if_include", "lo"])
+        .args(["-x", "LP_NUM_THREADS=1"]);
+    for (k, v) in env {
+        c.args(["-x", &format!("{k}={v}")]);
+    }
+    c.arg(bin).args(args);
     c
 }
 
@@ -196,6 +197,50 @@ fn two_ranks_train_the_default_run_with_identical_replicas() {
     let (acc1, acc2) = (final_val_acc(&text(&one)), final_val_acc(&t));
     eprintln!("validation accuracy: 1 process {acc1:.4}, 2 ranks {acc2:.4}");
     assert!(acc2 >= acc1 - 0.05, "2 ranks {acc2} vs 1 process {acc1}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `replicas:` hashes of a run, one per epoch.
+fn replica_hashes(t: &str) -> Vec<String> {
+    lines_with(t, "replicas: ")
+        .iter()
+        .filter_map(|l| l.split("(hash ").nth(1))
+        .map(|h| h.trim_end_matches(')').to_string())
+        .collect()
+}
+
+#[test]
+fn summing_during_backward_in_small_buckets_gives_the_same_run() {
+    let Some(bin) = mpi_train() else { return };
+    let dir = temp("overlap");
+    let args = ["--images", "400", "--epochs", "2"];
+    let go = |name: &str, env: &[(&str, &str)]| {
+        let mut c = mpirun_env(&bin, 2, env, &args);
+        c.args(["--out", dir.join(name).to_str().unwrap()]);
+        let o = run(c);
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        t
+    };
+    // 25 MiB buckets (densenet-tiny's gradients fit in one), summed after backward.
+    let after = go("after", &[("DENSENET_WGPU_OVERLAP", "0")]);
+    assert!(after.contains("gradients summed after backward"), "{after}");
+    // 16 KiB buckets: many, each summed on the second thread as soon as backward has
+    // produced it.
+    let during = go(
+        "during",
+        &[
+            ("DENSENET_WGPU_OVERLAP", "1"),
+            ("DENSENET_WGPU_BUCKET_BYTES", "16384"),
+        ],
+    );
+    assert!(
+        during.contains("gradients summed during backward"),
+        "{during}"
+    );
+    let (a, b) = (replica_hashes(&after), replica_hashes(&during));
+    assert_eq!(a.len(), 2, "{after}");
+    assert_eq!(a, b, "the same parameters after every epoch");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
