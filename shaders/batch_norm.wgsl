@@ -240,14 +240,9 @@ fn stats_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     _ = stats_of_v4(li, c);
 }
 
-@compute @workgroup_size(WG)
-fn train_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) li: u32) {
-    let c = channel_id(wg, nwg);
-    if (c >= p.channels) { return; }
-    let st = stats_of_v1(li, c);
-    let mean = st.x;
-    let scale = tr_gamma[p.gamma_off + c] * st.y;
+// y = (x - mean) * (gamma * inv_std) + beta over channel c (then max(., 0) if relu).
+fn write_y_v1(li: u32, c: u32, mean: f32, inv_std: f32) {
+    let scale = tr_gamma[p.gamma_off + c] * inv_std;
     let shift = tr_beta[p.beta_off + c];
     var w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
@@ -259,13 +254,17 @@ fn train_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 @compute @workgroup_size(WG)
-fn train_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+fn train_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {
     let c = channel_id(wg, nwg);
     if (c >= p.channels) { return; }
-    let st = stats_of_v4(li, c);
-    let mean = st.x;
-    let scale = tr_gamma[p.gamma_off + c] * st.y;
+    let st = stats_of_v1(li, c);
+    write_y_v1(li, c, st.x, st.y);
+}
+
+// y = (x - mean) * (gamma * inv_std) + beta over channel c (then max(., 0) if relu).
+fn write_y_v4(li: u32, c: u32, mean: f32, inv_std: f32) {
+    let scale = tr_gamma[p.gamma_off + c] * inv_std;
     let shift = tr_beta[p.beta_off + c];
     var w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
@@ -274,6 +273,15 @@ fn train_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         tr4_y[at(p.y, c, w)] = v;
         w = walk_next(w);
     }
+}
+
+@compute @workgroup_size(WG)
+fn train_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    let st = stats_of_v4(li, c);
+    write_y_v4(li, c, st.x, st.y);
 }
 
 // Synchronised statistics: this rank's (mean, M2) of channel c into (mean, inv_std)'s
@@ -302,22 +310,13 @@ fn moments_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     store_moments(li, c, lane_moments_v4(li, c));
 }
 
-// y from given (mean, inv_std): the same expression as `train_*`.
+// y from given (mean, inv_std), as `train_*` writes it.
 @compute @workgroup_size(WG)
 fn apply_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {
     let c = channel_id(wg, nwg);
     if (c >= p.channels) { return; }
-    let mean = tr_mean[p.mean_off + c];
-    let scale = tr_gamma[p.gamma_off + c] * tr_inv_std[p.inv_std_off + c];
-    let shift = tr_beta[p.beta_off + c];
-    var w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        var v = (tr_x[at(p.x, c, w)] - mean) * scale + shift;
-        if (p.relu != 0u) { v = max(v, 0.0); }
-        tr_y[at(p.y, c, w)] = v;
-        w = walk_next(w);
-    }
+    write_y_v1(li, c, tr_mean[p.mean_off + c], tr_inv_std[p.inv_std_off + c]);
 }
 
 @compute @workgroup_size(WG)
@@ -325,16 +324,7 @@ fn apply_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
             @builtin(local_invocation_index) li: u32) {
     let c = channel_id(wg, nwg);
     if (c >= p.channels) { return; }
-    let mean = tr_mean[p.mean_off + c];
-    let scale = tr_gamma[p.gamma_off + c] * tr_inv_std[p.inv_std_off + c];
-    let shift = tr_beta[p.beta_off + c];
-    var w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        var v = (tr4_x[at(p.x, c, w)] - mean) * scale + shift;
-        if (p.relu != 0u) { v = max(v, vec4(0.0)); }
-        tr4_y[at(p.y, c, w)] = v;
-        w = walk_next(w);
-    }
+    write_y_v4(li, c, tr_mean[p.mean_off + c], tr_inv_std[p.inv_std_off + c]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -449,13 +439,9 @@ fn bwd_params(li: u32, c: u32, sums: vec2<f32>) -> vec2<f32> {
     return sums / p.count;
 }
 
-@compute @workgroup_size(WG)
-fn backward_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) li: u32) {
-    let c = channel_id(wg, nwg);
-    if (c >= p.channels) { return; }
-    let k = bwd_channel(c);
-    var acc = vec2(0.0);
+// d_x += gamma * inv_std * (g - m.x - xhat * m.y) over channel c, with m = (sum g,
+// sum g*xhat) / n.
+fn write_d_x_v1(li: u32, c: u32, k: BwdChannel, m: vec2<f32>) {
     var w = walk_start(li);
     for (var j = li; j < p.units; j += WG) {
         let xc = bw_x[at(p.x, c, w)] - k.mean;
@@ -463,18 +449,34 @@ fn backward_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         // Same expression as the forward's y, so the recomputed ReLU mask matches it.
         let keep = !k.relu || xc * k.scale + k.beta > 0.0;
         let g = select(0.0, bw_d_y[at(p.y, c, w)], keep);
-        acc += vec2(g, g * xhat);
-        w = walk_next(w);
-    }
-    let m = bwd_params(li, c, reduce_sum(li, acc));
-    w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        let xc = bw_x[at(p.x, c, w)] - k.mean;
-        let xhat = xc * k.inv_std;
-        let keep = !k.relu || xc * k.scale + k.beta > 0.0;
-        let g = select(0.0, bw_d_y[at(p.y, c, w)], keep);
         let a = at(p.d_x, c, w);
         bw_d_x[a] += k.scale * (g - m.x - xhat * m.y);
+        w = walk_next(w);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn backward_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32) {
+    let c = channel_id(wg, nwg);
+    if (c >= p.channels) { return; }
+    let k = bwd_channel(c);
+    let m = bwd_params(li, c, reduce_sum(li, bwd_lane_sums_v1(li, c, k)));
+    write_d_x_v1(li, c, k, m);
+}
+
+// d_x += gamma * inv_std * (g - m.x - xhat * m.y) over channel c, with m = (sum g,
+// sum g*xhat) / n.
+fn write_d_x_v4(li: u32, c: u32, k: BwdChannel, m: vec2<f32>) {
+    var w = walk_start(li);
+    for (var j = li; j < p.units; j += WG) {
+        let xc = bw4_x[at(p.x, c, w)] - k.mean;
+        let xhat = xc * k.inv_std;
+        // Same expression as the forward's y, so the recomputed ReLU mask matches it.
+        let keep = vec4(!k.relu) | (xc * k.scale + k.beta > vec4(0.0));
+        let g = select(vec4(0.0), bw4_d_y[at(p.y, c, w)], keep);
+        let a = at(p.d_x, c, w);
+        bw4_d_x[a] += k.scale * (g - m.x - xhat * m.y);
         w = walk_next(w);
     }
 }
@@ -485,29 +487,8 @@ fn backward_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let c = channel_id(wg, nwg);
     if (c >= p.channels) { return; }
     let k = bwd_channel(c);
-    var sg = vec4(0.0);
-    var sgx = vec4(0.0);
-    var w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        let xc = bw4_x[at(p.x, c, w)] - k.mean;
-        let xhat = xc * k.inv_std;
-        let keep = vec4(!k.relu) | (xc * k.scale + k.beta > vec4(0.0));
-        let g = select(vec4(0.0), bw4_d_y[at(p.y, c, w)], keep);
-        sg += g;
-        sgx += g * xhat;
-        w = walk_next(w);
-    }
-    let m = bwd_params(li, c, reduce_sum(li, vec2(hsum(sg), hsum(sgx))));
-    w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        let xc = bw4_x[at(p.x, c, w)] - k.mean;
-        let xhat = xc * k.inv_std;
-        let keep = vec4(!k.relu) | (xc * k.scale + k.beta > vec4(0.0));
-        let g = select(vec4(0.0), bw4_d_y[at(p.y, c, w)], keep);
-        let a = at(p.d_x, c, w);
-        bw4_d_x[a] += k.scale * (g - m.x - xhat * m.y);
-        w = walk_next(w);
-    }
+    let m = bwd_params(li, c, reduce_sum(li, bwd_lane_sums_v4(li, c, k)));
+    write_d_x_v4(li, c, k, m);
 }
 
 // This lane's (sum g, sum g*xhat) over its values of channel c.
@@ -575,18 +556,8 @@ fn backward_apply_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
                      @builtin(local_invocation_index) li: u32) {
     let c = channel_id(wg, nwg);
     if (c >= p.channels) { return; }
-    let k = bwd_channel(c);
     let m = vec2(bw_sums_in[c], bw_sums_in[p.channels + c]) / p.count;
-    var w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        let xc = bw_x[at(p.x, c, w)] - k.mean;
-        let xhat = xc * k.inv_std;
-        let keep = !k.relu || xc * k.scale + k.beta > 0.0;
-        let g = select(0.0, bw_d_y[at(p.y, c, w)], keep);
-        let a = at(p.d_x, c, w);
-        bw_d_x[a] += k.scale * (g - m.x - xhat * m.y);
-        w = walk_next(w);
-    }
+    write_d_x_v1(li, c, bwd_channel(c), m);
 }
 
 @compute @workgroup_size(WG)
@@ -594,16 +565,6 @@ fn backward_apply_v4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
                      @builtin(local_invocation_index) li: u32) {
     let c = channel_id(wg, nwg);
     if (c >= p.channels) { return; }
-    let k = bwd_channel(c);
     let m = vec2(bw_sums_in[c], bw_sums_in[p.channels + c]) / p.count;
-    var w = walk_start(li);
-    for (var j = li; j < p.units; j += WG) {
-        let xc = bw4_x[at(p.x, c, w)] - k.mean;
-        let xhat = xc * k.inv_std;
-        let keep = vec4(!k.relu) | (xc * k.scale + k.beta > vec4(0.0));
-        let g = select(vec4(0.0), bw4_d_y[at(p.y, c, w)], keep);
-        let a = at(p.d_x, c, w);
-        bw4_d_x[a] += k.scale * (g - m.x - xhat * m.y);
-        w = walk_next(w);
-    }
+    write_d_x_v4(li, c, bwd_channel(c), m);
 }

@@ -265,7 +265,7 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
     } else {
         open_gpu()?
     };
-    check_memory(&gpu, spec, spec.batch_size.div_ceil(ranks), writer)?;
+    check_memory(&gpu, spec, ranks, writer)?;
     let mut model = spec
         .config
         .build(&gpu, spec.seed)
@@ -731,9 +731,11 @@ fn average_buffers(gpu: &Gpu, trainer: &Trainer, group: &dyn Collective) -> RunR
 
 /// Refuses a batch and image size that would not fit the adapter (a tensor larger than
 /// one buffer may be, or more memory than the adapter has), naming the tensor and the
-/// largest batch that fits; otherwise prints the estimate.
-fn check_memory(gpu: &Gpu, spec: &RunSpec, batch: usize, writer: bool) -> RunResult<()> {
+/// largest (global) batch that fits; otherwise prints the estimate (on the writer).
+fn check_memory(gpu: &Gpu, spec: &RunSpec, ranks: usize, writer: bool) -> RunResult<()> {
     use crate::budget::{largest_fitting_batch, mib, plan_training, RunShape};
+    // In a data-parallel run the limit is on each rank's share of the batch.
+    let batch = spec.batch_size.div_ceil(ranks);
     let shape = RunShape {
         config: spec.config.clone(),
         mode: spec.mode,
@@ -761,8 +763,6 @@ fn check_memory(gpu: &Gpu, spec: &RunSpec, batch: usize, writer: bool) -> RunRes
         Err(why) => {
             let fits =
                 largest_fitting_batch(gpu, &shape, batch, memory).map_err(|e| e.to_string())?;
-            // In a data-parallel run the limit is on each rank's share of the batch.
-            let ranks = spec.batch_size.div_ceil(batch);
             Err(format!(
                 "--batch-size {} at {s}x{s} does not fit {}: {why}. {}",
                 spec.batch_size,

@@ -355,45 +355,12 @@ pub fn backward(
     inv_std: &Tensor,
     cfg: BnConfig,
 ) -> Result<()> {
-    let op = "batch_norm backward";
-    let (mut p, vec) = geometry(op, x, Some(("d_y", d_y)), Some(("d_x", d_x)), cfg)?;
-    let c = x.shape[1];
-    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
-    p.beta_off = per_channel(op, "beta", beta, c)?;
-    p.mean_off = per_channel(op, "mean", mean, c)?;
-    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
-    p.d_gamma_off = per_channel(op, "d_gamma", d_gamma, c)?;
-    p.d_beta_off = per_channel(op, "d_beta", d_beta, c)?;
-    no_alias(
-        op,
-        &[("d_x", d_x), ("d_gamma", d_gamma), ("d_beta", d_beta)],
-        &[
-            ("x", x),
-            ("d_y", d_y),
-            ("gamma", gamma),
-            ("beta", beta),
-            ("mean", mean),
-            ("inv_std", inv_std),
-        ],
-    )?;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &format!("backward_v{vec}"),
-        overrides: &[("WG", lanes(&p))],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Read(d_y),
-            Arg::Read(gamma),
-            Arg::Read(beta),
-            Arg::Read(mean),
-            Arg::Read(inv_std),
-            Arg::Write(d_x),
-            Arg::Write(d_gamma),
-            Arg::Write(d_beta),
-        ],
-        workgroups: channel_grid(op, p.channels)?,
-    })
+    launch_backward(
+        enc,
+        ("backward", None, None),
+        [d_x, d_gamma, d_beta, d_y, x, gamma, beta, mean, inv_std],
+        cfg,
+    )
 }
 
 /// Synchronised BN, forward part 1: this rank's per-channel mean of `x` into `mean` and
@@ -507,9 +474,9 @@ pub fn backward_sums(
     inv_std: &Tensor,
     cfg: BnConfig,
 ) -> Result<()> {
-    sync_backward(
+    launch_backward(
         enc,
-        ("backward_sums", Arg::Write(sums), None),
+        ("backward_sums", Some(Arg::Write(sums)), None),
         [d_x, d_gamma, d_beta, d_y, x, gamma, beta, mean, inv_std],
         cfg,
     )
@@ -533,17 +500,19 @@ pub fn backward_apply(
     inv_std: &Tensor,
     cfg: BnConfig,
 ) -> Result<()> {
-    sync_backward(
+    launch_backward(
         enc,
-        ("backward_apply", Arg::Read(sums), Some(count)),
+        ("backward_apply", Some(Arg::Read(sums)), Some(count)),
         [d_x, d_gamma, d_beta, d_y, x, gamma, beta, mean, inv_std],
         cfg,
     )
 }
 
-fn sync_backward(
+/// The backward entry points: `entry` with the (N, C, H, W) and per-channel tensors, plus
+/// the synchronised ones' `sums` binding and global count.
+fn launch_backward(
     enc: &mut Encoder,
-    (entry, sums, count): (&str, Arg, Option<f32>),
+    (entry, sums, count): (&str, Option<Arg>, Option<f32>),
     [d_x, d_gamma, d_beta, d_y, x, gamma, beta, mean, inv_std]: [&Tensor; 9],
     cfg: BnConfig,
 ) -> Result<()> {
@@ -556,27 +525,23 @@ fn sync_backward(
     p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
     p.d_gamma_off = per_channel(op, "d_gamma", d_gamma, c)?;
     p.d_beta_off = per_channel(op, "d_beta", d_beta, c)?;
-    let (Arg::Read(s) | Arg::Write(s)) = &sums else {
-        unreachable!("sums is a storage binding")
-    };
-    if s.shape != [2 * c] || !s.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: sums has shape {:?}, expected [{}]",
-            s.shape,
-            2 * c
-        )));
+    let mut writes = vec![("d_x", d_x), ("d_gamma", d_gamma), ("d_beta", d_beta)];
+    if let Some(Arg::Read(s) | Arg::Write(s)) = &sums {
+        if s.shape != [2 * c] || !s.is_contiguous() {
+            return Err(GpuError::Shape(format!(
+                "{op}: sums has shape {:?}, expected [{}]",
+                s.shape,
+                2 * c
+            )));
+        }
+        writes.push(("sums", s));
     }
     if let Some(n) = count {
         p.count = n;
     }
     no_alias(
         op,
-        &[
-            ("d_x", d_x),
-            ("d_gamma", d_gamma),
-            ("d_beta", d_beta),
-            ("sums", s),
-        ],
+        &writes,
         &[
             ("x", x),
             ("d_y", d_y),
@@ -586,23 +551,24 @@ fn sync_backward(
             ("inv_std", inv_std),
         ],
     )?;
+    let mut args = vec![
+        Arg::Uniform(bytemuck::bytes_of(&p)),
+        Arg::Read(x),
+        Arg::Read(d_y),
+        Arg::Read(gamma),
+        Arg::Read(beta),
+        Arg::Read(mean),
+        Arg::Read(inv_std),
+        Arg::Write(d_x),
+        Arg::Write(d_gamma),
+        Arg::Write(d_beta),
+    ];
+    args.extend(sums);
     enc.launch(Launch {
         shader: &SHADER,
         entry: &format!("{entry}_v{vec}"),
         overrides: &[("WG", lanes(&p))],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Read(d_y),
-            Arg::Read(gamma),
-            Arg::Read(beta),
-            Arg::Read(mean),
-            Arg::Read(inv_std),
-            Arg::Write(d_x),
-            Arg::Write(d_gamma),
-            Arg::Write(d_beta),
-            sums,
-        ],
+        args: &args,
         workgroups: channel_grid(op, p.channels)?,
     })
 }

@@ -374,6 +374,137 @@ fn gpu_stats_only_matches_full_forward() {
     }
 }
 
+/// The synchronised entry points on a batch cut in two "ranks" (two tensors of N/2 items),
+/// merged on the host as `Tape::bn_statistics` and `BatchNormOp` merge them, vs the f64
+/// reference on the whole batch: statistics, y, d_x, d_gamma and d_beta.
+fn check_synchronised(seed: u64, shape: [usize; 4], cfg: BnConfig) {
+    let d = data(seed, shape);
+    let [n, c, h, w] = shape;
+    let half = [n / 2, c, h, w];
+    let len = half.iter().product::<usize>();
+    let (y_ref, mean_ref, inv_std_ref, ..) = reference::forward_train(
+        &d.x,
+        shape,
+        &d.gamma,
+        &d.beta,
+        &d.running_mean,
+        &d.running_var,
+        cfg,
+    );
+    let mut d_y = d.d_y.clone();
+    if cfg.relu {
+        // No upstream gradient where BN(x) is within rounding of the ReLU's kink.
+        for (g, p) in d_y.iter_mut().zip(&y_ref) {
+            if p.abs() < 1e-4 {
+                *g = 0.0;
+            }
+        }
+    }
+    let gamma = upload(&d.gamma, &[c], "gamma");
+    let beta = upload(&d.beta, &[c], "beta");
+    let rm = upload(&d.running_mean, &[c], "running_mean");
+    let rv = upload(&d.running_var, &[c], "running_var");
+    let xs = [0, 1].map(|r| upload(&d.x[r * len..(r + 1) * len], &half, "x half"));
+    let dys = [0, 1].map(|r| upload(&d_y[r * len..(r + 1) * len], &half, "d_y half"));
+
+    // Forward: each half's (mean, M2), merged with Chan's formula.
+    let (mut count, mut mean, mut m2) = (vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]);
+    for x in &xs {
+        let (hm, hq) = (zeros(&[c], "mean"), zeros(&[c], "m2"));
+        run(|e| bn::moments(e, &hm, &hq, x, &gamma, &beta, cfg).unwrap());
+        let nb = (n / 2 * h * w) as f64;
+        for (ch, (mb, qb)) in download(&hm).into_iter().zip(download(&hq)).enumerate() {
+            let total = count[ch] + nb;
+            let delta = mb - mean[ch];
+            mean[ch] += delta * nb / total;
+            m2[ch] += qb + delta * delta * count[ch] * nb / total;
+            count[ch] = total;
+        }
+    }
+    let inv_std: Vec<f64> = (0..c)
+        .map(|ch| 1.0 / (m2[ch] / count[ch] + cfg.eps as f64).sqrt())
+        .collect();
+    let what = format!("{shape:?} relu={}", cfg.relu);
+    assert_close(
+        &format!("merged mean {what}"),
+        &mean,
+        &mean_ref,
+        MEAN_ATOL,
+        0.0,
+    );
+    assert_close(
+        &format!("merged inv_std {what}"),
+        &inv_std,
+        &inv_std_ref,
+        0.0,
+        STAT_RTOL,
+    );
+    let mean_t = upload(&mean, &[c], "global mean");
+    let inv_std_t = upload(&inv_std, &[c], "global inv_std");
+    let mut y = Vec::new();
+    for x in &xs {
+        let yt = zeros(&half, "y half");
+        run(|e| bn::apply(e, &yt, &mean_t, &inv_std_t, &rm, &rv, x, &gamma, &beta, cfg).unwrap());
+        y.extend(download(&yt));
+    }
+    assert_close(&format!("y {what}"), &y, &y_ref, Y_TOL, Y_TOL);
+
+    // Backward: each half's sums, added up, then each half's d_x from the totals.
+    let (d_gamma, d_beta) = (zeros(&[c], "d_gamma"), zeros(&[c], "d_beta"));
+    let mut totals = vec![0.0f64; 2 * c];
+    let d_xs = [0, 1].map(|_| zeros(&half, "d_x half"));
+    for ((x, dy), dx) in xs.iter().zip(&dys).zip(&d_xs) {
+        let sums = zeros(&[2 * c], "sums");
+        run(|e| {
+            bn::backward_sums(
+                e, &sums, dx, &d_gamma, &d_beta, dy, x, &gamma, &beta, &mean_t, &inv_std_t, cfg,
+            )
+            .unwrap()
+        });
+        for (t, v) in totals.iter_mut().zip(download(&sums)) {
+            *t += v;
+        }
+    }
+    let totals_t = upload(&totals, &[2 * c], "sums over the halves");
+    let global = (n * h * w) as f32;
+    let mut d_x = Vec::new();
+    for ((x, dy), dx) in xs.iter().zip(&dys).zip(&d_xs) {
+        run(|e| {
+            bn::backward_apply(
+                e, dx, &totals_t, global, &d_gamma, &d_beta, dy, x, &gamma, &beta, &mean_t,
+                &inv_std_t, cfg,
+            )
+            .unwrap()
+        });
+        d_x.extend(download(dx));
+    }
+    let (dx_ref, dg_ref, db_ref) =
+        reference::backward(&d_y, &d.x, shape, &d.gamma, &d.beta, &mean, &inv_std, cfg);
+    let atol = param_grad_atol(n * h * w);
+    assert_close(&format!("d_x {what}"), &d_x, &dx_ref, DX_ATOL, DX_RTOL);
+    assert_close(
+        &format!("d_gamma {what}"),
+        &download(&d_gamma),
+        &dg_ref,
+        atol,
+        1e-5,
+    );
+    assert_close(
+        &format!("d_beta {what}"),
+        &download(&d_beta),
+        &db_ref,
+        atol,
+        1e-5,
+    );
+}
+
+#[test]
+fn gpu_synchronised_entry_points_over_two_halves_match_the_reference() {
+    check_synchronised(81, [4, 5, 3, 7], PLAIN); // H*W = 21: scalar path
+    check_synchronised(82, [6, 3, 4, 4], RELU); // vec4 path
+    check_synchronised(83, [2, 9, 11, 9], RELU); // one image per half
+}
+
 #[test]
 fn gpu_eval_matches_reference() {
     for (seed, shape, slots) in [

@@ -125,12 +125,17 @@ fn sync_bn_step_on_two_ranks_matches_one_process() {
     let out = |name: &str| dir.join(name);
     let one = train(&[&common[..], &["--out", out("one").to_str().unwrap()]].concat());
     assert!(one.status.success(), "{}", text(&one));
-    let mut c = mpirun(&bin, 2, &common);
+    // Gradients summed during backward, with sync-BN's own collectives on the main thread.
+    let mut c = mpirun_env(&bin, 2, &[("DENSENET_WGPU_OVERLAP", "1")], &common);
     c.args(["--sync-bn", "--out", out("two").to_str().unwrap()]);
     let two = run(c);
     let t = text(&two);
     assert!(two.status.success(), "{t}");
     assert!(t.contains("replicas: 2 ranks, parameters identical"), "{t}");
+    assert!(
+        t.contains("synchronised BN, gradients summed during backward"),
+        "{t}"
+    );
 
     let ckpt = "checkpoint.safetensors";
     let (stats, share, worst) = compare(&out("two").join(ckpt), &out("one").join(ckpt));
@@ -335,4 +340,74 @@ fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("resumed from"), "{t}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two ranks that agree on everything but tensor `differs`.
+struct Diverged {
+    differs: usize,
+    calls: std::cell::Cell<usize>,
+}
+
+impl densenet_wgpu::dist::Collective for Diverged {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        2
+    }
+    fn local_rank(&self) -> usize {
+        0
+    }
+    fn all_reduce_sum(&self, _: &mut [f32]) {}
+    fn all_reduce_sum_f64(&self, _: &mut [f64]) {}
+    fn broadcast(&self, _: &mut [f32]) {}
+    fn broadcast_u64(&self, _: &mut [u64]) {}
+    /// Call 0 gathers the combined hash, call 1 + i tensor i's.
+    fn all_gather_u64(&self, value: u64) -> Vec<u64> {
+        let call = self.calls.get();
+        self.calls.set(call + 1);
+        let other = if call == 0 || call == 1 + self.differs {
+            value ^ 1
+        } else {
+            value
+        };
+        vec![value, other]
+    }
+    fn all_gather_f32(&self, data: &[f32]) -> Vec<f32> {
+        [data, data].concat()
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+    fn describe(&self) -> String {
+        "two diverged replicas".into()
+    }
+}
+
+#[test]
+fn the_replica_check_names_the_first_tensor_that_differs() {
+    use densenet_wgpu::dist::{check_replicas, Solo};
+    let gpu = crate::gpu();
+    let tensors: Vec<(String, densenet_wgpu::Tensor)> = (0..4)
+        .map(|i| {
+            let name = format!("layer{i}.weight");
+            (
+                name.clone(),
+                gpu.upload(&[i as f32; 5], &[5], &name).unwrap(),
+            )
+        })
+        .collect();
+    let same = check_replicas(gpu, &Solo, &tensors).unwrap();
+    assert!(same.is_ok());
+    let group = Diverged {
+        differs: 2,
+        calls: Default::default(),
+    };
+    let mismatch = check_replicas(gpu, &group, &tensors).unwrap().unwrap_err();
+    assert_eq!(mismatch.tensor, "layer2.weight");
+    let message = mismatch.to_string();
+    assert!(
+        message.contains("replicas differ: tensor \"layer2.weight\""),
+        "{message}"
+    );
 }
