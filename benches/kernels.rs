@@ -4,13 +4,15 @@
 //!
 //! `cargo bench --bench kernels [-- FILTER]` runs the cases whose name contains FILTER.
 
-use densenet_wgpu::bench::{ceilings, json_num, json_str, time, write_jsonl};
+mod support;
+
 use densenet_wgpu::gpu::{Encoder, Gpu, Result, Tensor};
 use densenet_wgpu::ops::avg_pool2d::Pool2dSpec;
 use densenet_wgpu::ops::batch_norm::BnConfig;
 use densenet_wgpu::ops::conv2d::Conv2dSpec;
 use densenet_wgpu::ops::{avg_pool2d, batch_norm, concat, conv2d, linear, max_pool2d, relu};
 use densenet_wgpu::rng::Rng;
+use support::{ceilings, json_num, json_str, time, write_jsonl};
 
 /// What a pass costs: floating-point operations and the minimum bytes it must move.
 struct Cost {
@@ -174,6 +176,40 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
             mean.clone(),
             inv.clone(),
         );
+        let (x2, g2, b2, m2, i2, rm2, rv2) = (
+            x.clone(),
+            g.clone(),
+            b.clone(),
+            mean.clone(),
+            inv.clone(),
+            rm.clone(),
+            rv.clone(),
+        );
+        let (x3, y3, g3, b3, rm3, rv3) = (
+            x.clone(),
+            y.clone(),
+            g.clone(),
+            b.clone(),
+            rm.clone(),
+            rv.clone(),
+        );
+        // Statistics only (memory-efficient layers): one read of x.
+        let stats: Pass = (
+            "stats",
+            Cost { flops: 0.0, bytes },
+            Box::new(move |e| {
+                batch_norm::forward_train(e, None, &m2, &i2, &rm2, &rv2, &x2, &g2, &b2, cfg)
+            }),
+        );
+        // Inference: x read, y written.
+        let eval: Pass = (
+            "eval",
+            Cost {
+                flops: 0.0,
+                bytes: 2.0 * bytes,
+            },
+            Box::new(move |e| batch_norm::forward_eval(e, &y3, &x3, &g3, &b3, &rm3, &rv3, cfg)),
+        );
         let fwd: Pass = (
             "forward",
             // statistics read x, normalisation reads x and writes y
@@ -196,7 +232,7 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
                 batch_norm::backward(e, &d_x, &dg, &db, &d_y, &x, &g, &b, &mean, &inv, cfg)
             }),
         );
-        out.push(("bn_n8_c256_s56".to_string(), vec![fwd, bwd]));
+        out.push(("bn_n8_c256_s56".to_string(), vec![fwd, stats, eval, bwd]));
     }
     // ReLU x(8,256,56,56).
     {
@@ -317,10 +353,20 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
         let mut enc = gpu.encoder("bench maxpool indices");
         max_pool2d::forward(&mut enc, &y, Some(&idx), &x, spec)?;
         enc.submit()?;
-        let idx1 = idx.clone();
+        let (idx1, x1, y1) = (idx.clone(), x.clone(), y.clone());
         out.push((
             "maxpool3s2_n8_c64_s112".to_string(),
             vec![
+                (
+                    "inference",
+                    // x read, y written (no indices)
+                    Cost {
+                        flops: 0.0,
+                        bytes: xb + yb,
+                    },
+                    Box::new(move |e: &mut Encoder| max_pool2d::forward(e, &y1, None, &x1, spec))
+                        as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                ),
                 (
                     "forward",
                     // x read, y and indices written
@@ -330,7 +376,7 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
                     },
                     Box::new(move |e: &mut Encoder| {
                         max_pool2d::forward(e, &y, Some(&idx1), &x, spec)
-                    }) as Box<dyn FnMut(&mut Encoder) -> Result<()>>,
+                    }),
                 ),
                 (
                     "backward",

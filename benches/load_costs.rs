@@ -1,5 +1,5 @@
 //! Where the time of a register-tiled kernel goes on this adapter: conv1x1's inner loop
-//! (shaders/load_costs.wgsl, the shape of `conv1x1_n8_c256_k128_s56`) timed in full, without
+//! (benches/shaders/load_costs.wgsl, the shape of `conv1x1_n8_c256_k128_s56`) timed in full, without
 //! its activation loads, without its weight loads and shuffles, and without either (the
 //! multiply-adds and the register tile alone). The four variants run interleaved in one
 //! process, round after round, so a change in machine speed hits them alike; each line
@@ -7,13 +7,16 @@
 //!
 //! `cargo bench --bench load_costs` (needs subgroup operations; `ROUNDS=N`, default 9).
 
-use densenet_wgpu::bench::{ceilings, median, time};
+mod support;
+
 use densenet_wgpu::gpu::{Arg, Gpu, Launch, Result, Shader};
+use densenet_wgpu::measure::median;
 use densenet_wgpu::rng::Rng;
+use support::{ceilings, time};
 
 const SHADER: Shader = Shader {
     name: "load_costs",
-    source: include_str!("../shaders/load_costs.wgsl"),
+    source: include_str!("shaders/load_costs.wgsl"),
 };
 const WG: u32 = 64;
 const N: usize = 8;

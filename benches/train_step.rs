@@ -9,13 +9,16 @@
 
 use std::time::Instant;
 
-use densenet_wgpu::bench::{json_num, json_str, median, peak_rss_bytes, write_jsonl};
+mod support;
+
 use densenet_wgpu::gpu::{Gpu, Result};
+use densenet_wgpu::measure::{median, peak_rss_bytes};
 use densenet_wgpu::models::{self, BlockMode};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::rng::Rng;
 use densenet_wgpu::train::Trainer;
+use support::{json_num, json_str, write_jsonl};
 
 struct Case {
     name: &'static str,

@@ -7,10 +7,10 @@
 
 use std::time::Instant;
 
-use densenet_wgpu::bench::rss_bytes;
 use densenet_wgpu::data::loader::Loader;
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::Dataset;
+use densenet_wgpu::measure::rss_bytes;
 use densenet_wgpu::models;
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};

@@ -16,11 +16,11 @@
 //! - [`data`]: image folders, the embedded synthetic dataset, background loading;
 //!   [`metrics`], [`plot`], [`progress`]: what a training run reports.
 
-pub mod bench;
 pub mod budget;
 pub mod data;
 pub mod dist;
 pub mod gpu;
+pub mod measure;
 pub mod metrics;
 pub mod models;
 pub mod ops;

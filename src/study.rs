@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::bench::median;
 use crate::gpu::{Gpu, Result};
+use crate::measure::median;
 use crate::metrics::EpochMetrics;
 use crate::models::{self, BlockMode, ModelConfig, ResNetBlock};
 use crate::ops::adam::AdamConfig;

@@ -39,7 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train on DIR/<class>/<image files>.
+    // clap's text, not rustdoc: the angle brackets are meant literally.
+    #[command(about = "Train on DIR/<class>/<image files>")]
     Fit(FitArgs),
     /// Evaluate weights on an image folder (or on the embedded validation split they were
     /// trained on).
@@ -73,8 +74,11 @@ struct TrainOpts {
     /// Adam learning rate.
     #[arg(long, value_name = "X")]
     lr: Option<f64>,
-    /// constant | inverse-time:DECAY | cosine[:WARMUP_EPOCHS]
-    #[arg(long, value_name = "S")]
+    #[arg(
+        long,
+        value_name = "S",
+        help = "constant | inverse-time:DECAY | cosine[:WARMUP_EPOCHS]"
+    )]
     schedule: Option<ScheduleSpec>,
     /// L2 weight decay (decoupled with --adamw).
     #[arg(long, value_name = "X", default_value_t = 0.0)]

@@ -231,7 +231,7 @@ impl Loader {
         self.plan.order.len()
     }
 
-    /// Warnings collected so far (e.g. "skipped <path>: <decode error>"), emptying the list.
+    /// Warnings collected so far (e.g. `skipped <path>: <decode error>`), emptying the list.
     pub fn take_warnings(&self) -> Vec<String> {
         std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
     }

@@ -9,7 +9,7 @@
 //! head:        norm5 → ReLU → global average pool → classifier (linear)
 //! ```
 //!
-//! Two ways to run a dense block ([`BlockMode`](super::BlockMode)):
+//! Two ways to run a dense block ([`BlockMode`]):
 //! - `MemoryEfficient` (default): one buffer per block holds the block input and every
 //!   layer's k new channels; each layer writes straight into its slice, and BN1+ReLU is
 //!   applied inside conv1's input read (never stored, recomputed in backward).

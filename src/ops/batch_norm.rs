@@ -164,8 +164,8 @@ fn channel_grid(op: &str, c: u32) -> Result<[u32; 3]> {
     Ok(g)
 }
 
-/// Training forward. Computes per-channel batch `mean` [C] and `inv_std` [C] =
-/// 1/sqrt(var_biased + eps) (saved for backward), updates `running_mean`/`running_var` [C] in
+/// Training forward. Computes per-channel batch `mean` `[C]` and `inv_std` `[C]` =
+/// 1/sqrt(var_biased + eps) (saved for backward), updates `running_mean`/`running_var` `[C]` in
 /// place (`r = (1 - momentum) r + momentum s`, with the unbiased variance for
 /// `running_var`), and if `y` is Some writes `y = gamma * (x - mean) * inv_std + beta` (then
 /// `max(., 0)` if `cfg.relu`). `y` None = statistics only. `x` and `y` may be channel-slice

@@ -3,7 +3,8 @@
 //! `d_w += sum d_y * x'`, `d_b += sum d_y`. `x'` is `x`, or `max(scale * x + shift, 0)` per
 //! input channel when a [`BnReluPrologue`] is given (memory-efficient dense layers).
 //!
-//! See `docs/kernels/conv2d.md` for the dispatch layout.
+//! The dispatch layout, the subgroup variants and the weight-gradient reduction are described
+//! in `docs/kernels.md` (section conv2d).
 
 use super::batch_norm::{self, BatchNormOp, BnConfig};
 use super::ViewParams;
@@ -75,8 +76,8 @@ pub struct Conv2dSpec {
 }
 
 /// Optional on-the-fly input transform ("prologue") used by memory-efficient dense layers:
-/// the conv reads x' = max(scale[c] * x + shift[c], 0) instead of x, for in-bounds pixels only
-/// (zero padding stays exactly 0). scale, shift: [Cin] tensors.
+/// the conv reads `x' = max(scale[c] * x + shift[c], 0)` instead of x, for in-bounds pixels
+/// only (zero padding stays exactly 0). scale, shift: `[Cin]` tensors.
 #[derive(Clone, Copy)]
 pub struct BnReluPrologue<'a> {
     pub scale: &'a Tensor,
@@ -744,7 +745,8 @@ pub fn backward_data(
 }
 
 /// d_weight += sum_{n,oh,ow} d_y * x'  ;  d_bias += sum_{n,oh,ow} d_y   (if Some). x' recomputed from the prologue if given.
-/// x and d_y may be channel-slice views. d_weight [Cout,Cin,KH,KW], d_bias [Cout] contiguous.
+/// x and d_y may be channel-slice views. d_weight `[Cout, Cin, KH, KW]`, d_bias `[Cout]`
+/// contiguous.
 ///
 /// Two passes, both deterministic: the pixel axis (n, oh, ow) is cut into chunks, each
 /// chunk's partial sums go to a scratch tensor, and a second pass adds the chunks in order.

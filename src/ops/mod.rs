@@ -32,7 +32,6 @@ macro_rules! shader {
         }
     };
 }
-pub(crate) use shader;
 
 pub mod adam;
 pub mod add;

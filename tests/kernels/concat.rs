@@ -1,4 +1,4 @@
-use crate::avg_pool2d::{assert_outside_untouched, time_ms};
+use crate::avg_pool2d::assert_outside_untouched;
 use crate::common::*;
 use densenet_wgpu::gpu::GpuError;
 use densenet_wgpu::ops::concat::{self, reference};
@@ -244,45 +244,4 @@ fn bad_shapes_are_typed_errors() {
     assert_eq!(enc.launches(), 0);
     concat::backward(&mut enc, &[&a, &b], &y).unwrap();
     assert_eq!(enc.launches(), 2);
-}
-
-/// Ad-hoc timing (see avg_pool2d's timing test for how to run it).
-#[test]
-#[ignore]
-fn timing_concat() {
-    let (n, h, w) = (8, 28, 28);
-    let (ca, cb) = (256, 32);
-    let a = upload(&rand(1, n * ca * h * w, -1.0, 1.0), &[n, ca, h, w], "a");
-    let b = upload(&rand(2, n * cb * h * w, -1.0, 1.0), &[n, cb, h, w], "b");
-    let y = gpu().zeros(&[n, ca + cb, h, w], "y").unwrap();
-    let (da, db) = (
-        gpu().zeros(&[n, ca, h, w], "da").unwrap(),
-        gpu().zeros(&[n, cb, h, w], "db").unwrap(),
-    );
-    let numel = n * (ca + cb) * h * w;
-    let fwd = time_ms(|e| concat::forward(e, &y, &[&a, &b]).unwrap());
-    let bwd = time_ms(|e| concat::backward(e, &[&da, &db], &y).unwrap());
-    // Bytes: forward reads the inputs and writes y; backward reads d_y and writes d_inputs
-    // (it also reads the d_inputs it accumulates onto: 3 passes, counted separately).
-    let bytes = (8 * numel) as f64;
-    eprintln!(
-        "concat (8,256,28,28)+(8,32,28,28) [{}]: fwd {fwd:.2} ms ({:.2} GB/s), bwd {bwd:.2} ms \
-         ({:.2} GB/s min bytes, {:.2} GB/s incl. the accumulator read), f+b {:.2} ms",
-        gpu().describe(),
-        bytes / fwd / 1e6,
-        bytes / bwd / 1e6,
-        1.5 * bytes / bwd / 1e6,
-        fwd + bwd
-    );
-    // Ceilings on this machine: the copy kernel accumulating 64 MiB (reads 2, writes 1) and
-    // a plain 64 MiB buffer-to-buffer transfer (what a plain `copy` records).
-    let big = gpu().zeros(&[16 << 20], "big src").unwrap();
-    let big2 = gpu().zeros(&[16 << 20], "big dst").unwrap();
-    let t = time_ms(|e| concat::copy(e, &big2, &big, true).unwrap());
-    let t_enc = time_ms(|e| concat::copy(e, &big2, &big, false).unwrap());
-    eprintln!(
-        "64 MiB: copy kernel (+=) {t:.2} ms ({:.2} GB/s), transfer {t_enc:.2} ms ({:.2} GB/s)",
-        (192 << 20) as f64 / t / 1e6,
-        (128 << 20) as f64 / t_enc / 1e6
-    );
 }

@@ -1,4 +1,4 @@
-use crate::avg_pool2d::{assert_outside_untouched, time_ms};
+use crate::avg_pool2d::assert_outside_untouched;
 use crate::common::*;
 use densenet_wgpu::gpu::{GpuError, Tensor};
 use densenet_wgpu::ops::max_pool2d::{
@@ -441,34 +441,4 @@ fn bad_shapes_and_specs_are_typed_errors() {
     max_pool2d::forward(&mut enc, &y, Some(&idx), &x, sp).unwrap();
     max_pool2d::backward(&mut enc, &d_x, &y, &idx, sp).unwrap();
     assert_eq!(enc.launches(), 2);
-}
-
-/// Ad-hoc timing (see avg_pool2d's timing test for how to run it).
-#[test]
-#[ignore]
-fn timing_max_pool_3x3_s2_p1() {
-    let shape = [8, 64, 112, 112];
-    let sp = spec(3, 2, 1);
-    let ys = out_shape(shape, sp);
-    let x = upload(&rand(1, numel(shape), -1.0, 1.0), &shape, "x");
-    let y = gpu().zeros(&ys, "y").unwrap();
-    let idx = alloc_indices(gpu(), ys, "indices").unwrap();
-    let d_y = upload(&rand(2, numel(ys), -1.0, 1.0), &ys, "d_y");
-    let d_x = gpu().zeros(&shape, "d_x").unwrap();
-    let idx_bytes = (4 * numel(indices_shape(ys))) as f64;
-    // Forward reads x and writes y and the indices; backward reads d_y and the indices and
-    // reads and writes d_x.
-    let bytes_f = (4 * (numel(shape) + numel(ys))) as f64 + idx_bytes;
-    let bytes_b = (4 * (2 * numel(shape) + numel(ys))) as f64 + idx_bytes;
-    let fwd = time_ms(|e| max_pool2d::forward(e, &y, Some(&idx), &x, sp).unwrap());
-    let inf = time_ms(|e| max_pool2d::forward(e, &y, None, &x, sp).unwrap());
-    let bwd = time_ms(|e| max_pool2d::backward(e, &d_x, &d_y, &idx, sp).unwrap());
-    eprintln!(
-        "max_pool2d 3x3/s2/p1 x{shape:?} [{}]: fwd {fwd:.2} ms ({:.2} GB/s), inference fwd \
-         {inf:.2} ms, bwd {bwd:.2} ms ({:.2} GB/s), f+b {:.2} ms",
-        gpu().describe(),
-        bytes_f / fwd / 1e6,
-        bytes_b / bwd / 1e6,
-        fwd + bwd
-    );
 }

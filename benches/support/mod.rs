@@ -1,14 +1,25 @@
-//! Benchmark support shared by `benches/`: device ceilings (FMA throughput and copy
+//! Benchmark support shared by the benches: device ceilings (FMA throughput and copy
 //! bandwidth, measured on the adapter in use), timing after a device sync, JSON lines.
+
+#![allow(dead_code)] // each bench uses its own part
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::gpu::{Arg, Encoder, Gpu, Launch, Result, Shader};
-use crate::ops::{groups, shader};
+use densenet_wgpu::gpu::{Arg, Encoder, Gpu, Launch, Result, Shader};
+use densenet_wgpu::measure::median;
 
-pub const SHADER: Shader = shader!("ceiling");
+/// `benches/shaders/ceiling.wgsl` after the crate's common WGSL helpers.
+pub const SHADER: Shader = Shader {
+    name: "ceiling",
+    source: concat!(
+        include_str!("../../shaders/common.wgsl"),
+        "\n",
+        include_str!("../shaders/ceiling.wgsl")
+    ),
+};
+
 const WG: u32 = 256;
 const FMA_ITERS: u32 = 512;
 
@@ -54,14 +65,6 @@ pub fn time(
     Ok(median(&mut times))
 }
 
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 /// The adapter's measured ceilings.
 #[derive(Clone, Copy, Debug)]
 pub struct Ceilings {
@@ -88,7 +91,7 @@ pub fn ceilings(gpu: &Gpu) -> Result<Ceilings> {
             entry: "fma_loop",
             overrides: &[("WG", WG as f64), ("ITERS", FMA_ITERS as f64)],
             args: &[Arg::Uniform(bytemuck::bytes_of(&p)), Arg::Write(&out)],
-            workgroups: Gpu::grid_1d(groups(invocations as usize, WG)),
+            workgroups: Gpu::grid_1d((invocations as usize).div_ceil(WG as usize) as u32),
         })
     })?;
     let flops = invocations as f64 * FMA_ITERS as f64 * 3.0 * 4.0 * 2.0;
@@ -110,37 +113,13 @@ pub fn ceilings(gpu: &Gpu) -> Result<Ceilings> {
                 Arg::Read(&src),
                 Arg::Write(&dst),
             ],
-            workgroups: Gpu::grid_1d(groups(n_vec4, WG)),
+            workgroups: Gpu::grid_1d(n_vec4.div_ceil(WG as usize) as u32),
         })
     })?;
     Ok(Ceilings {
         gflops: flops / t_fma / 1e9,
         gbps: 2.0 * 16.0 * n_vec4 as f64 / t_copy / 1e9,
     })
-}
-
-/// Peak resident set size of this process, bytes (Linux `VmHWM`; 0 elsewhere).
-pub fn peak_rss_bytes() -> u64 {
-    proc_status_bytes("VmHWM:")
-}
-
-/// Resident set size of this process now, bytes (Linux `VmRSS`; 0 elsewhere).
-pub fn rss_bytes() -> u64 {
-    proc_status_bytes("VmRSS:")
-}
-
-/// A `kB` line of `/proc/self/status`, in bytes.
-fn proc_status_bytes(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 /// Minimal JSON string escaping for the JSON-lines output.
