@@ -191,9 +191,17 @@ pub fn interrupt_exit_code() -> Option<u8> {
     }
 }
 
-/// The command line that continues this run: the same arguments with `--resume`.
+/// Processes of the data-parallel run in progress (1 outside one), for [`resume_command`].
+static RANKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// The command line that continues this run: the same arguments with `--resume` (under
+/// `mpirun -n N` for a data-parallel run; any N resumes it).
 fn resume_command() -> String {
+    let ranks = RANKS.load(Ordering::SeqCst);
     let mut args: Vec<String> = std::env::args().collect();
+    if ranks > 1 {
+        args.splice(0..0, ["mpirun".to_string(), "-n".into(), ranks.to_string()]);
+    }
     if !args.iter().any(|a| a == "--resume") {
         args.push("--resume".into());
     }
@@ -233,6 +241,7 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
     let writer = group.is_writer();
     let ranks = group.size();
     let distributed = ranks > 1;
+    RANKS.store(ranks, Ordering::SeqCst);
     if spec.batch_size == 0 || spec.epochs == 0 {
         return Err("--batch-size and --epochs must be positive".into());
     }

@@ -69,7 +69,7 @@ fn mpirun_env(bin: &Path, ranks: usize, env: &[(&str, &str)], args: &[&str]) -> 
     c
 }
 
-fn run(mut c: Command) -> Output {
+fn run_output(mut c: Command) -> Output {
     c.output().expect("start mpirun")
 }
 
@@ -128,7 +128,7 @@ fn sync_bn_step_on_two_ranks_matches_one_process() {
     // Gradients summed during backward, with sync-BN's own collectives on the main thread.
     let mut c = mpirun_env(&bin, 2, &[("DENSENET_WGPU_OVERLAP", "1")], &common);
     c.args(["--sync-bn", "--out", out("two").to_str().unwrap()]);
-    let two = run(c);
+    let two = run_output(c);
     let t = text(&two);
     assert!(two.status.success(), "{t}");
     assert!(t.contains("replicas: 2 ranks, parameters identical"), "{t}");
@@ -153,7 +153,7 @@ fn sync_bn_step_on_two_ranks_matches_one_process() {
     // Per-rank statistics (the default) are another computation: the same check fails.
     let mut c = mpirun(&bin, 2, &common);
     c.args(["--out", out("local").to_str().unwrap()]);
-    assert!(run(c).status.success());
+    assert!(run_output(c).status.success());
     let (stats, share, _) = compare(&out("local").join(ckpt), &out("one").join(ckpt));
     assert!(
         stats > STATS_TOL && share > ADAM_SHARE_TOL,
@@ -181,7 +181,7 @@ fn two_ranks_train_the_default_run_with_identical_replicas() {
     let Some(bin) = mpi_train() else { return };
     let dir = temp("default");
     let args = ["--images", "1500", "--epochs", "4"];
-    let o = run({
+    let o = run_output({
         let mut c = mpirun(&bin, 2, &args);
         c.args(["--out", dir.join("two").to_str().unwrap()]);
         c
@@ -222,7 +222,7 @@ fn summing_during_backward_in_small_buckets_gives_the_same_run() {
     let go = |name: &str, env: &[(&str, &str)]| {
         let mut c = mpirun_env(&bin, 2, env, &args);
         c.args(["--out", dir.join(name).to_str().unwrap()]);
-        let o = run(c);
+        let o = run_output(c);
         let t = text(&o);
         assert!(o.status.success(), "{t}");
         t
@@ -249,6 +249,96 @@ fn summing_during_backward_in_small_buckets_gives_the_same_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A run in the background whose output (stdout and stderr) collects as it comes.
+struct Background {
+    child: std::process::Child,
+    log: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(mut c: Command) -> Background {
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("start mpirun");
+        let log = Arc::new(Mutex::new(String::new()));
+        let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        let readers = pipes
+            .into_iter()
+            .map(|pipe| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        let mut l = log.lock().unwrap();
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                })
+            })
+            .collect();
+        Background {
+            child,
+            log,
+            readers,
+        }
+    }
+
+    fn text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Rank 1's pid, once it has printed it and `file` exists.
+    fn rank1_pid_after(&self, file: &Path) -> String {
+        let start = Instant::now();
+        loop {
+            let pid = self.text().lines().find_map(|l| {
+                l.strip_prefix("rank 1/2 ")
+                    .and_then(|r| r.split("pid ").nth(1))
+                    .and_then(|r| r.split(')').next())
+                    .map(str::to_string)
+            });
+            if let Some(pid) = pid.filter(|_| file.exists()) {
+                return pid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no {}: {}",
+                file.display(),
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits (at most `limit`) for the run to end: its status, the time it took, its output.
+    fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, Duration, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the run kept going: {}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let took = start.elapsed();
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        (status, took, self.text())
+    }
+}
+
+fn signal(sig: &str, pid: &str) {
+    let ok = Command::new("kill").args([sig, pid]).status().unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
 #[test]
 fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
     let Some(bin) = mpi_train() else { return };
@@ -263,69 +353,14 @@ fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
         "4",
     ];
     let mut c = mpirun(&bin, 2, &args);
-    c.args(["--out", out.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("start mpirun");
-    let log = Arc::new(Mutex::new(String::new()));
-    let readers: Vec<_> = [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ]
-    .into_iter()
-    .map(|pipe| {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        })
-    })
-    .collect();
-    // Wait for rank 1's pid and a few checkpoints, then kill rank 1.
+    c.args(["--out", out.to_str().unwrap()]);
+    let run = Background::start(c);
+    // A few checkpoints in, kill rank 1.
     let checkpoint = out.join("checkpoint.safetensors");
-    let start = Instant::now();
-    let pid = loop {
-        let pid = log.lock().unwrap().lines().find_map(|l| {
-            l.strip_prefix("rank 1/2 ")
-                .and_then(|r| r.split("pid ").nth(1))
-                .and_then(|r| r.split(')').next())
-                .map(str::to_string)
-        });
-        if let Some(pid) = pid.filter(|_| checkpoint.exists()) {
-            break pid;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint: {}",
-            log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let pid = run.rank1_pid_after(&checkpoint);
     std::thread::sleep(Duration::from_millis(1500));
-    let killed = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the run kept going 30 s after a rank died"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let took = killed.elapsed();
-    for r in readers {
-        r.join().unwrap();
-    }
-    let t = log.lock().unwrap().clone();
+    signal("-9", &pid);
+    let (status, took, t) = run.wait(Duration::from_secs(30));
     eprintln!(
         "the run ended {:.1} s after rank 1 was killed",
         took.as_secs_f64()
@@ -339,6 +374,45 @@ fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("resumed from"), "{t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigint_to_one_rank_stops_every_rank_at_the_same_step_and_two_ranks_resume() {
+    let Some(bin) = mpi_train() else { return };
+    let dir = temp("sigint");
+    let out = dir.join("run");
+    let args = [
+        "--images",
+        "1500",
+        "--epochs",
+        "6",
+        "--checkpoint-steps",
+        "5",
+    ];
+    let mut c = mpirun(&bin, 2, &args);
+    c.args(["--out", out.to_str().unwrap()]);
+    let run = Background::start(c);
+    let pid = run.rank1_pid_after(&out.join("checkpoint.safetensors"));
+    signal("-INT", &pid);
+    let (status, _, t) = run.wait(Duration::from_secs(60));
+    // Rank 0 saw no signal: it stopped because rank 1 asked, after the same step.
+    assert_eq!(status.code(), Some(130), "{t}");
+    assert_eq!(t.matches("interrupted after step").count(), 1, "{t}");
+    assert!(t.contains("resume with: mpirun -n 2 "), "{t}");
+    assert!(!t.contains("epoch 6/6 train_loss"), "{t}");
+
+    let mut c = mpirun(&bin, 2, &args);
+    c.args(["--out", out.to_str().unwrap(), "--resume"]);
+    let o = run_output(c);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("resumed from"), "{t}");
+    assert_eq!(
+        lines_with(&t, "replicas: 2 ranks, parameters identical").len(),
+        lines_with(&t, "epoch ").len(),
+        "{t}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
