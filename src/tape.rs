@@ -18,9 +18,11 @@
 //! gradient of a slice is the same slice of the block's gradient buffer, so concatenation
 //! costs nothing in either direction.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
-use crate::gpu::{Encoder, Gpu, GpuError, Result, Submitted, Tensor};
+use crate::gpu::{Encoder, Gpu, GpuError, Result, Storage, Submitted, Tensor};
 
 /// The tape submits its encoder once it holds this many launches, or once this many bytes
 /// were allocated since the last submission (see [`Tape::flush`]).
@@ -525,6 +527,24 @@ impl<'g> Tape<'g> {
                 release_value[read].push(v);
             }
         }
+        // A parameter's gradient is final after the earliest op touching any of its slots
+        // (a parameter used twice has two slots sharing one gradient buffer).
+        let mut final_at: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
+        let mut by_buffer: HashMap<*const Storage, usize> = HashMap::new();
+        for (v, &used) in first_use.iter().enumerate() {
+            let slot = &self.slots[v];
+            if let (true, Some(g), true) = (slot.persistent_grad, &slot.grad, used != usize::MAX) {
+                let first = by_buffer.entry(Arc::as_ptr(&g.storage)).or_insert(v);
+                if first_use[*first] > used {
+                    *first = v;
+                }
+            }
+        }
+        let mut params: Vec<usize> = by_buffer.into_values().collect();
+        params.sort_unstable();
+        for v in params {
+            final_at[first_use[v]].push(v);
+        }
         let ops = std::mem::take(&mut self.ops);
         for (i, op) in ops.into_iter().enumerate().rev() {
             // Only ops whose output needs a gradient do anything.
@@ -538,16 +558,20 @@ impl<'g> Tape<'g> {
             for &v in &release_value[i] {
                 self.slots[v].value = None;
             }
-            let mut done = Vec::new();
             for &v in &release_grad[i] {
                 let slot = &mut self.slots[v];
                 if !slot.persistent_grad {
                     slot.grad = None;
-                } else if let Some(g) = &slot.grad {
-                    done.push((slot.name.clone(), g.clone()));
                 }
             }
-            if !done.is_empty() {
+            if !final_at[i].is_empty() {
+                let done: Vec<(String, Tensor)> = final_at[i]
+                    .iter()
+                    .filter_map(|&v| {
+                        let slot = &self.slots[v];
+                        slot.grad.clone().map(|g| (slot.name.clone(), g))
+                    })
+                    .collect();
                 ready(self, &done)?;
             }
             // Submit now and then so released buffers can really be reused.

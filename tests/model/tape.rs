@@ -247,3 +247,62 @@ fn tape_bounds_the_memory_held_for_in_flight_work() {
     );
     assert!(g.download(&x.grad).unwrap().iter().any(|&v| v != 0.0));
 }
+
+/// `backward_with` reports each parameter once, when its gradient is final: what it holds
+/// then (read back at once) is what it holds after backward. `w` is registered twice (two
+/// slots, one gradient buffer), so its report must wait for both uses.
+#[test]
+fn backward_with_reports_each_parameter_once_when_its_gradient_is_final() {
+    let g = gpu();
+    let x = g
+        .upload(
+            &Rng::new(4)
+                .vec(2 * 3 * 5 * 5, -1.0, 1.0)
+                .iter()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>(),
+            &[2, 3, 5, 5],
+            "x",
+        )
+        .unwrap();
+    let w = param("w", &[4, 3, 3, 3], 1);
+    let fc = param("fc", &[3, 8], 2);
+    let labels = g.upload(&[1.0, 2.0], &[2], "labels").unwrap();
+    let mut tape = Tape::new(g);
+    let xv = tape.input(x, "x");
+    let spec = Conv2dSpec {
+        stride: 1,
+        padding: 1,
+    };
+    let first = tape.param(&w);
+    let ya = tape.conv2d(xv, first, None, spec, None, "conv a").unwrap();
+    let second = tape.param(&w);
+    let yb = tape.conv2d(xv, second, None, spec, None, "conv b").unwrap();
+    let ra = tape.relu(ya, "relu a").unwrap();
+    let rb = tape.relu(yb, "relu b").unwrap();
+    let cat = tape.concat(&[ra, rb], "cat").unwrap();
+    let pooled = tape.global_avg_pool(cat, "gap").unwrap();
+    let f = tape.param(&fc);
+    let logits = tape.linear(pooled, f, None, "fc").unwrap();
+    let (loss, _) = tape.cross_entropy(logits, &labels, "loss").unwrap();
+    let mut reported: Vec<(String, Vec<f32>)> = Vec::new();
+    tape.backward_with(loss, &mut |tape, done| {
+        tape.flush()?;
+        for (name, grad) in done {
+            reported.push((name.clone(), tape.gpu().download(grad)?));
+        }
+        Ok(())
+    })
+    .unwrap();
+    tape.finish().unwrap();
+    let names: Vec<&str> = reported.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["fc", "w"],
+        "the classifier's gradient is final first"
+    );
+    for (name, at_report) in &reported {
+        let p = if name == "w" { &w } else { &fc };
+        assert_eq!(at_report, &g.download(&p.grad).unwrap(), "{name}");
+    }
+}
