@@ -24,6 +24,9 @@ pub enum GpuError {
     },
     /// A device limit (workgroups per dimension, storage buffers per stage, u32 range).
     Limit(String),
+    /// A kernel forced for a pass (an API guard or an environment variable) cannot run it:
+    /// the kernel, and what it needs.
+    KernelNotApplicable { kernel: String, reason: String },
     /// A shader failed to compile or a pipeline failed validation.
     Pipeline { name: String, message: String },
     /// An error reported by the device while running work.
@@ -63,6 +66,9 @@ impl fmt::Display for GpuError {
                 *limit as f64 / 1048576.0
             ),
             GpuError::Limit(m) => write!(f, "device limit: {m}"),
+            GpuError::KernelNotApplicable { kernel, reason } => {
+                write!(f, "forced kernel {kernel} cannot run here: {reason}")
+            }
             GpuError::Pipeline { name, message } => write!(f, "pipeline {name}: {message}"),
             GpuError::Device(m) => write!(f, "device error: {m}"),
             GpuError::DeviceLost(m) => write!(f, "the device was lost ({m})"),

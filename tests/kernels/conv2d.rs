@@ -1,6 +1,8 @@
 use crate::common::*;
 use densenet_wgpu::gpu::{GpuError, Tensor};
-use densenet_wgpu::ops::conv2d::{self, reference, BnReluPrologue, Conv2dSpec};
+use densenet_wgpu::ops::conv2d::{
+    self, reference, BnReluPrologue, Conv2dSpec, ConvKernel, ConvPass, ConvShape,
+};
 
 fn spec(stride: usize, padding: usize) -> Conv2dSpec {
     Conv2dSpec { stride, padding }
@@ -124,6 +126,12 @@ fn run_case(c: &Case) {
 }
 
 fn run_case_with(c: &Case, subgroups: bool) {
+    try_case(c, subgroups).unwrap();
+}
+
+/// [`run_case_with`], returning the first error of a launch instead of panicking (a forced
+/// kernel that cannot run the case); the comparisons still panic.
+fn try_case(c: &Case, subgroups: bool) -> densenet_wgpu::gpu::Result<()> {
     let sp = spec(c.stride, c.pad);
     let (oh, ow) = conv2d::output_size(sp, c.h, c.w, c.kh, c.kw).unwrap();
     let xs = [c.n, c.cin, c.h, c.w];
@@ -165,14 +173,16 @@ fn run_case_with(c: &Case, subgroups: bool) {
     let bias = c.bias.then_some(&b);
     let d_bias = c.bias.then_some(&d_b);
 
+    let mut launched = Ok(());
     run(|e| {
         if !subgroups {
             e.disable_subgroups();
         }
-        conv2d::forward(e, &y, &x, &w, bias, pro, sp).unwrap();
-        conv2d::backward_data(e, &d_x, &d_y, &w, sp).unwrap();
-        conv2d::backward_weight(e, &d_w, d_bias, &d_y, &x, pro, sp).unwrap();
+        launched = conv2d::forward(e, &y, &x, &w, bias, pro, sp)
+            .and_then(|_| conv2d::backward_data(e, &d_x, &d_y, &w, sp))
+            .and_then(|_| conv2d::backward_weight(e, &d_w, d_bias, &d_y, &x, pro, sp));
     });
+    launched?;
 
     // The reference sees exactly the f32 values the GPU saw.
     let r = |v: &[f64]| f64s(&f32s(v));
@@ -221,6 +231,7 @@ fn run_case_with(c: &Case, subgroups: bool) {
         let want = outside(&dx_before, c.n, dxc, c.h * c.w, dx0, c.cin);
         assert_close("d_x block outside the slice", &got, &want, 0.0, 0.0);
     }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -541,4 +552,207 @@ fn wrong_shapes_are_typed_errors() {
     let block = g.zeros(&[2, 7, 5, 5], "block").unwrap();
     let (xb, yb) = (block.channels(0, 4).unwrap(), block.channels(4, 3).unwrap());
     expect_shape_err(conv2d::forward(e, &yb, &xb, &w, None, None, sp), "share");
+}
+
+// ---------------------------------------------------------------------------------------
+// The planner and forced kernels.
+
+/// docs/kernels.md's dispatch table: shape and adapter class (subgroups or not) -> kernel
+/// and entry point, for every pass.
+#[test]
+fn planner_follows_the_docs_table() {
+    use ConvKernel::*;
+    let shape = |hw: (usize, usize), k: usize, stride: usize, pad: usize| ConvShape {
+        n: 2,
+        cin: 8,
+        h: hw.0,
+        w: hw.1,
+        cout: 12,
+        kh: k,
+        kw: k,
+        spec: spec(stride, pad),
+        views_aligned: true,
+        out_aligned: true,
+        prologue: false,
+    };
+    let misaligned = ConvShape {
+        views_aligned: false,
+        out_aligned: false,
+        ..shape((8, 8), 1, 1, 0)
+    };
+    let prologue_odd = ConvShape {
+        prologue: true,
+        ..shape((5, 5), 3, 1, 1)
+    };
+    // (shape, forward, backward-data, backward-weight)
+    let table = [
+        (shape((8, 8), 1, 1, 0), Conv1x1, Conv1x1, WeightDot),
+        (shape((3, 5), 1, 1, 0), Conv1x1, Conv1x1, WeightDot), // odd plane: zero-padded copy
+        (shape((4, 8), 3, 1, 1), Conv3x3, Conv3x3, WeightRows),
+        (shape((5, 5), 3, 1, 1), Conv3x3, Conv3x3, WeightRows), // zero rows added
+        (prologue_odd, ForwardTiled, Conv3x3, WeightPartial),
+        (
+            shape((8, 8), 5, 1, 2),
+            ForwardTiled,
+            BackwardData,
+            WeightStrided,
+        ),
+        (
+            shape((8, 8), 3, 2, 1),
+            ForwardTiled,
+            BackwardData,
+            WeightStrided,
+        ),
+        (
+            shape((224, 224), 7, 2, 3),
+            ForwardTiled,
+            BackwardData,
+            WeightStrided,
+        ), // the stem
+        (
+            shape((7, 7), 3, 2, 1),
+            ForwardTiled,
+            BackwardData,
+            WeightStrided,
+        ), // 4x4 output
+        (
+            shape((9, 9), 3, 2, 1),
+            ForwardTiled,
+            BackwardData,
+            WeightPartial,
+        ), // 5x5 output
+        (misaligned, ForwardTiled, BackwardData, WeightPartial),
+    ];
+    for (s, fwd, bwd_data, bwd_weight) in table {
+        assert_eq!(conv2d::plan(ConvPass::Forward, &s), fwd, "forward {s:?}");
+        assert_eq!(
+            conv2d::plan(ConvPass::BackwardData, &s),
+            bwd_data,
+            "backward_data {s:?}"
+        );
+        assert_eq!(
+            conv2d::plan(ConvPass::BackwardWeight, &s),
+            bwd_weight,
+            "weight {s:?}"
+        );
+    }
+    // Entry points: with subgroups (lavapipe, current GPUs) and without.
+    let entries = [
+        (Conv1x1, "conv1x1_sg", "conv1x1"),
+        (Conv3x3, "conv3x3_sg", "conv3x3"),
+        (ForwardTiled, "forward_tiled_sg", "forward_tiled"),
+        (BackwardData, "backward_data", "backward_data"),
+        (WeightDot, "backward_weight_dot_sg", "backward_weight_dot"),
+        (
+            WeightRows,
+            "backward_weight_rows_sg",
+            "backward_weight_rows",
+        ),
+        (
+            WeightStrided,
+            "backward_weight_strided_sg",
+            "backward_weight_strided",
+        ),
+        (
+            WeightPartial,
+            "backward_weight_partial",
+            "backward_weight_partial",
+        ),
+    ];
+    for (k, with, without) in entries {
+        assert_eq!((k.entry(true).1, k.entry(false).1), (with, without), "{k}");
+        assert_eq!(ConvKernel::from_name(k.name()), Some(k));
+    }
+    assert_eq!(
+        conv2d::parse_forced("forward_tiled, backward_weight_partial"),
+        Ok(vec![ForwardTiled, WeightPartial])
+    );
+    assert!(conv2d::parse_forced("conv5x5")
+        .unwrap_err()
+        .contains("conv5x5"));
+}
+
+/// Every kernel, forced, on odd shapes, several workgroups and channel-slice views, against
+/// the f64 reference (with and without subgroups); a kernel that cannot run a case is a
+/// typed error, and each kernel runs at least one case.
+#[test]
+fn every_kernel_forced_matches_the_reference() {
+    let cases = [
+        // 1x1 in the vec4 layout, on views, with bias and a prologue.
+        Case {
+            bias: true,
+            prologue: true,
+            views: true,
+            ..case(2, 5, 4, 4, 6, (1, 1), 1, 0)
+        },
+        // 1x1 on an odd 3x5 plane (zero-padded for the fast kernels).
+        case(3, 5, 3, 5, 7, (1, 1), 1, 0),
+        // 3x3 same-size, several workgroups, views.
+        Case {
+            views: true,
+            ..case(2, 9, 8, 12, 20, (3, 3), 1, 1)
+        },
+        // 3x3 on an odd 5x5 plane, and with a prologue (no padded copy then).
+        case(2, 3, 5, 5, 5, (3, 3), 1, 1),
+        Case {
+            prologue: true,
+            ..case(2, 3, 5, 5, 5, (3, 3), 1, 1)
+        },
+        // The stem's shape class: 7x7 / stride 2 / padding 3, OH*OW % 4 == 0.
+        Case {
+            bias: true,
+            ..case(2, 3, 19, 23, 5, (7, 7), 2, 3)
+        },
+        // Stride 2 with an odd output.
+        case(1, 4, 9, 9, 6, (3, 3), 2, 1),
+    ];
+    let mut ran = std::collections::HashMap::new();
+    for kernel in ConvKernel::ALL {
+        let pass = [
+            ConvPass::Forward,
+            ConvPass::BackwardData,
+            ConvPass::BackwardWeight,
+        ]
+        .into_iter()
+        .find(|&p| kernel.serves(p))
+        .unwrap();
+        for (i, c) in cases.iter().enumerate() {
+            for subgroups in [true, false] {
+                let _forced = conv2d::force(&[kernel]);
+                match try_case(c, subgroups) {
+                    Ok(()) => {
+                        assert_eq!(conv2d::last_kernel(pass), Some(kernel), "case {i}");
+                        *ran.entry(kernel).or_insert(0) += 1;
+                    }
+                    Err(GpuError::KernelNotApplicable { kernel: k, reason }) => {
+                        assert_eq!(k, kernel.name());
+                        assert!(reason.contains("needs"), "{reason}");
+                    }
+                    Err(e) => panic!("{kernel} on case {i}: {e}"),
+                }
+            }
+        }
+    }
+    for kernel in ConvKernel::ALL {
+        assert!(
+            ran.get(&kernel).is_some_and(|&n| n > 0),
+            "{kernel} never ran"
+        );
+    }
+    // Cases a fast kernel cannot run.
+    let _forced = conv2d::force(&[ConvKernel::Conv3x3]);
+    assert!(matches!(
+        try_case(&cases[1], true),
+        Err(GpuError::KernelNotApplicable { .. })
+    ));
+    let _forced = conv2d::force(&[ConvKernel::Conv3x3]);
+    assert!(matches!(
+        try_case(&cases[4], true),
+        Err(GpuError::KernelNotApplicable { .. })
+    ));
+    let _forced = conv2d::force(&[ConvKernel::WeightStrided]);
+    assert!(matches!(
+        try_case(&cases[1], true),
+        Err(GpuError::KernelNotApplicable { .. })
+    ));
 }

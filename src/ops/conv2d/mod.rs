@@ -6,6 +6,13 @@
 //! The dispatch layout, the subgroup variants and the weight-gradient reduction are described
 //! in `docs/kernels.md` (section conv2d).
 
+mod plan;
+
+pub use plan::{
+    force, last_kernel, not_applicable, parse_forced, plan, ConvKernel, ConvPass, ConvShape,
+    Forced, FORCE_ENV,
+};
+
 use super::batch_norm::{self, BatchNormOp, BnConfig};
 use super::ViewParams;
 use crate::gpu::{expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result};
@@ -16,20 +23,6 @@ pub const SHADER: Shader = shader!("conv2d" = ["conv2d", "conv2d_uniform_loads"]
 /// conv2d.wgsl plus the subgroup variants of its fast paths (adapters with subgroups of at
 /// least 8 invocations, see [`Encoder::subgroups`]).
 pub const SUBGROUP_SHADER: Shader = shader!("conv2d_subgroup" = ["conv2d", "conv2d_subgroup"]);
-
-/// The shader and entry point that run `entry`: the subgroup variant of the conv1x1 /
-/// conv3x3 fast paths where the encoder allows it, else `entry` itself.
-fn variant(enc: &Encoder, entry: &'static str) -> (&'static Shader, &'static str) {
-    match (enc.subgroups(), entry) {
-        (true, "conv1x1") => (&SUBGROUP_SHADER, "conv1x1_sg"),
-        (true, "conv3x3") => (&SUBGROUP_SHADER, "conv3x3_sg"),
-        (true, "backward_weight_rows") => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
-        (true, "backward_weight_dot") => (&SUBGROUP_SHADER, "backward_weight_dot_sg"),
-        (true, "backward_weight_strided") => (&SUBGROUP_SHADER, "backward_weight_strided_sg"),
-        (true, "forward_tiled") => (&SUBGROUP_SHADER, "forward_tiled_sg"),
-        _ => (&SHADER, entry),
-    }
-}
 
 /// Invocations per workgroup.
 const WG: u32 = 64;
@@ -261,32 +254,8 @@ fn params(g: &Geom, inp: &Tensor, out: &Tensor, spec: Conv2dSpec) -> Params {
     }
 }
 
-/// Which kernel a convolution takes (see the shader): the vec4 fast paths need
-/// stride 1, "same" output size, H*W % 4 == 0 and 16-byte aligned views.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Path {
-    /// 1x1, stride 1, padding 0.
-    Conv1x1,
-    /// 3x3, stride 1, padding 1.
-    Conv3x3,
-    /// Anything else.
-    General,
-}
-
 fn aligned(t: &Tensor) -> bool {
     t.offset % 4 == 0 && t.batch_stride % 4 == 0
-}
-
-/// True when the kernel keeps the spatial size at stride 1 and the vec4 layout holds
-/// (a 1x1 kernel only sees H*W, so its W may be below 4).
-fn same_size_vec4(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> bool {
-    spec.stride == 1
-        && g.kh == g.kw
-        && g.kh == 2 * spec.padding + 1
-        && (g.h * g.w) % 4 == 0
-        && (g.w >= 4 || g.kh == 1)
-        && aligned(a)
-        && aligned(b)
 }
 
 /// Same-size 1x1 / 3x3 convolutions whose channel planes break the vec4 layout
@@ -367,42 +336,27 @@ fn repad(
     })
 }
 
-fn path(g: &Geom, spec: Conv2dSpec, a: &Tensor, b: &Tensor) -> Path {
-    if !same_size_vec4(g, spec, a, b) {
-        Path::General
-    } else if g.kh == 1 {
-        Path::Conv1x1
-    } else if g.kh == 3 {
-        Path::Conv3x3
-    } else {
-        Path::General
-    }
-}
-
-/// Which kernel computes backward_weight's partial sums.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum BwKind {
-    /// 1x1 / stride 1 / vec4 layout: `backward_weight_dot` straight from NCHW.
-    Dot1x1,
-    /// 3x3 / stride 1 / pad 1 / vec4 layout: `backward_weight_rows`.
-    Rows,
-    /// Anything else whose d_y has the vec4 layout (OH*OW % 4 == 0, aligned):
-    /// `backward_weight_strided` on a pixel-major copy of d_y.
-    Strided,
-    /// Everything else: `backward_weight_partial`.
-    General,
-}
-
-fn bw_kind(g: &Geom, spec: Conv2dSpec, x: &Tensor, d_y: &Tensor) -> BwKind {
-    let vec4 = same_size_vec4(g, spec, x, d_y);
-    if vec4 && g.kh == 1 {
-        BwKind::Dot1x1
-    } else if vec4 && g.kh == 3 {
-        BwKind::Rows
-    } else if (g.oh * g.ow) % 4 == 0 && aligned(d_y) {
-        BwKind::Strided
-    } else {
-        BwKind::General
+/// The planner's view of a pass over `a` (read) and `b` (written; for the weight gradient
+/// x and d_y), `out` being the output-side activation (y or d_y).
+fn conv_shape(
+    g: &Geom,
+    spec: Conv2dSpec,
+    (a, b): (&Tensor, &Tensor),
+    out: &Tensor,
+    prologue: bool,
+) -> ConvShape {
+    ConvShape {
+        n: g.n,
+        cin: g.cin,
+        h: g.h,
+        w: g.w,
+        cout: g.cout,
+        kh: g.kh,
+        kw: g.kw,
+        spec,
+        views_aligned: aligned(a) && aligned(b),
+        out_aligned: aligned(out),
+        prologue,
     }
 }
 
@@ -478,7 +432,10 @@ pub fn forward(
 ) -> Result<()> {
     const OP: &str = "conv2d forward";
     let g = geometry(OP, "x", x, ("weight", weight), "y", y, spec)?;
-    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()) {
+    let shape = conv_shape(&g, spec, (x, y), y, prologue.is_some());
+    let kernel = plan::choose(OP, ConvPass::Forward, &shape)?;
+    let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
+    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {
         not_aliased(OP, ("y", y), &[("x", x), ("weight", weight)])?;
         let xp = pad_planes(enc, OP, x, hw)?;
         let yp = enc
@@ -509,12 +466,12 @@ pub fn forward(
         Some(pr) => (pr.scale, pr.shift),
         None => (x, x),
     };
-    let (entry, workgroups, mut consts) = pick(OP, true, &g, spec, x, y, g.cout)?;
+    let (workgroups, mut consts) = pick(OP, kernel, &g, g.cout)?;
     consts.prologue = prologue.is_some();
     // Every forward kernel reads the packed weight.
     let packed = pack_weight(enc, OP, &g, &p, weight)?;
     let w_used = &packed;
-    let (shader, entry) = variant(enc, entry);
+    let (shader, entry) = kernel.entry(enc.subgroups());
     enc.launch(Launch {
         shader,
         entry,
@@ -532,27 +489,18 @@ pub fn forward(
     })
 }
 
-/// Entry point and grid for forward (`is_forward`) or backward_data: `inp` is read,
-/// `out` written, `out_c` channels are produced.
-fn pick(
-    op: &str,
-    is_forward: bool,
-    g: &Geom,
-    spec: Conv2dSpec,
-    inp: &Tensor,
-    out: &Tensor,
-    out_c: usize,
-) -> Result<(&'static str, [u32; 3], Consts)> {
+/// Grid and constants of `kernel` (forward or backward_data), producing `out_c` channels.
+fn pick(op: &str, kernel: ConvKernel, g: &Geom, out_c: usize) -> Result<([u32; 3], Consts)> {
     let hw = g.h * g.w;
-    let (entry, t, wg, blocks) = match path(g, spec, inp, out) {
-        Path::Conv1x1 => {
+    let (t, wg, blocks) = match kernel {
+        ConvKernel::Conv1x1 => {
             // Lane l of a block owns the pixel groups l, l + WG, ...
             let t = narrow(CONV1X1, out_c);
             let groups4 = g.n * hw / 4;
             let wg = lanes_for(groups4.div_ceil(t.px as usize));
-            ("conv1x1", t, wg, super::groups(groups4, wg * t.px))
+            (t, wg, super::groups(groups4, wg * t.px))
         }
-        Path::Conv3x3 => {
+        ConvKernel::Conv3x3 => {
             // A lane owns 4 * px consecutive pixels, which must lie in one image.
             let mut t = narrow(CONV3X3, out_c);
             if hw % (4 * t.px as usize) != 0 {
@@ -560,30 +508,31 @@ fn pick(
             }
             let lanes = g.n * hw / (4 * t.px as usize);
             let wg = lanes_for(lanes);
-            ("conv3x3", t, wg, super::groups(lanes, wg))
+            (t, wg, super::groups(lanes, wg))
         }
-        Path::General if is_forward => {
+        ConvKernel::ForwardTiled => {
             // Lane l of a block owns the groups of 4 output pixels l, l + WG.
             let t = FORWARD_TILED;
             let pixels = g.n * g.oh * g.ow;
             let wg = lanes_for(pixels.div_ceil(4 * t.px as usize));
-            ("forward_tiled", t, wg, super::groups(pixels, 4 * wg * t.px))
+            (t, wg, super::groups(pixels, 4 * wg * t.px))
         }
-        Path::General => {
+        ConvKernel::BackwardData => {
             let t = GENERAL_BWD_DATA;
             let tiles = super::groups(out_c, t.ch);
             let wg = lanes_for((hw * g.n).div_ceil(t.px as usize));
             let grid = pixel_grid(op, super::groups(hw * g.n, wg * t.px), tiles)?;
             let mut consts = Consts::new(t, false);
             consts.wg = wg;
-            return Ok(("backward_data", grid, consts));
+            return Ok((grid, consts));
         }
+        other => unreachable!("{other} is a weight-gradient kernel"),
     };
     let grid = pixel_grid(op, blocks, super::groups(out_c, t.ch))?;
     let mut consts = Consts::new(t, false);
     consts.vec4_groups = true;
     consts.wg = wg;
-    Ok((entry, grid, consts))
+    Ok((grid, consts))
 }
 
 /// `t` with its channel tile cut to `channels` rounded up to 4 when that is smaller (a
@@ -687,7 +636,10 @@ pub fn backward_data(
 ) -> Result<()> {
     const OP: &str = "conv2d backward_data";
     let g = geometry(OP, "d_x", d_x, ("weight", weight), "d_y", d_y, spec)?;
-    if let Some(hw) = padded_plane(&g, spec, false) {
+    let shape = conv_shape(&g, spec, (d_y, d_x), d_y, false);
+    let kernel = plan::choose(OP, ConvPass::BackwardData, &shape)?;
+    let fast = kernel != ConvKernel::BackwardData;
+    if let Some(hw) = padded_plane(&g, spec, false).filter(|_| fast) {
         not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
         let dyp = pad_planes(enc, OP, d_y, hw)?;
         let dxp = enc
@@ -706,10 +658,10 @@ pub fn backward_data(
     p.w_red_stride = (g.cin * g.kh * g.kw) as u32;
     p.flip = 1;
     p.accumulate = 1;
-    let (entry, workgroups, consts) = pick(OP, false, &g, spec, d_y, d_x, g.cin)?;
+    let (workgroups, consts) = pick(OP, kernel, &g, g.cin)?;
     let packed;
     let mut w_used = weight;
-    if entry != "backward_data" {
+    if fast {
         packed = pack_weight(enc, OP, &g, &p, weight)?;
         w_used = &packed;
     }
@@ -721,7 +673,7 @@ pub fn backward_data(
         Arg::Read(weight),
         Arg::Write(d_x),
     ];
-    let fast = [
+    let fast_args = [
         Arg::Uniform(bytemuck::bytes_of(&p)),
         Arg::Read(d_y),
         Arg::Read(w_used),
@@ -730,16 +682,12 @@ pub fn backward_data(
         Arg::Read(w_used),
         Arg::Write(d_x),
     ];
-    let (shader, entry) = variant(enc, entry);
+    let (shader, entry) = kernel.entry(enc.subgroups());
     enc.launch(Launch {
         shader,
         entry,
         overrides: &consts.list(),
-        args: if entry == "backward_data" {
-            &general
-        } else {
-            &fast
-        },
+        args: if fast { &fast_args } else { &general },
         workgroups,
     })
 }
@@ -761,14 +709,16 @@ pub fn backward_weight(
 ) -> Result<()> {
     const OP: &str = "conv2d backward_weight";
     let g = geometry(OP, "x", x, ("d_weight", d_weight), "d_y", d_y, spec)?;
-    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()) {
+    let shape = conv_shape(&g, spec, (x, d_y), d_y, prologue.is_some());
+    let kernel = plan::choose(OP, ConvPass::BackwardWeight, &shape)?;
+    let fast = matches!(kernel, ConvKernel::WeightDot | ConvKernel::WeightRows);
+    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {
         not_aliased(OP, ("d_weight", d_weight), &[("x", x), ("d_y", d_y)])?;
         let xp = pad_planes(enc, OP, x, hw)?;
         let dyp = pad_planes(enc, OP, d_y, hw)?;
         return backward_weight(enc, d_weight, d_bias, &dyp, &xp, prologue, spec);
     }
     let mut p = params(&g, x, d_y, spec);
-    let kind = bw_kind(&g, spec, x, d_y);
     let w_off = dense(OP, "d_weight", d_weight, &[g.cout, g.cin, g.kh, g.kw])?;
     let b_off = match d_bias {
         Some(b) => dense(OP, "d_bias", b, &[g.cout])?,
@@ -788,30 +738,20 @@ pub fn backward_weight(
     let ncol = g.cin * g.kh * g.kw;
     let nw = g.cout * ncol;
     // The reduction axis: pixels, or groups of 4 pixels for backward_weight_rows.
-    let grouped = matches!(kind, BwKind::Rows | BwKind::Dot1x1);
+    let grouped = fast;
     let npix = g.n * g.oh * g.ow / if grouped { 4 } else { 1 };
-    let (entry, t, wg_size, per_lane) = match kind {
-        BwKind::Strided => (
-            "backward_weight_strided",
-            BWD_WEIGHT_STRIDED,
-            BWD_WEIGHT_STRIDED_WG,
-            ncol.div_ceil(4),
-        ),
-        BwKind::Rows => (
-            "backward_weight_rows",
-            narrow(BWD_WEIGHT_ROWS, g.cout),
-            WG,
-            g.cin * g.kh,
-        ),
-        BwKind::Dot1x1 => (
-            "backward_weight_dot",
+    let (t, wg_size, per_lane) = match kernel {
+        ConvKernel::WeightStrided => (BWD_WEIGHT_STRIDED, BWD_WEIGHT_STRIDED_WG, ncol.div_ceil(4)),
+        ConvKernel::WeightRows => (narrow(BWD_WEIGHT_ROWS, g.cout), WG, g.cin * g.kh),
+        ConvKernel::WeightDot => (
             narrow(BWD_WEIGHT_DOT, g.cout),
             lanes_for(g.cin.div_ceil(8)),
             g.cin.div_ceil(8),
         ),
-        BwKind::General => ("backward_weight_partial", GENERAL_BWD_WEIGHT, WG, ncol),
+        ConvKernel::WeightPartial => (GENERAL_BWD_WEIGHT, WG, ncol),
+        other => unreachable!("{other} is not a weight-gradient kernel"),
     };
-    let col_blocks = if kind == BwKind::Dot1x1 {
+    let col_blocks = if kernel == ConvKernel::WeightDot {
         super::groups(per_lane, wg_size)
     } else {
         super::groups(per_lane, wg_size * t.px)
@@ -850,10 +790,10 @@ pub fn backward_weight(
     };
     let mut consts = Consts::new(t, prologue.is_some());
     consts.wg = wg_size;
-    if kind == BwKind::Strided {
+    let (shader, entry) = kernel.entry(enc.subgroups());
+    if kernel == ConvKernel::WeightStrided {
         let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow])?;
         consts.vec4_groups = true;
-        let (shader, entry) = variant(enc, entry);
         enc.launch(Launch {
             shader,
             entry,
@@ -869,7 +809,6 @@ pub fn backward_weight(
             workgroups: [col_blocks, tiles, chunks as u32],
         })?;
     } else {
-        let (shader, entry) = variant(enc, entry);
         enc.launch(Launch {
             shader,
             entry,

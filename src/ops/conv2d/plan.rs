@@ -1,0 +1,321 @@
+//! Which kernel runs a convolution pass: one planner for the three passes, a typed
+//! [`ConvKernel`] that owns its entry points (subgroup variants included), and forcing for
+//! tests and benchmarks (an API guard, [`force`], or `DENSENET_WGPU_CONV=<kernel>[,...]`).
+//!
+//! The choice follows docs/kernels.md (conv2d, Dispatch); [`plan`] is a pure function of
+//! the shapes and of whether the views allow vec4 loads, and its unit test holds that table.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::sync::OnceLock;
+
+use super::{Conv2dSpec, SHADER, SUBGROUP_SHADER};
+use crate::gpu::{GpuError, Result, Shader};
+
+/// Environment variable naming kernels to force, comma-separated (e.g.
+/// `DENSENET_WGPU_CONV=forward_tiled,backward_weight_partial`): each pass that one of them
+/// serves runs it, and fails with [`GpuError::KernelNotApplicable`] where it cannot.
+pub const FORCE_ENV: &str = "DENSENET_WGPU_CONV";
+
+/// A convolution pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvPass {
+    Forward,
+    BackwardData,
+    BackwardWeight,
+}
+
+/// The kernels of the convolution passes (docs/kernels.md, conv2d).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvKernel {
+    /// Forward and backward-data of 1x1 / stride 1 / padding 0 convolutions in the vec4
+    /// layout (odd planes run on zero-padded copies).
+    Conv1x1,
+    /// Forward and backward-data of 3x3 / stride 1 / padding 1 convolutions in the vec4
+    /// layout (odd planes, without a BN+ReLU prologue, run on zero-padded copies).
+    Conv3x3,
+    /// Any forward.
+    ForwardTiled,
+    /// Any backward-data (gather form).
+    BackwardData,
+    /// Weight gradient of 1x1 convolutions in the vec4 layout.
+    WeightDot,
+    /// Weight gradient of 3x3 convolutions in the vec4 layout.
+    WeightRows,
+    /// Weight gradient when d_y has the vec4 layout (the stem), on a pixel-major d_y.
+    WeightStrided,
+    /// Any weight gradient.
+    WeightPartial,
+}
+
+impl ConvKernel {
+    pub const ALL: [ConvKernel; 8] = [
+        ConvKernel::Conv1x1,
+        ConvKernel::Conv3x3,
+        ConvKernel::ForwardTiled,
+        ConvKernel::BackwardData,
+        ConvKernel::WeightDot,
+        ConvKernel::WeightRows,
+        ConvKernel::WeightStrided,
+        ConvKernel::WeightPartial,
+    ];
+
+    /// The kernel's name: its entry point in `shaders/conv2d.wgsl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvKernel::Conv1x1 => "conv1x1",
+            ConvKernel::Conv3x3 => "conv3x3",
+            ConvKernel::ForwardTiled => "forward_tiled",
+            ConvKernel::BackwardData => "backward_data",
+            ConvKernel::WeightDot => "backward_weight_dot",
+            ConvKernel::WeightRows => "backward_weight_rows",
+            ConvKernel::WeightStrided => "backward_weight_strided",
+            ConvKernel::WeightPartial => "backward_weight_partial",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ConvKernel> {
+        ConvKernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether the kernel serves `pass`.
+    pub fn serves(self, pass: ConvPass) -> bool {
+        use ConvKernel::*;
+        match pass {
+            ConvPass::Forward => matches!(self, Conv1x1 | Conv3x3 | ForwardTiled),
+            ConvPass::BackwardData => matches!(self, Conv1x1 | Conv3x3 | BackwardData),
+            ConvPass::BackwardWeight => {
+                matches!(self, WeightDot | WeightRows | WeightStrided | WeightPartial)
+            }
+        }
+    }
+
+    /// The shader and entry point that run it: the subgroup variant (`*_sg`) where the
+    /// kernel has one and `subgroups` allows it.
+    pub fn entry(self, subgroups: bool) -> (&'static Shader, &'static str) {
+        use ConvKernel::*;
+        match (subgroups, self) {
+            (true, Conv1x1) => (&SUBGROUP_SHADER, "conv1x1_sg"),
+            (true, Conv3x3) => (&SUBGROUP_SHADER, "conv3x3_sg"),
+            (true, ForwardTiled) => (&SUBGROUP_SHADER, "forward_tiled_sg"),
+            (true, WeightDot) => (&SUBGROUP_SHADER, "backward_weight_dot_sg"),
+            (true, WeightRows) => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
+            (true, WeightStrided) => (&SUBGROUP_SHADER, "backward_weight_strided_sg"),
+            _ => (&SHADER, self.name()),
+        }
+    }
+}
+
+impl fmt::Display for ConvKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the planner sees of one convolution pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Input (N, C, H, W) and weight (Cout, Cin, KH, KW).
+    pub n: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub spec: Conv2dSpec,
+    /// The pass's two activation views (read and written; for the weight gradient x and
+    /// d_y) have offsets and batch strides that are multiples of 4.
+    pub views_aligned: bool,
+    /// The output-side view (y, d_y) alone has them.
+    pub out_aligned: bool,
+    /// A BN+ReLU prologue is applied while reading x.
+    pub prologue: bool,
+}
+
+impl ConvShape {
+    fn out_hw(&self) -> (usize, usize) {
+        let (s, p) = (self.spec.stride, self.spec.padding);
+        (
+            (self.h + 2 * p - self.kh) / s + 1,
+            (self.w + 2 * p - self.kw) / s + 1,
+        )
+    }
+
+    /// Stride 1 with "same" padding for a square kernel of size `k`.
+    fn same(&self, k: usize) -> bool {
+        self.spec.stride == 1 && self.kh == k && self.kw == k && k == 2 * self.spec.padding + 1
+    }
+
+    /// 4 consecutive flat pixels of a channel are one aligned vec4 inside one image.
+    fn vec4_layout(&self) -> bool {
+        let hw = self.h * self.w;
+        hw % 4 == 0 && (self.w >= 4 || self.kh == 1) && self.views_aligned
+    }
+
+    /// Same-size 1x1 / 3x3 convolutions whose planes break the vec4 layout run on
+    /// zero-padded copies (`padded_plane`): then the fast kernels apply.
+    pub fn padded(&self) -> bool {
+        let hw = self.h * self.w;
+        if !(self.same(1) || self.same(3)) || hw % 4 == 0 || self.n * hw * self.cin * self.cout == 0
+        {
+            return false;
+        }
+        self.kh == 1 || (!self.prologue && self.w >= 4)
+    }
+}
+
+/// Why `kernel` cannot run `pass` on `shape`, or `None` when it can.
+pub fn not_applicable(kernel: ConvKernel, pass: ConvPass, shape: &ConvShape) -> Option<String> {
+    use ConvKernel::*;
+    if !kernel.serves(pass) {
+        return Some(format!("it does not serve the {pass:?} pass"));
+    }
+    // Backward-data reads d_y: a prologue on x does not concern it.
+    let shape = &ConvShape {
+        prologue: shape.prologue && pass != ConvPass::BackwardData,
+        ..*shape
+    };
+    let fast = |k: usize| shape.same(k) && (shape.padded() || shape.vec4_layout());
+    match kernel {
+        Conv1x1 | WeightDot if !fast(1) => Some(
+            "it needs a 1x1 kernel, stride 1, padding 0 and views with offsets and batch strides \
+             that are multiples of 4"
+                .into(),
+        ),
+        Conv3x3 | WeightRows if !fast(3) => Some(
+            "it needs a 3x3 kernel, stride 1, padding 1, W >= 4, and either H*W % 4 == 0 with \
+             views aligned to 4, or no BN+ReLU prologue"
+                .into(),
+        ),
+        WeightStrided => {
+            let (oh, ow) = shape.out_hw();
+            ((oh * ow) % 4 != 0 || !shape.out_aligned)
+                .then(|| "it needs OH*OW % 4 == 0 and d_y aligned to 4".into())
+        }
+        _ => None,
+    }
+}
+
+/// The kernel that runs `pass` on `shape` unless one is forced (docs/kernels.md).
+pub fn plan(pass: ConvPass, shape: &ConvShape) -> ConvKernel {
+    use ConvKernel::*;
+    let fast_pass = if pass == ConvPass::BackwardData {
+        pass
+    } else {
+        ConvPass::Forward
+    };
+    let fast1 = not_applicable(Conv1x1, fast_pass, shape).is_none();
+    let fast3 = not_applicable(Conv3x3, fast_pass, shape).is_none();
+    match pass {
+        ConvPass::Forward if fast1 => Conv1x1,
+        ConvPass::Forward if fast3 => Conv3x3,
+        ConvPass::Forward => ForwardTiled,
+        ConvPass::BackwardData if fast1 => Conv1x1,
+        ConvPass::BackwardData if fast3 => Conv3x3,
+        ConvPass::BackwardData => BackwardData,
+        ConvPass::BackwardWeight if fast1 => WeightDot,
+        ConvPass::BackwardWeight if fast3 => WeightRows,
+        ConvPass::BackwardWeight if not_applicable(WeightStrided, pass, shape).is_none() => {
+            WeightStrided
+        }
+        ConvPass::BackwardWeight => WeightPartial,
+    }
+}
+
+thread_local! {
+    /// Kernels forced on this thread ([`force`]).
+    static FORCED: RefCell<Vec<ConvKernel>> = const { RefCell::new(Vec::new()) };
+    /// The kernel of the last forward, backward-data and backward-weight pass on this thread.
+    static LAST: Cell<[Option<ConvKernel>; 3]> = const { Cell::new([None; 3]) };
+}
+
+/// Forces `kernels` on this thread until the guard is dropped: each pass one of them
+/// serves runs it (or fails with [`GpuError::KernelNotApplicable`]). Overrides
+/// [`FORCE_ENV`].
+pub fn force(kernels: &[ConvKernel]) -> Forced {
+    let previous = FORCED.with(|f| f.replace(kernels.to_vec()));
+    Forced { previous }
+}
+
+/// Restores the forcing in place before [`force`] when dropped.
+pub struct Forced {
+    previous: Vec<ConvKernel>,
+}
+
+impl Drop for Forced {
+    fn drop(&mut self) {
+        let previous = std::mem::take(&mut self.previous);
+        FORCED.with(|f| *f.borrow_mut() = previous);
+    }
+}
+
+/// Parses a [`FORCE_ENV`] value.
+pub fn parse_forced(value: &str) -> std::result::Result<Vec<ConvKernel>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            ConvKernel::from_name(name).ok_or_else(|| {
+                let all: Vec<&str> = ConvKernel::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "{FORCE_ENV}: unknown conv2d kernel {name:?}; the kernels are {}",
+                    all.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+fn env_forced() -> std::result::Result<&'static [ConvKernel], String> {
+    static ENV: OnceLock<std::result::Result<Vec<ConvKernel>, String>> = OnceLock::new();
+    ENV.get_or_init(|| parse_forced(&std::env::var(FORCE_ENV).unwrap_or_default()))
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+/// The kernel for `pass`: the forced one serving it (an error when it cannot run here),
+/// else [`plan`]'s. Recorded for [`last_kernel`].
+pub fn choose(op: &str, pass: ConvPass, shape: &ConvShape) -> Result<ConvKernel> {
+    let on_thread = FORCED.with(|f| f.borrow().iter().copied().find(|k| k.serves(pass)));
+    let thread_forces = FORCED.with(|f| !f.borrow().is_empty());
+    let forced = if thread_forces {
+        on_thread
+    } else {
+        env_forced()
+            .map_err(|reason| GpuError::KernelNotApplicable {
+                kernel: std::env::var(FORCE_ENV).unwrap_or_default(),
+                reason,
+            })?
+            .iter()
+            .copied()
+            .find(|k| k.serves(pass))
+    };
+    let kernel = match forced {
+        Some(k) => {
+            if let Some(reason) = not_applicable(k, pass, shape) {
+                return Err(GpuError::KernelNotApplicable {
+                    kernel: k.name().into(),
+                    reason: format!(
+                        "{op} of x {:?}: {reason}",
+                        [shape.n, shape.cin, shape.h, shape.w]
+                    ),
+                });
+            }
+            k
+        }
+        None => plan(pass, shape),
+    };
+    LAST.with(|l| {
+        let mut last = l.get();
+        last[pass as usize] = Some(kernel);
+        l.set(last);
+    });
+    Ok(kernel)
+}
+
+/// The kernel that ran the last `pass` launched on this thread.
+pub fn last_kernel(pass: ConvPass) -> Option<ConvKernel> {
+    LAST.with(Cell::get)[pass as usize]
+}
