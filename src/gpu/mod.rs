@@ -196,6 +196,14 @@ impl Staged {
     }
 }
 
+static NEXT_GPU_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The device this thread is dry-running ([`Gpu::dry_run`]) and its accounting.
+    static DRY_RUN: std::cell::RefCell<Option<(u64, Arc<MemoryStats>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// A submission to wait for with [`Gpu::wait_for`].
 pub struct Submitted {
     index: wgpu::SubmissionIndex,
@@ -214,8 +222,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     shader_modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
     pub(crate) memory: Arc<MemoryStats>,
-    /// During [`Gpu::dry_run`]: the accounting that dry allocations go to.
-    dry: Mutex<Option<Arc<MemoryStats>>>,
+    /// Tells this device apart in [`DRY_RUN`].
+    id: u64,
     device_error: Arc<Mutex<Option<String>>>,
     /// Why the device was lost, once it has been.
     lost: Arc<Mutex<Option<String>>>,
@@ -354,7 +362,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             shader_modules: Mutex::new(HashMap::new()),
             memory: Arc::new(MemoryStats::default()),
-            dry: Mutex::new(None),
+            id: NEXT_GPU_ID.fetch_add(1, Ordering::Relaxed),
             device_error,
             lost,
             subgroups,
@@ -428,21 +436,27 @@ impl Gpu {
         self.lost.lock().unwrap().is_some()
     }
 
-    /// The accounting that allocations go to now: the dry one inside [`Gpu::dry_run`].
+    /// The accounting that allocations go to now: the dry one inside [`Gpu::dry_run`] on
+    /// this thread.
     pub fn active_memory(&self) -> Arc<MemoryStats> {
-        match &*self.dry.lock().unwrap() {
-            Some(dry) => dry.clone(),
-            None => self.memory.clone(),
-        }
+        DRY_RUN
+            .with(|d| {
+                d.borrow()
+                    .as_ref()
+                    .filter(|(id, _)| *id == self.id)
+                    .map(|(_, stats)| stats.clone())
+            })
+            .unwrap_or_else(|| self.memory.clone())
     }
 
-    /// Whether this is inside [`Gpu::dry_run`].
+    /// Whether this thread is inside [`Gpu::dry_run`] on this device.
     pub fn is_dry(&self) -> bool {
-        self.dry.lock().unwrap().is_some()
+        DRY_RUN.with(|d| d.borrow().as_ref().is_some_and(|(id, _)| *id == self.id))
     }
 
     /// Runs `work` without running anything on the device, and returns what it would have
-    /// allocated. Inside, every tensor is a placeholder: allocations are counted at their
+    /// allocated. Only this thread's calls are dry: other threads using the device at the
+    /// same time are unaffected. Inside, every tensor is a placeholder: allocations are counted at their
     /// full size (and still checked against the binding limit) but take 4 bytes, launches
     /// are checked and their pipelines built but not recorded, copies, clears and writes are
     /// skipped, and read-backs return zeros. The counts follow the same rules as
@@ -450,9 +464,9 @@ impl Gpu {
     /// Tensors made inside must not outlive it.
     pub fn dry_run<T>(&self, work: impl FnOnce() -> Result<T>) -> (Result<T>, Arc<MemoryStats>) {
         let stats = Arc::new(MemoryStats::default());
-        let previous = self.dry.lock().unwrap().replace(stats.clone());
+        let previous = DRY_RUN.with(|d| d.borrow_mut().replace((self.id, stats.clone())));
         let out = work();
-        *self.dry.lock().unwrap() = previous;
+        DRY_RUN.with(|d| *d.borrow_mut() = previous);
         (out, stats)
     }
 

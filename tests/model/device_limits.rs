@@ -286,3 +286,30 @@ fn lost_device_keeps_the_last_checkpoint() {
     assert_eq!(history.len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A dry run is the calling thread's alone: another thread using the same device meanwhile
+/// gets real buffers and real results.
+#[test]
+fn a_dry_run_leaves_other_threads_alone() {
+    let gpu = crate::gpu();
+    let inside = std::sync::Barrier::new(2);
+    let done = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (r, stats) = gpu.dry_run(|| {
+                let t = gpu.zeros(&[1 << 20], "dry")?;
+                inside.wait();
+                done.wait();
+                Ok(t.numel())
+            });
+            assert_eq!(r.unwrap(), 1 << 20);
+            assert_eq!(stats.peak_live_bytes(), 4 << 20);
+        });
+        inside.wait();
+        assert!(!gpu.is_dry());
+        let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let t = gpu.upload(&values, &[1000], "real").unwrap();
+        assert_eq!(gpu.download(&t).unwrap(), values);
+        done.wait();
+    });
+}
