@@ -183,7 +183,59 @@ pub fn forward_train(
     beta: &Tensor,
     cfg: BnConfig,
 ) -> Result<()> {
-    let op = "batch_norm forward_train";
+    let kind = if y.is_some() {
+        TrainLayout::Train
+    } else {
+        TrainLayout::Stats
+    };
+    let running = Some((running_mean, running_var));
+    launch_train_layout(enc, kind, y, (mean, inv_std), running, x, gamma, beta, cfg)
+}
+
+/// The entry points on `train_*`'s bindings (x, gamma, beta, mean, inv_std, running mean
+/// and variance, y) and what each reads and writes of them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TrainLayout {
+    /// Statistics, running statistics and y.
+    Train,
+    /// Statistics and running statistics.
+    Stats,
+    /// This rank's (mean, M2) into (mean, inv_std)'s bindings.
+    Moments,
+    /// y from given (mean, inv_std); the running statistics are bound, not used.
+    Apply,
+}
+
+impl TrainLayout {
+    fn name(self) -> &'static str {
+        match self {
+            TrainLayout::Train => "train",
+            TrainLayout::Stats => "stats",
+            TrainLayout::Moments => "moments",
+            TrainLayout::Apply => "apply",
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_train_layout(
+    enc: &mut Encoder,
+    kind: TrainLayout,
+    y: Option<&Tensor>,
+    (mean, inv_std): (&Tensor, &Tensor),
+    running: Option<(&Tensor, &Tensor)>,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    cfg: BnConfig,
+) -> Result<()> {
+    let op = &format!(
+        "batch_norm {}",
+        match kind {
+            TrainLayout::Train | TrainLayout::Stats => "forward_train",
+            other => other.name(),
+        }
+    );
     let (mut p, vec) = geometry(op, x, y.map(|t| ("y", t)), None, cfg)?;
     if p.units == 0 {
         return Err(GpuError::Shape(format!(
@@ -192,43 +244,45 @@ pub fn forward_train(
         )));
     }
     let c = x.shape[1];
+    let stat_names = if kind == TrainLayout::Moments {
+        ("mean", "m2")
+    } else {
+        ("mean", "inv_std")
+    };
     p.gamma_off = per_channel(op, "gamma", gamma, c)?;
     p.beta_off = per_channel(op, "beta", beta, c)?;
-    p.mean_off = per_channel(op, "mean", mean, c)?;
-    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
-    p.running_mean_off = per_channel(op, "running_mean", running_mean, c)?;
-    p.running_var_off = per_channel(op, "running_var", running_var, c)?;
-    let mut writes = vec![
-        ("mean", mean),
-        ("inv_std", inv_std),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ];
-    if let Some(y) = y {
-        writes.push(("y", y));
+    p.mean_off = per_channel(op, stat_names.0, mean, c)?;
+    p.inv_std_off = per_channel(op, stat_names.1, inv_std, c)?;
+    let mut reads = vec![("x", x), ("gamma", gamma), ("beta", beta)];
+    let mut writes = vec![];
+    match kind {
+        TrainLayout::Apply => reads.extend([("mean", mean), ("inv_std", inv_std)]),
+        _ => writes.extend([(stat_names.0, mean), (stat_names.1, inv_std)]),
     }
-    no_alias(op, &writes, &[("x", x), ("gamma", gamma), ("beta", beta)])?;
-    let bytes = bytemuck::bytes_of(&p);
+    if let Some((rm, rv)) = running {
+        p.running_mean_off = per_channel(op, "running_mean", rm, c)?;
+        p.running_var_off = per_channel(op, "running_var", rv, c)?;
+        if kind != TrainLayout::Apply {
+            writes.extend([("running_mean", rm), ("running_var", rv)]);
+        }
+    }
+    writes.extend(y.map(|y| ("y", y)));
+    no_alias(op, &writes, &reads)?;
     let mut args = vec![
-        Arg::Uniform(bytes),
+        Arg::Uniform(bytemuck::bytes_of(&p)),
         Arg::Read(x),
         Arg::Read(gamma),
         Arg::Read(beta),
         Arg::Write(mean),
         Arg::Write(inv_std),
-        Arg::Write(running_mean),
-        Arg::Write(running_var),
     ];
-    let entry = match y {
-        Some(y) => {
-            args.push(Arg::Write(y));
-            format!("train_v{vec}")
-        }
-        None => format!("stats_v{vec}"),
-    };
+    if let Some((rm, rv)) = running {
+        args.extend([Arg::Write(rm), Arg::Write(rv)]);
+    }
+    args.extend(y.map(Arg::Write));
     enc.launch(Launch {
         shader: &SHADER,
-        entry: &entry,
+        entry: &format!("{}_v{vec}", kind.name()),
         overrides: &[("WG", lanes(&p))],
         args: &args,
         workgroups: channel_grid(op, p.channels)?,
@@ -375,32 +429,18 @@ pub fn moments(
     beta: &Tensor,
     cfg: BnConfig,
 ) -> Result<()> {
-    let op = "batch_norm moments";
-    let (mut p, vec) = geometry(op, x, None, None, cfg)?;
-    if p.units == 0 {
-        return Err(GpuError::Shape(format!(
-            "{op}: x has shape {:?}; training needs at least one value per channel",
-            x.shape
-        )));
-    }
-    let c = x.shape[1];
-    p.mean_off = per_channel(op, "mean", mean, c)?;
-    p.inv_std_off = per_channel(op, "m2", m2, c)?;
-    no_alias(op, &[("mean", mean), ("m2", m2)], &[("x", x)])?;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &format!("moments_v{vec}"),
-        overrides: &[("WG", lanes(&p))],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Read(gamma),
-            Arg::Read(beta),
-            Arg::Write(mean),
-            Arg::Write(m2),
-        ],
-        workgroups: channel_grid(op, p.channels)?,
-    })
+    let stats = (mean, m2);
+    launch_train_layout(
+        enc,
+        TrainLayout::Moments,
+        None,
+        stats,
+        None,
+        x,
+        gamma,
+        beta,
+        cfg,
+    )
 }
 
 /// Synchronised BN, forward part 2: `y = gamma * (x - mean) * inv_std + beta` (then
@@ -419,41 +459,19 @@ pub fn apply(
     beta: &Tensor,
     cfg: BnConfig,
 ) -> Result<()> {
-    let op = "batch_norm apply";
-    let (mut p, vec) = geometry(op, x, Some(("y", y)), None, cfg)?;
-    let c = x.shape[1];
-    p.gamma_off = per_channel(op, "gamma", gamma, c)?;
-    p.beta_off = per_channel(op, "beta", beta, c)?;
-    p.mean_off = per_channel(op, "mean", mean, c)?;
-    p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
-    no_alias(
-        op,
-        &[("y", y)],
-        &[
-            ("x", x),
-            ("gamma", gamma),
-            ("beta", beta),
-            ("mean", mean),
-            ("inv_std", inv_std),
-        ],
-    )?;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &format!("apply_v{vec}"),
-        overrides: &[("WG", lanes(&p))],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Read(gamma),
-            Arg::Read(beta),
-            Arg::Write(mean),
-            Arg::Write(inv_std),
-            Arg::Write(running_mean),
-            Arg::Write(running_var),
-            Arg::Write(y),
-        ],
-        workgroups: channel_grid(op, p.channels)?,
-    })
+    let running = Some((running_mean, running_var));
+    let stats = (mean, inv_std);
+    launch_train_layout(
+        enc,
+        TrainLayout::Apply,
+        Some(y),
+        stats,
+        running,
+        x,
+        gamma,
+        beta,
+        cfg,
+    )
 }
 
 /// Synchronised BN, backward part 1: accumulates this rank's `d_gamma += sum(g * xhat)` and
