@@ -14,21 +14,21 @@ fn param(name: &str, shape: &[usize], seed: u64) -> Param {
     Param::new(gpu(), name, &data, shape).unwrap()
 }
 
+/// Random images (2, 3, 5, 5) in [-1, 1].
+fn images(seed: u64) -> densenet_wgpu::Tensor {
+    let values: Vec<f32> = Rng::new(seed)
+        .vec(2 * 3 * 5 * 5, -1.0, 1.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    gpu().upload(&values, &[2, 3, 5, 5], "x").unwrap()
+}
+
 /// loss = CE(linear(gap(concat(relu(conv(a)), relu(conv(b))))), labels); with `shared`,
 /// a and b are the same parameter.
 fn grads(shared: bool) -> (Vec<f32>, Vec<f32>) {
     let g = gpu();
-    let x = g
-        .upload(
-            &Rng::new(9)
-                .vec(2 * 3 * 5 * 5, -1.0, 1.0)
-                .iter()
-                .map(|&v| v as f32)
-                .collect::<Vec<_>>(),
-            &[2, 3, 5, 5],
-            "x",
-        )
-        .unwrap();
+    let x = images(9);
     let w1 = param("w1", &[4, 3, 3, 3], 1);
     let w2 = param("w2", &[4, 3, 3, 3], 1); // same values as w1
     let fc = param("fc", &[3, 8], 2);
@@ -254,17 +254,7 @@ fn tape_bounds_the_memory_held_for_in_flight_work() {
 #[test]
 fn backward_with_reports_each_parameter_once_when_its_gradient_is_final() {
     let g = gpu();
-    let x = g
-        .upload(
-            &Rng::new(4)
-                .vec(2 * 3 * 5 * 5, -1.0, 1.0)
-                .iter()
-                .map(|&v| v as f32)
-                .collect::<Vec<_>>(),
-            &[2, 3, 5, 5],
-            "x",
-        )
-        .unwrap();
+    let x = images(4);
     let w = param("w", &[4, 3, 3, 3], 1);
     let fc = param("fc", &[3, 8], 2);
     let labels = g.upload(&[1.0, 2.0], &[2], "labels").unwrap();
