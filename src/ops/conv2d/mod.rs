@@ -792,39 +792,28 @@ pub fn backward_weight(
     let mut consts = Consts::new(t, prologue.is_some());
     consts.wg = wg_size;
     let (shader, entry) = kernel.entry(enc.subgroups());
+    // backward_weight_strided reads d_y from a pixel-major copy.
+    let pixel_major;
+    let mut d_y_read = d_y;
     if kernel == ConvKernel::WeightStrided {
-        let dyt = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow])?;
+        pixel_major = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow])?;
+        d_y_read = &pixel_major;
         consts.vec4_groups = true;
-        enc.launch(Launch {
-            shader,
-            entry,
-            overrides: &consts.list(),
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&p)),
-                Arg::Read(&dyt),
-                Arg::Read(x),
-                Arg::Read(scale),
-                Arg::Read(shift),
-                Arg::Write(&part),
-            ],
-            workgroups: [col_blocks, tiles, chunks as u32],
-        })?;
-    } else {
-        enc.launch(Launch {
-            shader,
-            entry,
-            overrides: &consts.list(),
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&p)),
-                Arg::Read(d_y),
-                Arg::Read(x),
-                Arg::Read(scale),
-                Arg::Read(shift),
-                Arg::Write(&part),
-            ],
-            workgroups: [col_blocks, tiles, chunks as u32],
-        })?;
     }
+    enc.launch(Launch {
+        shader,
+        entry,
+        overrides: &consts.list(),
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&p)),
+            Arg::Read(d_y_read),
+            Arg::Read(x),
+            Arg::Read(scale),
+            Arg::Read(shift),
+            Arg::Write(&part),
+        ],
+        workgroups: [col_blocks, tiles, chunks as u32],
+    })?;
 
     // Pass 2: fixed-order sum over chunks, accumulated into d_weight / d_bias.
     p.w_off = w_off;
