@@ -114,6 +114,30 @@ fn assert_outside(t: &Tensor, slot: Option<(usize, usize)>, fill: f64) {
     }
 }
 
+/// `d.d_y`, with ReLU zeroed where BN(x) is within rounding of 0: those values could take
+/// either side of the mask, so the comparison must not depend on them.
+fn d_y_off_the_kink(d: &Data, shape: [usize; 4], cfg: BnConfig) -> Vec<f64> {
+    let mut d_y = d.d_y.clone();
+    if cfg.relu {
+        let pre = reference::forward_train(
+            &d.x,
+            shape,
+            &d.gamma,
+            &d.beta,
+            &d.running_mean,
+            &d.running_var,
+            PLAIN,
+        )
+        .0;
+        for (g, p) in d_y.iter_mut().zip(&pre) {
+            if p.abs() < 1e-4 {
+                *g = 0.0;
+            }
+        }
+    }
+    d_y
+}
+
 fn zeros(shape: &[usize], label: &str) -> Tensor {
     gpu().zeros(shape, label).unwrap()
 }
@@ -135,26 +159,7 @@ fn check_train(seed: u64, shape: [usize; 4], cfg: BnConfig, slots: Slots) {
         &d.running_var,
         cfg,
     );
-    // With ReLU, values of BN(x) within rounding of 0 could take either side of the mask:
-    // give them no upstream gradient so that the comparison does not depend on it.
-    let mut d_y = d.d_y.clone();
-    if cfg.relu {
-        let pre = reference::forward_train(
-            &d.x,
-            shape,
-            &d.gamma,
-            &d.beta,
-            &d.running_mean,
-            &d.running_var,
-            PLAIN,
-        )
-        .0;
-        for (g, p) in d_y.iter_mut().zip(&pre) {
-            if p.abs() < 1e-4 {
-                *g = 0.0;
-            }
-        }
-    }
+    let d_y = d_y_off_the_kink(&d, shape, cfg);
     let prior_dx = f64s(&f32s(&rand(seed + 10, n * c * h * w, -1.0, 1.0)));
     let prior_dg = f64s(&f32s(&rand(seed + 11, c, -1.0, 1.0)));
     let prior_db = f64s(&f32s(&rand(seed + 12, c, -1.0, 1.0)));
@@ -391,15 +396,7 @@ fn check_synchronised(seed: u64, shape: [usize; 4], cfg: BnConfig) {
         &d.running_var,
         cfg,
     );
-    let mut d_y = d.d_y.clone();
-    if cfg.relu {
-        // No upstream gradient where BN(x) is within rounding of the ReLU's kink.
-        for (g, p) in d_y.iter_mut().zip(&y_ref) {
-            if p.abs() < 1e-4 {
-                *g = 0.0;
-            }
-        }
-    }
+    let d_y = d_y_off_the_kink(&d, shape, cfg);
     let gamma = upload(&d.gamma, &[c], "gamma");
     let beta = upload(&d.beta, &[c], "beta");
     let rm = upload(&d.running_mean, &[c], "running_mean");
