@@ -9,7 +9,7 @@ mod support;
 use densenet_wgpu::gpu::{Encoder, Gpu, Result, Tensor};
 use densenet_wgpu::ops::avg_pool2d::Pool2dSpec;
 use densenet_wgpu::ops::batch_norm::BnConfig;
-use densenet_wgpu::ops::conv2d::Conv2dSpec;
+use densenet_wgpu::ops::conv2d::{Conv2dSpec, ConvKernel, ConvPass};
 use densenet_wgpu::ops::{avg_pool2d, batch_norm, concat, conv2d, linear, max_pool2d, relu};
 use densenet_wgpu::rng::Rng;
 use support::{ceilings, json_num, json_str, time, write_jsonl};
@@ -18,13 +18,6 @@ use support::{ceilings, json_num, json_str, time, write_jsonl};
 struct Cost {
     flops: f64,
     bytes: f64,
-}
-
-struct Row {
-    name: String,
-    pass: &'static str,
-    ms: f64,
-    cost: Cost,
 }
 
 fn rand_tensor(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -99,22 +92,38 @@ fn conv_case(
     Ok(passes)
 }
 
+/// The convolution pass a row of a `conv*` case times.
+fn conv_pass(case: &str, pass: &str) -> Option<ConvPass> {
+    if !case.starts_with("conv") {
+        return None;
+    }
+    match pass {
+        "forward" => Some(ConvPass::Forward),
+        "backward_data" => Some(ConvPass::BackwardData),
+        "backward_weight" => Some(ConvPass::BackwardWeight),
+        _ => None,
+    }
+}
+
 fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
     let mut out = Vec::new();
-    out.push((
-        "conv3x3_n8_c128_k32_s28".to_string(),
-        conv_case(
-            gpu,
-            [8, 128, 28],
-            32,
-            3,
-            Conv2dSpec {
-                stride: 1,
-                padding: 1,
-            },
-            true,
-        )?,
-    ));
+    // DenseNet-121's 3x3 convolutions (batch 8) at its four feature-map sizes.
+    for s in [56, 28, 14, 7] {
+        out.push((
+            format!("conv3x3_n8_c128_k32_s{s}"),
+            conv_case(
+                gpu,
+                [8, 128, s],
+                32,
+                3,
+                Conv2dSpec {
+                    stride: 1,
+                    padding: 1,
+                },
+                true,
+            )?,
+        ));
+    }
     out.push((
         "conv1x1_n8_c256_k128_s56".to_string(),
         conv_case(
@@ -459,8 +468,8 @@ fn run() -> Result<()> {
         ceil.gflops, ceil.gbps
     );
     println!(
-        "{:<26} {:<16} {:>10} {:>10} {:>8} {:>10} {:>8}",
-        "kernel", "pass", "median ms", "GFLOP/s", "%peak", "GB/s", "%copy"
+        "{:<26} {:<16} {:<24} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        "case", "pass", "kernel", "median ms", "GFLOP/s", "%peak", "GB/s", "%copy"
     );
     let mut rows = Vec::new();
     for (name, passes) in cases(&gpu)? {
@@ -468,45 +477,92 @@ fn run() -> Result<()> {
             continue;
         }
         for (pass, cost, mut f) in passes {
-            let secs = time(&gpu, 7, |e| f(e))?;
-            let row = Row {
-                name: name.clone(),
-                pass,
-                ms: secs * 1e3,
-                cost,
-            };
-            let gflops = (row.cost.flops > 0.0).then(|| row.cost.flops / secs / 1e9);
-            let gbps = row.cost.bytes / secs / 1e9;
-            println!(
-                "{:<26} {:<16} {:>10.3} {:>10} {:>8} {:>10.2} {:>7.0}%",
-                row.name,
-                row.pass,
-                row.ms,
-                gflops
-                    .map(|g| format!("{g:.2}"))
-                    .unwrap_or_else(|| "-".into()),
-                gflops
-                    .map(|g| format!("{:.0}%", 100.0 * g / ceil.gflops))
-                    .unwrap_or_else(|| "-".into()),
-                gbps,
-                100.0 * gbps / ceil.gbps
-            );
-            rows.push(format!(
-                "{{\"name\":{},\"pass\":{},\"ms\":{},\"gflops\":{},\"gbps\":{},\"adapter\":{},\"ceiling_gflops\":{},\"ceiling_gbps\":{}}}",
-                json_str(&row.name),
-                json_str(row.pass),
-                json_num(Some(row.ms)),
-                json_num(gflops),
-                json_num(Some(gbps)),
-                json_str(&adapter),
-                json_num(Some(ceil.gflops)),
-                json_num(Some(ceil.gbps))
-            ));
+            // Convolutions: the planner's kernel, then each other kernel that can run the
+            // pass, forced.
+            let mut variants: Vec<Option<ConvKernel>> = vec![None];
+            if let Some(conv) = conv_pass(&name, pass) {
+                variants.extend(
+                    ConvKernel::ALL
+                        .into_iter()
+                        .filter(|k| k.serves(conv))
+                        .map(Some),
+                );
+            }
+            let mut planned = None;
+            for forced in variants {
+                let _guard = forced.map(|k| conv2d::force(&[k]));
+                let secs = match time(&gpu, 7, |e| f(e)) {
+                    Ok(secs) => secs,
+                    Err(densenet_wgpu::GpuError::KernelNotApplicable { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                let ran = conv_pass(&name, pass).and_then(conv2d::last_kernel);
+                if forced.is_none() {
+                    planned = ran;
+                } else if ran == planned {
+                    continue;
+                }
+                let kernel = match ran {
+                    Some(k) if forced.is_none() => format!("{k}*"),
+                    Some(k) => k.to_string(),
+                    None => String::new(),
+                };
+                record(
+                    &mut rows, &name, pass, &kernel, secs, &cost, &ceil, &adapter,
+                );
+            }
         }
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/kernels.jsonl");
     write_jsonl(&path, &rows)
         .map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
     println!("\nwrote {}", path.display());
+    println!(
+        "* the planner's kernel; the other rows force a kernel ({})",
+        conv2d::FORCE_ENV
+    );
     Ok(())
+}
+
+/// Prints one row and adds its JSON line to `rows`.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    rows: &mut Vec<String>,
+    name: &str,
+    pass: &'static str,
+    kernel: &str,
+    secs: f64,
+    cost: &Cost,
+    ceil: &support::Ceilings,
+    adapter: &str,
+) {
+    let gflops = (cost.flops > 0.0).then(|| cost.flops / secs / 1e9);
+    let gbps = cost.bytes / secs / 1e9;
+    println!(
+        "{:<26} {:<16} {:<24} {:>10.3} {:>10} {:>8} {:>10.2} {:>7.0}%",
+        name,
+        pass,
+        kernel,
+        secs * 1e3,
+        gflops
+            .map(|g| format!("{g:.2}"))
+            .unwrap_or_else(|| "-".into()),
+        gflops
+            .map(|g| format!("{:.0}%", 100.0 * g / ceil.gflops))
+            .unwrap_or_else(|| "-".into()),
+        gbps,
+        100.0 * gbps / ceil.gbps
+    );
+    rows.push(format!(
+        "{{\"name\":{},\"pass\":{},\"kernel\":{},\"ms\":{},\"gflops\":{},\"gbps\":{},\"adapter\":{},\"ceiling_gflops\":{},\"ceiling_gbps\":{}}}",
+        json_str(name),
+        json_str(pass),
+        json_str(kernel.trim_end_matches('*')),
+        json_num(Some(secs * 1e3)),
+        json_num(gflops),
+        json_num(Some(gbps)),
+        json_str(adapter),
+        json_num(Some(ceil.gflops)),
+        json_num(Some(ceil.gbps))
+    ));
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run on a rented NVIDIA machine (see docs/performance.md, "GPU"):
-# kernel and model tests on the GPU adapter, both benches, PyTorch's step on the same card,
-# and a DenseNet-121 golden check made there with PyTorch.
+# kernel and model tests on the GPU adapter, both benches (the kernels bench times every
+# convolution kernel that can run each pass, the implicit-GEMM ones included; the train
+# step runs once as planned and once with the implicit-GEMM kernels forced), PyTorch's
+# step on the same card, and a DenseNet-121 golden check made there with PyTorch.
 #
 # Built elsewhere and carried along (nothing is compiled here):
 #   .devbin/{train,kernels-test,model-test,kernels-bench,train_step-bench,load_costs-bench}
@@ -52,6 +54,11 @@ log "train-step benchmark"
 BENCH_STEPS=5 timeout 300 "$B/train_step-bench" > "$OUT/bench_train_step.txt" 2>&1
 cat "$OUT/bench_train_step.txt" >> "$OUT/summary.txt"
 cp "$ROOT/target/bench/train_step.jsonl" "$OUT/" 2>/dev/null
+log "train-step benchmark with the implicit-GEMM convolution kernels forced"
+DENSENET_WGPU_CONV=gemm_forward,gemm_backward_data,gemm_backward_weight BENCH_STEPS=5 \
+    timeout 200 "$B/train_step-bench" > "$OUT/bench_train_step_gemm.txt" 2>&1
+cat "$OUT/bench_train_step_gemm.txt" >> "$OUT/summary.txt"
+cp "$ROOT/target/bench/train_step.jsonl" "$OUT/train_step_gemm.jsonl" 2>/dev/null
 
 log "PyTorch on the same GPU"
 [ -n "${SKIP_TORCH:-}" ] || PYTHONUNBUFFERED=1 timeout 240 python3 benches/gpu/torch_step.py "$OUT/torch_step.jsonl" 2>&1 | tee -a "$OUT/summary.txt"

@@ -1,6 +1,6 @@
 // Where a register-tiled kernel's time goes (benches/load_costs.rs): conv1x1's inner loop
 //   out[n, oc, q] = sum_rc w[oc, rc] * x[n, rc, q]
-// (same tile, dispatch and subgroup weight sharing as conv1x1_sg in conv2d.wgsl, without
+// (same tile, dispatch and subgroup weight sharing as conv1x1_sg in shaders/conv2d/forward.wgsl, without
 // views, bias or prologue), with its loads switched off one at a time by override
 // constants. A switched-off operand is replaced by a value computed from the loop counter,
 // so the multiply-adds stay the same and the compiler cannot fold them away:

@@ -705,6 +705,14 @@ fn every_kernel_forced_matches_the_reference() {
         },
         // Stride 2 with an odd output.
         case(1, 4, 9, 9, 6, (3, 3), 2, 1),
+        // Several row and column blocks and reduction chunks of the GEMM kernels, several
+        // channel tiles of Winograd's on an odd plane; views, bias and a prologue.
+        Case {
+            bias: true,
+            prologue: true,
+            views: true,
+            ..case(2, 6, 17, 13, 70, (3, 3), 1, 1)
+        },
     ];
     let mut ran = std::collections::HashMap::new();
     for kernel in ConvKernel::ALL {

@@ -6,9 +6,11 @@
 //! The dispatch layout, the subgroup variants and the weight-gradient reduction are described
 //! in `docs/kernels.md` (section conv2d).
 
+mod launch;
 mod plan;
 pub mod reference;
 
+pub use launch::GemmTile;
 pub use plan::{
     force, last_kernel, not_applicable, parse_forced, plan, ConvKernel, ConvPass, ConvShape,
     Forced, FORCE_ENV,
@@ -20,10 +22,30 @@ use crate::gpu::{expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch
 use crate::gpu::{Shader, Tensor};
 use crate::tape::{output_grad, Backward, RunningStats, Tape, Var};
 
-pub const SHADER: Shader = shader!("conv2d" = ["conv2d", "conv2d_uniform_loads"]);
-/// conv2d.wgsl plus the subgroup variants of its fast paths (adapters with subgroups of at
+/// The register-tiled kernels (`shaders/conv2d/`: common, one file per pass, layout) with
+/// the plain forms of their workgroup-uniform loads.
+pub const SHADER: Shader = shader!(
+    "conv2d" = [
+        "conv2d/common",
+        "conv2d/forward",
+        "conv2d/backward_data",
+        "conv2d/backward_weight",
+        "conv2d/layout",
+        "conv2d/uniform_loads"
+    ]
+);
+/// The same kernels plus the subgroup variants of the fast paths (adapters with subgroups of at
 /// least 8 invocations, see [`Encoder::subgroups`]).
-pub const SUBGROUP_SHADER: Shader = shader!("conv2d_subgroup" = ["conv2d", "conv2d_subgroup"]);
+pub const SUBGROUP_SHADER: Shader = shader!(
+    "conv2d_subgroup" = [
+        "conv2d/common",
+        "conv2d/forward",
+        "conv2d/backward_data",
+        "conv2d/backward_weight",
+        "conv2d/layout",
+        "conv2d/subgroup"
+    ]
+);
 
 /// Invocations per workgroup.
 const WG: u32 = 64;
@@ -463,6 +485,15 @@ pub fn forward(
     p.red_c = p.cin;
     p.w_out_stride = (g.cin * g.kh * g.kw) as u32;
     p.w_red_stride = (g.kh * g.kw) as u32;
+    match kernel {
+        ConvKernel::GemmForward => {
+            return launch::gemm_data_pass(enc, OP, &g, spec, &p, weight, x, y, bias, prologue)
+        }
+        ConvKernel::Winograd => {
+            return launch::winograd(enc, OP, &g, &p, weight, x, y, bias, prologue);
+        }
+        _ => {}
+    }
     let (scale, shift) = match prologue {
         Some(pr) => (pr.scale, pr.shift),
         None => (x, x),
@@ -639,7 +670,7 @@ pub fn backward_data(
     let g = geometry(OP, "d_x", d_x, ("weight", weight), "d_y", d_y, spec)?;
     let shape = conv_shape(&g, spec, (d_y, d_x), d_y, false);
     let kernel = plan::choose(OP, ConvPass::BackwardData, &shape)?;
-    let fast = kernel != ConvKernel::BackwardData;
+    let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
     if let Some(hw) = padded_plane(&g, spec, false).filter(|_| fast) {
         not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
         let dyp = pad_planes(enc, OP, d_y, hw)?;
@@ -659,6 +690,15 @@ pub fn backward_data(
     p.w_red_stride = (g.cin * g.kh * g.kw) as u32;
     p.flip = 1;
     p.accumulate = 1;
+    match kernel {
+        ConvKernel::GemmBackwardData => {
+            return launch::gemm_data_pass(enc, OP, &g, spec, &p, weight, d_y, d_x, None, None)
+        }
+        ConvKernel::Winograd => {
+            return launch::winograd(enc, OP, &g, &p, weight, d_y, d_x, None, None);
+        }
+        _ => {}
+    }
     let (workgroups, consts) = pick(OP, kernel, &g, g.cin)?;
     let packed;
     let mut w_used = weight;
@@ -738,82 +778,18 @@ pub fn backward_weight(
 
     let ncol = g.cin * g.kh * g.kw;
     let nw = g.cout * ncol;
-    // The reduction axis: pixels, or groups of 4 pixels for backward_weight_rows.
-    let grouped = fast;
-    let npix = g.n * g.oh * g.ow / if grouped { 4 } else { 1 };
-    let (t, wg_size, per_lane) = match kernel {
-        ConvKernel::WeightStrided => (BWD_WEIGHT_STRIDED, BWD_WEIGHT_STRIDED_WG, ncol.div_ceil(4)),
-        ConvKernel::WeightRows => (narrow(BWD_WEIGHT_ROWS, g.cout), WG, g.cin * g.kh),
-        ConvKernel::WeightDot => (
-            narrow(BWD_WEIGHT_DOT, g.cout),
-            lanes_for(g.cin.div_ceil(8)),
-            g.cin.div_ceil(8),
-        ),
-        ConvKernel::WeightPartial => (GENERAL_BWD_WEIGHT, WG, ncol),
-        other => unreachable!("{other} is not a weight-gradient kernel"),
-    };
-    let col_blocks = if kernel == ConvKernel::WeightDot {
-        super::groups(per_lane, wg_size)
-    } else {
-        super::groups(per_lane, wg_size * t.px)
-    };
-    let tiles = super::groups(g.cout, t.ch);
     if nw == 0 {
         return Ok(());
     }
-    // Chunks: enough workgroups to fill the device, chunks not too short.
-    let base = (col_blocks as usize * tiles as usize).max(1);
-    let min_chunk = if grouped { MIN_CHUNK / 4 } else { MIN_CHUNK };
-    let max_chunks = npix.div_ceil(min_chunk).max(1);
-    let want = (TARGET_WORKGROUPS as usize)
-        .div_ceil(base)
-        .clamp(1, max_chunks);
-    let chunk_len = npix.div_ceil(want).max(1);
-    let chunks = npix.div_ceil(chunk_len).max(1);
-    let part_stride = nw + g.cout;
-    p.chunk_len = to_u32(OP, "chunk length", chunk_len)?;
-    p.chunks = to_u32(OP, "chunks", chunks)?;
-    p.part_stride = to_u32(OP, "partial sums", part_stride)?;
-    to_u32(OP, "partial sums", chunks * part_stride)?;
-    if tiles > crate::gpu::MAX_WORKGROUPS_PER_DIM
-        || col_blocks > crate::gpu::MAX_WORKGROUPS_PER_DIM
-        || chunks > crate::gpu::MAX_WORKGROUPS_PER_DIM as usize
-    {
-        return Err(GpuError::Limit(format!(
-            "{OP}: grid [{col_blocks}, {tiles}, {chunks}] exceeds 65,535 workgroups per dimension"
-        )));
-    }
-    let gpu = enc.gpu();
-    let part = gpu.zeros(&[chunks, part_stride], "conv2d d_weight partial sums")?;
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (x, x),
+    let part = if kernel == ConvKernel::GemmWeight {
+        let blocks = launch::gemm_blocks(g.cout, ncol);
+        let (chunk_len, chunks) = launch::gemm_weight_chunks(g.n * g.oh * g.ow, blocks);
+        let part = partial_sums_scratch(enc, OP, &mut p, chunk_len, chunks, nw + g.cout)?;
+        launch::gemm_backward_weight(enc, OP, &g, spec, &p, (d_y, x), prologue, &part)?;
+        part
+    } else {
+        weight_partial_sums(enc, OP, kernel, &g, &mut p, (d_y, x), prologue)?
     };
-    let mut consts = Consts::new(t, prologue.is_some());
-    consts.wg = wg_size;
-    let (shader, entry) = kernel.entry(enc.subgroups());
-    // backward_weight_strided reads d_y from a pixel-major copy.
-    let pixel_major;
-    let mut d_y_read = d_y;
-    if kernel == ConvKernel::WeightStrided {
-        pixel_major = to_pixel_major(enc, OP, &p, d_y, [g.cout, g.oh, g.ow])?;
-        d_y_read = &pixel_major;
-        consts.vec4_groups = true;
-    }
-    enc.launch(Launch {
-        shader,
-        entry,
-        overrides: &consts.list(),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(d_y_read),
-            Arg::Read(x),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(&part),
-        ],
-        workgroups: [col_blocks, tiles, chunks as u32],
-    })?;
 
     // Pass 2: fixed-order sum over chunks, accumulated into d_weight / d_bias.
     p.w_off = w_off;
@@ -841,6 +817,109 @@ pub fn backward_weight(
         ],
         workgroups: Gpu::grid_1d(super::groups(total, WG)),
     })
+}
+
+/// The scratch of the weight gradient's partial sums, `[chunks, part_stride]`, with `p`'s
+/// chunking fields set.
+fn partial_sums_scratch(
+    enc: &mut Encoder,
+    op: &str,
+    p: &mut Params,
+    chunk_len: usize,
+    chunks: usize,
+    part_stride: usize,
+) -> Result<Tensor> {
+    p.chunk_len = to_u32(op, "chunk length", chunk_len)?;
+    p.chunks = to_u32(op, "chunks", chunks)?;
+    p.part_stride = to_u32(op, "partial sums", part_stride)?;
+    to_u32(op, "partial sums", chunks * part_stride)?;
+    if chunks > crate::gpu::MAX_WORKGROUPS_PER_DIM as usize {
+        return Err(GpuError::Limit(format!(
+            "{op}: {chunks} reduction chunks exceed 65,535 workgroups per dimension"
+        )));
+    }
+    enc.gpu()
+        .zeros(&[chunks, part_stride], "conv2d d_weight partial sums")
+}
+
+/// Pass 1 of the weight gradient on the register-tiled kernels: partial sums of d_w and
+/// d_b over chunks of the pixel axis.
+fn weight_partial_sums(
+    enc: &mut Encoder,
+    op: &str,
+    kernel: ConvKernel,
+    g: &Geom,
+    p: &mut Params,
+    (d_y, x): (&Tensor, &Tensor),
+    prologue: Option<BnReluPrologue>,
+) -> Result<Tensor> {
+    let ncol = g.cin * g.kh * g.kw;
+    // The reduction axis: pixels, or groups of 4 pixels for backward_weight_dot / _rows.
+    let grouped = matches!(kernel, ConvKernel::WeightDot | ConvKernel::WeightRows);
+    let npix = g.n * g.oh * g.ow / if grouped { 4 } else { 1 };
+    let (t, wg_size, per_lane) = match kernel {
+        ConvKernel::WeightStrided => (BWD_WEIGHT_STRIDED, BWD_WEIGHT_STRIDED_WG, ncol.div_ceil(4)),
+        ConvKernel::WeightRows => (narrow(BWD_WEIGHT_ROWS, g.cout), WG, g.cin * g.kh),
+        ConvKernel::WeightDot => (
+            narrow(BWD_WEIGHT_DOT, g.cout),
+            lanes_for(g.cin.div_ceil(8)),
+            g.cin.div_ceil(8),
+        ),
+        ConvKernel::WeightPartial => (GENERAL_BWD_WEIGHT, WG, ncol),
+        other => unreachable!("{other} is not a register-tiled weight-gradient kernel"),
+    };
+    let col_blocks = if kernel == ConvKernel::WeightDot {
+        super::groups(per_lane, wg_size)
+    } else {
+        super::groups(per_lane, wg_size * t.px)
+    };
+    let tiles = super::groups(g.cout, t.ch);
+    // Chunks: enough workgroups to fill the device, chunks not too short.
+    let base = (col_blocks as usize * tiles as usize).max(1);
+    let min_chunk = if grouped { MIN_CHUNK / 4 } else { MIN_CHUNK };
+    let max_chunks = npix.div_ceil(min_chunk).max(1);
+    let want = (TARGET_WORKGROUPS as usize)
+        .div_ceil(base)
+        .clamp(1, max_chunks);
+    let chunk_len = npix.div_ceil(want).max(1);
+    let chunks = npix.div_ceil(chunk_len).max(1);
+    if tiles > crate::gpu::MAX_WORKGROUPS_PER_DIM || col_blocks > crate::gpu::MAX_WORKGROUPS_PER_DIM
+    {
+        return Err(GpuError::Limit(format!(
+            "{op}: grid [{col_blocks}, {tiles}, {chunks}] exceeds 65,535 workgroups per dimension"
+        )));
+    }
+    let part = partial_sums_scratch(enc, op, p, chunk_len, chunks, g.cout * ncol + g.cout)?;
+    let (scale, shift) = match prologue {
+        Some(pr) => (pr.scale, pr.shift),
+        None => (x, x),
+    };
+    let mut consts = Consts::new(t, prologue.is_some());
+    consts.wg = wg_size;
+    let (shader, entry) = kernel.entry(enc.subgroups());
+    // backward_weight_strided reads d_y from a pixel-major copy.
+    let pixel_major;
+    let mut d_y_read = d_y;
+    if kernel == ConvKernel::WeightStrided {
+        pixel_major = to_pixel_major(enc, op, p, d_y, [g.cout, g.oh, g.ow])?;
+        d_y_read = &pixel_major;
+        consts.vec4_groups = true;
+    }
+    enc.launch(Launch {
+        shader,
+        entry,
+        overrides: &consts.list(),
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(&*p)),
+            Arg::Read(d_y_read),
+            Arg::Read(x),
+            Arg::Read(scale),
+            Arg::Read(shift),
+            Arg::Write(&part),
+        ],
+        workgroups: [col_blocks, tiles, chunks as u32],
+    })?;
+    Ok(part)
 }
 
 // Tape entries.

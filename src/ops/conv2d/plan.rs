@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::OnceLock;
 
+use super::launch::{GEMM_SHADER, WINOGRAD_SHADER};
 use super::{Conv2dSpec, SHADER, SUBGROUP_SHADER};
 use crate::gpu::{GpuError, Result, Shader};
 
@@ -46,10 +47,20 @@ pub enum ConvKernel {
     WeightStrided,
     /// Any weight gradient.
     WeightPartial,
+    /// Any forward, as an implicit GEMM in workgroup memory (shaped for discrete GPUs).
+    GemmForward,
+    /// Any backward-data, as an implicit GEMM in workgroup memory.
+    GemmBackwardData,
+    /// Any weight gradient, as an implicit GEMM in workgroup memory, split along the
+    /// pixels into chunks summed in a fixed order.
+    GemmWeight,
+    /// Forward and backward-data of 3x3 / stride 1 / padding 1 convolutions by Winograd
+    /// F(2x2, 3x3), any views and plane sizes.
+    Winograd,
 }
 
 impl ConvKernel {
-    pub const ALL: [ConvKernel; 8] = [
+    pub const ALL: [ConvKernel; 12] = [
         ConvKernel::Conv1x1,
         ConvKernel::Conv3x3,
         ConvKernel::ForwardTiled,
@@ -58,9 +69,14 @@ impl ConvKernel {
         ConvKernel::WeightRows,
         ConvKernel::WeightStrided,
         ConvKernel::WeightPartial,
+        ConvKernel::GemmForward,
+        ConvKernel::GemmBackwardData,
+        ConvKernel::GemmWeight,
+        ConvKernel::Winograd,
     ];
 
-    /// The kernel's name: its entry point in `shaders/conv2d.wgsl`.
+    /// The kernel's name: its entry point in `shaders/conv2d.wgsl`, or in
+    /// `shaders/conv2d/gemm.wgsl` / `winograd.wgsl`.
     pub fn name(self) -> &'static str {
         match self {
             ConvKernel::Conv1x1 => "conv1x1",
@@ -71,6 +87,10 @@ impl ConvKernel {
             ConvKernel::WeightRows => "backward_weight_rows",
             ConvKernel::WeightStrided => "backward_weight_strided",
             ConvKernel::WeightPartial => "backward_weight_partial",
+            ConvKernel::GemmForward => "gemm_forward",
+            ConvKernel::GemmBackwardData => "gemm_backward_data",
+            ConvKernel::GemmWeight => "gemm_backward_weight",
+            ConvKernel::Winograd => "winograd_3x3",
         }
     }
 
@@ -82,10 +102,23 @@ impl ConvKernel {
     pub fn serves(self, pass: ConvPass) -> bool {
         use ConvKernel::*;
         match pass {
-            ConvPass::Forward => matches!(self, Conv1x1 | Conv3x3 | ForwardTiled),
-            ConvPass::BackwardData => matches!(self, Conv1x1 | Conv3x3 | BackwardData),
+            ConvPass::Forward => {
+                matches!(
+                    self,
+                    Conv1x1 | Conv3x3 | ForwardTiled | GemmForward | Winograd
+                )
+            }
+            ConvPass::BackwardData => {
+                matches!(
+                    self,
+                    Conv1x1 | Conv3x3 | BackwardData | GemmBackwardData | Winograd
+                )
+            }
             ConvPass::BackwardWeight => {
-                matches!(self, WeightDot | WeightRows | WeightStrided | WeightPartial)
+                matches!(
+                    self,
+                    WeightDot | WeightRows | WeightStrided | WeightPartial | GemmWeight
+                )
             }
         }
     }
@@ -101,6 +134,8 @@ impl ConvKernel {
             (true, WeightDot) => (&SUBGROUP_SHADER, "backward_weight_dot_sg"),
             (true, WeightRows) => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
             (true, WeightStrided) => (&SUBGROUP_SHADER, "backward_weight_strided_sg"),
+            (_, GemmForward | GemmBackwardData | GemmWeight) => (&GEMM_SHADER, self.name()),
+            (_, Winograd) => (&WINOGRAD_SHADER, self.name()),
             _ => (&SHADER, self.name()),
         }
     }
@@ -188,6 +223,7 @@ pub fn not_applicable(kernel: ConvKernel, pass: ConvPass, shape: &ConvShape) -> 
              views aligned to 4, or no BN+ReLU prologue"
                 .into(),
         ),
+        Winograd if !shape.same(3) => Some("it needs a 3x3 kernel, stride 1 and padding 1".into()),
         WeightStrided => {
             let (oh, ow) = shape.out_hw();
             ((oh * ow) % 4 != 0 || !shape.out_aligned)

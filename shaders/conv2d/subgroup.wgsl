@@ -5,9 +5,9 @@
 //
 // Subgroup variants of conv2d's fast paths: the helpers that load a workgroup-uniform
 // operand (weights, or d_y in the weight gradients) and the *_sg entry points. Appended to
-// conv2d.wgsl (same formulas, Params, bindings, dispatch, register tiles and stores) in the
+// the other conv2d files (same formulas, Params, bindings, dispatch, register tiles and stores) in the
 // module built on adapters with subgroup operations and subgroups of at least 8 invocations;
-// conv2d_uniform_loads.wgsl has the plain helpers. `sl` = subgroup_invocation_id.
+// uniform_loads.wgsl has the plain helpers. `sl` = subgroup_invocation_id.
 //
 // Why: the weights are the same for every lane of a workgroup, but on lavapipe a
 // workgroup-uniform storage load costs about as much as a per-lane one (a loop over the 8

@@ -4,9 +4,9 @@
 //                  part[chunk, co, col] = sum_{pixels of the chunk} d_y[n,co,q] * x'[n, col's input at q]
 //
 // conv2d helpers whose loads are the same for every lane of a workgroup, in their plain
-// form (one load per value), and the plain entry points that use them; conv2d_subgroup.wgsl
+// form (one load per value), and the plain entry points that use them; subgroup.wgsl
 // defines the same helpers with subgroup operations and the *_sg entry points. Appended to
-// conv2d.wgsl in the plain module. `l` and `sl` (state kept across the reduction, the
+// the other conv2d files in the plain module. `l` and `sl` (state kept across the reduction, the
 // lane's subgroup index) are not needed here.
 
 // conv1x1: the weights (and prologue coefficients) of summed channel rc.
