@@ -1,4 +1,4 @@
-// conv2d backward_data outside the vec4 layout (gather form); formulas and Params in
+// conv2d backward_data outside the vec4 layout (gather form); formulas and DataParams in
 // common.wgsl.
 
 // ---------------------------------------------------------------------------------------

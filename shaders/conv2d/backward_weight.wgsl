@@ -1,27 +1,50 @@
 // conv2d weight-gradient kernels: partial sums per chunk of pixels, and the fixed-order
-// reduction over chunks; formulas and Params in common.wgsl.
+// reduction over chunks; formulas in common.wgsl.
+
+struct WeightParams {
+    inp: View,         // x
+    out: View,         // d_y
+    n: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    sc_off: u32,       // offset of the prologue scale
+    sh_off: u32,       // offset of the prologue shift
+    chunk_len: u32,    // pixels (n, oh, ow), or groups of 4 of them, per chunk
+    chunks: u32,
+    part_stride: u32,  // floats per chunk in the scratch (Cout*Cin*KH*KW + Cout)
+}
+
+@group(0) @binding(0) var<uniform> pg: WeightParams;
 
 // ---------------------------------------------------------------------------------------
 // backward_weight_partial bindings
-@group(0) @binding(1) var<storage, read> bw_d_y: array<f32>;       // (N, Cout, OH, OW) via p.out
-@group(0) @binding(2) var<storage, read> bw_x: array<f32>;         // (N, Cin, H, W) via p.inp
-@group(0) @binding(3) var<storage, read> bw_scale: array<f32>;     // (Cin) at p.sc_off, if PROLOGUE
-@group(0) @binding(4) var<storage, read> bw_shift: array<f32>;     // (Cin) at p.sh_off, if PROLOGUE
+@group(0) @binding(1) var<storage, read> bw_d_y: array<f32>;       // (N, Cout, OH, OW) via pg.out
+@group(0) @binding(2) var<storage, read> bw_x: array<f32>;         // (N, Cin, H, W) via pg.inp
+@group(0) @binding(3) var<storage, read> bw_scale: array<f32>;     // (Cin) at pg.sc_off, if PROLOGUE
+@group(0) @binding(4) var<storage, read> bw_shift: array<f32>;     // (Cin) at pg.sh_off, if PROLOGUE
 @group(0) @binding(5) var<storage, read_write> bw_part: array<f32>; // (chunks, Cout*Cin*KH*KW + Cout)
 
 @compute @workgroup_size(WG)
 fn backward_weight_partial(@builtin(workgroup_id) wg: vec3<u32>,
                            @builtin(local_invocation_index) li: u32) {
-    let hw = p.h * p.w;
-    let ohw = p.oh * p.ow;
-    let npix = p.n * ohw;
-    let kk = p.kh * p.kw;
-    let ncol = p.cin * kk;
+    let hw = pg.h * pg.w;
+    let ohw = pg.oh * pg.ow;
+    let npix = pg.n * ohw;
+    let kk = pg.kh * pg.kw;
+    let ncol = pg.cin * kk;
     let co0 = wg.y * CH_TILE;
     let k0 = wg.x * (WG * PX_TILE) + li;
     let chunk = wg.z;
-    let q_begin = chunk * p.chunk_len;
-    let q_end = min(q_begin + p.chunk_len, npix);
+    let q_begin = chunk * pg.chunk_len;
+    let q_end = min(q_begin + pg.chunk_len, npix);
 
     // Per-column geometry: column k = (ci, kh, kw).
     var dh: array<i32, MAX_PX>;   // kh - pad
@@ -33,19 +56,19 @@ fn backward_weight_partial(@builtin(workgroup_id) wg: vec3<u32>,
         let k = min(k0 + j * WG, ncol - 1u);
         let ci = k / kk;
         let r = k - ci * kk;
-        let kh = r / p.kw;
-        let kw = r - kh * p.kw;
-        dh[j] = i32(kh) - i32(p.pad);
-        dw[j] = i32(kw) - i32(p.pad);
-        xc[j] = p.inp.offset + ci * hw;
+        let kh = r / pg.kw;
+        let kw = r - kh * pg.kw;
+        dh[j] = i32(kh) - i32(pg.pad);
+        dw[j] = i32(kw) - i32(pg.pad);
+        xc[j] = pg.inp.offset + ci * hw;
         if (PROLOGUE) {
-            sc[j] = bw_scale[p.sc_off + ci];
-            sh[j] = bw_shift[p.sh_off + ci];
+            sc[j] = bw_scale[pg.sc_off + ci];
+            sh[j] = bw_shift[pg.sh_off + ci];
         }
     }
     var yc: array<u32, MAX_CH>;   // index of d_y[0, co, 0, 0] (clamped channel)
     for (var i = 0u; i < CH_TILE; i++) {
-        yc[i] = p.out.offset + min(co0 + i, p.cout - 1u) * ohw;
+        yc[i] = pg.out.offset + min(co0 + i, pg.cout - 1u) * ohw;
     }
 
     var acc: array<f32, 128>;
@@ -60,24 +83,24 @@ fn backward_weight_partial(@builtin(workgroup_id) wg: vec3<u32>,
     if (q_begin < q_end) {
         var n = q_begin / ohw;
         let r0 = q_begin - n * ohw;
-        var oh = r0 / p.ow;
-        var ow = r0 - oh * p.ow;
+        var oh = r0 / pg.ow;
+        var ow = r0 - oh * pg.ow;
         for (var q = q_begin; q < q_end; q++) {
-            let ih0 = i32(oh * p.stride);
-            let iw0 = i32(ow * p.stride);
-            let xn = n * p.inp.batch_stride;
+            let ih0 = i32(oh * pg.stride);
+            let iw0 = i32(ow * pg.stride);
+            let xn = n * pg.inp.batch_stride;
             var xv: array<f32, MAX_PX>;
             for (var j = 0u; j < PX_TILE; j++) {
                 let ih = ih0 + dh[j];
                 let iw = iw0 + dw[j];
-                let ok = ih >= 0 && ih < i32(p.h) && iw >= 0 && iw < i32(p.w);
-                var v = bw_x[select(xc[j], xc[j] + xn + u32(ih) * p.w + u32(iw), ok)];
+                let ok = ih >= 0 && ih < i32(pg.h) && iw >= 0 && iw < i32(pg.w);
+                var v = bw_x[select(xc[j], xc[j] + xn + u32(ih) * pg.w + u32(iw), ok)];
                 if (PROLOGUE) {
                     v = max(fma(v, sc[j], sh[j]), 0.0);
                 }
                 xv[j] = select(0.0, v, ok);
             }
-            let yo = n * p.out.batch_stride + oh * p.ow + ow;
+            let yo = n * pg.out.batch_stride + oh * pg.ow + ow;
             for (var i = 0u; i < CH_TILE; i++) {
                 let g = bw_d_y[yc[i] + yo];
                 bacc[i] += g;
@@ -86,10 +109,10 @@ fn backward_weight_partial(@builtin(workgroup_id) wg: vec3<u32>,
                 }
             }
             ow += 1u;
-            if (ow == p.ow) {
+            if (ow == pg.ow) {
                 ow = 0u;
                 oh += 1u;
-                if (oh == p.oh) {
+                if (oh == pg.oh) {
                     oh = 0u;
                     n += 1u;
                 }
@@ -97,10 +120,10 @@ fn backward_weight_partial(@builtin(workgroup_id) wg: vec3<u32>,
         }
     }
 
-    let base = chunk * p.part_stride;
+    let base = chunk * pg.part_stride;
     for (var i = 0u; i < CH_TILE; i++) {
         let co = co0 + i;
-        if (co >= p.cout) { continue; }
+        if (co >= pg.cout) { continue; }
         for (var j = 0u; j < PX_TILE; j++) {
             let k = k0 + j * WG;
             if (k < ncol) {
@@ -108,32 +131,44 @@ fn backward_weight_partial(@builtin(workgroup_id) wg: vec3<u32>,
             }
         }
         if (wg.x == 0u && li == 0u) {
-            bw_part[base + p.cout * ncol + co] = bacc[i];
+            bw_part[base + pg.cout * ncol + co] = bacc[i];
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// backward_weight_reduce bindings
-@group(0) @binding(1) var<storage, read> br_part: array<f32>;       // (chunks, Cout*Cin*KH*KW + Cout)
-@group(0) @binding(2) var<storage, read_write> br_d_w: array<f32>;  // (Cout, Cin, KH, KW) at p.w_off
-@group(0) @binding(3) var<storage, read_write> br_d_b: array<f32>;  // (Cout) at p.b_off, if p.has_bias
+// backward_weight_reduce: d_w[e] += sum_chunk part[chunk, e] for e < nw, and d_b likewise
+// for the Cout entries after them, the chunks in a fixed order.
+struct ReduceParams {
+    total: u32,        // entries to reduce: nw, or nw + Cout with the bias
+    nw: u32,           // Cout*Cin*KH*KW
+    chunks: u32,
+    part_stride: u32,  // floats per chunk in the scratch
+    has_bias: u32,
+    w_off: u32,        // offset of d_w
+    b_off: u32,        // offset of d_b
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> pr: ReduceParams;
+@group(0) @binding(1) var<storage, read> br_part: array<f32>;       // (chunks, part_stride)
+@group(0) @binding(2) var<storage, read_write> br_d_w: array<f32>;  // (Cout, Cin, KH, KW) at pr.w_off
+@group(0) @binding(3) var<storage, read_write> br_d_b: array<f32>;  // (Cout) at pr.b_off, if pr.has_bias
 
 @compute @workgroup_size(WG)
 fn backward_weight_reduce(@builtin(workgroup_id) wg: vec3<u32>,
                           @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) li: u32) {
     let e = linear_id(wg, nwg, li, WG);
-    if (e >= p.total) { return; }
+    if (e >= pr.total) { return; }
     var s = 0.0;
-    for (var c = 0u; c < p.chunks; c++) {
-        s += br_part[c * p.part_stride + e];
+    for (var c = 0u; c < pr.chunks; c++) {
+        s += br_part[c * pr.part_stride + e];
     }
-    let nw = p.cout * p.cin * p.kh * p.kw;
-    if (e < nw) {
-        br_d_w[p.w_off + e] += s;
-    } else if (p.has_bias != 0u) {
-        br_d_b[p.b_off + e - nw] += s;
+    if (e < pr.nw) {
+        br_d_w[pr.w_off + e] += s;
+    } else if (pr.has_bias != 0u) {
+        br_d_b[pr.b_off + e - pr.nw] += s;
     }
 }
 
@@ -147,12 +182,12 @@ fn backward_weight_reduce(@builtin(workgroup_id) wg: vec3<u32>,
 // the sums of channels 4 cb .. 4 cb + 3 (a vec4 over channels: x_t * G_cb, with G_cb's
 // columns the 4 channels' d_y vec4s, is the 4 dot products over the group's pixels); all
 // its indices are constants so it stays in registers. Output layout as
-// backward_weight_partial (column (ci, kh, kw) = row * KT + kw); p.chunk_len counts pixel
+// backward_weight_partial (column (ci, kh, kw) = row * KT + kw); pg.chunk_len counts pixel
 // groups of 4.
-@group(0) @binding(1) var<storage, read> bq_d_y: array<vec4<f32>>;        // (N, Cout, H*W/4) via p.out
-@group(0) @binding(2) var<storage, read> bq_x: array<vec4<f32>>;          // (N, Cin, H*W/4) via p.inp
-@group(0) @binding(3) var<storage, read> bq_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
-@group(0) @binding(4) var<storage, read> bq_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
+@group(0) @binding(1) var<storage, read> bq_d_y: array<vec4<f32>>;        // (N, Cout, H*W/4) via pg.out
+@group(0) @binding(2) var<storage, read> bq_x: array<vec4<f32>>;          // (N, Cin, H*W/4) via pg.inp
+@group(0) @binding(3) var<storage, read> bq_scale: array<f32>;            // (Cin) at pg.sc_off, if PROLOGUE
+@group(0) @binding(4) var<storage, read> bq_shift: array<f32>;            // (Cin) at pg.sh_off, if PROLOGUE
 @group(0) @binding(5) var<storage, read_write> bq_part: array<f32>;       // (chunks, Cout*Cin*9 + Cout)
 
 const KT: u32 = 3u;
@@ -173,11 +208,11 @@ alias Dy16 = array<mat4x4<f32>, 4>;
 
 // Writes the sums `a` of channels co0 + 4 cb .. + 3 for kernel row k, tap t.
 fn bq_store(a: vec4<f32>, k: u32, t: u32, cb: u32, co0: u32, base: u32, ncol: u32) {
-    if (k >= p.cin * KT) { return; }
+    if (k >= pg.cin * KT) { return; }
     var v = a;
     for (var c = 0u; c < 4u; c++) {
         let co = co0 + 4u * cb + c;
-        if (co >= p.cout || 4u * cb + c >= CH_TILE) { return; }
+        if (co >= pg.cout || 4u * cb + c >= CH_TILE) { return; }
         bq_part[base + co * ncol + k * KT + t] = v[c];
     }
 }
@@ -194,25 +229,25 @@ fn bq_row(gi: i32, last: i32, r: u32, dh: i32, sc: f32, sh: f32, rowv: vec4<i32>
         c = max(fma(c, vec4(sc), vec4(sh)), vec4(0.0));
     }
     let rv = rowv + vec4(dh);
-    return taps(a, b, c, r, (rv >= vec4(0)) & (rv < vec4(i32(p.h))), col_l, col_r);
+    return taps(a, b, c, r, (rv >= vec4(0)) & (rv < vec4(i32(pg.h))), col_l, col_r);
 }
 
 // The body of the backward_weight_rows entry points (`sl` as in c1_body; the d_y loads go
 // through bq_dy16).
 fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
-    let hw4 = (p.h * p.w) / 4u;
-    let ngrp = p.n * hw4;
-    let nrow = p.cin * KT;
+    let hw4 = (pg.h * pg.w) / 4u;
+    let ngrp = pg.n * hw4;
+    let nrow = pg.cin * KT;
     let ncol = nrow * KT;
     let co0 = wg.y * CH_TILE;
     let ka = wg.x * (WG * PX_TILE) + li;
     let kb = ka + WG;
     let chunk = wg.z;
-    let g_begin = chunk * p.chunk_len;
-    let g_end = min(g_begin + p.chunk_len, ngrp);
+    let g_begin = chunk * pg.chunk_len;
+    let g_end = min(g_begin + pg.chunk_len, ngrp);
     let last = i32(arrayLength(&bq_x)) - 1;
-    let wi = i32(p.w);
-    let hi = i32(p.h);
+    let wi = i32(pg.w);
+    let hi = i32(pg.h);
     let half = 1;
 
     // Geometry of rows a and b: row k = (ci, kh) reads x at the flat shift
@@ -234,10 +269,10 @@ fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
     var sc_b = 1.0;
     var sh_b = 0.0;
     if (PROLOGUE) {
-        sc_a = bq_scale[p.sc_off + ci_a];
-        sh_a = bq_shift[p.sh_off + ci_a];
-        sc_b = bq_scale[p.sc_off + ci_b];
-        sh_b = bq_shift[p.sh_off + ci_b];
+        sc_a = bq_scale[pg.sc_off + ci_a];
+        sh_a = bq_shift[pg.sh_off + ci_a];
+        sc_b = bq_scale[pg.sc_off + ci_b];
+        sh_b = bq_shift[pg.sh_off + ci_b];
     }
 
     var acc: RowTile;
@@ -253,15 +288,15 @@ fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
     var n = g_begin / hw4;
     var q0 = (g_begin - n * hw4) * 4u;
     let qv0 = vec4<u32>(q0, q0 + 1u, q0 + 2u, q0 + 3u);
-    var rowv = vec4<i32>(qv0 / p.w);
-    var colv = vec4<i32>(qv0 % p.w);
+    var rowv = vec4<i32>(qv0 / pg.w);
+    var colv = vec4<i32>(qv0 % pg.w);
     for (var g = g_begin; g < g_end; g++) {
         if (q0 == hw4 * 4u) {
             q0 = 0u;
             n += 1u;
             rowv -= vec4(hi);
         }
-        let xb = i32((p.inp.offset + n * p.inp.batch_stride) / 4u + q0 / 4u);
+        let xb = i32((pg.inp.offset + n * pg.inp.batch_stride) / 4u + q0 / 4u);
         let col_l = colv >= vec4(1);
         let col_r = colv < vec4(wi - 1);
         let ta = bq_row(xb + xo_a, last, r_a, dh_a, sc_a, sh_a, rowv, col_l, col_r);
@@ -274,7 +309,7 @@ fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
         let x10 = tb.x0;
         let x11 = tb.x1;
         let x12 = tb.x2;
-        let yb = (p.out.offset + n * p.out.batch_stride) / 4u + q0 / 4u;
+        let yb = (pg.out.offset + n * pg.out.batch_stride) / 4u + q0 / 4u;
         let dy = bq_dy16(yb, co0, hw4, sl);
         let g0 = dy[0];
         bsum[0] += ones * g0;
@@ -296,7 +331,7 @@ fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
         rowv += select(vec4(0), vec4(1), wrap);
     }
 
-    let base = chunk * p.part_stride;
+    let base = chunk * pg.part_stride;
     bq_store(acc[0], ka, 0u, 0u, co0, base, ncol);
     if (CH_TILE > 4u) { bq_store(acc[1], ka, 0u, 1u, co0, base, ncol); }
     if (CH_TILE > 8u) { bq_store(acc[2], ka, 0u, 2u, co0, base, ncol); }
@@ -326,8 +361,8 @@ fn bq_rows(wg: vec3<u32>, li: u32, sl: u32) {
             var v = bsum[cb];
             for (var c = 0u; c < 4u; c++) {
                 let co = co0 + 4u * cb + c;
-                if (co < p.cout && 4u * cb + c < CH_TILE) {
-                    bq_part[base + p.cout * ncol + co] = v[c];
+                if (co < pg.cout && 4u * cb + c < CH_TILE) {
+                    bq_part[base + pg.cout * ncol + co] = v[c];
                 }
             }
         }
@@ -357,7 +392,7 @@ fn bd_mac(acc: ptr<function, DotTile>, j: u32, x: vec4<f32>, dy: Dy16) {
 
 // x' of input channel ci0 + j at vec4 index xb (+ channel * hw4), or 0 past Cin.
 fn bd_x(xb: u32, ci0: u32, j: u32, hw4: u32, sc: vec4<f32>, sh: vec4<f32>) -> vec4<f32> {
-    let ci = min(ci0 + j, p.cin - 1u);
+    let ci = min(ci0 + j, pg.cin - 1u);
     var v = bq_x[xb + ci * hw4];
     if (PROLOGUE) { v = max(fma(v, sc, sh), vec4(0.0)); }
     return v;
@@ -365,32 +400,32 @@ fn bd_x(xb: u32, ci0: u32, j: u32, hw4: u32, sc: vec4<f32>, sh: vec4<f32>) -> ve
 
 // Writes acc[4 j + cb]: d_w of input channel ci0 + j for channels co0 + 4 cb .. + 3.
 fn bd_store(a: vec4<f32>, ci: u32, cb: u32, co0: u32, base: u32) {
-    if (ci >= p.cin) { return; }
+    if (ci >= pg.cin) { return; }
     var v = a;
     for (var c = 0u; c < 4u; c++) {
         let co = co0 + 4u * cb + c;
-        if (co >= p.cout || 4u * cb + c >= CH_TILE) { return; }
-        bq_part[base + co * p.cin + ci] = v[c];
+        if (co >= pg.cout || 4u * cb + c >= CH_TILE) { return; }
+        bq_part[base + co * pg.cin + ci] = v[c];
     }
 }
 
 // The body of the backward_weight_dot entry points (`sl` as in c1_body).
 fn bd_body(wg: vec3<u32>, li: u32, sl: u32) {
-    let hw4 = (p.h * p.w) / 4u;
-    let ngrp = p.n * hw4;
+    let hw4 = (pg.h * pg.w) / 4u;
+    let ngrp = pg.n * hw4;
     let co0 = wg.y * CH_TILE;
     let ci0 = (wg.x * WG + li) * 8u;
     let chunk = wg.z;
-    let g_begin = chunk * p.chunk_len;
-    let g_end = min(g_begin + p.chunk_len, ngrp);
+    let g_begin = chunk * pg.chunk_len;
+    let g_end = min(g_begin + pg.chunk_len, ngrp);
     // Per-channel prologue coefficients of the lane's 8 input channels.
     var sc: array<vec4<f32>, 8>;
     var sh: array<vec4<f32>, 8>;
     if (PROLOGUE) {
         for (var j = 0u; j < 8u; j++) {
-            let ci = min(ci0 + j, p.cin - 1u);
-            sc[j] = vec4(bq_scale[p.sc_off + ci]);
-            sh[j] = vec4(bq_shift[p.sh_off + ci]);
+            let ci = min(ci0 + j, pg.cin - 1u);
+            sc[j] = vec4(bq_scale[pg.sc_off + ci]);
+            sh[j] = vec4(bq_shift[pg.sh_off + ci]);
         }
     }
     var acc: DotTile;
@@ -403,8 +438,8 @@ fn bd_body(wg: vec3<u32>, li: u32, sl: u32) {
             q = 0u;
             n += 1u;
         }
-        let xb = (p.inp.offset + n * p.inp.batch_stride) / 4u + q;
-        let yb = (p.out.offset + n * p.out.batch_stride) / 4u + q;
+        let xb = (pg.inp.offset + n * pg.inp.batch_stride) / 4u + q;
+        let yb = (pg.out.offset + n * pg.out.batch_stride) / 4u + q;
         let dy = bq_dy16(yb, co0, hw4, sl);
         bsum[0] += ones * dy[0];
         if (CH_TILE > 4u) { bsum[1] += ones * dy[1]; }
@@ -421,7 +456,7 @@ fn bd_body(wg: vec3<u32>, li: u32, sl: u32) {
         q += 1u;
     }
 
-    let base = chunk * p.part_stride;
+    let base = chunk * pg.part_stride;
     for (var j = 0u; j < 8u; j++) {
         bd_store(acc[4u * j], ci0 + j, 0u, co0, base);
         if (CH_TILE > 4u) { bd_store(acc[4u * j + 1u], ci0 + j, 1u, co0, base); }
@@ -432,8 +467,8 @@ fn bd_body(wg: vec3<u32>, li: u32, sl: u32) {
         for (var cb = 0u; cb < 4u; cb++) {
             for (var c = 0u; c < 4u; c++) {
                 let co = co0 + 4u * cb + c;
-                if (co < p.cout && 4u * cb + c < CH_TILE) {
-                    bq_part[base + p.cout * p.cin + co] = dot(bsum[cb], vec4(f32(c == 0u), f32(c == 1u), f32(c == 2u), f32(c == 3u)));
+                if (co < pg.cout && 4u * cb + c < CH_TILE) {
+                    bq_part[base + pg.cout * pg.cin + co] = dot(bsum[cb], vec4(f32(c == 0u), f32(c == 1u), f32(c == 2u), f32(c == 3u)));
                 }
             }
         }
@@ -451,15 +486,15 @@ fn bd_body(wg: vec3<u32>, li: u32, sl: u32) {
 // columns (lane l: blocks l, l + WG): per pixel 4 * PXV per-lane gathers of x, in conv1x1's
 // 4 x 4 register blocks.
 @group(0) @binding(1) var<storage, read> bs_dy: array<vec4<f32>>;         // (N*OH*OW, COP) pixel-major d_y
-@group(0) @binding(2) var<storage, read> bs_x: array<f32>;                // (N, Cin, H, W) via p.inp
-@group(0) @binding(3) var<storage, read> bs_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
-@group(0) @binding(4) var<storage, read> bs_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
+@group(0) @binding(2) var<storage, read> bs_x: array<f32>;                // (N, Cin, H, W) via pg.inp
+@group(0) @binding(3) var<storage, read> bs_scale: array<f32>;            // (Cin) at pg.sc_off, if PROLOGUE
+@group(0) @binding(4) var<storage, read> bs_shift: array<f32>;            // (Cin) at pg.sh_off, if PROLOGUE
 @group(0) @binding(5) var<storage, read_write> bs_part: array<f32>;       // (chunks, Cout*ncol + Cout)
 
 fn bs_store(blk: mat4x4<f32>, co: u32, gi: u32, base: u32, ncol: u32) {
     var b = blk;
     for (var c = 0u; c < 4u; c++) {
-        if (co + c >= p.cout) { return; }
+        if (co + c >= pg.cout) { return; }
         for (var r = 0u; r < 4u; r++) {
             let k = 4u * gi + r;
             if (k < ncol) {
@@ -478,23 +513,23 @@ struct Cols {
     sh: vec4<f32>,
 }
 fn bs_cols(gi: u32, ncol: u32) -> Cols {
-    let kk = p.kh * p.kw;
+    let kk = pg.kh * pg.kw;
     let k = min(vec4(4u * gi) + vec4(0u, 1u, 2u, 3u), vec4(ncol - 1u));
     let ci = k / kk;
     let t = k - ci * kk;
-    let kh = t / p.kw;
-    let kw = t - kh * p.kw;
+    let kh = t / pg.kw;
+    let kw = t - kh * pg.kw;
     var c: Cols;
-    c.dh = vec4<i32>(kh) - vec4(i32(p.pad));
-    c.dw = vec4<i32>(kw) - vec4(i32(p.pad));
-    c.xc = ci * (p.h * p.w);
+    c.dh = vec4<i32>(kh) - vec4(i32(pg.pad));
+    c.dw = vec4<i32>(kw) - vec4(i32(pg.pad));
+    c.xc = ci * (pg.h * pg.w);
     c.sc = vec4(1.0);
     c.sh = vec4(0.0);
     if (PROLOGUE) {
-        c.sc = vec4(bs_scale[p.sc_off + ci.x], bs_scale[p.sc_off + ci.y],
-                    bs_scale[p.sc_off + ci.z], bs_scale[p.sc_off + ci.w]);
-        c.sh = vec4(bs_shift[p.sh_off + ci.x], bs_shift[p.sh_off + ci.y],
-                    bs_shift[p.sh_off + ci.z], bs_shift[p.sh_off + ci.w]);
+        c.sc = vec4(bs_scale[pg.sc_off + ci.x], bs_scale[pg.sc_off + ci.y],
+                    bs_scale[pg.sc_off + ci.z], bs_scale[pg.sc_off + ci.w]);
+        c.sh = vec4(bs_shift[pg.sh_off + ci.x], bs_shift[pg.sh_off + ci.y],
+                    bs_shift[pg.sh_off + ci.z], bs_shift[pg.sh_off + ci.w]);
     }
     return c;
 }
@@ -502,8 +537,8 @@ fn bs_cols(gi: u32, ncol: u32) -> Cols {
 fn bs_x4(c: Cols, xn: u32, ih0: i32, iw0: i32) -> vec4<f32> {
     let ih = vec4(ih0) + c.dh;
     let iw = vec4(iw0) + c.dw;
-    let ok = (ih >= vec4(0)) & (ih < vec4(i32(p.h))) & (iw >= vec4(0)) & (iw < vec4(i32(p.w)));
-    let idx = select(vec4(xn), vec4(xn) + c.xc + vec4<u32>(ih) * p.w + vec4<u32>(iw), ok);
+    let ok = (ih >= vec4(0)) & (ih < vec4(i32(pg.h))) & (iw >= vec4(0)) & (iw < vec4(i32(pg.w)));
+    let idx = select(vec4(xn), vec4(xn) + c.xc + vec4<u32>(ih) * pg.w + vec4<u32>(iw), ok);
     var v = vec4(bs_x[idx.x], bs_x[idx.y], bs_x[idx.z], bs_x[idx.w]);
     if (PROLOGUE) {
         v = max(fma(v, c.sc, c.sh), vec4(0.0));
@@ -529,9 +564,9 @@ fn bs_pixel(acc: ptr<function, Tile8>, sums: ptr<function, mat4x4<f32>>, dy: W4,
     if (CH_TILE > 4u) { (*sums)[1] += dy.w1; }
     if (CH_TILE > 8u) { (*sums)[2] += dy.w2; }
     if (CH_TILE > 12u) { (*sums)[3] += dy.w3; }
-    let xn = p.inp.offset + pos.z * p.inp.batch_stride;
-    let ih0 = i32(pos.y * p.stride);
-    let iw0 = i32(pos.x * p.stride);
+    let xn = pg.inp.offset + pos.z * pg.inp.batch_stride;
+    let ih0 = i32(pos.y * pg.stride);
+    let iw0 = i32(pos.x * pg.stride);
     let x0 = bs_x4(ca, xn, ih0, iw0);
     var x1 = vec4(0.0);
     if (PXV > 1u) { x1 = bs_x4(cb, xn, ih0, iw0); }
@@ -558,10 +593,10 @@ fn count_next(q: vec3<u32>, lim: vec2<u32>) -> vec3<u32> {
 // the chunk below its last multiple of 8, and is loaded directly for the rest: two loops, so
 // the loop body has no branch on which case applies.
 fn bs_body(wg: vec3<u32>, li: u32, sl: u32) {
-    let ohw = p.oh * p.ow;
-    let npix = p.n * ohw;
-    let ncol = p.cin * p.kh * p.kw;
-    let cop4 = (p.cout + 3u) / 4u;
+    let ohw = pg.oh * pg.ow;
+    let npix = pg.n * ohw;
+    let ncol = pg.cin * pg.kh * pg.kw;
+    let cop4 = (pg.cout + 3u) / 4u;
     let co0 = wg.y * CH_TILE;
     let os = min(vec4(co0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(cop4 - 1u));
     let ga = wg.x * (WG * PXV) + li;
@@ -569,29 +604,29 @@ fn bs_body(wg: vec3<u32>, li: u32, sl: u32) {
     let ca = bs_cols(ga, ncol);
     let cb = bs_cols(gb, ncol);
     let chunk = wg.z;
-    let k_begin = chunk * p.chunk_len;
-    let k_end = min(k_begin + p.chunk_len, npix);
+    let k_begin = chunk * pg.chunk_len;
+    let k_end = min(k_begin + pg.chunk_len, npix);
 
     var acc: Tile8;
     var sums: mat4x4<f32>;
     if (k_begin < k_end) {
         let n0 = k_begin / ohw;
         let r0 = k_begin - n0 * ohw;
-        let oh0 = r0 / p.ow;
-        var pos = vec3(r0 - oh0 * p.ow, oh0, n0);
+        let oh0 = r0 / pg.ow;
+        var pos = vec3(r0 - oh0 * pg.ow, oh0, n0);
         let k8 = k_begin + (k_end - k_begin) / 8u * 8u;
         var l: W4;
         for (var k = k_begin; k < k8; k++) {
             bs_pixel(&acc, &sums, bs_dy_at(&l, k, k_begin, cop4, os, sl), ca, cb, pos);
-            pos = count_next(pos, vec2(p.ow, p.oh));
+            pos = count_next(pos, vec2(pg.ow, pg.oh));
         }
         for (var k = k8; k < k_end; k++) {
             bs_pixel(&acc, &sums, bs_load_dy(k, cop4, os), ca, cb, pos);
-            pos = count_next(pos, vec2(p.ow, p.oh));
+            pos = count_next(pos, vec2(pg.ow, pg.oh));
         }
     }
 
-    let base = chunk * p.part_stride;
+    let base = chunk * pg.part_stride;
     bs_store(acc[0], co0 + 0u, ga, base, ncol);
     if (CH_TILE > 4u) { bs_store(acc[2], co0 + 4u, ga, base, ncol); }
     if (CH_TILE > 8u) { bs_store(acc[4], co0 + 8u, ga, base, ncol); }
@@ -603,8 +638,8 @@ fn bs_body(wg: vec3<u32>, li: u32, sl: u32) {
     if (wg.x == 0u && li == 0u) {
         for (var i = 0u; i < CH_TILE; i++) {
             let co = co0 + i;
-            if (co < p.cout) {
-                bs_part[base + p.cout * ncol + co] = sums[i / 4u][i % 4u];
+            if (co < pg.cout) {
+                bs_part[base + pg.cout * ncol + co] = sums[i / 4u][i % 4u];
             }
         }
     }

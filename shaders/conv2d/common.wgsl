@@ -23,7 +23,7 @@
 //     the (n, oh, ow) axis (workgroup_id.z); backward_weight_reduce sums the chunks in fixed
 //     order and adds into d_w / d_b.
 //
-// The register-tiled module is this file (Params, dispatch order, the blocked tile) and
+// The register-tiled module is this file (DataParams, dispatch order, the blocked tile) and
 // forward.wgsl (conv1x1, conv3x3, forward_tiled), backward_data.wgsl, backward_weight.wgsl,
 // layout.wgsl (pack_weight, repad, to_pixel_major), plus uniform_loads.wgsl or subgroup.wgsl.
 // gemm.wgsl (implicit GEMM in workgroup memory) and winograd.wgsl are modules of their own.
@@ -37,9 +37,12 @@ const MAX_PX: u32 = 8u;
 override PXV: u32 = 1;        // blocked kernels: blocks of 4 per invocation (1 or 2)
 const MAX_PXV: u32 = 2u;
 
-struct Params {
-    inp: View,       // x (forward, backward_weight) or d_y (backward_data)
-    out: View,       // y (forward), d_x (backward_data) or d_y (backward_weight)
+// Each family of kernels has its own uniform, all at binding 0: DataParams (p) for the
+// forward and backward-data kernels here, WeightParams (pg) and ReduceParams (pr) in
+// backward_weight.wgsl, LayoutParams (pl) in layout.wgsl.
+struct DataParams {
+    inp: View,       // x (forward) or d_y (backward_data)
+    out: View,       // y (forward) or d_x (backward_data)
     n: u32,
     cin: u32,
     h: u32,
@@ -51,26 +54,18 @@ struct Params {
     kw: u32,
     stride: u32,
     pad: u32,
+    out_c: u32,      // channels written: Cout (forward) or Cin (backward_data)
+    red_c: u32,      // channels summed over: Cin (forward) or Cout (backward_data)
+    accumulate: u32, // 1: out += sum (backward_data); 0: out = sum + bias
     has_bias: u32,
-    w_off: u32,      // offset of w (or d_w) in its buffer
-    b_off: u32,      // offset of b (or d_b)
+    b_off: u32,      // offset of the bias
+    w_off: u32,      // backward_data (general): offset of w; the other kernels read it packed
     sc_off: u32,     // offset of the prologue scale
     sh_off: u32,     // offset of the prologue shift
-    chunk_len: u32,  // backward_weight: pixels (n, oh, ow) per chunk
-    chunks: u32,     // backward_weight: number of chunks
-    part_stride: u32, // backward_weight: floats per chunk in the scratch (Cout*Cin*KH*KW + Cout)
-    total: u32,      // backward_weight_reduce: elements to reduce
-    out_c: u32,      // conv1x1 / conv3x3: channels written (Cout forward, Cin backward_data)
-    red_c: u32,      // conv1x1 / conv3x3: channels summed over (Cin forward, Cout backward_data)
-    w_out_stride: u32, // weight stride of an out channel (Cin*KH*KW forward, KH*KW backward_data)
-    w_red_stride: u32, // weight stride of a summed channel (KH*KW forward, Cin*KH*KW backward_data)
-    flip: u32,       // pack_weight: 1 = rotate the kernel by 180 degrees (backward_data)
-    accumulate: u32, // conv1x1 / conv3x3: 1 = out += sum (backward_data), 0 = out = sum + bias
     _pad0: u32,
-    _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(0) var<uniform> p: DataParams;
 
 // The forward / backward_data kernels run channel tiles on workgroup_id.x and pixel blocks
 // folded over (y, z) (see Gpu::grid_1d): workgroups that follow each other in dispatch order

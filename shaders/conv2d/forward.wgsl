@@ -1,5 +1,5 @@
 // conv2d kernels of the forward pass (conv1x1 and conv3x3 also run backward_data in the
-// vec4 layout); formulas, Params and the shared tile helpers in common.wgsl.
+// vec4 layout); formulas, DataParams and the shared tile helpers in common.wgsl.
 
 // ---------------------------------------------------------------------------------------
 // conv1x1: 1x1 kernel, stride 1, no padding: a GEMM over channels per pixel.

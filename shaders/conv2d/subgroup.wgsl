@@ -5,7 +5,7 @@
 //
 // Subgroup variants of conv2d's fast paths: the helpers that load a workgroup-uniform
 // operand (weights, or d_y in the weight gradients) and the *_sg entry points. Appended to
-// the other conv2d files (same formulas, Params, bindings, dispatch, register tiles and stores) in the
+// the other conv2d files (same formulas, uniforms, bindings, dispatch, register tiles and stores) in the
 // module built on adapters with subgroup operations and subgroups of at least 8 invocations;
 // uniform_loads.wgsl has the plain helpers. `sl` = subgroup_invocation_id.
 //
@@ -73,9 +73,9 @@ fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl:
 // c % 8 of the group (2 loads instead of 16).
 fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
     let s8 = sl % 8u;
-    let a = bq_d_y[yb + min(co0 + s8, p.cout - 1u) * hw4];
+    let a = bq_d_y[yb + min(co0 + s8, pg.cout - 1u) * hw4];
     var b = vec4(0.0);
-    if (CH_TILE > 8u) { b = bq_d_y[yb + min(co0 + 8u + s8, p.cout - 1u) * hw4]; }
+    if (CH_TILE > 8u) { b = bq_d_y[yb + min(co0 + 8u + s8, pg.cout - 1u) * hw4]; }
     let base = sl - s8;
     var g: Dy16;
     g[0] = mat4x4<f32>(subgroupShuffle(a, base), subgroupShuffle(a, base + 1u),

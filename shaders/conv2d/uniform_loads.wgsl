@@ -36,7 +36,7 @@ fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
     var g: Dy16;
     for (var cb = 0u; cb < 4u; cb++) {
         if (4u * cb < CH_TILE) {
-            let c = min(vec4(co0 + 4u * cb) + vec4(0u, 1u, 2u, 3u), vec4(p.cout - 1u)) * hw4;
+            let c = min(vec4(co0 + 4u * cb) + vec4(0u, 1u, 2u, 3u), vec4(pg.cout - 1u)) * hw4;
             g[cb] = mat4x4<f32>(bq_d_y[yb + c.x], bq_d_y[yb + c.y], bq_d_y[yb + c.z], bq_d_y[yb + c.w]);
         }
     }
