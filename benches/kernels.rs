@@ -3,6 +3,8 @@
 //! 64 MiB vec4 copy). Prints a table and writes `target/bench/kernels.jsonl`.
 //!
 //! `cargo bench --bench kernels [-- FILTER]` runs the cases whose name contains FILTER.
+//! Each convolution pass is timed on the planner's kernel (marked `*`) and on every other
+//! kernel that can run it, forced; `BENCH_PLANNED_ONLY=1` times the planner's alone.
 
 mod support;
 
@@ -107,14 +109,25 @@ fn conv_pass(case: &str, pass: &str) -> Option<ConvPass> {
 
 fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
     let mut out = Vec::new();
-    // DenseNet-121's 3x3 convolutions (batch 8) at its four feature-map sizes.
-    for s in [56, 28, 14, 7] {
+    // DenseNet-121's 3x3 convolutions (batch 8) at its four feature-map sizes, and
+    // ResNet-18's.
+    let three_by_three = [
+        (128, 32, 56),
+        (128, 32, 28),
+        (128, 32, 14),
+        (128, 32, 7),
+        (64, 64, 56),
+        (128, 128, 28),
+        (256, 256, 14),
+        (512, 512, 7),
+    ];
+    for (c, k, s) in three_by_three {
         out.push((
-            format!("conv3x3_n8_c128_k32_s{s}"),
+            format!("conv3x3_n8_c{c}_k{k}_s{s}"),
             conv_case(
                 gpu,
-                [8, 128, s],
-                32,
+                [8, c, s],
+                k,
                 3,
                 Conv2dSpec {
                     stride: 1,
@@ -459,6 +472,8 @@ fn main() {
 
 fn run() -> Result<()> {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    // BENCH_PLANNED_ONLY=1: only the planner's convolution kernels (for before/after runs).
+    let planned_only = std::env::var("BENCH_PLANNED_ONLY").is_ok_and(|v| v == "1");
     let gpu = Gpu::new()?;
     let adapter = gpu.describe();
     println!("adapter: {adapter}");
@@ -480,7 +495,7 @@ fn run() -> Result<()> {
             // Convolutions: the planner's kernel, then each other kernel that can run the
             // pass, forced.
             let mut variants: Vec<Option<ConvKernel>> = vec![None];
-            if let Some(conv) = conv_pass(&name, pass) {
+            if let Some(conv) = conv_pass(&name, pass).filter(|_| !planned_only) {
                 variants.extend(
                     ConvKernel::ALL
                         .into_iter()

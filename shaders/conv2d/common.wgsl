@@ -59,10 +59,11 @@ struct DataParams {
     accumulate: u32, // 1: out += sum (backward_data); 0: out = sum + bias
     has_bias: u32,
     b_off: u32,      // offset of the bias
-    w_off: u32,      // backward_data (general): offset of w; the other kernels read it packed
+    w_off: u32,      // offset of the weight read: w (general backward_data) or the packed weight
     sc_off: u32,     // offset of the prologue scale
     sh_off: u32,     // offset of the prologue shift
-    _pad0: u32,
+    w_image_stride: u32, // conv1x1: floats between the packed weights of consecutive images
+                         // (0: one weight for all; else no workgroup may straddle two images)
 }
 
 @group(0) @binding(0) var<uniform> p: DataParams;

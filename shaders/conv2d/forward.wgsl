@@ -45,9 +45,10 @@ struct W4 {
     w3: vec4<f32>,
 }
 
-// Packed weight row `row` at the tile's blocks os = (o0, o1, o2, o3).
+// Packed weight row `row` at the tile's blocks os = (o0, o1, o2, o3) (the packed weight
+// starts at float p.w_off, a multiple of 4).
 fn c1_load(row: u32, ocp4: u32, os: vec4<u32>) -> W4 {
-    let wo = row * ocp4;
+    let wo = p.w_off / 4u + row * ocp4;
     var w = W4(c1_w[wo + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
     if (CH_TILE > 4u) { w.w1 = c1_w[wo + os.y]; }
     if (CH_TILE > 8u) { w.w2 = c1_w[wo + os.z]; }
@@ -98,7 +99,9 @@ fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let ia = (p.inp.offset + na * p.inp.batch_stride) / 4u + (min(ga, ngrp - 1u) - na * hw4);
     let ib = (p.inp.offset + nb * p.inp.batch_stride) / 4u + (min(gb, ngrp - 1u) - nb * hw4);
     let oc0 = tile_id(wg) * CH_TILE;
-    let os = vec4(w_block(oc0, 0u), w_block(oc0, 1u), w_block(oc0, 2u), w_block(oc0, 3u));
+    // With per-image weights the workgroup's image na picks them (the same for all lanes).
+    let image_w = vec4(na * (p.w_image_stride / 4u));
+    let os = vec4(w_block(oc0, 0u), w_block(oc0, 1u), w_block(oc0, 2u), w_block(oc0, 3u)) + image_w;
     let ocp4 = (p.out_c + 3u) / 4u;
     // The channels below the last multiple of 8 take their weights from c1_weights (which
     // may share loads across groups of 8 lanes), the rest load them directly: two loops, so

@@ -1,7 +1,7 @@
 use crate::common::*;
 use densenet_wgpu::gpu::{GpuError, Tensor};
 use densenet_wgpu::ops::conv2d::{
-    self, reference, BnReluPrologue, Conv2dSpec, ConvKernel, ConvPass, ConvShape,
+    self, reference, AdapterClass, BnReluPrologue, Conv2dSpec, ConvKernel, ConvPass, ConvShape,
 };
 
 fn spec(stride: usize, padding: usize) -> Conv2dSpec {
@@ -446,15 +446,18 @@ fn gpu_strided_weight_gradient_prologue_views() {
 
 #[test]
 fn backward_weight_is_deterministic() {
-    // (H, W, K, stride, pad): 37x31 3x3 takes backward_weight_partial, 36x32 3x3
-    // backward_weight_rows, 36x32 1x1 backward_weight_1x1, 36x32 3x3/s2
-    // backward_weight_strided; all reduce in chunks.
-    for (h, w, k, s, pad) in [
-        (37, 31, 3, 1, 1),
-        (36, 32, 3, 1, 1),
-        (36, 32, 1, 1, 0),
-        (72, 64, 3, 2, 1),
+    // (H, W, K, stride, pad, forced kernel): 37x31 3x3 takes backward_weight_partial,
+    // 36x32 3x3 backward_weight_rows, 36x32 1x1 backward_weight_dot, 72x64 3x3/s2
+    // backward_weight_strided, and 37x31 3x3 once more on the implicit GEMM (9 chunks);
+    // all reduce in chunks.
+    for (h, w, k, s, pad, forced) in [
+        (37, 31, 3, 1, 1, None),
+        (36, 32, 3, 1, 1, None),
+        (36, 32, 1, 1, 0, None),
+        (72, 64, 3, 2, 1, None),
+        (37, 31, 3, 1, 1, Some(ConvKernel::GemmWeight)),
     ] {
+        let _forced = forced.map(|k| conv2d::force(&[k]));
         let sp = spec(s, pad);
         let (xs, ws) = ([2, 6, h, w], [5, 6, k, k]);
         let (oh, ow) = conv2d::output_size(sp, h, w, k, k).unwrap();
@@ -470,6 +473,9 @@ fn backward_weight_is_deterministic() {
             results.push(v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>());
         }
         assert_eq!(results[0], results[1], "{h}x{w}");
+        if let Some(k) = forced {
+            assert_eq!(conv2d::last_kernel(ConvPass::BackwardWeight), Some(k));
+        }
     }
 }
 
@@ -574,6 +580,7 @@ fn planner_follows_the_docs_table() {
         views_aligned: true,
         out_aligned: true,
         prologue: false,
+        adapter: AdapterClass::Gpu,
     };
     let misaligned = ConvShape {
         views_aligned: false,
@@ -584,7 +591,12 @@ fn planner_follows_the_docs_table() {
         prologue: true,
         ..shape((5, 5), 3, 1, 1)
     };
-    // (shape, forward, backward-data, backward-weight)
+    let cpu = |s: ConvShape| ConvShape {
+        adapter: AdapterClass::Cpu,
+        ..s
+    };
+    let channels = |s: ConvShape, cin: usize, cout: usize| ConvShape { cin, cout, ..s };
+    // (shape, forward, backward-data, backward-weight); GPU adapters first.
     let table = [
         (shape((8, 8), 1, 1, 0), Conv1x1, Conv1x1, WeightDot),
         (shape((3, 5), 1, 1, 0), Conv1x1, Conv1x1, WeightDot), // odd plane: zero-padded copy
@@ -622,6 +634,70 @@ fn planner_follows_the_docs_table() {
             WeightPartial,
         ), // 5x5 output
         (misaligned, ForwardTiled, BackwardData, WeightPartial),
+        (
+            channels(shape((16, 16), 3, 1, 1), 128, 128),
+            Conv3x3,
+            Conv3x3,
+            WeightRows,
+        ),
+        // CPU adapters: Winograd for 3x3 / stride 1 on planes of at most 64 pixels with 32
+        // channels or more on both sides, and of at most 256 with 128 or more.
+        (cpu(shape((8, 8), 1, 1, 0)), Conv1x1, Conv1x1, WeightDot),
+        (cpu(shape((8, 8), 3, 1, 1)), Conv3x3, Conv3x3, WeightRows),
+        (
+            cpu(channels(shape((8, 8), 3, 1, 1), 32, 32)),
+            Winograd,
+            Winograd,
+            WeightRows,
+        ),
+        (
+            cpu(channels(shape((8, 8), 3, 1, 1), 48, 12)),
+            Conv3x3,
+            Conv3x3,
+            WeightRows,
+        ),
+        (
+            cpu(channels(shape((5, 5), 3, 1, 1), 128, 32)),
+            Winograd,
+            Winograd,
+            WeightRows,
+        ),
+        (
+            cpu(channels(prologue_odd, 32, 40)),
+            Winograd,
+            Winograd,
+            WeightPartial,
+        ),
+        (
+            cpu(channels(shape((12, 8), 3, 1, 1), 32, 32)),
+            Conv3x3,
+            Conv3x3,
+            WeightRows,
+        ),
+        (
+            cpu(channels(shape((16, 16), 3, 1, 1), 128, 128)),
+            Winograd,
+            Winograd,
+            WeightRows,
+        ),
+        (
+            cpu(channels(shape((16, 16), 3, 1, 1), 128, 32)),
+            Conv3x3,
+            Conv3x3,
+            WeightRows,
+        ),
+        (
+            cpu(channels(shape((16, 20), 3, 1, 1), 128, 128)),
+            Conv3x3,
+            Conv3x3,
+            WeightRows,
+        ),
+        (
+            cpu(shape((8, 8), 3, 2, 1)),
+            ForwardTiled,
+            BackwardData,
+            WeightStrided,
+        ),
     ];
     for (s, fwd, bwd_data, bwd_weight) in table {
         assert_eq!(conv2d::plan(ConvPass::Forward, &s), fwd, "forward {s:?}");

@@ -289,16 +289,22 @@ impl Background {
         self.log.lock().unwrap().clone()
     }
 
-    /// Rank 1's pid, once it has printed it and `file` exists.
+    /// Rank 1's pid, once it has printed it and `file` exists. mpirun forwards both ranks'
+    /// output through one pipe, where their lines can interleave mid-line: the pid is found
+    /// by the text that follows "1/2 (local rank 1, pid ", wherever it starts.
     fn rank1_pid_after(&self, file: &Path) -> String {
         let start = Instant::now();
         loop {
-            let pid = self.text().lines().find_map(|l| {
-                l.strip_prefix("rank 1/2 ")
-                    .and_then(|r| r.split("pid ").nth(1))
-                    .and_then(|r| r.split(')').next())
-                    .map(str::to_string)
-            });
+            let text = self.text();
+            let pid = text
+                .split("1/2 (local rank 1, pid ")
+                .nth(1)
+                .map(|r| {
+                    r.chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                })
+                .filter(|pid| !pid.is_empty());
             if let Some(pid) = pid.filter(|_| file.exists()) {
                 return pid;
             }

@@ -85,7 +85,8 @@ pub(super) struct DataParams {
     pub w_off: u32,
     pub sc_off: u32,
     pub sh_off: u32,
-    pub _pad: u32,
+    /// conv1x1: floats between the packed weights of consecutive images (0: one weight).
+    pub w_image_stride: u32,
 }
 const _: () = assert!(std::mem::size_of::<DataParams>() == 112);
 
@@ -283,10 +284,9 @@ pub(super) fn data_pass(
         }
         _ => {}
     }
-    let (workgroups, mut consts) = pick(op, kernel, g, packing.out_c)?;
-    consts.prologue = prologue.is_some();
-    let (shader, entry) = kernel.entry(enc.subgroups());
     if kernel == ConvKernel::BackwardData {
+        let (workgroups, consts) = pick(op, kernel, g, packing.out_c, None)?;
+        let (shader, entry) = kernel.entry(enc.subgroups());
         // The general backward_data reads the weight as it is.
         return enc.launch(Launch {
             shader,
@@ -304,9 +304,43 @@ pub(super) fn data_pass(
     // The blocked kernels read the packed weight; it stands in for the bias and prologue
     // bindings a pass does not use.
     let packed = pack_weight(enc, op, g, packing, weight)?;
+    let p = DataParams { w_off: 0, ..*p };
+    blocked(
+        enc,
+        op,
+        kernel,
+        g,
+        &p,
+        &packed,
+        (read, written),
+        bias,
+        prologue,
+        None,
+    )
+}
+
+/// Launches one of the blocked kernels (`conv1x1`, `conv3x3`, `forward_tiled`) on a weight
+/// packed by [`pack_weight`] (at float `p.w_off` of `packed`), with `lanes` invocations per
+/// workgroup or as [`pick`] chooses.
+#[allow(clippy::too_many_arguments)]
+fn blocked(
+    enc: &mut Encoder,
+    op: &str,
+    kernel: ConvKernel,
+    g: &Geom,
+    p: &DataParams,
+    packed: &Tensor,
+    (read, written): (&Tensor, &Tensor),
+    bias: Option<&Tensor>,
+    prologue: Option<BnReluPrologue>,
+    lanes: Option<u32>,
+) -> Result<()> {
+    let (workgroups, mut consts) = pick(op, kernel, g, p.out_c as usize, lanes)?;
+    consts.prologue = prologue.is_some();
+    let (shader, entry) = kernel.entry(enc.subgroups());
     let (scale, shift) = match prologue {
         Some(pr) => (pr.scale, pr.shift),
-        None => (&packed, &packed),
+        None => (packed, packed),
     };
     enc.launch(Launch {
         shader,
@@ -315,8 +349,8 @@ pub(super) fn data_pass(
         args: &[
             Arg::Uniform(bytemuck::bytes_of(p)),
             Arg::Read(read),
-            Arg::Read(&packed),
-            Arg::Read(bias.unwrap_or(&packed)),
+            Arg::Read(packed),
+            Arg::Read(bias.unwrap_or(packed)),
             Arg::Read(scale),
             Arg::Read(shift),
             Arg::Write(written),
@@ -326,14 +360,20 @@ pub(super) fn data_pass(
 }
 
 /// Grid and constants of `kernel` (forward or backward_data), producing `out_c` channels.
-fn pick(op: &str, kernel: ConvKernel, g: &Geom, out_c: usize) -> Result<([u32; 3], Consts)> {
+fn pick(
+    op: &str,
+    kernel: ConvKernel,
+    g: &Geom,
+    out_c: usize,
+    lanes: Option<u32>,
+) -> Result<([u32; 3], Consts)> {
     let hw = g.h * g.w;
     let (t, wg, blocks) = match kernel {
         ConvKernel::Conv1x1 => {
             // Lane l of a block owns the pixel groups l, l + WG, ...
             let t = narrow(CONV1X1, out_c);
             let groups4 = g.n * hw / 4;
-            let wg = lanes_for(groups4.div_ceil(t.px as usize));
+            let wg = lanes.unwrap_or_else(|| lanes_for(groups4.div_ceil(t.px as usize)));
             (t, wg, groups(groups4, wg * t.px))
         }
         ConvKernel::Conv3x3 => {
@@ -939,16 +979,19 @@ pub(super) fn gemm_backward_weight(
     })
 }
 
-/// Output channels per invocation of `winograd_3x3`, and its workgroup size.
-const WINOGRAD_CH: u32 = 8;
+/// Workgroup size of the Winograd transforms.
 const WINOGRAD_WG: u32 = 64;
+/// Floats of the transformed input (or output) of one chunk of images, at most (32 MiB):
+/// Winograd runs image chunk by image chunk, so that its scratch stays small next to the
+/// activations and within per-buffer limits.
+const WINOGRAD_SCRATCH_FLOATS: usize = 8 << 20;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct WinogradParams {
     inp: ViewParams,
     out: ViewParams,
-    n: u32,
+    n0: u32,
     h: u32,
     w: u32,
     out_c: u32,
@@ -956,6 +999,7 @@ struct WinogradParams {
     tiles_h: u32,
     tiles_w: u32,
     tiles: u32,
+    t_pad: u32,
     accumulate: u32,
     has_bias: u32,
     b_off: u32,
@@ -966,12 +1010,14 @@ struct WinogradParams {
     w_red_stride: u32,
     flip: u32,
     total: u32,
-    _pad: [u32; 2],
+    _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<WinogradParams>() == 112);
 
-/// `winograd_3x3` for a forward (`p.accumulate == 0`: overwrites y) or backward-data pass
-/// (adds into d_x), as for [`data_pass`].
+/// Winograd F(2x2, 3x3) for a forward (`p.accumulate == 0`: overwrites y) or backward-data
+/// pass (adds into d_x), as for [`data_pass`]: the weight transform, then per chunk of
+/// images the input transform, the 16 products on `conv1x1`, and the output transform
+/// (see winograd.wgsl).
 #[allow(clippy::too_many_arguments)]
 fn winograd(
     enc: &mut Encoder,
@@ -986,38 +1032,36 @@ fn winograd(
 ) -> Result<()> {
     let (out_c, red_c) = (packing.out_c, packing.red_c);
     let (tiles_h, tiles_w) = (g.h.div_ceil(2), g.w.div_ceil(2));
-    let tiles = g.n * tiles_h * tiles_w;
-    if out_c == 0 || tiles == 0 {
+    let per_image = tiles_h * tiles_w;
+    if out_c == 0 || g.n * per_image == 0 {
         return Ok(());
     }
     let ocp = out_c.next_multiple_of(4);
     let mut q = WinogradParams {
         inp: ViewParams::of(read),
         out: ViewParams::of(written),
-        n: g.n as u32,
         h: g.h as u32,
         w: g.w as u32,
         out_c: out_c as u32,
         red_c: red_c as u32,
         tiles_h: tiles_h as u32,
         tiles_w: tiles_w as u32,
-        tiles: to_u32(op, "Winograd tiles", tiles)?,
         accumulate: p.accumulate,
         has_bias: p.has_bias,
         b_off: p.b_off,
         sc_off: p.sc_off,
         sh_off: p.sh_off,
         w_off: packing.w_off,
-        w_out_stride: packing.out_stride as u32,
-        w_red_stride: packing.red_stride as u32,
+        w_out_stride: to_u32(op, "weight stride", packing.out_stride)?,
+        w_red_stride: to_u32(op, "weight stride", packing.red_stride)?,
         flip: packing.flip as u32,
         total: to_u32(op, "Winograd weight", red_c * ocp)?,
-        _pad: [0; 2],
+        ..bytemuck::Zeroable::zeroed()
     };
-    to_u32(op, "Winograd weight", red_c * 16 * ocp)?;
+    to_u32(op, "Winograd weight", 16 * red_c * ocp)?;
     let u = enc
         .gpu()
-        .zeros(&[red_c * 16, ocp], "conv2d Winograd weight")?;
+        .zeros(&[16 * red_c.max(1), ocp], "conv2d Winograd weight")?;
     if red_c > 0 {
         enc.launch(Launch {
             shader: &WINOGRAD_SHADER,
@@ -1031,31 +1075,104 @@ fn winograd(
             workgroups: Gpu::grid_1d(groups(red_c * ocp, WINOGRAD_WG)),
         })?;
     }
-    q.total = 0;
-    let ch = if out_c <= 4 { 4 } else { WINOGRAD_CH };
-    let grid = pixel_grid(op, groups(tiles, WINOGRAD_WG), groups(out_c, ch))?;
+    let per_image_floats = 16 * red_c.max(out_c) * per_image;
+    let chunk = (WINOGRAD_SCRATCH_FLOATS / per_image_floats).clamp(1, g.n);
+    let prologue_flag = ("PROLOGUE", if prologue.is_some() { 1.0 } else { 0.0 });
     let (scale, shift) = match prologue {
         Some(pr) => (pr.scale, pr.shift),
         None => (&u, &u),
     };
-    let (shader, entry) = ConvKernel::Winograd.entry(false);
-    enc.launch(Launch {
-        shader,
-        entry,
-        overrides: &[
-            ("WG", WINOGRAD_WG as f64),
-            ("CH_TILE", ch as f64),
-            ("PROLOGUE", if prologue.is_some() { 1.0 } else { 0.0 }),
-        ],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(read),
-            Arg::Read(&u),
-            Arg::Read(bias.unwrap_or(&u)),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(written),
-        ],
-        workgroups: grid,
-    })
+    for n0 in (0..g.n).step_by(chunk) {
+        let tiles = chunk.min(g.n - n0) * per_image;
+        // The products run as one conv1x1 over 16 images (one per e) of 1 x t_pad pixels,
+        // image e with weight U[e]: its workgroups (lanes x 2 groups of 4 pixels) must not
+        // straddle two images, so t_pad is a multiple of 8 * lanes.
+        let lanes: u32 = [64, 32, 16, 8]
+            .into_iter()
+            .find(|&l| tiles.next_multiple_of(8 * l as usize) - tiles <= tiles / 8)
+            .unwrap_or(8);
+        let t_pad = tiles.next_multiple_of(8 * lanes as usize);
+        to_u32(op, "Winograd scratch", 16 * red_c.max(out_c) * t_pad)?;
+        let v = enc
+            .gpu()
+            .zeros(&[16, red_c.max(1), 1, t_pad], "conv2d Winograd input")?;
+        let m = enc
+            .gpu()
+            .zeros(&[16, out_c, 1, t_pad], "conv2d Winograd products")?;
+        q.n0 = n0 as u32;
+        q.tiles = tiles as u32;
+        q.t_pad = t_pad as u32;
+        q.total = (red_c * tiles) as u32;
+        if red_c > 0 {
+            enc.launch(Launch {
+                shader: &WINOGRAD_SHADER,
+                entry: "winograd_input",
+                overrides: &[("WG", WINOGRAD_WG as f64), prologue_flag],
+                args: &[
+                    Arg::Uniform(bytemuck::bytes_of(&q)),
+                    Arg::Read(read),
+                    Arg::Read(scale),
+                    Arg::Read(shift),
+                    Arg::Write(&v),
+                ],
+                workgroups: Gpu::grid_1d(groups(red_c * tiles, WINOGRAD_WG)),
+            })?;
+        }
+        let product = Geom {
+            n: 16,
+            cin: red_c,
+            h: 1,
+            w: t_pad,
+            cout: out_c,
+            oh: 1,
+            ow: t_pad,
+            kh: 1,
+            kw: 1,
+        };
+        let pe = DataParams {
+            inp: ViewParams::of(&v),
+            out: ViewParams::of(&m),
+            n: 16,
+            cin: red_c as u32,
+            h: 1,
+            w: t_pad as u32,
+            cout: out_c as u32,
+            oh: 1,
+            ow: t_pad as u32,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            out_c: out_c as u32,
+            red_c: red_c as u32,
+            w_image_stride: (red_c * ocp) as u32,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        let conv1x1 = ConvKernel::Conv1x1;
+        blocked(
+            enc,
+            op,
+            conv1x1,
+            &product,
+            &pe,
+            &u,
+            (&v, &m),
+            None,
+            None,
+            Some(lanes),
+        )?;
+        q.total = (out_c * tiles) as u32;
+        enc.launch(Launch {
+            shader: &WINOGRAD_SHADER,
+            entry: "winograd_output",
+            overrides: &[("WG", WINOGRAD_WG as f64)],
+            args: &[
+                Arg::Uniform(bytemuck::bytes_of(&q)),
+                Arg::Read(&m),
+                Arg::Read(bias.unwrap_or(&m)),
+                Arg::Write(written),
+            ],
+            workgroups: Gpu::grid_1d(groups(out_c * tiles, WINOGRAD_WG)),
+        })?;
+    }
+    Ok(())
 }

@@ -12,8 +12,8 @@ pub mod reference;
 
 pub use launch::GemmTile;
 pub use plan::{
-    force, last_kernel, not_applicable, parse_forced, plan, ConvKernel, ConvPass, ConvShape,
-    Forced, FORCE_ENV,
+    force, last_kernel, not_applicable, parse_forced, plan, AdapterClass, ConvKernel, ConvPass,
+    ConvShape, Forced, FORCE_ENV,
 };
 
 use launch::{DataParams, Packing, WeightParams};
@@ -244,8 +244,9 @@ fn padded_plane(g: &Geom, spec: Conv2dSpec, prologue: bool) -> Option<(usize, us
 }
 
 /// The planner's view of a pass over `a` (read) and `b` (written; for the weight gradient
-/// x and d_y), `out` being the output-side activation (y or d_y).
+/// x and d_y), `out` being the output-side activation (y or d_y), on `enc`'s adapter.
 fn conv_shape(
+    enc: &Encoder,
     g: &Geom,
     spec: Conv2dSpec,
     (a, b): (&Tensor, &Tensor),
@@ -264,6 +265,7 @@ fn conv_shape(
         views_aligned: aligned(a) && aligned(b),
         out_aligned: aligned(out),
         prologue,
+        adapter: AdapterClass::of(&enc.gpu().info),
     }
 }
 
@@ -290,7 +292,7 @@ pub fn forward(
 ) -> Result<()> {
     const OP: &str = "conv2d forward";
     let g = geometry(OP, "x", x, ("weight", weight), "y", y, spec)?;
-    let shape = conv_shape(&g, spec, (x, y), y, prologue.is_some());
+    let shape = conv_shape(enc, &g, spec, (x, y), y, prologue.is_some());
     let kernel = plan::choose(OP, ConvPass::Forward, &shape)?;
     let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
     if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {
@@ -344,7 +346,7 @@ pub fn backward_data(
 ) -> Result<()> {
     const OP: &str = "conv2d backward_data";
     let g = geometry(OP, "d_x", d_x, ("weight", weight), "d_y", d_y, spec)?;
-    let shape = conv_shape(&g, spec, (d_y, d_x), d_y, false);
+    let shape = conv_shape(enc, &g, spec, (d_y, d_x), d_y, false);
     let kernel = plan::choose(OP, ConvPass::BackwardData, &shape)?;
     let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
     if let Some(hw) = padded_plane(&g, spec, false).filter(|_| fast) {
@@ -396,7 +398,7 @@ pub fn backward_weight(
 ) -> Result<()> {
     const OP: &str = "conv2d backward_weight";
     let g = geometry(OP, "x", x, ("d_weight", d_weight), "d_y", d_y, spec)?;
-    let shape = conv_shape(&g, spec, (x, d_y), d_y, prologue.is_some());
+    let shape = conv_shape(enc, &g, spec, (x, d_y), d_y, prologue.is_some());
     let kernel = plan::choose(OP, ConvPass::BackwardWeight, &shape)?;
     let fast = matches!(kernel, ConvKernel::WeightDot | ConvKernel::WeightRows);
     if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {

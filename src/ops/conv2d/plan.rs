@@ -3,7 +3,8 @@
 //! tests and benchmarks (an API guard, [`force`], or `DENSENET_WGPU_CONV=<kernel>[,...]`).
 //!
 //! The choice follows docs/kernels.md (conv2d, Dispatch); [`plan`] is a pure function of
-//! the shapes and of whether the views allow vec4 loads, and its unit test holds that table.
+//! the shapes, of whether the views allow vec4 loads and of the adapter class, and its unit
+//! test holds that table.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -75,8 +76,8 @@ impl ConvKernel {
         ConvKernel::Winograd,
     ];
 
-    /// The kernel's name: its entry point in `shaders/conv2d.wgsl`, or in
-    /// `shaders/conv2d/gemm.wgsl` / `winograd.wgsl`.
+    /// The kernel's name (`DENSENET_WGPU_CONV` takes it): its entry point in
+    /// `shaders/conv2d/`, or for `winograd` the prefix of its four launches.
     pub fn name(self) -> &'static str {
         match self {
             ConvKernel::Conv1x1 => "conv1x1",
@@ -90,7 +91,7 @@ impl ConvKernel {
             ConvKernel::GemmForward => "gemm_forward",
             ConvKernel::GemmBackwardData => "gemm_backward_data",
             ConvKernel::GemmWeight => "gemm_backward_weight",
-            ConvKernel::Winograd => "winograd_3x3",
+            ConvKernel::Winograd => "winograd",
         }
     }
 
@@ -124,7 +125,7 @@ impl ConvKernel {
     }
 
     /// The shader and entry point that run it: the subgroup variant (`*_sg`) where the
-    /// kernel has one and `subgroups` allows it.
+    /// kernel has one and `subgroups` allows it (for `winograd`, its last launch).
     pub fn entry(self, subgroups: bool) -> (&'static Shader, &'static str) {
         use ConvKernel::*;
         match (subgroups, self) {
@@ -135,7 +136,7 @@ impl ConvKernel {
             (true, WeightRows) => (&SUBGROUP_SHADER, "backward_weight_rows_sg"),
             (true, WeightStrided) => (&SUBGROUP_SHADER, "backward_weight_strided_sg"),
             (_, GemmForward | GemmBackwardData | GemmWeight) => (&GEMM_SHADER, self.name()),
-            (_, Winograd) => (&WINOGRAD_SHADER, self.name()),
+            (_, Winograd) => (&WINOGRAD_SHADER, "winograd_output"),
             _ => (&SHADER, self.name()),
         }
     }
@@ -144,6 +145,25 @@ impl ConvKernel {
 impl fmt::Display for ConvKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// The kind of adapter a pass runs on. The kernels rank differently on each: a CPU adapter
+/// (lavapipe) gains nothing from workgroup memory and moves ~6 GB/s against ~90 GFLOP/s of
+/// FMAs; a GPU has fast workgroup memory and far more bandwidth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterClass {
+    Cpu,
+    Gpu,
+}
+
+impl AdapterClass {
+    pub fn of(info: &wgpu::AdapterInfo) -> AdapterClass {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            AdapterClass::Cpu
+        } else {
+            AdapterClass::Gpu
+        }
     }
 }
 
@@ -166,6 +186,7 @@ pub struct ConvShape {
     pub out_aligned: bool,
     /// A BN+ReLU prologue is applied while reading x.
     pub prologue: bool,
+    pub adapter: AdapterClass,
 }
 
 impl ConvShape {
@@ -233,6 +254,20 @@ pub fn not_applicable(kernel: ConvKernel, pass: ConvPass, shape: &ConvShape) -> 
     }
 }
 
+/// Whether Winograd beats the direct 3x3 kernels on a CPU adapter (docs/kernels.md,
+/// Winograd): on planes of at most 64 pixels with at least 32 channels on both sides (7x7:
+/// 1.2-1.8x faster; with 12 output channels, DenseNet-BC's, the step got slower), and on
+/// planes of at most 256 pixels with at least 128 (14x14, 256 -> 256: 1.8x). On larger
+/// planes its transformed input (4x the input) makes it memory-bound: 0.5-0.8x at 28x28
+/// and 56x56 with 32 output channels.
+fn winograd_pays(shape: &ConvShape) -> bool {
+    let hw = shape.h * shape.w;
+    let channels = shape.cin.min(shape.cout);
+    shape.adapter == AdapterClass::Cpu
+        && shape.same(3)
+        && ((hw <= 64 && channels >= 32) || (hw <= 256 && channels >= 128))
+}
+
 /// The kernel that runs `pass` on `shape` unless one is forced (docs/kernels.md).
 pub fn plan(pass: ConvPass, shape: &ConvShape) -> ConvKernel {
     use ConvKernel::*;
@@ -243,11 +278,14 @@ pub fn plan(pass: ConvPass, shape: &ConvShape) -> ConvKernel {
     };
     let fast1 = not_applicable(Conv1x1, fast_pass, shape).is_none();
     let fast3 = not_applicable(Conv3x3, fast_pass, shape).is_none();
+    let winograd = winograd_pays(shape);
     match pass {
         ConvPass::Forward if fast1 => Conv1x1,
+        ConvPass::Forward if winograd => Winograd,
         ConvPass::Forward if fast3 => Conv3x3,
         ConvPass::Forward => ForwardTiled,
         ConvPass::BackwardData if fast1 => Conv1x1,
+        ConvPass::BackwardData if winograd => Winograd,
         ConvPass::BackwardData if fast3 => Conv3x3,
         ConvPass::BackwardData => BackwardData,
         ConvPass::BackwardWeight if fast1 => WeightDot,
