@@ -748,6 +748,23 @@ fn planner_follows_the_docs_table() {
         .contains("conv5x5"));
 }
 
+/// Winograd in several blocks of output channels and chunks of images (its scratch is
+/// bounded to 2M floats per tensor): 1100 output channels over 130 (forward: 2 blocks of
+/// at most 1008 channels; backward_data, 130 over 1100: 2 blocks of at most 116), and a
+/// 20x20 plane whose transformed input takes more than half the bound per image (2 chunks).
+#[test]
+fn winograd_in_blocks_and_chunks_matches_the_reference() {
+    let _forced = conv2d::force(&[ConvKernel::Winograd]);
+    let c = Case {
+        bias: true,
+        ..case(2, 130, 20, 20, 1100, (3, 3), 1, 1)
+    };
+    try_case(&c, true).unwrap();
+    for pass in [ConvPass::Forward, ConvPass::BackwardData] {
+        assert_eq!(conv2d::last_kernel(pass), Some(ConvKernel::Winograd));
+    }
+}
+
 /// Every kernel, forced, on odd shapes, several workgroups and channel-slice views, against
 /// the f64 reference (with and without subgroups); a kernel that cannot run a case is a
 /// typed error, and each kernel runs at least one case.

@@ -981,10 +981,13 @@ pub(super) fn gemm_backward_weight(
 
 /// Workgroup size of the Winograd transforms.
 const WINOGRAD_WG: u32 = 64;
-/// Floats of the transformed input (or output) of one chunk of images, at most (32 MiB):
-/// Winograd runs image chunk by image chunk, so that its scratch stays small next to the
-/// activations and within per-buffer limits.
-const WINOGRAD_SCRATCH_FLOATS: usize = 8 << 20;
+/// Floats of each of Winograd's three scratch tensors at most (4 MiB: the transformed
+/// weights of a block of output channels, the transformed input of a chunk of images, their
+/// products): Winograd runs block by block and chunk by chunk through the same three
+/// tensors, so that its scratch stays small next to the activations (a pass's buffers are
+/// held until its submission ends; ResNet-18's 512 -> 512 layers would otherwise hold
+/// 16 MiB of transformed weights each).
+const WINOGRAD_SCRATCH_FLOATS: usize = 1 << 20;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -1015,9 +1018,9 @@ struct WinogradParams {
 const _: () = assert!(std::mem::size_of::<WinogradParams>() == 112);
 
 /// Winograd F(2x2, 3x3) for a forward (`p.accumulate == 0`: overwrites y) or backward-data
-/// pass (adds into d_x), as for [`data_pass`]: the weight transform, then per chunk of
-/// images the input transform, the 16 products on `conv1x1`, and the output transform
-/// (see winograd.wgsl).
+/// pass (adds into d_x), as for [`data_pass`]: per chunk of images the input transform,
+/// then per block of output channels the weight transform, the 16 products on `conv1x1`
+/// and the output transform (see winograd.wgsl).
 #[allow(clippy::too_many_arguments)]
 fn winograd(
     enc: &mut Encoder,
@@ -1036,74 +1039,66 @@ fn winograd(
     if out_c == 0 || g.n * per_image == 0 {
         return Ok(());
     }
-    let ocp = out_c.next_multiple_of(4);
+    let hw = g.h * g.w;
+    // Output channels per block (a multiple of 4), and images per chunk.
+    let block = (WINOGRAD_SCRATCH_FLOATS / (16 * red_c.max(1)) / 4 * 4)
+        .max(4)
+        .min(out_c.next_multiple_of(4));
+    let images = (WINOGRAD_SCRATCH_FLOATS / (16 * red_c.max(block) * per_image)).clamp(1, g.n);
+    let written_view = ViewParams::of(written);
     let mut q = WinogradParams {
         inp: ViewParams::of(read),
-        out: ViewParams::of(written),
         h: g.h as u32,
         w: g.w as u32,
-        out_c: out_c as u32,
         red_c: red_c as u32,
         tiles_h: tiles_h as u32,
         tiles_w: tiles_w as u32,
         accumulate: p.accumulate,
         has_bias: p.has_bias,
-        b_off: p.b_off,
         sc_off: p.sc_off,
         sh_off: p.sh_off,
-        w_off: packing.w_off,
         w_out_stride: to_u32(op, "weight stride", packing.out_stride)?,
         w_red_stride: to_u32(op, "weight stride", packing.red_stride)?,
         flip: packing.flip as u32,
-        total: to_u32(op, "Winograd weight", red_c * ocp)?,
         ..bytemuck::Zeroable::zeroed()
     };
-    to_u32(op, "Winograd weight", 16 * red_c * ocp)?;
-    let u = enc
-        .gpu()
-        .zeros(&[16 * red_c.max(1), ocp], "conv2d Winograd weight")?;
-    if red_c > 0 {
-        enc.launch(Launch {
-            shader: &WINOGRAD_SHADER,
-            entry: "winograd_weight",
-            overrides: &[("WG", WINOGRAD_WG as f64)],
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&q)),
-                Arg::Read(weight),
-                Arg::Write(&u),
-            ],
-            workgroups: Gpu::grid_1d(groups(red_c * ocp, WINOGRAD_WG)),
-        })?;
-    }
-    let per_image_floats = 16 * red_c.max(out_c) * per_image;
-    let chunk = (WINOGRAD_SCRATCH_FLOATS / per_image_floats).clamp(1, g.n);
     let prologue_flag = ("PROLOGUE", if prologue.is_some() { 1.0 } else { 0.0 });
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (&u, &u),
-    };
-    for n0 in (0..g.n).step_by(chunk) {
-        let tiles = chunk.min(g.n - n0) * per_image;
-        // The products run as one conv1x1 over 16 images (one per e) of 1 x t_pad pixels,
-        // image e with weight U[e]: its workgroups (lanes x 2 groups of 4 pixels) must not
-        // straddle two images, so t_pad is a multiple of 8 * lanes.
+    // The products run as one conv1x1 over 16 images (one per e) of 1 x t_pad pixels, image
+    // e with weight U[e]: its workgroups (lanes x 2 groups of 4 pixels) must not straddle
+    // two images, so t_pad is a multiple of 8 * lanes.
+    let padding = |tiles: usize| -> (u32, usize) {
         let lanes: u32 = [64, 32, 16, 8]
             .into_iter()
             .find(|&l| tiles.next_multiple_of(8 * l as usize) - tiles <= tiles / 8)
             .unwrap_or(8);
-        let t_pad = tiles.next_multiple_of(8 * lanes as usize);
-        to_u32(op, "Winograd scratch", 16 * red_c.max(out_c) * t_pad)?;
-        let v = enc
-            .gpu()
-            .zeros(&[16, red_c.max(1), 1, t_pad], "conv2d Winograd input")?;
-        let m = enc
-            .gpu()
-            .zeros(&[16, out_c, 1, t_pad], "conv2d Winograd products")?;
+        (lanes, tiles.next_multiple_of(8 * lanes as usize))
+    };
+    // One set of scratch tensors, sized for the first (largest) chunk and block.
+    let (_, t_pad_max) = padding(images.min(g.n) * per_image);
+    to_u32(op, "Winograd scratch", 16 * red_c.max(block) * t_pad_max)?;
+    let gpu = enc.gpu();
+    let v = gpu.zeros(&[16, red_c.max(1), 1, t_pad_max], "conv2d Winograd input")?;
+    let u = gpu.zeros(&[16 * red_c.max(1), block], "conv2d Winograd weight")?;
+    let m = gpu.zeros(&[16, block, 1, t_pad_max], "conv2d Winograd products")?;
+    // A view of 16 images of `channels` x t_pad at the start of a scratch tensor.
+    let images16 = |channels: usize, t_pad: usize| ViewParams {
+        offset: 0,
+        batch_stride: (channels * t_pad) as u32,
+        item: (channels * t_pad) as u32,
+        _pad: 0,
+    };
+    for n0 in (0..g.n).step_by(images) {
+        let tiles = images.min(g.n - n0) * per_image;
+        let (lanes, t_pad) = padding(tiles);
         q.n0 = n0 as u32;
         q.tiles = tiles as u32;
         q.t_pad = t_pad as u32;
-        q.total = (red_c * tiles) as u32;
         if red_c > 0 {
+            q.total = (red_c * tiles) as u32;
+            let (scale, shift) = match prologue {
+                Some(pr) => (pr.scale, pr.shift),
+                None => (read, read),
+            };
             enc.launch(Launch {
                 shader: &WINOGRAD_SHADER,
                 entry: "winograd_input",
@@ -1118,61 +1113,87 @@ fn winograd(
                 workgroups: Gpu::grid_1d(groups(red_c * tiles, WINOGRAD_WG)),
             })?;
         }
-        let product = Geom {
-            n: 16,
-            cin: red_c,
-            h: 1,
-            w: t_pad,
-            cout: out_c,
-            oh: 1,
-            ow: t_pad,
-            kh: 1,
-            kw: 1,
-        };
-        let pe = DataParams {
-            inp: ViewParams::of(&v),
-            out: ViewParams::of(&m),
-            n: 16,
-            cin: red_c as u32,
-            h: 1,
-            w: t_pad as u32,
-            cout: out_c as u32,
-            oh: 1,
-            ow: t_pad as u32,
-            kh: 1,
-            kw: 1,
-            stride: 1,
-            out_c: out_c as u32,
-            red_c: red_c as u32,
-            w_image_stride: (red_c * ocp) as u32,
-            ..bytemuck::Zeroable::zeroed()
-        };
-        let conv1x1 = ConvKernel::Conv1x1;
-        blocked(
-            enc,
-            op,
-            conv1x1,
-            &product,
-            &pe,
-            &u,
-            (&v, &m),
-            None,
-            None,
-            Some(lanes),
-        )?;
-        q.total = (out_c * tiles) as u32;
-        enc.launch(Launch {
-            shader: &WINOGRAD_SHADER,
-            entry: "winograd_output",
-            overrides: &[("WG", WINOGRAD_WG as f64)],
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&q)),
-                Arg::Read(&m),
-                Arg::Read(bias.unwrap_or(&m)),
-                Arg::Write(written),
-            ],
-            workgroups: Gpu::grid_1d(groups(out_c * tiles, WINOGRAD_WG)),
-        })?;
+        for o0 in (0..out_c).step_by(block) {
+            let oc = block.min(out_c - o0);
+            let ocp = oc.next_multiple_of(4);
+            q.out_c = oc as u32;
+            q.w_off = packing.w_off + to_u32(op, "weight offset", o0 * packing.out_stride)?;
+            q.b_off = p.b_off + o0 as u32;
+            q.out = ViewParams {
+                offset: written_view.offset + to_u32(op, "output offset", o0 * hw)?,
+                ..written_view
+            };
+            if red_c > 0 {
+                q.total = (red_c * ocp) as u32;
+                enc.launch(Launch {
+                    shader: &WINOGRAD_SHADER,
+                    entry: "winograd_weight",
+                    overrides: &[("WG", WINOGRAD_WG as f64)],
+                    args: &[
+                        Arg::Uniform(bytemuck::bytes_of(&q)),
+                        Arg::Read(weight),
+                        Arg::Write(&u),
+                    ],
+                    workgroups: Gpu::grid_1d(groups(red_c * ocp, WINOGRAD_WG)),
+                })?;
+            }
+            let product = Geom {
+                n: 16,
+                cin: red_c,
+                h: 1,
+                w: t_pad,
+                cout: oc,
+                oh: 1,
+                ow: t_pad,
+                kh: 1,
+                kw: 1,
+            };
+            let pe = DataParams {
+                inp: images16(red_c, t_pad),
+                out: images16(oc, t_pad),
+                n: 16,
+                cin: red_c as u32,
+                h: 1,
+                w: t_pad as u32,
+                cout: oc as u32,
+                oh: 1,
+                ow: t_pad as u32,
+                kh: 1,
+                kw: 1,
+                stride: 1,
+                out_c: oc as u32,
+                red_c: red_c as u32,
+                w_image_stride: (red_c * ocp) as u32,
+                ..bytemuck::Zeroable::zeroed()
+            };
+            let conv1x1 = ConvKernel::Conv1x1;
+            blocked(
+                enc,
+                op,
+                conv1x1,
+                &product,
+                &pe,
+                &u,
+                (&v, &m),
+                None,
+                None,
+                Some(lanes),
+            )?;
+            q.total = (oc * tiles) as u32;
+            let (shader, entry) = ConvKernel::Winograd.entry(false);
+            enc.launch(Launch {
+                shader,
+                entry,
+                overrides: &[("WG", WINOGRAD_WG as f64)],
+                args: &[
+                    Arg::Uniform(bytemuck::bytes_of(&q)),
+                    Arg::Read(&m),
+                    Arg::Read(bias.unwrap_or(&m)),
+                    Arg::Write(written),
+                ],
+                workgroups: Gpu::grid_1d(groups(oc * tiles, WINOGRAD_WG)),
+            })?;
+        }
     }
     Ok(())
 }
