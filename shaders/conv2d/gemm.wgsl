@@ -92,6 +92,14 @@ fn mac_staged(acc: ptr<function, array<f32, 64>>, kk: u32, tm: u32, tn: u32) {
     }
 }
 
+// One staged step: once every thread has staged its share, the register tile takes the
+// BK products; the second barrier keeps the stage until every thread has read it.
+fn multiply_stage(acc: ptr<function, array<f32, 64>>, tm: u32, tn: u32) {
+    workgroupBarrier();
+    for (var kk = 0u; kk < BK; kk++) { mac_staged(acc, kk, tm, tn); }
+    workgroupBarrier();
+}
+
 // Stages BK rows of the packed weight (rows k0.., columns m0..m0+BM) as vec4 loads.
 fn stage_weight(k0: u32, m0: u32, li: u32) {
     let quads = BM / 4u;
@@ -157,9 +165,7 @@ fn gemm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
             }
             stage_b[kk * BN + sc] = v;
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) { mac_staged(&acc, kk, tm, tn); }
-        workgroupBarrier();
+        multiply_stage(&acc, tm, tn);
     }
     for (var j = 0u; j < TN; j++) {
         let qj = c0 + tn + j * (BN / TN);
@@ -221,9 +227,7 @@ fn gemm_backward_data(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
             }
             stage_b[kk * BN + sc] = v;
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) { mac_staged(&acc, kk, tm, tn); }
-        workgroupBarrier();
+        multiply_stage(&acc, tm, tn);
     }
     for (var j = 0u; j < TN; j++) {
         let qj = c0 + tn + j * (BN / TN);

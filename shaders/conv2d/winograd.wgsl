@@ -45,6 +45,15 @@ struct WinogradParams {
 
 @group(0) @binding(0) var<uniform> q: WinogradParams;
 
+// Tile t of the chunk as (image in the chunk, tile row, tile column).
+fn tile_coords(t: u32) -> vec3<u32> {
+    let per_image = q.tiles_h * q.tiles_w;
+    let n = t / per_image;
+    let r = t - n * per_image;
+    let ty = r / q.tiles_w;
+    return vec3(n, ty, r - ty * q.tiles_w);
+}
+
 // ---------------------------------------------------------------------------------------
 // winograd_weight: u[(e * red_c + c) * OCP + o] = (G f[o, c] G^T)[e / 4, e % 4], OCP = out_c
 // rounded up to 4 (the extra channels 0): for each e, the packed weight (red_c, OCP) that
@@ -122,11 +131,10 @@ fn winograd_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if (e >= q.total) { return; }
     let c = e / q.tiles;
     let t = e - c * q.tiles;
-    let per_image = q.tiles_h * q.tiles_w;
-    let n = t / per_image;
-    let r = t - n * per_image;
-    let ty = r / q.tiles_w;
-    let tx = r - ty * q.tiles_w;
+    let at_tile = tile_coords(t);
+    let n = at_tile.x;
+    let ty = at_tile.y;
+    let tx = at_tile.z;
 
     let ih = vec4<i32>(i32(2u * ty) - 1) + vec4(0, 1, 2, 3);
     let iw = vec4<i32>(i32(2u * tx) - 1) + vec4(0, 1, 2, 3);
@@ -176,11 +184,10 @@ fn winograd_output(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     if (e >= q.total) { return; }
     let o = e / q.tiles;
     let t = e - o * q.tiles;
-    let per_image = q.tiles_h * q.tiles_w;
-    let n = t / per_image;
-    let r = t - n * per_image;
-    let ty = r / q.tiles_w;
-    let tx = r - ty * q.tiles_w;
+    let at_tile = tile_coords(t);
+    let n = at_tile.x;
+    let ty = at_tile.y;
+    let tx = at_tile.z;
 
     let stride = q.out_c * q.t_pad;
     let at = o * q.t_pad + t;
