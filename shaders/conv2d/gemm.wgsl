@@ -31,19 +31,21 @@ const MAX_STAGE: u32 = 2048u;  // BM * BK and BN * BK at most
 struct GemmParams {
     inp: View,        // the gathered activation: x (forward, weight gradient) or d_y (backward_data)
     out: View,        // y (forward), d_x (backward_data) or d_y (weight gradient, read)
-    m: u32,           // rows of C: Cout (forward, weight gradient) or Cin (backward_data)
-    m_pad: u32,       // row length of the packed weight: m rounded up to 4
-    k: u32,           // reduction length: Cin*KH*KW, Cout*KH*KW, or N*OH*OW (weight gradient)
-    cols: u32,        // columns of C: N*OH*OW, N*H*W, or Cin*KH*KW (weight gradient)
+    n: u32,           // the convolution's geometry, as in the register-tiled uniforms
     cin: u32,
     h: u32,
     w: u32,
+    cout: u32,
     oh: u32,
     ow: u32,
     kh: u32,
     kw: u32,
     stride: u32,
     pad: u32,
+    m: u32,           // rows of C: Cout (forward, weight gradient) or Cin (backward_data)
+    m_pad: u32,       // row length of the packed weight: m rounded up to 4
+    k: u32,           // reduction length: Cin*KH*KW, Cout*KH*KW, or N*OH*OW (weight gradient)
+    cols: u32,        // columns of C: N*OH*OW, N*H*W, or Cin*KH*KW (weight gradient)
     has_bias: u32,
     b_off: u32,       // offset of the bias
     sc_off: u32,      // offset of the prologue scale
@@ -53,8 +55,6 @@ struct GemmParams {
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
-    _pad3: u32,
-    _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> g: GemmParams;

@@ -55,14 +55,11 @@ const BWD_WEIGHT_ROWS: Tile = Tile { ch: 16, px: 2 };
 const TARGET_WORKGROUPS: u32 = 64;
 const MIN_CHUNK: usize = 1024;
 
-/// The uniform of the forward and backward-data register-tiled kernels.
+/// The geometry of a convolution as the register-tiled kernels' uniforms carry it, after
+/// their two views (the shaders' fields n .. pad).
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(super) struct DataParams {
-    /// x (forward) or d_y (backward_data).
-    pub inp: ViewParams,
-    /// y (forward) or d_x (backward_data).
-    pub out: ViewParams,
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct ConvDims {
     pub n: u32,
     pub cin: u32,
     pub h: u32,
@@ -74,6 +71,35 @@ pub(super) struct DataParams {
     pub kw: u32,
     pub stride: u32,
     pub pad: u32,
+}
+
+impl ConvDims {
+    pub fn of(g: &Geom, spec: Conv2dSpec) -> ConvDims {
+        ConvDims {
+            n: g.n as u32,
+            cin: g.cin as u32,
+            h: g.h as u32,
+            w: g.w as u32,
+            cout: g.cout as u32,
+            oh: g.oh as u32,
+            ow: g.ow as u32,
+            kh: g.kh as u32,
+            kw: g.kw as u32,
+            stride: spec.stride as u32,
+            pad: spec.padding as u32,
+        }
+    }
+}
+
+/// The uniform of the forward and backward-data register-tiled kernels.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct DataParams {
+    /// x (forward) or d_y (backward_data).
+    pub inp: ViewParams,
+    /// y (forward) or d_x (backward_data).
+    pub out: ViewParams,
+    pub dims: ConvDims,
     /// Channels written: Cout (forward) or Cin (backward_data).
     pub out_c: u32,
     /// Channels summed over: Cin (forward) or Cout (backward_data).
@@ -98,17 +124,7 @@ pub(super) struct WeightParams {
     pub inp: ViewParams,
     /// d_y.
     pub out: ViewParams,
-    pub n: u32,
-    pub cin: u32,
-    pub h: u32,
-    pub w: u32,
-    pub cout: u32,
-    pub oh: u32,
-    pub ow: u32,
-    pub kh: u32,
-    pub kw: u32,
-    pub stride: u32,
-    pub pad: u32,
+    pub dims: ConvDims,
     pub sc_off: u32,
     pub sh_off: u32,
     pub chunk_len: u32,
@@ -670,9 +686,10 @@ pub(super) fn reduce_chunks(
     (d_weight, w_off): (&Tensor, u32),
     d_bias: Option<(&Tensor, u32)>,
 ) -> Result<()> {
-    let nw = (p.cout * p.cin * p.kh * p.kw) as usize;
+    let d = p.dims;
+    let nw = (d.cout * d.cin * d.kh * d.kw) as usize;
     let total = if d_bias.is_some() {
-        nw + p.cout as usize
+        nw + d.cout as usize
     } else {
         nw
     };
@@ -772,26 +789,18 @@ impl GemmTile {
 struct GemmParams {
     inp: ViewParams,
     out: ViewParams,
+    dims: ConvDims,
     m: u32,
     m_pad: u32,
     k: u32,
     cols: u32,
-    cin: u32,
-    h: u32,
-    w: u32,
-    oh: u32,
-    ow: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad: u32,
     has_bias: u32,
     b_off: u32,
     sc_off: u32,
     sh_off: u32,
     chunk_len: u32,
     part_stride: u32,
-    _pad: [u32; 5],
+    _pad: [u32; 3],
 }
 const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
@@ -799,26 +808,8 @@ fn gemm_params(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> GemmPa
     GemmParams {
         inp: ViewParams::of(inp),
         out: ViewParams::of(out),
-        m: 0,
-        m_pad: 0,
-        k: 0,
-        cols: 0,
-        cin: g.cin as u32,
-        h: g.h as u32,
-        w: g.w as u32,
-        oh: g.oh as u32,
-        ow: g.ow as u32,
-        kh: g.kh as u32,
-        kw: g.kw as u32,
-        stride: spec.stride as u32,
-        pad: spec.padding as u32,
-        has_bias: 0,
-        b_off: 0,
-        sc_off: 0,
-        sh_off: 0,
-        chunk_len: 0,
-        part_stride: 0,
-        _pad: [0; 5],
+        dims: ConvDims::of(g, spec),
+        ..bytemuck::Zeroable::zeroed()
     }
 }
 
@@ -1117,10 +1108,14 @@ fn winograd(
             let oc = block.min(out_c - o0);
             let ocp = oc.next_multiple_of(4);
             q.out_c = oc as u32;
-            q.w_off = packing.w_off + to_u32(op, "weight offset", o0 * packing.out_stride)?;
+            q.w_off = to_u32(
+                op,
+                "weight offset",
+                packing.w_off as usize + o0 * packing.out_stride,
+            )?;
             q.b_off = p.b_off + o0 as u32;
             q.out = ViewParams {
-                offset: written_view.offset + to_u32(op, "output offset", o0 * hw)?,
+                offset: to_u32(op, "output offset", written_view.offset as usize + o0 * hw)?,
                 ..written_view
             };
             if red_c > 0 {
@@ -1151,16 +1146,13 @@ fn winograd(
             let pe = DataParams {
                 inp: images16(red_c, t_pad),
                 out: images16(oc, t_pad),
-                n: 16,
-                cin: red_c as u32,
-                h: 1,
-                w: t_pad as u32,
-                cout: oc as u32,
-                oh: 1,
-                ow: t_pad as u32,
-                kh: 1,
-                kw: 1,
-                stride: 1,
+                dims: ConvDims::of(
+                    &product,
+                    Conv2dSpec {
+                        stride: 1,
+                        padding: 0,
+                    },
+                ),
                 out_c: oc as u32,
                 red_c: red_c as u32,
                 w_image_stride: (red_c * ocp) as u32,

@@ -16,7 +16,7 @@ pub use plan::{
     ConvShape, Forced, FORCE_ENV,
 };
 
-use launch::{DataParams, Packing, WeightParams};
+use launch::{ConvDims, DataParams, Packing, WeightParams};
 
 use super::batch_norm::{self, BatchNormOp, BnConfig};
 use super::ViewParams;
@@ -174,17 +174,7 @@ fn data_params(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> DataPa
     DataParams {
         inp: ViewParams::of(inp),
         out: ViewParams::of(out),
-        n: g.n as u32,
-        cin: g.cin as u32,
-        h: g.h as u32,
-        w: g.w as u32,
-        cout: g.cout as u32,
-        oh: g.oh as u32,
-        ow: g.ow as u32,
-        kh: g.kh as u32,
-        kw: g.kw as u32,
-        stride: spec.stride as u32,
-        pad: spec.padding as u32,
+        dims: ConvDims::of(g, spec),
         ..bytemuck::Zeroable::zeroed()
     }
 }
@@ -193,17 +183,7 @@ fn weight_params(g: &Geom, spec: Conv2dSpec, x: &Tensor, d_y: &Tensor) -> Weight
     WeightParams {
         inp: ViewParams::of(x),
         out: ViewParams::of(d_y),
-        n: g.n as u32,
-        cin: g.cin as u32,
-        h: g.h as u32,
-        w: g.w as u32,
-        cout: g.cout as u32,
-        oh: g.oh as u32,
-        ow: g.ow as u32,
-        kh: g.kh as u32,
-        kw: g.kw as u32,
-        stride: spec.stride as u32,
-        pad: spec.padding as u32,
+        dims: ConvDims::of(g, spec),
         ..bytemuck::Zeroable::zeroed()
     }
 }
@@ -317,8 +297,8 @@ pub fn forward(
         ins.extend([("prologue scale", pr.scale), ("prologue shift", pr.shift)]);
     }
     not_aliased(OP, ("y", y), &ins)?;
-    p.out_c = p.cout;
-    p.red_c = p.cin;
+    p.out_c = g.cout as u32;
+    p.red_c = g.cin as u32;
     let packing = Packing::forward(&g, w_off);
     launch::data_pass(
         enc,
@@ -362,8 +342,8 @@ pub fn backward_data(
     not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
     let mut p = data_params(&g, spec, d_y, d_x);
     p.w_off = w_off;
-    p.out_c = p.cin;
-    p.red_c = p.cout;
+    p.out_c = g.cin as u32;
+    p.red_c = g.cout as u32;
     p.accumulate = 1;
     let packing = Packing::backward_data(&g, w_off);
     launch::data_pass(
