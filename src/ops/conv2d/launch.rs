@@ -444,6 +444,28 @@ fn lanes_for(units: usize) -> u32 {
     (units.max(1).next_power_of_two() as u32).clamp(8, WG)
 }
 
+/// Launches the layout kernel `entry` over `q.total` invocations, reading `read` and
+/// writing `written`.
+fn layout_launch(
+    enc: &mut Encoder,
+    entry: &'static str,
+    q: &LayoutParams,
+    read: &Tensor,
+    written: &Tensor,
+) -> Result<()> {
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry,
+        overrides: &[("WG", WG as f64)],
+        args: &[
+            Arg::Uniform(bytemuck::bytes_of(q)),
+            Arg::Read(read),
+            Arg::Write(written),
+        ],
+        workgroups: Gpu::grid_1d(groups(q.total as usize, WG)),
+    })
+}
+
 /// Repacks the weight as `[red_c * KH*KW, out_c rounded up to 4]` (taps rotated when
 /// `packing.flip`, padding channels 0), so that the weights of 4 consecutive output channels
 /// are one aligned vec4 (see `pack_weight` in layout.wgsl).
@@ -472,17 +494,7 @@ pub(super) fn pack_weight(
         flip: packing.flip as u32,
         ..bytemuck::Zeroable::zeroed()
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "pack_weight",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(weight),
-            Arg::Write(&packed),
-        ],
-        workgroups: Gpu::grid_1d(groups(total, WG)),
-    })?;
+    layout_launch(enc, "pack_weight", &q, weight, &packed)?;
     Ok(packed)
 }
 
@@ -505,17 +517,7 @@ fn to_pixel_major(enc: &mut Encoder, op: &str, t: &Tensor) -> Result<Tensor> {
         plane_in: to_u32(op, "plane", h * w)?,
         ..bytemuck::Zeroable::zeroed()
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "to_pixel_major",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(t),
-            Arg::Write(&out),
-        ],
-        workgroups: Gpu::grid_1d(groups(total, WG)),
-    })?;
+    layout_launch(enc, "to_pixel_major", &q, t, &out)?;
     Ok(out)
 }
 
@@ -560,17 +562,7 @@ pub(super) fn repad(
         accumulate: accumulate as u32,
         ..bytemuck::Zeroable::zeroed()
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "repad",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(inp),
-            Arg::Write(out),
-        ],
-        workgroups: Gpu::grid_1d(groups(total, WG)),
-    })
+    layout_launch(enc, "repad", &q, inp, out)
 }
 
 /// The scratch of the weight gradient's partial sums, `[chunks, part_stride]`, with `p`'s
