@@ -254,52 +254,41 @@ impl Consts {
     }
 }
 
-/// Runs a forward (`p.accumulate == 0`: overwrites `written` = y) or backward-data pass
-/// (adds into `written` = d_x) on `kernel`, reading `read` (x or d_y).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn data_pass(
-    enc: &mut Encoder,
-    op: &str,
-    kernel: ConvKernel,
-    g: &Geom,
-    spec: Conv2dSpec,
-    p: &DataParams,
-    packing: Packing,
-    weight: &Tensor,
-    (read, written): (&Tensor, &Tensor),
-    bias: Option<&Tensor>,
-    prologue: Option<BnReluPrologue>,
-) -> Result<()> {
+/// One forward or backward-data pass, checked by the pass functions in mod.rs: `p.accumulate
+/// == 0` overwrites `written` (y), else adds into it (d_x); `read` is x or d_y.
+#[derive(Clone, Copy)]
+pub(super) struct DataPass<'a> {
+    pub op: &'a str,
+    pub g: &'a Geom,
+    pub spec: Conv2dSpec,
+    pub p: DataParams,
+    pub packing: Packing,
+    pub weight: &'a Tensor,
+    pub read: &'a Tensor,
+    pub written: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub prologue: Option<BnReluPrologue<'a>>,
+}
+
+/// Runs `pass` on `kernel`.
+pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) -> Result<()> {
     match kernel {
-        ConvKernel::GemmForward | ConvKernel::GemmBackwardData => {
-            return gemm_data_pass(
-                enc,
-                op,
-                g,
-                spec,
-                p,
-                packing,
-                weight,
-                (read, written),
-                bias,
-                prologue,
-            )
-        }
-        ConvKernel::Winograd => {
-            return winograd(
-                enc,
-                op,
-                g,
-                p,
-                packing,
-                weight,
-                (read, written),
-                bias,
-                prologue,
-            )
-        }
+        ConvKernel::GemmForward | ConvKernel::GemmBackwardData => return gemm_data_pass(enc, pass),
+        ConvKernel::Winograd => return winograd(enc, pass),
         _ => {}
     }
+    let DataPass {
+        op,
+        g,
+        p,
+        packing,
+        weight,
+        read,
+        written,
+        bias,
+        prologue,
+        ..
+    } = *pass;
     if kernel == ConvKernel::BackwardData {
         let (workgroups, consts) = pick(op, kernel, g, packing.out_c, None)?;
         let (shader, entry) = kernel.entry(enc.subgroups());
@@ -309,7 +298,7 @@ pub(super) fn data_pass(
             entry,
             overrides: &consts.list(),
             args: &[
-                Arg::Uniform(bytemuck::bytes_of(p)),
+                Arg::Uniform(bytemuck::bytes_of(&p)),
                 Arg::Read(read),
                 Arg::Read(weight),
                 Arg::Write(written),
@@ -320,7 +309,7 @@ pub(super) fn data_pass(
     // The blocked kernels read the packed weight; it stands in for the bias and prologue
     // bindings a pass does not use.
     let packed = pack_weight(enc, op, g, packing, weight)?;
-    let p = DataParams { w_off: 0, ..*p };
+    let p = DataParams { w_off: 0, ..p };
     blocked(
         enc,
         op,
@@ -816,21 +805,20 @@ fn gemm_grid(op: &str, col_blocks: u32, row_blocks: u32) -> Result<[u32; 3]> {
     Ok([gx, row_blocks, gz])
 }
 
-/// `gemm_forward` (overwrites y) or `gemm_backward_data` (adds into d_x), as for
-/// [`data_pass`].
-#[allow(clippy::too_many_arguments)]
-fn gemm_data_pass(
-    enc: &mut Encoder,
-    op: &str,
-    g: &Geom,
-    spec: Conv2dSpec,
-    p: &DataParams,
-    packing: Packing,
-    weight: &Tensor,
-    (read, written): (&Tensor, &Tensor),
-    bias: Option<&Tensor>,
-    prologue: Option<BnReluPrologue>,
-) -> Result<()> {
+/// `gemm_forward` (overwrites y) or `gemm_backward_data` (adds into d_x).
+fn gemm_data_pass(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
+    let DataPass {
+        op,
+        g,
+        spec,
+        p,
+        packing,
+        weight,
+        read,
+        written,
+        bias,
+        prologue,
+    } = *pass;
     let forward = p.accumulate == 0;
     // The gathers read the taps as they are: no 180-degree rotation for backward_data.
     let packing = Packing {
@@ -1000,22 +988,23 @@ struct WinogradParams {
 }
 const _: () = assert!(std::mem::size_of::<WinogradParams>() == 112);
 
-/// Winograd F(2x2, 3x3) for a forward (`p.accumulate == 0`: overwrites y) or backward-data
-/// pass (adds into d_x), as for [`data_pass`]: per chunk of images the input transform,
-/// then per block of output channels the weight transform, the 16 products on `conv1x1`
-/// and the output transform (see winograd.wgsl).
-#[allow(clippy::too_many_arguments)]
-fn winograd(
-    enc: &mut Encoder,
-    op: &str,
-    g: &Geom,
-    p: &DataParams,
-    packing: Packing,
-    weight: &Tensor,
-    (read, written): (&Tensor, &Tensor),
-    bias: Option<&Tensor>,
-    prologue: Option<BnReluPrologue>,
-) -> Result<()> {
+/// Winograd F(2x2, 3x3) for a forward (overwrites y) or backward-data pass (adds into
+/// d_x): per chunk of images the input transform, then per block of output channels the
+/// weight transform, the 16 products on `conv1x1` and the output transform (see
+/// winograd.wgsl).
+fn winograd(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
+    let DataPass {
+        op,
+        g,
+        p,
+        packing,
+        weight,
+        read,
+        written,
+        bias,
+        prologue,
+        ..
+    } = *pass;
     let (out_c, red_c) = (packing.out_c, packing.red_c);
     let (tiles_h, tiles_w) = (g.h.div_ceil(2), g.w.div_ceil(2));
     let per_image = tiles_h * tiles_w;

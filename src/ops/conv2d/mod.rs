@@ -16,7 +16,7 @@ pub use plan::{
     ConvShape, Forced, FORCE_ENV,
 };
 
-use launch::{ConvDims, DataParams, Packing, WeightParams};
+use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams};
 
 use super::batch_norm::{self, BatchNormOp, BnConfig};
 use super::ViewParams;
@@ -299,20 +299,19 @@ pub fn forward(
     not_aliased(OP, ("y", y), &ins)?;
     p.out_c = g.cout as u32;
     p.red_c = g.cin as u32;
-    let packing = Packing::forward(&g, w_off);
-    launch::data_pass(
-        enc,
-        OP,
-        kernel,
-        &g,
+    let pass = DataPass {
+        op: OP,
+        g: &g,
         spec,
-        &p,
-        packing,
+        p,
+        packing: Packing::forward(&g, w_off),
         weight,
-        (x, y),
+        read: x,
+        written: y,
         bias,
         prologue,
-    )
+    };
+    launch::data_pass(enc, kernel, &pass)
 }
 
 /// d_x += conv_transpose(d_y, weight)   (gradient w.r.t. the conv's actual input x', i.e. x when no prologue).
@@ -345,20 +344,19 @@ pub fn backward_data(
     p.out_c = g.cin as u32;
     p.red_c = g.cout as u32;
     p.accumulate = 1;
-    let packing = Packing::backward_data(&g, w_off);
-    launch::data_pass(
-        enc,
-        OP,
-        kernel,
-        &g,
+    let pass = DataPass {
+        op: OP,
+        g: &g,
         spec,
-        &p,
-        packing,
+        p,
+        packing: Packing::backward_data(&g, w_off),
         weight,
-        (d_y, d_x),
-        None,
-        None,
-    )
+        read: d_y,
+        written: d_x,
+        bias: None,
+        prologue: None,
+    };
+    launch::data_pass(enc, kernel, &pass)
 }
 
 /// d_weight += sum_{n,oh,ow} d_y * x'  ;  d_bias += sum_{n,oh,ow} d_y   (if Some). x' recomputed from the prologue if given.
