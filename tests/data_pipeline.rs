@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use densenet_wgpu::data::{
     load_image, split, DataError, Dataset, ImageFolder, Loader, Synthetic, IMAGENET_MEAN,
@@ -435,18 +435,76 @@ fn a_resumed_epoch_continues_with_the_same_batches_and_augmentation() {
     }
 }
 
+/// A dataset that counts the items decoded through it.
+struct Counted {
+    inner: Synthetic,
+    decoded: std::sync::atomic::AtomicUsize,
+}
+
+impl Dataset for Counted {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn classes(&self) -> &[String] {
+        self.inner.classes()
+    }
+    fn image_size(&self) -> usize {
+        self.inner.image_size()
+    }
+    fn get(&self, index: usize, augment: Option<&mut Rng>) -> Result<(Vec<f32>, usize), DataError> {
+        self.decoded
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(index, augment)
+    }
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+    fn label(&self, index: usize) -> Option<usize> {
+        Dataset::label(&self.inner, index)
+    }
+}
+
 #[test]
 fn dropping_the_loader_mid_epoch_stops_its_workers() {
-    let dataset: Arc<dyn Dataset> = Arc::new(Synthetic::new(100_000, 32, 1));
-    let start = Instant::now();
-    let mut loader =
-        Loader::with_workers(dataset, (0..100_000).collect(), 16, Some(1), true, false, 3);
-    assert_eq!(loader.next().unwrap().len(), 16);
-    drop(loader);
+    let (items, batch, workers) = (100_000, 16, 3);
+    let dataset = Arc::new(Counted {
+        inner: Synthetic::new(items, 32, 1),
+        decoded: Default::default(),
+    });
+    let shared: Arc<dyn Dataset> = dataset.clone();
+    let mut loader = Loader::with_workers(
+        shared,
+        (0..items).collect(),
+        batch,
+        Some(1),
+        true,
+        false,
+        workers,
+    );
+    assert_eq!(loader.next().unwrap().len(), batch);
+    // The drop runs on its own thread so that a drop that never returns fails here, after
+    // a cap that only catches that hang (decoding every item takes minutes, not this long).
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(loader);
+        done.send(()).unwrap();
+    });
     assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "drop took {:?}",
-        start.elapsed()
+        dropped.recv_timeout(Duration::from_secs(600)).is_ok(),
+        "dropping the loader did not return: its workers did not stop"
+    );
+    // Every worker has ended (each held the dataset through the loader's plan), after
+    // decoding at most the batches the channels hold plus the one each worker was building.
+    assert_eq!(
+        Arc::strong_count(&dataset),
+        1,
+        "a worker still runs after the drop"
+    );
+    let decoded = dataset.decoded.load(std::sync::atomic::Ordering::SeqCst);
+    let bound = batch * (1 + densenet_wgpu::data::loader::PREFETCH_BATCHES + 2 * workers);
+    assert!(
+        decoded <= bound,
+        "{decoded} items decoded, more than the {bound} the prefetch allows"
     );
 }
 

@@ -2,7 +2,9 @@
 //! `predict` read the checkpoint back; bad input gives one clear error.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
+use crate::process::{with_more_work, Background};
 
 use crate::{text, train};
 
@@ -133,70 +135,69 @@ fn metadata_value(path: &Path, key: &str) -> Option<String> {
 #[test]
 fn a_run_killed_mid_epoch_resumes_to_the_same_result() {
     let base = std::env::temp_dir().join(format!("densenet-wgpu-resume-{}", std::process::id()));
-    let (full, cut) = (base.join("full"), base.join("cut"));
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "--images",
-            "960",
-            "--epochs",
-            "2",
-            // 30 ms: mid-epoch checkpoints arrive well before an epoch ends, even on a GPU.
-            "--checkpoint-minutes",
-            "0.0005",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.to_string_lossy().to_string()])
-        .collect()
-    };
-    let o = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(args(&full))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let last = |o: &Output| {
-        text(o)
-            .lines()
-            .filter(|l| l.starts_with("epoch 2/2"))
-            .map(|l| l.split(" time=").next().unwrap().to_string())
-            .next()
-    };
-    let want = last(&o).unwrap();
-
-    // Kill a second run as soon as it has written a mid-epoch checkpoint.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(args(&cut))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let ckpt = cut.join("checkpoint.safetensors");
-    let t0 = std::time::Instant::now();
-    while metadata_value(&ckpt, "batches_done").is_none_or(|b| b == "0") {
-        assert!(
-            t0.elapsed().as_secs() < 120,
-            "no mid-epoch checkpoint appeared"
+    with_more_work("kill mid-epoch", |scale| {
+        let (full, cut) = (
+            base.join(format!("full-{scale}")),
+            base.join(format!("cut-{scale}")),
         );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before a mid-epoch checkpoint"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+        let args = |out: &Path| -> Vec<String> {
+            [
+                "--images",
+                &(960 * scale).to_string(),
+                "--epochs",
+                "2",
+                // 30 ms: mid-epoch checkpoints arrive well before an epoch ends, even on a GPU.
+                "--checkpoint-minutes",
+                "0.0005",
+                "--out",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([out.to_string_lossy().to_string()])
+            .collect()
+        };
+        let o = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(args(&full))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let last = |t: &str| {
+            t.lines()
+                .filter(|l| l.starts_with("epoch 2/2"))
+                .map(|l| l.split(" time=").next().unwrap().to_string())
+                .next()
+        };
+        let want = last(&text(&o)).unwrap();
 
-    let mut resumed = args(&cut);
-    resumed.push("--resume".into());
-    let o = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(&resumed)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("resumed from"), "{}", text(&o));
-    // Same batches, same weights and optimizer state: the same final epoch, to the digit.
-    assert_eq!(last(&o).unwrap(), want, "{}", text(&o));
+        // Kill a second run as soon as it has written a mid-epoch checkpoint.
+        let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
+        c.args(args(&cut));
+        let mut run = Background::start(c);
+        let ckpt = cut.join("checkpoint.safetensors");
+        let mid_epoch = |_: &str| {
+            metadata_value(&ckpt, "batches_done")
+                .filter(|b| b != "0")
+                .map(|_| ())
+        };
+        run.wait_for("mid-epoch checkpoint", mid_epoch).ok()?;
+        run.signal("KILL");
+        let killed = run.finish("the run's end after SIGKILL");
+        if killed.status.success() {
+            return None; // It had finished before the kill.
+        }
+
+        let mut resumed = args(&cut);
+        resumed.push("--resume".into());
+        let o = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(&resumed)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("resumed from"), "{}", text(&o));
+        // Same batches, same weights and optimizer state: the same final epoch, to the digit.
+        assert_eq!(last(&text(&o)).unwrap(), want, "{}", text(&o));
+        Some(())
+    });
     std::fs::remove_dir_all(&base).ok();
 }
 

@@ -1,52 +1,68 @@
 //! Data-parallel training over MPI: 2 ranks through `mpirun` on the `mpi`-featured binary,
 //! over Open MPI's TCP transport on loopback (the multi-host code path).
 //!
-//! The binary is built once per test run into `target/mpi` (`cargo build --release
+//! The binary is the one `DENSENET_WGPU_MPI_TRAIN` names (`.ci/run` builds it before the
+//! tests), or else built once per test run into `target/mpi` (`cargo build --release
 //! --features mpi`). Without `mpirun` these tests say so and pass, unless
-//! `DENSENET_WGPU_REQUIRE_MPI` is set (CI sets it), where they fail.
+//! `DENSENET_WGPU_REQUIRE_MPI` is set (CI sets it), where they fail. One 2-rank run goes at
+//! a time: each keeps two processes busy.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use densenet_wgpu::verify::{ADAM_MAX_DIFF_TOL, ADAM_SHARE_TOL, STATS_TOL};
 use densenet_wgpu::weights::TensorFile;
 
+use crate::process::{try_send, with_more_work, Background};
 use crate::{text, train};
 
-/// The `mpi`-featured `train`, or `None` (with a notice) where MPI is not installed.
-fn mpi_train() -> Option<PathBuf> {
+/// The `mpi`-featured `train` and a guard that keeps other 2-rank runs waiting, or `None`
+/// (with a notice) where MPI is not installed.
+fn mpi_train() -> Option<(PathBuf, MutexGuard<'static, ()>)> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let found = Command::new("mpirun")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var_os("DENSENET_WGPU_REQUIRE_MPI").is_none(),
-                "mpirun not found, and DENSENET_WGPU_REQUIRE_MPI is set: install Open MPI \
-                 (openmpi-bin, libopenmpi-dev, libclang-dev; .ci/run does)"
-            );
-            eprintln!("SKIPPED: mpirun not found; the data-parallel tests need Open MPI");
-            return None;
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = root.join("target/mpi");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(root)
-            .args(["build", "--release", "--features", "mpi", "--bin", "train"])
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cargo build --features mpi failed");
-        Some(target.join("release/train"))
-    })
-    .clone()
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let bin = BIN
+        .get_or_init(|| {
+            let found = Command::new("mpirun")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !found {
+                assert!(
+                    std::env::var_os("DENSENET_WGPU_REQUIRE_MPI").is_none(),
+                    "mpirun not found, and DENSENET_WGPU_REQUIRE_MPI is set: install Open MPI \
+                     (openmpi-bin, libopenmpi-dev, libclang-dev; scripts/setup-mpi.sh does)"
+                );
+                eprintln!("SKIPPED: mpirun not found; the data-parallel tests need Open MPI");
+                return None;
+            }
+            if let Some(bin) = std::env::var_os("DENSENET_WGPU_MPI_TRAIN") {
+                let bin = PathBuf::from(bin);
+                assert!(
+                    bin.is_file(),
+                    "DENSENET_WGPU_MPI_TRAIN names {}, which does not exist: build it with \
+                     `cargo build --release --features mpi --bin train` (.ci/run does)",
+                    bin.display()
+                );
+                return Some(bin);
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let target = root.join("target/mpi");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(root)
+                .args(["build", "--release", "--features", "mpi", "--bin", "train"])
+                .arg("--target-dir")
+                .arg(&target)
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "cargo build --features mpi failed");
+            Some(target.join("release/train"))
+        })
+        .clone()?;
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    Some((bin, guard))
 }
 
 /// `mpirun -n <ranks>` over TCP on loopback, one lavapipe thread per rank.
@@ -107,7 +123,9 @@ fn compare(a: &Path, b: &Path) -> (f64, f64, f64) {
 
 #[test]
 fn sync_bn_step_on_two_ranks_matches_one_process() {
-    let Some(bin) = mpi_train() else { return };
+    let Some((bin, _one_at_a_time)) = mpi_train() else {
+        return;
+    };
     let dir = temp("syncbn");
     // 10 embedded images: 8 train (one global batch of 8, 4 per rank), 2 validation.
     let common = [
@@ -178,7 +196,9 @@ fn final_val_acc(t: &str) -> f64 {
 
 #[test]
 fn two_ranks_train_the_default_run_with_identical_replicas() {
-    let Some(bin) = mpi_train() else { return };
+    let Some((bin, _one_at_a_time)) = mpi_train() else {
+        return;
+    };
     let dir = temp("default");
     let args = ["--images", "1500", "--epochs", "4"];
     let o = run_output({
@@ -216,7 +236,9 @@ fn replica_hashes(t: &str) -> Vec<String> {
 
 #[test]
 fn summing_during_backward_in_small_buckets_gives_the_same_run() {
-    let Some(bin) = mpi_train() else { return };
+    let Some((bin, _one_at_a_time)) = mpi_train() else {
+        return;
+    };
     let dir = temp("overlap");
     let args = ["--images", "400", "--epochs", "2"];
     let go = |name: &str, env: &[(&str, &str)]| {
@@ -249,176 +271,132 @@ fn summing_during_backward_in_small_buckets_gives_the_same_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A run in the background whose output (stdout and stderr) collects as it comes.
-struct Background {
-    child: std::process::Child,
-    log: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
+/// Rank 1's pid, read from the output so far. mpirun forwards both ranks' output through
+/// one pipe, where their lines can interleave mid-line: the pid is found by the text that
+/// follows "1/2 (local rank 1, pid ", wherever it starts.
+fn rank1_pid(text: &str) -> Option<String> {
+    text.split("1/2 (local rank 1, pid ")
+        .nth(1)
+        .map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .filter(|pid| !pid.is_empty())
 }
 
-impl Background {
-    fn start(mut c: Command) -> Background {
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().expect("start mpirun");
-        let log = Arc::new(Mutex::new(String::new()));
-        let pipes: [Box<dyn std::io::Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
-        ];
-        let readers = pipes
-            .into_iter()
-            .map(|pipe| {
-                let log = Arc::clone(&log);
-                std::thread::spawn(move || {
-                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                        let mut l = log.lock().unwrap();
-                        l.push_str(&line);
-                        l.push('\n');
-                    }
-                })
-            })
-            .collect();
-        Background {
-            child,
-            log,
-            readers,
-        }
-    }
-
-    fn text(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Rank 1's pid, once it has printed it and `file` exists. mpirun forwards both ranks'
-    /// output through one pipe, where their lines can interleave mid-line: the pid is found
-    /// by the text that follows "1/2 (local rank 1, pid ", wherever it starts.
-    fn rank1_pid_after(&self, file: &Path) -> String {
-        let start = Instant::now();
-        loop {
-            let text = self.text();
-            let pid = text
-                .split("1/2 (local rank 1, pid ")
-                .nth(1)
-                .map(|r| {
-                    r.chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect::<String>()
-                })
-                .filter(|pid| !pid.is_empty());
-            if let Some(pid) = pid.filter(|_| file.exists()) {
-                return pid;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "no {}: {}",
-                file.display(),
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits (at most `limit`) for the run to end: its status, the time it took, its output.
-    fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, Duration, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the run kept going: {}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let took = start.elapsed();
-        for r in self.readers.drain(..) {
-            r.join().unwrap();
-        }
-        (status, took, self.text())
-    }
-}
-
-fn signal(sig: &str, pid: &str) {
-    let ok = Command::new("kill").args([sig, pid]).status().unwrap();
-    assert!(ok.success(), "kill {sig} {pid}");
+/// The epoch and step a checkpoint was written at (`None` while there is none).
+fn checkpoint_step(path: &Path) -> Option<String> {
+    let meta = densenet_wgpu::run::read_metadata(path);
+    let step = meta.get("batches_done").map_or("0", String::as_str);
+    Some(format!("{}:{step}", meta.get("epoch")?))
 }
 
 #[test]
 fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
-    let Some(bin) = mpi_train() else { return };
+    let Some((bin, _one_at_a_time)) = mpi_train() else {
+        return;
+    };
     let dir = temp("kill");
-    let out = dir.join("run");
-    let args = [
-        "--images",
-        "1500",
-        "--epochs",
-        "3",
-        "--checkpoint-steps",
-        "4",
-    ];
-    let mut c = mpirun(&bin, 2, &args);
-    c.args(["--out", out.to_str().unwrap()]);
-    let run = Background::start(c);
-    // A few checkpoints in, kill rank 1.
-    let checkpoint = out.join("checkpoint.safetensors");
-    let pid = run.rank1_pid_after(&checkpoint);
-    std::thread::sleep(Duration::from_millis(1500));
-    signal("-9", &pid);
-    let (status, took, t) = run.wait(Duration::from_secs(30));
-    eprintln!(
-        "the run ended {:.1} s after rank 1 was killed",
-        took.as_secs_f64()
-    );
-    assert!(!status.success(), "{t}");
-    assert!(t.contains("rank 1") && t.contains("signal 9"), "{t}");
+    with_more_work("kill rank 1", |scale| {
+        let out = dir.join(format!("run-{scale}"));
+        let images = (1500 * scale).to_string();
+        let args = [
+            "--images",
+            &images,
+            "--epochs",
+            "3",
+            "--checkpoint-steps",
+            "4",
+        ];
+        let mut c = mpirun(&bin, 2, &args);
+        c.args(["--out", out.to_str().unwrap()]);
+        let mut run = Background::start(c);
+        // Two checkpoints in (both ranks are training), kill rank 1.
+        let checkpoint = out.join("checkpoint.safetensors");
+        let (pid, first) = run
+            .wait_for("rank 1's pid and a checkpoint", |t| {
+                Some((rank1_pid(t)?, checkpoint_step(&checkpoint)?))
+            })
+            .ok()?;
+        run.wait_for("a second checkpoint", |_| {
+            checkpoint_step(&checkpoint).filter(|s| *s != first)
+        })
+        .ok()?;
+        if !try_send("KILL", &pid) {
+            return None; // Rank 1 had ended: the run was over.
+        }
+        let ended = run.finish("the run's end after rank 1 was killed");
+        let t = ended.text;
+        if ended.status.success() {
+            return None; // Rank 1 had finished its last step before the kill.
+        }
+        assert!(t.contains("rank 1") && t.contains("signal 9"), "{t}");
 
-    // The checkpoint is whole, and continues on one process (any rank count resumes).
-    TensorFile::read(&checkpoint).expect("the checkpoint loads");
-    let o = train(&[&args[..], &["--out", out.to_str().unwrap(), "--resume"]].concat());
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    assert!(t.contains("resumed from"), "{t}");
+        // The checkpoint is whole, and continues on one process (any rank count resumes).
+        TensorFile::read(&checkpoint).expect("the checkpoint loads");
+        let o = train(&[&args[..], &["--out", out.to_str().unwrap(), "--resume"]].concat());
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(t.contains("resumed from"), "{t}");
+        Some(())
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn sigint_to_one_rank_stops_every_rank_at_the_same_step_and_two_ranks_resume() {
-    let Some(bin) = mpi_train() else { return };
+    let Some((bin, _one_at_a_time)) = mpi_train() else {
+        return;
+    };
     let dir = temp("sigint");
-    let out = dir.join("run");
-    let args = [
-        "--images",
-        "1500",
-        "--epochs",
-        "6",
-        "--checkpoint-steps",
-        "5",
-    ];
-    let mut c = mpirun(&bin, 2, &args);
-    c.args(["--out", out.to_str().unwrap()]);
-    let run = Background::start(c);
-    let pid = run.rank1_pid_after(&out.join("checkpoint.safetensors"));
-    signal("-INT", &pid);
-    let (status, _, t) = run.wait(Duration::from_secs(60));
-    // Rank 0 saw no signal: it stopped because rank 1 asked, after the same step.
-    assert_eq!(status.code(), Some(130), "{t}");
-    assert_eq!(t.matches("interrupted after step").count(), 1, "{t}");
-    assert!(t.contains("resume with: mpirun -n 2 "), "{t}");
-    assert!(!t.contains("epoch 6/6 train_loss"), "{t}");
+    with_more_work("SIGINT to rank 1", |scale| {
+        let out = dir.join(format!("run-{scale}"));
+        let images = (1500 * scale).to_string();
+        let args = [
+            "--images",
+            &images,
+            "--epochs",
+            "6",
+            "--checkpoint-steps",
+            "5",
+        ];
+        let mut c = mpirun(&bin, 2, &args);
+        c.args(["--out", out.to_str().unwrap()]);
+        let mut run = Background::start(c);
+        let checkpoint = out.join("checkpoint.safetensors");
+        let pid = run
+            .wait_for("rank 1's pid and a checkpoint", |t| {
+                rank1_pid(t).filter(|_| checkpoint.exists())
+            })
+            .ok()?;
+        if !try_send("INT", &pid) {
+            return None; // Rank 1 had ended: the run was over.
+        }
+        let ended = run.finish("the run's end after SIGINT to rank 1");
+        let t = ended.text;
+        if ended.status.success() {
+            return None; // The last step was done before the signal came.
+        }
+        // Rank 0 saw no signal: it stopped because rank 1 asked, after the same step.
+        assert_eq!(ended.status.code(), Some(130), "{t}");
+        assert_eq!(t.matches("interrupted after step").count(), 1, "{t}");
+        assert!(t.contains("resume with: mpirun -n 2 "), "{t}");
+        assert!(!t.contains("epoch 6/6 train_loss"), "{t}");
 
-    let mut c = mpirun(&bin, 2, &args);
-    c.args(["--out", out.to_str().unwrap(), "--resume"]);
-    let o = run_output(c);
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
-    assert!(t.contains("resumed from"), "{t}");
-    assert_eq!(
-        lines_with(&t, "replicas: 2 ranks, parameters identical").len(),
-        lines_with(&t, "epoch ").len(),
-        "{t}"
-    );
+        let mut c = mpirun(&bin, 2, &args);
+        c.args(["--out", out.to_str().unwrap(), "--resume"]);
+        let o = run_output(c);
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(t.contains("resumed from"), "{t}");
+        assert_eq!(
+            lines_with(&t, "replicas: 2 ranks, parameters identical").len(),
+            lines_with(&t, "epoch ").len(),
+            "{t}"
+        );
+        Some(())
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -17,6 +17,7 @@ mod finetune;
 mod golden;
 mod interrupts;
 mod overfit;
+mod process;
 mod tape;
 mod weights;
 
