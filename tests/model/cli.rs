@@ -143,7 +143,7 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_result() {
         let args = |out: &Path| -> Vec<String> {
             [
                 "--images",
-                &(960 * scale).to_string(),
+                &(480 * scale).to_string(),
                 "--epochs",
                 "2",
                 // 30 ms: mid-epoch checkpoints arrive well before an epoch ends, even on a GPU.

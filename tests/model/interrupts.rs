@@ -19,7 +19,7 @@ fn spawn(args: &[String]) -> Background {
 fn args(out: &Path, extra: &[&str]) -> Vec<String> {
     [
         "--images",
-        "960",
+        "480",
         "--epochs",
         "2",
         "--augment",
@@ -62,7 +62,7 @@ fn sigint_and_sigterm_stop_with_a_checkpoint_and_the_resume_command() {
             run.signal(name);
             let ended = run.finish(&format!("the run's end after SIG{name}"));
             // A run that had printed its last epoch already was over before the signal.
-            if before.contains("epoch 2/2 ") {
+            if before.contains("epoch 2/2 ") || ended.status.success() {
                 return None;
             }
             let log = ended.text;
@@ -87,7 +87,7 @@ fn sigint_and_sigterm_stop_with_a_checkpoint_and_the_resume_command() {
     std::fs::remove_dir_all(&base).ok();
 }
 
-/// Steps done according to the run's checkpoint (24 steps per epoch with [`args`]).
+/// Steps done according to the run's checkpoint (12 steps per epoch with [`args`]).
 fn steps_done(out: &Path) -> usize {
     let meta = densenet_wgpu::run::read_metadata(&out.join("checkpoint.safetensors"));
     let get = |k: &str| {
@@ -95,7 +95,7 @@ fn steps_done(out: &Path) -> usize {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0)
     };
-    get("epoch") * 24 + get("batches_done")
+    get("epoch") * 12 + get("batches_done")
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn killed_at_random_moments_and_resumed_ends_bit_identical() {
             .collect::<Vec<_>>(),
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(steps_done(&reference), 48);
+    assert_eq!(steps_done(&reference), 24);
 
     // SIGKILL 20 times: every fifth kill 0-300 ms after the start (while the process sets
     // up), the others 0-80 ms after the checkpoint of a random step has appeared (inside
@@ -136,7 +136,7 @@ fn killed_at_random_moments_and_resumed_ends_bit_identical() {
     };
     let mut rng = Rng::new(2024);
     let mut targets: Vec<usize> = (0..16)
-        .map(|_| 1 + (rng.uniform() * 44.0) as usize)
+        .map(|_| 1 + (rng.uniform() * 22.0) as usize)
         .collect();
     targets.sort();
     let (mut resumed, mut inside_training, mut finished) = (0, 0, 0);
