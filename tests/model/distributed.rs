@@ -292,6 +292,26 @@ fn checkpoint_step(path: &Path) -> Option<String> {
     Some(format!("{}:{step}", meta.get("epoch")?))
 }
 
+/// Starts a 2-rank run of `args` writing to `out`, and waits until rank 1 has printed its
+/// pid and a first checkpoint is there: the run, rank 1's pid and the checkpoint's step.
+/// `None` when the run ended before that.
+fn start_until_checkpoint(
+    bin: &Path,
+    args: &[&str],
+    out: &Path,
+) -> Option<(Background, String, String)> {
+    let mut c = mpirun(bin, 2, args);
+    c.args(["--out", out.to_str().unwrap()]);
+    let mut run = Background::start(c);
+    let checkpoint = out.join("checkpoint.safetensors");
+    let (pid, step) = run
+        .wait_for("rank 1's pid and a checkpoint", |t| {
+            Some((rank1_pid(t)?, checkpoint_step(&checkpoint)?))
+        })
+        .ok()?;
+    Some((run, pid, step))
+}
+
 #[test]
 fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
     let Some((bin, _one_at_a_time)) = mpi_train() else {
@@ -309,16 +329,9 @@ fn a_killed_rank_ends_the_run_and_the_checkpoint_resumes_on_one_process() {
             "--checkpoint-steps",
             "4",
         ];
-        let mut c = mpirun(&bin, 2, &args);
-        c.args(["--out", out.to_str().unwrap()]);
-        let mut run = Background::start(c);
-        // Two checkpoints in (both ranks are training), kill rank 1.
         let checkpoint = out.join("checkpoint.safetensors");
-        let (pid, first) = run
-            .wait_for("rank 1's pid and a checkpoint", |t| {
-                Some((rank1_pid(t)?, checkpoint_step(&checkpoint)?))
-            })
-            .ok()?;
+        let (mut run, pid, first) = start_until_checkpoint(&bin, &args, &out)?;
+        // Two checkpoints in (both ranks are training), kill rank 1.
         run.wait_for("a second checkpoint", |_| {
             checkpoint_step(&checkpoint).filter(|s| *s != first)
         })
@@ -361,15 +374,7 @@ fn sigint_to_one_rank_stops_every_rank_at_the_same_step_and_two_ranks_resume() {
             "--checkpoint-steps",
             "5",
         ];
-        let mut c = mpirun(&bin, 2, &args);
-        c.args(["--out", out.to_str().unwrap()]);
-        let mut run = Background::start(c);
-        let checkpoint = out.join("checkpoint.safetensors");
-        let pid = run
-            .wait_for("rank 1's pid and a checkpoint", |t| {
-                rank1_pid(t).filter(|_| checkpoint.exists())
-            })
-            .ok()?;
+        let (run, pid, _) = start_until_checkpoint(&bin, &args, &out)?;
         if !try_send("INT", &pid) {
             return None; // Rank 1 had ended: the run was over.
         }
