@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
-use densenet_wgpu::data::loader::Loader;
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::Dataset;
+use densenet_wgpu::data::{Loader, LoaderOptions};
 use densenet_wgpu::measure::rss_bytes;
 use densenet_wgpu::models;
 use densenet_wgpu::ops::adam::AdamConfig;
@@ -56,7 +56,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut step, mut epoch) = (0, 0u64);
     while step < steps {
         let order: Vec<usize> = (0..data.len()).collect();
-        for b in Loader::new(data.clone(), order, batch, Some(epoch), true, true) {
+        for b in Loader::new(
+            data.clone(),
+            order,
+            LoaderOptions::batches_of(batch)
+                .shuffled(epoch)
+                .augmented(true)
+                .drop_last(),
+        ) {
             let r = trainer.train_step(&b.images, &b.labels, size)?;
             step += 1;
             if step == 1 || step == steps / 2 || step == steps {

@@ -324,9 +324,3 @@ pub fn average_tensors<'a>(
     }
     Ok(())
 }
-
-/// The `rank`-th of `size` contiguous shares of `len` items, `len·rank/size ..
-/// len·(rank+1)/size`: shares differ in size by one at most.
-pub fn share(len: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
-    (len * rank / size)..(len * (rank + 1) / size)
-}

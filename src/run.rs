@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::data::loader::Loader;
 use crate::data::synthetic::Synthetic;
 use crate::data::Dataset;
+use crate::data::{Loader, LoaderOptions, Shard};
 use crate::dist::{average_tensors, broadcast_tensors, check_replicas, Collective, Solo};
 use crate::gpu::{Gpu, Tensor};
 use crate::metrics::{self, EpochMetrics};
@@ -241,6 +241,10 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
     let writer = group.is_writer();
     let ranks = group.size();
     let distributed = ranks > 1;
+    let shard = Shard {
+        rank: group.rank(),
+        ranks,
+    };
     RANKS.store(ranks, Ordering::SeqCst);
     if spec.batch_size == 0 || spec.epochs == 0 {
         return Err("--batch-size and --epochs must be positive".into());
@@ -426,14 +430,14 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
         let from_start = partial.batches_done == 0;
         let mut nonfinite = 0usize;
         let mut loaded = vec![0f64; spec.dataset.classes().len()];
-        let mut loader = Loader::resume_shard_at(
+        let mut loader = Loader::new(
             spec.dataset.clone(),
             spec.train.clone(),
-            spec.batch_size,
-            Some(shuffle_seed),
-            spec.augment.is_some(),
-            partial.batches_done,
-            (group.rank(), ranks),
+            LoaderOptions::batches_of(spec.batch_size)
+                .shuffled(shuffle_seed)
+                .augmented(spec.augment.is_some())
+                .from_batch(partial.batches_done)
+                .shard(shard),
         );
         let mut bar = Progress::new(
             &format!("epoch {}/{}", epoch + 1, spec.epochs),
@@ -583,7 +587,7 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
         let (val_loss, val_acc) = if spec.val.is_empty() {
             (None, None)
         } else {
-            let mine = &spec.val[crate::dist::share(spec.val.len(), group.rank(), ranks)];
+            let mine = &spec.val[shard.range(spec.val.len())];
             let mut e = evaluate_sums(
                 &gpu,
                 trainer.model.as_ref(),
@@ -1034,10 +1038,7 @@ fn evaluate_into(
     let mut loader = Loader::new(
         dataset.clone(),
         indices.to_vec(),
-        batch_size,
-        None,
-        false,
-        false,
+        LoaderOptions::batches_of(batch_size),
     );
     let mut bar = Progress::new("validation", indices.len());
     bar.set_visible(show);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use densenet_wgpu::data::{
-    load_image, split, DataError, Dataset, ImageFolder, Loader, Synthetic, IMAGENET_MEAN,
-    IMAGENET_STD,
+    load_image, split, DataError, Dataset, ImageFolder, Loader, LoaderOptions, Synthetic,
+    IMAGENET_MEAN, IMAGENET_STD,
 };
 use densenet_wgpu::metrics::{
     append_csv, confusion_matrix_table, read_csv, write_csv, EpochMetrics,
@@ -248,7 +248,11 @@ fn corrupt_image_is_skipped_by_the_loader_with_a_warning_naming_it() {
     assert!(err.to_string().contains("bad.jpg"));
 
     let folder: Arc<dyn Dataset> = Arc::new(folder);
-    let loader = Loader::new(folder, (0..4).collect(), 2, Some(1), true, false);
+    let loader = Loader::new(
+        folder,
+        (0..4).collect(),
+        LoaderOptions::batches_of(2).shuffled(1).augmented(true),
+    );
     assert_eq!(loader.num_batches(), 2);
     let mut seen = Vec::new();
     let mut loader = loader;
@@ -315,7 +319,11 @@ fn loader_yields_every_item_once_per_epoch() {
     let dataset: Arc<dyn Dataset> = data.clone();
     let indices: Vec<usize> = (0..103).collect();
 
-    let loader = Loader::new(dataset.clone(), indices.clone(), 10, Some(1), false, false);
+    let loader = Loader::new(
+        dataset.clone(),
+        indices.clone(),
+        LoaderOptions::batches_of(10).shuffled(1),
+    );
     assert_eq!((loader.num_batches(), loader.num_items()), (11, 103));
     let batches: Vec<_> = loader.collect();
     assert_eq!(batches.len(), 11);
@@ -332,30 +340,48 @@ fn loader_yields_every_item_once_per_epoch() {
         }
     }
 
-    let unshuffled: Vec<usize> =
-        Loader::new(dataset.clone(), indices.clone(), 10, None, false, false)
-            .flat_map(|b| b.indices)
-            .collect();
+    let unshuffled: Vec<usize> = Loader::new(
+        dataset.clone(),
+        indices.clone(),
+        LoaderOptions::batches_of(10),
+    )
+    .flat_map(|b| b.indices)
+    .collect();
     assert_eq!(unshuffled, indices);
-    let other: Vec<usize> =
-        Loader::new(dataset.clone(), indices.clone(), 10, Some(2), false, false)
-            .flat_map(|b| b.indices)
-            .collect();
+    let other: Vec<usize> = Loader::new(
+        dataset.clone(),
+        indices.clone(),
+        LoaderOptions::batches_of(10).shuffled(2),
+    )
+    .flat_map(|b| b.indices)
+    .collect();
     assert_ne!(other, order);
-    let again: Vec<usize> =
-        Loader::new(dataset.clone(), indices.clone(), 10, Some(1), false, false)
-            .flat_map(|b| b.indices)
-            .collect();
+    let again: Vec<usize> = Loader::new(
+        dataset.clone(),
+        indices.clone(),
+        LoaderOptions::batches_of(10).shuffled(1),
+    )
+    .flat_map(|b| b.indices)
+    .collect();
     assert_eq!(again, order);
 
-    let dropped = Loader::new(dataset.clone(), indices, 10, Some(1), false, true);
+    let dropped = Loader::new(
+        dataset.clone(),
+        indices,
+        LoaderOptions::batches_of(10).shuffled(1).drop_last(),
+    );
     assert_eq!(dropped.num_batches(), 10);
     let batches: Vec<_> = dropped.collect();
     assert_eq!(batches.len(), 10);
     assert!(batches.iter().all(|b| b.len() == 10));
 
     assert_eq!(
-        Loader::new(dataset, Vec::new(), 4, Some(1), true, false).count(),
+        Loader::new(
+            dataset,
+            Vec::new(),
+            LoaderOptions::batches_of(4).shuffled(1).augmented(true),
+        )
+        .count(),
         0
     );
 }
@@ -364,14 +390,13 @@ fn loader_yields_every_item_once_per_epoch() {
 fn augmentation_is_reproducible_whatever_the_worker_count() {
     let synthetic: Arc<dyn Dataset> = Arc::new(Synthetic::new(40, 8, 3));
     let run = |workers: usize, seed: u64, augment: bool| {
-        collect(Loader::with_workers(
+        collect(Loader::new(
             synthetic.clone(),
             (0..40).collect(),
-            6,
-            Some(seed),
-            augment,
-            false,
-            workers,
+            LoaderOptions::batches_of(6)
+                .shuffled(seed)
+                .augmented(augment)
+                .workers(workers),
         ))
     };
     let one = run(1, 7, true);
@@ -395,14 +420,13 @@ fn augmentation_is_reproducible_whatever_the_worker_count() {
     let (folder, _) = ImageFolder::open(tmp.path(), S).unwrap();
     let folder: Arc<dyn Dataset> = Arc::new(folder);
     let run = |workers: usize, augment: bool| {
-        collect(Loader::with_workers(
+        collect(Loader::new(
             folder.clone(),
             (0..8).collect(),
-            3,
-            Some(11),
-            augment,
-            false,
-            workers,
+            LoaderOptions::batches_of(3)
+                .shuffled(11)
+                .augmented(augment)
+                .workers(workers),
         ))
     };
     let one = run(1, true);
@@ -413,23 +437,14 @@ fn augmentation_is_reproducible_whatever_the_worker_count() {
 #[test]
 fn a_resumed_epoch_continues_with_the_same_batches_and_augmentation() {
     let synthetic: Arc<dyn Dataset> = Arc::new(Synthetic::new(40, 8, 3));
-    let full = collect(Loader::new(
-        synthetic.clone(),
-        (0..40).collect(),
-        6,
-        Some(9),
-        true,
-        false,
-    ));
+    let options = LoaderOptions::batches_of(6).shuffled(9).augmented(true);
+    let full = collect(Loader::new(synthetic.clone(), (0..40).collect(), options));
     assert_eq!(full.len(), 7);
     for first in [0, 1, 4, 6, 7] {
-        let rest = collect(Loader::resume_at(
+        let rest = collect(Loader::new(
             synthetic.clone(),
             (0..40).collect(),
-            6,
-            Some(9),
-            true,
-            first,
+            options.from_batch(first),
         ));
         assert_eq!(rest, full[first..], "resumed after {first} batches");
     }
@@ -472,14 +487,13 @@ fn dropping_the_loader_mid_epoch_stops_its_workers() {
         decoded: Default::default(),
     });
     let shared: Arc<dyn Dataset> = dataset.clone();
-    let mut loader = Loader::with_workers(
+    let mut loader = Loader::new(
         shared,
         (0..items).collect(),
-        batch,
-        Some(1),
-        true,
-        false,
-        workers,
+        LoaderOptions::batches_of(batch)
+            .shuffled(1)
+            .augmented(true)
+            .workers(workers),
     );
     assert_eq!(loader.next().unwrap().len(), batch);
     // The drop runs on its own thread so that a drop that never returns fails here, after

@@ -7,6 +7,7 @@
 //! Each worker's channel is bounded, so at most about [`PREFETCH_BATCHES`] batches wait in
 //! memory. Items that fail to load are left out of their batch with a warning.
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -59,10 +60,7 @@ struct Plan {
     augment_seed: Option<u64>,
     /// The first batch built: batches before it were consumed before an interruption.
     first_batch: usize,
-    /// (rank, ranks): this process builds only its share of every batch
-    /// ([`crate::dist::share`]), and yields a batch even when its share is empty, so
-    /// that every rank takes part in every step.
-    shard: (usize, usize),
+    shard: Shard,
     stop: AtomicBool,
 }
 
@@ -75,103 +73,135 @@ pub struct Loader {
     warnings: Mutex<Vec<String>>,
 }
 
+/// Which share of every batch a process builds: rank `rank` of `ranks` in a data-parallel
+/// run, [`Shard::WHOLE`] otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+impl Shard {
+    /// The whole batch: a single-process run.
+    pub const WHOLE: Shard = Shard { rank: 0, ranks: 1 };
+
+    /// This rank's contiguous share of `len` positions, `len·rank/ranks ..
+    /// len·(rank+1)/ranks`: the shares of the ranks differ in size by one at most.
+    pub fn range(self, len: usize) -> Range<usize> {
+        (len * self.rank / self.ranks)..(len * (self.rank + 1) / self.ranks)
+    }
+}
+
+/// How a [`Loader`] cuts, orders and prepares one epoch. Start from
+/// [`LoaderOptions::batches_of`] and change what differs:
+///
+/// ```
+/// use densenet_wgpu::data::LoaderOptions;
+/// let options = LoaderOptions::batches_of(32).shuffled(7).augmented(true);
+/// assert_eq!((options.batch_size, options.shuffle_seed), (32, Some(7)));
+/// assert!(!options.drop_last && options.first_batch == 0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoaderOptions {
+    /// Items per batch (the global batch in a data-parallel run).
+    pub batch_size: usize,
+    /// Shuffles the indices with `Rng::new(seed)` (use a new seed each epoch, e.g. `seed +
+    /// epoch`); `None` keeps their order.
+    pub shuffle_seed: Option<u64>,
+    /// Applies the dataset's augmentation. The augmentation of the item at epoch position
+    /// `p` draws from a generator seeded by `(shuffle_seed, p)` alone.
+    pub augment: bool,
+    /// Leaves out the last, partial batch.
+    pub drop_last: bool,
+    /// Batches consumed before an interruption: the epoch starts after them, with the same
+    /// order and the same augmentation of every item as the uninterrupted one.
+    pub first_batch: usize,
+    /// The share of every batch this process builds. A rank whose share of a batch is
+    /// empty still gets that (empty) batch, so that every rank takes part in every step.
+    pub shard: Shard,
+    /// Worker threads (at least one); `None`: [`default_workers`].
+    pub workers: Option<usize>,
+}
+
+impl LoaderOptions {
+    /// Batches of `batch_size` in the order given, not augmented, the last partial batch
+    /// kept, from the first batch, the whole batch, [`default_workers`] threads.
+    pub fn batches_of(batch_size: usize) -> LoaderOptions {
+        LoaderOptions {
+            batch_size,
+            shuffle_seed: None,
+            augment: false,
+            drop_last: false,
+            first_batch: 0,
+            shard: Shard::WHOLE,
+            workers: None,
+        }
+    }
+
+    /// Shuffled by `Rng::new(seed)`.
+    pub fn shuffled(self, seed: u64) -> LoaderOptions {
+        LoaderOptions {
+            shuffle_seed: Some(seed),
+            ..self
+        }
+    }
+
+    /// Augmented when `augment`.
+    pub fn augmented(self, augment: bool) -> LoaderOptions {
+        LoaderOptions { augment, ..self }
+    }
+
+    /// Without the last, partial batch.
+    pub fn drop_last(self) -> LoaderOptions {
+        LoaderOptions {
+            drop_last: true,
+            ..self
+        }
+    }
+
+    /// From batch `first_batch` on (a resumed epoch).
+    pub fn from_batch(self, first_batch: usize) -> LoaderOptions {
+        LoaderOptions {
+            first_batch,
+            ..self
+        }
+    }
+
+    /// Only `shard`'s share of every batch.
+    pub fn shard(self, shard: Shard) -> LoaderOptions {
+        LoaderOptions { shard, ..self }
+    }
+
+    /// With `workers` worker threads.
+    pub fn workers(self, workers: usize) -> LoaderOptions {
+        LoaderOptions {
+            workers: Some(workers),
+            ..self
+        }
+    }
+}
+
 impl Loader {
-    /// Iterates `indices` in batches of `batch_size` (the last, partial batch is kept unless
-    /// `drop_last`), shuffled by `Rng::new(seed)` when `shuffle_seed` is `Some` (use a new
-    /// seed each epoch, e.g. `seed + epoch`), augmenting when `augment`. Starts
-    /// [`default_workers`] worker threads.
+    /// Iterates `indices` in batches as `options` say; see the module documentation.
     ///
-    /// Panics if `batch_size` is 0.
-    pub fn new(
-        dataset: Arc<dyn Dataset>,
-        indices: Vec<usize>,
-        batch_size: usize,
-        shuffle_seed: Option<u64>,
-        augment: bool,
-        drop_last: bool,
-    ) -> Loader {
-        let workers = default_workers();
-        Loader::with_workers(
-            dataset,
-            indices,
+    /// Panics if `options.batch_size` is 0 or `options.shard.rank` is not below
+    /// `options.shard.ranks`.
+    pub fn new(dataset: Arc<dyn Dataset>, indices: Vec<usize>, options: LoaderOptions) -> Loader {
+        let LoaderOptions {
             batch_size,
             shuffle_seed,
             augment,
             drop_last,
+            first_batch,
+            shard,
             workers,
-        )
-    }
-
-    /// As [`Loader::new`], with `workers` worker threads (at least one).
-    pub fn with_workers(
-        dataset: Arc<dyn Dataset>,
-        indices: Vec<usize>,
-        batch_size: usize,
-        shuffle_seed: Option<u64>,
-        augment: bool,
-        drop_last: bool,
-        workers: usize,
-    ) -> Loader {
-        let plan = (shuffle_seed, augment, drop_last);
-        Loader::build(dataset, indices, batch_size, plan, (workers, (0, 1)), 0)
-    }
-
-    /// The epoch [`Loader::new`] would give, from batch `first_batch` on: the same order
-    /// and the same augmentation of every item (it depends on the item's position in the
-    /// epoch only), so a run resumed after `first_batch` batches continues exactly as the
-    /// uninterrupted one.
-    pub fn resume_at(
-        dataset: Arc<dyn Dataset>,
-        indices: Vec<usize>,
-        batch_size: usize,
-        shuffle_seed: Option<u64>,
-        augment: bool,
-        first_batch: usize,
-    ) -> Loader {
-        Loader::resume_shard_at(
-            dataset,
-            indices,
-            batch_size,
-            shuffle_seed,
-            augment,
-            first_batch,
-            (0, 1),
-        )
-    }
-
-    /// [`Loader::resume_at`] for rank `shard.0` of `shard.1` in a data-parallel run: each
-    /// batch holds only this rank's share of the global batch of `batch_size`
-    /// ([`crate::dist::share`] of the batch's positions), with the augmentation the item
-    /// gets in a single-process run. Batches whose share is empty are yielded too.
-    pub fn resume_shard_at(
-        dataset: Arc<dyn Dataset>,
-        indices: Vec<usize>,
-        batch_size: usize,
-        shuffle_seed: Option<u64>,
-        augment: bool,
-        first_batch: usize,
-        shard: (usize, usize),
-    ) -> Loader {
-        let plan = (shuffle_seed, augment, false);
-        Loader::build(
-            dataset,
-            indices,
-            batch_size,
-            plan,
-            (default_workers(), shard),
-            first_batch,
-        )
-    }
-
-    fn build(
-        dataset: Arc<dyn Dataset>,
-        indices: Vec<usize>,
-        batch_size: usize,
-        (shuffle_seed, augment, drop_last): (Option<u64>, bool, bool),
-        (workers, shard): (usize, (usize, usize)),
-        first_batch: usize,
-    ) -> Loader {
-        assert!(shard.0 < shard.1, "rank {} of {}", shard.0, shard.1);
+        } = options;
+        assert!(
+            shard.rank < shard.ranks,
+            "rank {} of {}",
+            shard.rank,
+            shard.ranks
+        );
         assert!(batch_size > 0, "batch size must be positive");
         let mut order = indices;
         if let Some(seed) = shuffle_seed {
@@ -195,7 +225,9 @@ impl Loader {
         });
 
         let left = num_batches - plan.first_batch;
-        let workers = workers.clamp(1, left.max(1));
+        let workers = workers
+            .unwrap_or_else(default_workers)
+            .clamp(1, left.max(1));
         let capacity = (PREFETCH_BATCHES / workers).saturating_sub(1);
         let mut receivers = Vec::new();
         let mut handles = Vec::new();
@@ -262,7 +294,7 @@ fn build_batch(plan: &Plan, b: usize) -> Option<Prepared> {
     let item_len = 3 * size * size;
     let global_start = b * plan.batch_size;
     let global_end = (global_start + plan.batch_size).min(plan.order.len());
-    let mine = crate::dist::share(global_end - global_start, plan.shard.0, plan.shard.1);
+    let mine = plan.shard.range(global_end - global_start);
     let (start, end) = (global_start + mine.start, global_start + mine.end);
     let mut batch = Batch {
         images: Vec::with_capacity((end - start) * item_len),
@@ -320,7 +352,7 @@ impl Iterator for Loader {
                     .unwrap_or_else(|e| e.into_inner())
                     .extend(prepared.warnings);
             }
-            if !prepared.batch.is_empty() || self.plan.shard.1 > 1 {
+            if !prepared.batch.is_empty() || self.plan.shard.ranks > 1 {
                 return Some(prepared.batch);
             }
         }
