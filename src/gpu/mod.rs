@@ -927,6 +927,26 @@ impl Encoder<'_> {
     }
 }
 
+/// Checks that every tensor in `written` has a buffer of its own: one dispatch may not bind
+/// a buffer both read-only and read-write (the device rejects it), and two writes to one
+/// buffer would race. The error names the op, both tensors and the buffer.
+pub fn check_distinct(
+    op: &str,
+    written: &[(&str, &Tensor)],
+    read: &[(&str, &Tensor)],
+) -> Result<()> {
+    for (i, (name, w)) in written.iter().enumerate() {
+        let mut others = written[i + 1..].iter().chain(read);
+        if let Some((other, _)) = others.find(|(_, t)| w.same_storage(t)) {
+            return Err(GpuError::Shape(format!(
+                "{op}: {name} shares its buffer {:?} with {other}",
+                w.label()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a shape against an expectation; the error names the op and the tensor.
 pub fn expect_shape(op: &str, what: &str, got: &[usize], want: &[usize]) -> Result<()> {
     if got != want {

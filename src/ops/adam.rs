@@ -6,7 +6,9 @@
 //! `lr` may change every step without a new pipeline.
 
 use super::groups;
-use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+};
 
 pub const SHADER: Shader = shader!("adam");
 const WG: u32 = 256;
@@ -137,15 +139,11 @@ pub fn step(
         }
         to_u32(op, name, t.offset + numel)?;
     }
-    for (i, (a, an)) in named.iter().enumerate() {
-        for (b, bn) in &named[i + 1..] {
-            if a.same_storage(b) {
-                return Err(GpuError::Shape(format!(
-                    "{op}: {an} and {bn} share a buffer"
-                )));
-            }
-        }
-    }
+    check_distinct(
+        op,
+        &[("param", param), ("m", m), ("v", v)],
+        &[("grad", grad)],
+    )?;
     let s = scalars(&cfg, step);
     let mut flags = 0;
     if cfg.decoupled {

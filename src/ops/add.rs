@@ -7,7 +7,7 @@
 
 use super::{groups, ViewParams};
 use crate::gpu::Tensor;
-use crate::gpu::{expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader};
+use crate::gpu::{check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, Launch, Result, Shader};
 use crate::tape::{output_grad, Backward, Tape, Var};
 
 pub const SHADER: Shader = shader!("add");
@@ -45,17 +45,6 @@ fn params(op: &str, shape: &[usize], tensors: [(&str, Option<&Tensor>); 4]) -> R
     })
 }
 
-fn distinct(op: &str, out: &Tensor, ins: &[&Tensor]) -> Result<()> {
-    match ins.iter().find(|t| out.same_storage(t)) {
-        Some(t) => Err(GpuError::Shape(format!(
-            "{op}: output {} shares its buffer with input {}",
-            out.label(),
-            t.label()
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// [`super::vectorise`] on this op's uniform.
 fn vectorise(p: &mut Params, tensors: &[&Tensor]) -> &'static str {
     super::vectorise(
@@ -84,7 +73,7 @@ pub fn forward(enc: &mut Encoder, y: &Tensor, a: &Tensor, b: &Tensor, relu: bool
         &y.shape,
         [("a", Some(a)), ("b", Some(b)), ("y", Some(y)), ("", None)],
     )?;
-    distinct(op, y, &[a, b])?;
+    check_distinct(op, &[("y", y)], &[("a", a), ("b", b)])?;
     let entry = format!("forward{}", vectorise(&mut p, &[a, b, y]));
     let u = Arg::Uniform(bytemuck::bytes_of(&p));
     launch(
@@ -104,7 +93,7 @@ pub fn accumulate_forward(enc: &mut Encoder, y: &Tensor, b: &Tensor, relu: bool)
         &y.shape,
         [("", None), ("b", Some(b)), ("y", Some(y)), ("", None)],
     )?;
-    distinct(op, y, &[b])?;
+    check_distinct(op, &[("y", y)], &[("b", b)])?;
     let entry = format!("accumulate_forward{}", vectorise(&mut p, &[b, y]));
     let u = Arg::Uniform(bytemuck::bytes_of(&p));
     launch(
@@ -139,8 +128,9 @@ pub fn backward(
             ("d_y", Some(d_y)),
         ],
     )?;
-    distinct(op, d_a, &[y, d_y])?;
-    distinct(op, d_b, &[y, d_y])?;
+    let read = [("y", y), ("d_y", d_y)];
+    check_distinct(op, &[("d_a", d_a)], &read)?;
+    check_distinct(op, &[("d_b", d_b)], &read)?;
     let entry = format!("backward{}", vectorise(&mut p, &[d_a, d_b, y, d_y]));
     let args = [
         Arg::Uniform(bytemuck::bytes_of(&p)),

@@ -4,7 +4,9 @@
 //! [`output_size`], shared with [`max_pool2d`](super::max_pool2d).
 
 use super::{groups, ViewParams};
-use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+};
 use crate::tape::{output_grad, Backward, Tape, Var};
 
 pub const SHADER: Shader = shader!("avg_pool2d");
@@ -80,19 +82,6 @@ pub(crate) fn check_pool(
         to_u32(op, name, t.storage.numel)?;
     }
     Ok(PoolShape { n, c, h, w, oh, ow })
-}
-
-/// Rejects two views of one allocation bound read-only and read-write in one launch.
-pub(crate) fn distinct(op: &str, out: (&str, &Tensor), input: (&str, &Tensor)) -> Result<()> {
-    if out.1.same_storage(input.1) {
-        return Err(GpuError::Shape(format!(
-            "{op}: {} and {} share the buffer {:?}; they must be distinct allocations",
-            out.0,
-            input.0,
-            out.1.label()
-        )));
-    }
-    Ok(())
 }
 
 #[repr(C)]
@@ -241,7 +230,7 @@ fn backward_tw(stride: usize) -> u32 {
 pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor, spec: Pool2dSpec) -> Result<()> {
     let op = "avg_pool2d forward";
     let g = check_pool(op, "y", y, "x", x, spec)?;
-    distinct(op, ("y", y), ("x", x))?;
+    check_distinct(op, &[("y", y)], &[("x", x)])?;
     let tw = forward_tw(op, spec)?;
     let mut p = params(op, &g, x, y, spec)?;
     p.rows = p.oh;
@@ -255,7 +244,7 @@ pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor, spec: Pool2dSpec) -> R
 pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor, spec: Pool2dSpec) -> Result<()> {
     let op = "avg_pool2d backward";
     let g = check_pool(op, "d_y", d_y, "d_x", d_x, spec)?;
-    distinct(op, ("d_x", d_x), ("d_y", d_y))?;
+    check_distinct(op, &[("d_x", d_x)], &[("d_y", d_y)])?;
     let tw = backward_tw(spec.stride);
     let mut p = params(op, &g, d_x, d_y, spec)?;
     p.rows = p.h;

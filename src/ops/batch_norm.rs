@@ -8,7 +8,8 @@
 
 use super::{groups, ViewParams};
 use crate::gpu::{
-    expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result,
+    Shader, Tensor,
 };
 use crate::tape::{output_grad, Backward, RunningStats, Tape, Var};
 
@@ -140,22 +141,6 @@ fn per_channel(op: &str, what: &str, t: &Tensor, c: usize) -> Result<u32> {
     Ok(t.offset as u32)
 }
 
-/// A tensor written by a dispatch may not share its buffer with one it reads
-/// (the device rejects such a binding).
-fn no_alias(op: &str, writes: &[(&str, &Tensor)], reads: &[(&str, &Tensor)]) -> Result<()> {
-    for (wn, w) in writes {
-        for (rn, r) in reads {
-            if w.same_storage(r) {
-                return Err(GpuError::Shape(format!(
-                    "{op}: output {wn} shares its buffer {:?} with input {rn}",
-                    w.label()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn channel_grid(op: &str, c: u32) -> Result<[u32; 3]> {
     let g = Gpu::grid_1d(c);
     if g[1] > crate::gpu::MAX_WORKGROUPS_PER_DIM {
@@ -267,7 +252,7 @@ fn launch_train_layout(
         }
     }
     writes.extend(y.map(|y| ("y", y)));
-    no_alias(op, &writes, &reads)?;
+    check_distinct(op, &writes, &reads)?;
     let mut args = vec![
         Arg::Uniform(bytemuck::bytes_of(&p)),
         Arg::Read(x),
@@ -310,7 +295,7 @@ pub fn forward_eval(
     p.beta_off = per_channel(op, "beta", beta, c)?;
     p.running_mean_off = per_channel(op, "running_mean", running_mean, c)?;
     p.running_var_off = per_channel(op, "running_var", running_var, c)?;
-    no_alias(
+    check_distinct(
         op,
         &[("y", y)],
         &[
@@ -360,7 +345,7 @@ pub fn fold_scale_shift(
     p.inv_std_off = per_channel(op, "inv_std", inv_std, c)?;
     p.d_gamma_off = per_channel(op, "scale", scale, c)?;
     p.d_beta_off = per_channel(op, "shift", shift, c)?;
-    no_alias(
+    check_distinct(
         op,
         &[("scale", scale), ("shift", shift)],
         &[
@@ -557,7 +542,7 @@ fn launch_backward(
     if let Some(n) = count {
         p.count = n;
     }
-    no_alias(
+    check_distinct(
         op,
         &writes,
         &[

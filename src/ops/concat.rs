@@ -4,7 +4,9 @@
 //! altogether by writing straight into channel-slice views; `copy` covers the rest.
 
 use super::ViewParams;
-use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+};
 use crate::tape::{output_grad, Backward, Tape, Var};
 
 pub const SHADER: Shader = shader!("concat");
@@ -37,12 +39,7 @@ pub fn copy(enc: &mut Encoder, dst: &Tensor, src: &Tensor, accumulate: bool) -> 
 
 fn copy_op(op: &str, enc: &mut Encoder, dst: &Tensor, src: &Tensor, acc: bool) -> Result<()> {
     crate::gpu::expect_shape(op, "dst", &dst.shape, &src.shape)?;
-    if dst.same_storage(src) {
-        return Err(GpuError::Shape(format!(
-            "{op}: dst and src share the buffer {:?}; they must be distinct allocations",
-            dst.label()
-        )));
-    }
+    check_distinct(op, &[("dst", dst)], &[("src", src)])?;
     to_u32(op, "dst", dst.storage.numel)?;
     to_u32(op, "src", src.storage.numel)?;
     let (mut dv, mut sv) = (ViewParams::of(dst), ViewParams::of(src));

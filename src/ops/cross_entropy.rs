@@ -8,7 +8,8 @@
 
 use super::groups;
 use crate::gpu::{
-    expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
+    Tensor,
 };
 use crate::tape::{Backward, Tape, Var};
 
@@ -93,20 +94,11 @@ pub fn forward(
             "{op}: empty batch (mean over 0 rows)"
         )));
     }
-    for (out, name) in [(probs, "probs"), (loss, "loss")] {
-        for input in [logits, labels] {
-            if out.same_storage(input) {
-                return Err(GpuError::Shape(format!(
-                    "{op}: {name} shares its buffer with an input"
-                )));
-            }
-        }
-    }
-    if probs.same_storage(loss) {
-        return Err(GpuError::Shape(format!(
-            "{op}: probs and loss share a buffer"
-        )));
-    }
+    check_distinct(
+        op,
+        &[("probs", probs), ("loss", loss)],
+        &[("logits", logits), ("labels", labels)],
+    )?;
     let p = Params {
         n: n as u32,
         k: k as u32,
@@ -149,13 +141,11 @@ pub fn backward(
             "{op}: d_logits must be contiguous, got {d_logits:?}"
         )));
     }
-    for input in [probs, labels] {
-        if d_logits.same_storage(input) {
-            return Err(GpuError::Shape(format!(
-                "{op}: d_logits shares its buffer with an input"
-            )));
-        }
-    }
+    check_distinct(
+        op,
+        &[("d_logits", d_logits)],
+        &[("probs", probs), ("labels", labels)],
+    )?;
     let p = Params {
         n: n as u32,
         k: k as u32,

@@ -2,7 +2,7 @@
 //! slot of a flags tensor, so a training step can test all its gradients with one
 //! read-back before the optimizer touches the weights.
 
-use crate::gpu::{to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor};
+use crate::gpu::{check_distinct, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor};
 
 pub const SHADER: Shader = shader!("finite");
 const WG: u32 = 256;
@@ -32,12 +32,7 @@ pub fn count_nonfinite(enc: &mut Encoder, flags: &Tensor, slot: usize, x: &Tenso
             flags.shape
         )));
     }
-    if flags.same_storage(x) {
-        return Err(GpuError::Shape(format!(
-            "{op}: flags share a buffer with {}",
-            x.label()
-        )));
-    }
+    check_distinct(op, &[("flags", flags)], &[("x", x)])?;
     let p = Params {
         x_off: to_u32(op, "offset", x.offset)?,
         numel: to_u32(op, "numel", x.numel())?,

@@ -2,7 +2,9 @@
 //! backward `d_x[n,c,h,w] += d_y[n,c] / (H·W)`.
 
 use super::{groups, ViewParams};
-use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+};
 use crate::tape::{output_grad, Backward, Tape, Var};
 
 pub const SHADER: Shader = shader!("global_avg_pool");
@@ -31,12 +33,7 @@ fn params(op: &str, y_name: &str, y: &Tensor, x_name: &str, x: &Tensor) -> Resul
             "{op}: {y_name} must be a contiguous (N, C) tensor"
         )));
     }
-    if y.same_storage(x) {
-        return Err(GpuError::Shape(format!(
-            "{op}: {y_name} and {x_name} share the buffer {:?}; they must be distinct",
-            y.label()
-        )));
-    }
+    check_distinct(op, &[(y_name, y)], &[(x_name, x)])?;
     to_u32(op, x_name, x.storage.numel)?;
     to_u32(op, y_name, y.storage.numel)?;
     Ok(Params {

@@ -11,7 +11,8 @@
 
 use super::groups;
 use crate::gpu::{
-    expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
+    Tensor,
 };
 use crate::tape::{output_grad, Backward, Tape, Var};
 
@@ -211,21 +212,6 @@ fn matrix(op: &str, what: &str, t: &Tensor) -> Result<[usize; 2]> {
     }
 }
 
-/// Outputs may not share a buffer with the inputs (a read and a read-write binding of one
-/// buffer in one dispatch is invalid).
-fn distinct(op: &str, out: &Tensor, ins: &[&Tensor]) -> Result<()> {
-    for t in ins {
-        if out.same_storage(t) {
-            return Err(GpuError::Shape(format!(
-                "{op}: output {} shares its buffer with input {}",
-                out.label(),
-                t.label()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// `y = x · Wᵀ + b` with x (N, I), weight (O, I), bias (O), y (N, O). Overwrites `y`.
 pub fn forward(
     enc: &mut Encoder,
@@ -248,9 +234,9 @@ pub fn forward(
     }
     expect_shape(op, "y", &y.shape, &[n, o])?;
     matrix(op, "y", y)?;
-    distinct(op, y, &[x, weight])?;
+    check_distinct(op, &[("y", y)], &[("x", x), ("weight", weight)])?;
     if let Some(b) = bias {
-        distinct(op, y, &[b])?;
+        check_distinct(op, &[("y", y)], &[("bias", b)])?;
     }
     gemm(
         enc,
@@ -288,15 +274,16 @@ pub fn backward(
     matrix(op, "d_y", d_y)?;
     expect_shape(op, "d_weight", &d_weight.shape, &[o, i])?;
     matrix(op, "d_weight", d_weight)?;
-    distinct(op, d_weight, &[d_y, x, weight])?;
+    let read = [("d_y", d_y), ("x", x), ("weight", weight)];
+    check_distinct(op, &[("d_weight", d_weight)], &read)?;
     if let Some(d_x) = d_x {
         expect_shape(op, "d_x", &d_x.shape, &[n, i])?;
         matrix(op, "d_x", d_x)?;
-        distinct(op, d_x, &[d_y, x, weight])?;
+        check_distinct(op, &[("d_x", d_x)], &read)?;
     }
     if let Some(d_b) = d_bias {
         expect_shape(op, "d_bias", &d_b.shape, &[o])?;
-        distinct(op, d_b, &[d_y])?;
+        check_distinct(op, &[("d_bias", d_b)], &[("d_y", d_y)])?;
     }
     // d_weight (O, I) += d_yᵀ (O, N) · x (N, I). With N a multiple of 4 and at least
     // DOT_MIN_K, d_y and x are transposed first so that both operands are k-contiguous
@@ -369,7 +356,7 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
     }
     expect_shape(op, "c", &c.shape, &[m, n])?;
     matrix(op, "c", c)?;
-    distinct(op, c, &[a, b])?;
+    check_distinct(op, &[("c", c)], &[("a", a), ("b", b)])?;
     let (a_t, b_t);
     let (lhs, rhs) = if k % 4 == 0 && a.offset % 4 == 0 && n >= DOT_MIN_N && k > 0 {
         b_t = transposed(enc, op, b, k, n)?;

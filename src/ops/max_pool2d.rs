@@ -4,9 +4,11 @@
 //! one byte (layout: [`indices_shape`]) — and backward routes `d_x += d_y` through the saved
 //! indices without reading `x`.
 
-use super::avg_pool2d::{check_pool, distinct, vec4_rows, PoolShape};
+use super::avg_pool2d::{check_pool, vec4_rows, PoolShape};
 use super::ViewParams;
-use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+};
 use crate::tape::{output_grad, Backward, Tape, Var};
 
 pub use super::avg_pool2d::{output_size, Pool2dSpec};
@@ -101,9 +103,7 @@ fn check_indices(op: &str, idx: &Tensor, g: &PoolShape, others: &[(&str, &Tensor
         )));
     }
     to_u32(op, "indices", idx.storage.numel)?;
-    for &(name, t) in others {
-        distinct(op, ("indices", idx), (name, t))?;
-    }
+    check_distinct(op, &[("indices", idx)], others)?;
     Ok(())
 }
 
@@ -265,7 +265,7 @@ pub fn forward(
     let op = "max_pool2d forward";
     check_spec(op, spec)?;
     let g = check_pool(op, "y", y, "x", x, spec)?;
-    distinct(op, ("y", y), ("x", x))?;
+    check_distinct(op, &[("y", y)], &[("x", x)])?;
     if let Some(idx) = indices {
         check_indices(op, idx, &g, &[("x", x), ("y", y)])?;
     }
@@ -298,7 +298,7 @@ pub fn backward(
     let op = "max_pool2d backward";
     check_spec(op, spec)?;
     let g = check_pool(op, "d_y", d_y, "d_x", d_x, spec)?;
-    distinct(op, ("d_x", d_x), ("d_y", d_y))?;
+    check_distinct(op, &[("d_x", d_x)], &[("d_y", d_y)])?;
     check_indices(op, indices, &g, &[("d_x", d_x), ("d_y", d_y)])?;
     let mut p = params(op, &g, d_x, d_y)?;
     p.d_x = ViewParams::of(d_x);

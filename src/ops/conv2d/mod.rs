@@ -20,7 +20,7 @@ use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams};
 
 use super::batch_norm::{self, BatchNormOp, BnConfig};
 use super::ViewParams;
-use crate::gpu::{expect_shape, nchw, to_u32, Encoder, GpuError, Result};
+use crate::gpu::{check_distinct, expect_shape, nchw, to_u32, Encoder, GpuError, Result};
 use crate::gpu::{Shader, Tensor};
 use crate::tape::{output_grad, Backward, RunningStats, Tape, Var};
 
@@ -114,19 +114,6 @@ fn dense(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<u32> {
     }
     to_u32(op, what, t.offset + t.numel())?;
     Ok(t.offset as u32)
-}
-
-fn not_aliased(op: &str, out: (&str, &Tensor), inputs: &[(&str, &Tensor)]) -> Result<()> {
-    for (name, t) in inputs {
-        if out.1.same_storage(t) {
-            return Err(GpuError::Shape(format!(
-                "{op}: {} must not share a buffer with {name} ({})",
-                out.0,
-                t.label()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Validates x (or d_x), the weight, y (or d_y) and returns the geometry.
@@ -276,7 +263,7 @@ pub fn forward(
     let kernel = plan::choose(OP, ConvPass::Forward, &shape)?;
     let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
     if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {
-        not_aliased(OP, ("y", y), &[("x", x), ("weight", weight)])?;
+        check_distinct(OP, &[("y", y)], &[("x", x), ("weight", weight)])?;
         let xp = launch::pad_planes(enc, OP, x, hw)?;
         let yp = enc
             .gpu()
@@ -296,7 +283,7 @@ pub fn forward(
     if let Some(pr) = prologue {
         ins.extend([("prologue scale", pr.scale), ("prologue shift", pr.shift)]);
     }
-    not_aliased(OP, ("y", y), &ins)?;
+    check_distinct(OP, &[("y", y)], &ins)?;
     p.out_c = g.cout as u32;
     p.red_c = g.cin as u32;
     let pass = DataPass {
@@ -329,7 +316,7 @@ pub fn backward_data(
     let kernel = plan::choose(OP, ConvPass::BackwardData, &shape)?;
     let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
     if let Some(hw) = padded_plane(&g, spec, false).filter(|_| fast) {
-        not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
+        check_distinct(OP, &[("d_x", d_x)], &[("d_y", d_y), ("weight", weight)])?;
         let dyp = launch::pad_planes(enc, OP, d_y, hw)?;
         let dxp = enc
             .gpu()
@@ -338,7 +325,7 @@ pub fn backward_data(
         return launch::repad(enc, OP, d_x, &dxp, hw.0 * hw.1, true);
     }
     let w_off = dense(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
-    not_aliased(OP, ("d_x", d_x), &[("d_y", d_y), ("weight", weight)])?;
+    check_distinct(OP, &[("d_x", d_x)], &[("d_y", d_y), ("weight", weight)])?;
     let mut p = data_params(&g, spec, d_y, d_x);
     p.w_off = w_off;
     p.out_c = g.cin as u32;
@@ -380,7 +367,7 @@ pub fn backward_weight(
     let kernel = plan::choose(OP, ConvPass::BackwardWeight, &shape)?;
     let fast = matches!(kernel, ConvKernel::WeightDot | ConvKernel::WeightRows);
     if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {
-        not_aliased(OP, ("d_weight", d_weight), &[("x", x), ("d_y", d_y)])?;
+        check_distinct(OP, &[("d_weight", d_weight)], &[("x", x), ("d_y", d_y)])?;
         let xp = launch::pad_planes(enc, OP, x, hw)?;
         let dyp = launch::pad_planes(enc, OP, d_y, hw)?;
         return backward_weight(enc, d_weight, d_bias, &dyp, &xp, prologue, spec);
@@ -394,11 +381,9 @@ pub fn backward_weight(
     if let Some(pr) = prologue {
         ins.extend([("prologue scale", pr.scale), ("prologue shift", pr.shift)]);
     }
-    not_aliased(OP, ("d_weight", d_weight), &ins)?;
-    if let Some((b, _)) = d_bias {
-        not_aliased(OP, ("d_bias", b), &ins)?;
-        not_aliased(OP, ("d_bias", b), &[("d_weight", d_weight)])?;
-    }
+    let mut written = vec![("d_weight", d_weight)];
+    written.extend(d_bias.map(|(b, _)| ("d_bias", b)));
+    check_distinct(OP, &written, &ins)?;
     let ncol = g.cin * g.kh * g.kw;
     let nw = g.cout * ncol;
     if nw == 0 {
