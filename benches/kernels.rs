@@ -10,7 +10,9 @@ mod support;
 
 use densenet_wgpu::gpu::{Encoder, Gpu, Result, Tensor};
 use densenet_wgpu::ops::avg_pool2d::Pool2dSpec;
-use densenet_wgpu::ops::batch_norm::BnConfig;
+use densenet_wgpu::ops::batch_norm::{
+    Affine, AffineGrads, BatchStats, BnConfig, RunningStats, Saved,
+};
 use densenet_wgpu::ops::conv2d::{Conv2dSpec, ConvKernel, ConvPass};
 use densenet_wgpu::ops::{avg_pool2d, batch_norm, concat, conv2d, linear, max_pool2d, relu};
 use densenet_wgpu::rng::Rng;
@@ -220,7 +222,19 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
             "stats",
             Cost { flops: 0.0, bytes },
             Box::new(move |e| {
-                batch_norm::forward_train(e, None, &m2, &i2, &rm2, &rv2, &x2, &g2, &b2, cfg)
+                let stats = BatchStats {
+                    mean: &m2,
+                    inv_std: &i2,
+                };
+                let running = RunningStats {
+                    mean: &rm2,
+                    var: &rv2,
+                };
+                let affine = Affine {
+                    gamma: &g2,
+                    beta: &b2,
+                };
+                batch_norm::forward_train(e, None, stats, running, &x2, affine, cfg)
             }),
         );
         // Inference: x read, y written.
@@ -230,7 +244,17 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
                 flops: 0.0,
                 bytes: 2.0 * bytes,
             },
-            Box::new(move |e| batch_norm::forward_eval(e, &y3, &x3, &g3, &b3, &rm3, &rv3, cfg)),
+            Box::new(move |e| {
+                let affine = Affine {
+                    gamma: &g3,
+                    beta: &b3,
+                };
+                let running = RunningStats {
+                    mean: &rm3,
+                    var: &rv3,
+                };
+                batch_norm::forward_eval(e, &y3, &x3, affine, running, cfg)
+            }),
         );
         let fwd: Pass = (
             "forward",
@@ -240,7 +264,19 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
                 bytes: 3.0 * bytes,
             },
             Box::new(move |e| {
-                batch_norm::forward_train(e, Some(&y1), &m1, &i1, &rm, &rv, &x1, &g1, &b1, cfg)
+                let stats = BatchStats {
+                    mean: &m1,
+                    inv_std: &i1,
+                };
+                let running = RunningStats {
+                    mean: &rm,
+                    var: &rv,
+                };
+                let affine = Affine {
+                    gamma: &g1,
+                    beta: &b1,
+                };
+                batch_norm::forward_train(e, Some(&y1), stats, running, &x1, affine, cfg)
             }),
         );
         let bwd: Pass = (
@@ -251,7 +287,22 @@ fn cases(gpu: &Gpu) -> Result<Vec<(String, Vec<Pass<'static>>)>> {
                 bytes: 6.0 * bytes,
             },
             Box::new(move |e| {
-                batch_norm::backward(e, &d_x, &dg, &db, &d_y, &x, &g, &b, &mean, &inv, cfg)
+                let grads = AffineGrads {
+                    d_gamma: &dg,
+                    d_beta: &db,
+                };
+                let saved = Saved {
+                    x: &x,
+                    affine: Affine {
+                        gamma: &g,
+                        beta: &b,
+                    },
+                    stats: BatchStats {
+                        mean: &mean,
+                        inv_std: &inv,
+                    },
+                };
+                batch_norm::backward(e, &d_x, grads, &d_y, saved, cfg)
             }),
         );
         out.push(("bn_n8_c256_s56".to_string(), vec![fwd, stats, eval, bwd]));

@@ -55,12 +55,6 @@ impl Param {
     }
 }
 
-/// Batch-norm running statistics, updated in place by training forwards.
-pub struct RunningStats<'a> {
-    pub mean: &'a Tensor,
-    pub var: &'a Tensor,
-}
-
 struct Slot {
     name: String,
     shape: Vec<usize>,

@@ -10,10 +10,10 @@
 use std::cell::Cell;
 
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::ops::batch_norm::BnConfig;
+use crate::ops::batch_norm::{BnConfig, BnLayer, RunningStats};
 use crate::ops::conv2d::Conv2dSpec;
 use crate::rng::Rng;
-use crate::tape::{Param, RunningStats, Tape, Var};
+use crate::tape::{Param, Tape, Var};
 
 /// torchvision's BatchNorm2d defaults.
 pub const BN: BnConfig = BnConfig {
@@ -222,11 +222,14 @@ impl BatchNorm2d {
         on
     }
 
-    fn affine(&self, store: &ParamStore, tape: &mut Tape) -> (Var, Var) {
-        (
-            tape.param(&store.params[self.weight]),
-            tape.param(&store.params[self.bias]),
-        )
+    /// The layer as a tape entry reads it, with `cfg`.
+    fn layer<'s>(&self, store: &'s ParamStore, tape: &mut Tape, cfg: BnConfig) -> BnLayer<'s> {
+        BnLayer {
+            gamma: tape.param(&store.params[self.weight]),
+            beta: tape.param(&store.params[self.bias]),
+            running: self.stats(store),
+            cfg,
+        }
     }
 
     /// `BN(x)`, then ReLU when `relu`.
@@ -239,10 +242,9 @@ impl BatchNorm2d {
         training: bool,
     ) -> Result<Var> {
         let batch = self.batch_stats(store, training);
-        let (g, b) = self.affine(store, tape);
-        let cfg = BnConfig { relu, ..BN };
+        let layer = self.layer(store, tape, BnConfig { relu, ..BN });
         let name = format!("{}{}", self.name, if relu { "+relu" } else { "" });
-        tape.batch_norm(x, g, b, self.stats(store), cfg, batch, &name)
+        tape.batch_norm(x, layer, batch, &name)
     }
 
     /// `max(BN(x) + residual, 0)`, the end of a residual block.
@@ -255,9 +257,9 @@ impl BatchNorm2d {
         training: bool,
     ) -> Result<Var> {
         let batch = self.batch_stats(store, training);
-        let (g, b) = self.affine(store, tape);
+        let layer = self.layer(store, tape, BN);
         let name = format!("{}+add+relu", self.name);
-        tape.batch_norm_add_relu(x, g, b, self.stats(store), BN, batch, residual, &name)
+        tape.batch_norm_add_relu(x, layer, batch, residual, &name)
     }
 
     /// `conv(ReLU(BN(x)))`. With `fused` (and batch statistics) the BN+ReLU output is never
@@ -273,10 +275,9 @@ impl BatchNorm2d {
     ) -> Result<Var> {
         if fused && training && store.params[self.weight].trainable {
             self.batch_stats(store, training);
-            let (g, b) = self.affine(store, tape);
+            let layer = self.layer(store, tape, BN);
             let w = tape.param(&store.params[conv.weight]);
-            let stats = self.stats(store);
-            return tape.bn_relu_conv(x, g, b, stats, BN, w, conv.spec, None, &conv.name);
+            return tape.bn_relu_conv(x, layer, w, conv.spec, None, &conv.name);
         }
         let a = self.forward(store, tape, x, true, training)?;
         conv.forward(store, tape, a, None)

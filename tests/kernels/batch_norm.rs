@@ -2,6 +2,35 @@ use crate::common::*;
 use densenet_wgpu::gpu::{GpuError, Tensor};
 use densenet_wgpu::ops::batch_norm::{self as bn, reference, BnConfig};
 
+fn affine<'a>(gamma: &'a Tensor, beta: &'a Tensor) -> bn::Affine<'a> {
+    bn::Affine { gamma, beta }
+}
+fn stats<'a>(mean: &'a Tensor, inv_std: &'a Tensor) -> bn::BatchStats<'a> {
+    bn::BatchStats { mean, inv_std }
+}
+fn running<'a>(mean: &'a Tensor, var: &'a Tensor) -> bn::RunningStats<'a> {
+    bn::RunningStats { mean, var }
+}
+fn saved<'a>(
+    x: &'a Tensor,
+    gamma: &'a Tensor,
+    beta: &'a Tensor,
+    mean: &'a Tensor,
+    inv_std: &'a Tensor,
+) -> bn::Saved<'a> {
+    bn::Saved {
+        x,
+        affine: affine(gamma, beta),
+        stats: stats(mean, inv_std),
+    }
+}
+fn grads<'a>(d_gamma: &'a Tensor, d_beta: &'a Tensor) -> bn::AffineGrads<'a> {
+    bn::AffineGrads { d_gamma, d_beta }
+}
+fn global_sums(sums: &Tensor, count: f32) -> bn::GlobalSums<'_> {
+    bn::GlobalSums { sums, count }
+}
+
 const PLAIN: BnConfig = BnConfig {
     eps: 1e-5,
     momentum: 0.1,
@@ -180,18 +209,20 @@ fn check_train(seed: u64, shape: [usize; 4], cfg: BnConfig, slots: Slots) {
         bn::forward_train(
             e,
             Some(&y),
-            &mean,
-            &inv_std,
-            &rm,
-            &rv,
+            stats(&mean, &inv_std),
+            running(&rm, &rv),
             &x,
-            &gamma,
-            &beta,
+            affine(&gamma, &beta),
             cfg,
         )
         .unwrap();
         bn::backward(
-            e, &d_x, &d_gamma, &d_beta, &dyt, &x, &gamma, &beta, &mean, &inv_std, cfg,
+            e,
+            &d_x,
+            grads(&d_gamma, &d_beta),
+            &dyt,
+            saved(&x, &gamma, &beta, &mean, &inv_std),
+            cfg,
         )
         .unwrap();
     });
@@ -233,10 +264,8 @@ fn check_train(seed: u64, shape: [usize; 4], cfg: BnConfig, slots: Slots) {
         &d_y,
         &d.x,
         shape,
-        &d.gamma,
-        &d.beta,
-        &mean_got,
-        &inv_std_got,
+        (&d.gamma[..], &d.beta[..]),
+        (&mean_got[..], &inv_std_got[..]),
         cfg,
     );
     let plus = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a + b).collect::<Vec<_>>();
@@ -294,8 +323,14 @@ fn reference_backward_matches_finite_differences() {
             &d.running_var,
             cfg,
         );
-        let (dx, dg, db) =
-            reference::backward(&d.d_y, &d.x, shape, &d.gamma, &d.beta, &mean, &inv_std, cfg);
+        let (dx, dg, db) = reference::backward(
+            &d.d_y,
+            &d.x,
+            shape,
+            (&d.gamma[..], &d.beta[..]),
+            (&mean[..], &inv_std[..]),
+            cfg,
+        );
         let loss = |x: &[f64], g: &[f64], b: &[f64]| {
             let y =
                 reference::forward_train(x, shape, g, b, &d.running_mean, &d.running_var, cfg).0;
@@ -365,7 +400,16 @@ fn gpu_stats_only_matches_full_forward() {
         let mean = zeros(&[c], "mean");
         let inv_std = zeros(&[c], "inv_std");
         run(|e| {
-            bn::forward_train(e, y, &mean, &inv_std, &rm, &rv, &x, &gamma, &beta, RELU).unwrap()
+            bn::forward_train(
+                e,
+                y,
+                stats(&mean, &inv_std),
+                running(&rm, &rv),
+                &x,
+                affine(&gamma, &beta),
+                RELU,
+            )
+            .unwrap()
         });
         [mean, inv_std, rm, rv].map(|t| gpu().download(&t).unwrap())
     };
@@ -408,7 +452,7 @@ fn check_synchronised(seed: u64, shape: [usize; 4], cfg: BnConfig) {
     let (mut count, mut mean, mut m2) = (vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]);
     for x in &xs {
         let (hm, hq) = (zeros(&[c], "mean"), zeros(&[c], "m2"));
-        run(|e| bn::moments(e, &hm, &hq, x, &gamma, &beta, cfg).unwrap());
+        run(|e| bn::moments(e, &hm, &hq, x, affine(&gamma, &beta), cfg).unwrap());
         let nb = (n / 2 * h * w) as f64;
         for (ch, (mb, qb)) in download(&hm).into_iter().zip(download(&hq)).enumerate() {
             let total = count[ch] + nb;
@@ -441,7 +485,18 @@ fn check_synchronised(seed: u64, shape: [usize; 4], cfg: BnConfig) {
     let mut y = Vec::new();
     for x in &xs {
         let yt = zeros(&half, "y half");
-        run(|e| bn::apply(e, &yt, &mean_t, &inv_std_t, &rm, &rv, x, &gamma, &beta, cfg).unwrap());
+        run(|e| {
+            bn::apply(
+                e,
+                &yt,
+                stats(&mean_t, &inv_std_t),
+                running(&rm, &rv),
+                x,
+                affine(&gamma, &beta),
+                cfg,
+            )
+            .unwrap()
+        });
         y.extend(download(&yt));
     }
     assert_close(&format!("y {what}"), &y, &y_ref, Y_TOL, Y_TOL);
@@ -454,7 +509,13 @@ fn check_synchronised(seed: u64, shape: [usize; 4], cfg: BnConfig) {
         let sums = zeros(&[2 * c], "sums");
         run(|e| {
             bn::backward_sums(
-                e, &sums, dx, &d_gamma, &d_beta, dy, x, &gamma, &beta, &mean_t, &inv_std_t, cfg,
+                e,
+                &sums,
+                dx,
+                grads(&d_gamma, &d_beta),
+                dy,
+                saved(x, &gamma, &beta, &mean_t, &inv_std_t),
+                cfg,
             )
             .unwrap()
         });
@@ -468,15 +529,26 @@ fn check_synchronised(seed: u64, shape: [usize; 4], cfg: BnConfig) {
     for ((x, dy), dx) in xs.iter().zip(&dys).zip(&d_xs) {
         run(|e| {
             bn::backward_apply(
-                e, dx, &totals_t, global, &d_gamma, &d_beta, dy, x, &gamma, &beta, &mean_t,
-                &inv_std_t, cfg,
+                e,
+                dx,
+                global_sums(&totals_t, global),
+                grads(&d_gamma, &d_beta),
+                dy,
+                saved(x, &gamma, &beta, &mean_t, &inv_std_t),
+                cfg,
             )
             .unwrap()
         });
         d_x.extend(download(dx));
     }
-    let (dx_ref, dg_ref, db_ref) =
-        reference::backward(&d_y, &d.x, shape, &d.gamma, &d.beta, &mean, &inv_std, cfg);
+    let (dx_ref, dg_ref, db_ref) = reference::backward(
+        &d_y,
+        &d.x,
+        shape,
+        (&d.gamma[..], &d.beta[..]),
+        (&mean[..], &inv_std[..]),
+        cfg,
+    );
     let atol = param_grad_atol(n * h * w);
     assert_close(&format!("d_x {what}"), &d_x, &dx_ref, DX_ATOL, DX_RTOL);
     assert_close(
@@ -518,7 +590,9 @@ fn gpu_eval_matches_reference() {
             let beta = upload(&d.beta, &[c], "beta");
             let rm = upload(&d.running_mean, &[c], "running_mean");
             let rv = upload(&d.running_var, &[c], "running_var");
-            run(|e| bn::forward_eval(e, &y, &x, &gamma, &beta, &rm, &rv, cfg).unwrap());
+            run(|e| {
+                bn::forward_eval(e, &y, &x, affine(&gamma, &beta), running(&rm, &rv), cfg).unwrap()
+            });
             let want = reference::forward_eval(
                 &d.x,
                 shape,
@@ -557,7 +631,7 @@ fn gpu_fold_scale_shift_matches_reference() {
         t(&mean, "mean"),
         t(&inv_std, "inv_std"),
     );
-    run(|e| bn::fold_scale_shift(e, &scale, &shift, &g, &b, &m, &s).unwrap());
+    run(|e| bn::fold_scale_shift(e, &scale, &shift, affine(&g, &b), stats(&m, &s)).unwrap());
     let (want_scale, want_shift) = reference::fold_scale_shift(&gamma, &beta, &mean, &inv_std);
     // One or two f32 roundings of values <= ~15.
     assert_close("scale", &download(&scale), &want_scale, 0.0, 1e-7);
@@ -584,18 +658,20 @@ fn gpu_is_bit_deterministic() {
             bn::forward_train(
                 e,
                 Some(&y),
-                &mean,
-                &inv_std,
-                &rm,
-                &rv,
+                stats(&mean, &inv_std),
+                running(&rm, &rv),
                 &x,
-                &gamma,
-                &beta,
+                affine(&gamma, &beta),
                 RELU,
             )
             .unwrap();
             bn::backward(
-                e, &d_x, &d_gamma, &d_beta, &dyt, &x, &gamma, &beta, &mean, &inv_std, RELU,
+                e,
+                &d_x,
+                grads(&d_gamma, &d_beta),
+                &dyt,
+                saved(&x, &gamma, &beta, &mean, &inv_std),
+                RELU,
             )
             .unwrap();
         });
@@ -639,60 +715,147 @@ fn shape_errors_are_typed() {
     let mut e = gpu().encoder("bad");
     let e = &mut e;
     expect(
-        bn::forward_train(e, Some(&y), &m, &s, &rm, &rv, &x, &c5, &b, PLAIN),
+        bn::forward_train(
+            e,
+            Some(&y),
+            stats(&m, &s),
+            running(&rm, &rv),
+            &x,
+            affine(&c5, &b),
+            PLAIN,
+        ),
         "gamma",
     );
     expect(
-        bn::forward_train(e, Some(&y), &m, &s, &c5, &rv, &x, &g, &b, PLAIN),
+        bn::forward_train(
+            e,
+            Some(&y),
+            stats(&m, &s),
+            running(&c5, &rv),
+            &x,
+            affine(&g, &b),
+            PLAIN,
+        ),
         "running_mean",
     );
     expect(
-        bn::forward_train(e, None, &m, &s, &rm, &c5, &x, &g, &b, PLAIN),
+        bn::forward_train(
+            e,
+            None,
+            stats(&m, &s),
+            running(&rm, &c5),
+            &x,
+            affine(&g, &b),
+            PLAIN,
+        ),
         "running_var",
     );
     let y_bad = zeros(&[2, 4, 3, 4], "y");
     expect(
-        bn::forward_train(e, Some(&y_bad), &m, &s, &rm, &rv, &x, &g, &b, PLAIN),
+        bn::forward_train(
+            e,
+            Some(&y_bad),
+            stats(&m, &s),
+            running(&rm, &rv),
+            &x,
+            affine(&g, &b),
+            PLAIN,
+        ),
         "y",
     );
     expect(
-        bn::forward_train(e, Some(&x), &m, &s, &rm, &rv, &x, &g, &b, PLAIN),
+        bn::forward_train(
+            e,
+            Some(&x),
+            stats(&m, &s),
+            running(&rm, &rv),
+            &x,
+            affine(&g, &b),
+            PLAIN,
+        ),
         "shares",
     );
     let empty = zeros(&[0, 4, 3, 3], "empty");
     expect(
-        bn::forward_train(e, None, &m, &s, &rm, &rv, &empty, &g, &b, PLAIN),
+        bn::forward_train(
+            e,
+            None,
+            stats(&m, &s),
+            running(&rm, &rv),
+            &empty,
+            affine(&g, &b),
+            PLAIN,
+        ),
         "at least one",
     );
     let flat = zeros(&[2, 36], "flat");
     expect(
-        bn::forward_train(e, None, &m, &s, &rm, &rv, &flat, &g, &b, PLAIN),
+        bn::forward_train(
+            e,
+            None,
+            stats(&m, &s),
+            running(&rm, &rv),
+            &flat,
+            affine(&g, &b),
+            PLAIN,
+        ),
         "4-D",
     );
     expect(
-        bn::forward_eval(e, &y_bad, &x, &g, &b, &rm, &rv, PLAIN),
+        bn::forward_eval(e, &y_bad, &x, affine(&g, &b), running(&rm, &rv), PLAIN),
         "y",
     );
     expect(
-        bn::forward_eval(e, &y, &x, &g, &b, &rm, &c5, PLAIN),
+        bn::forward_eval(e, &y, &x, affine(&g, &b), running(&rm, &c5), PLAIN),
         "running_var",
     );
-    expect(bn::fold_scale_shift(e, &c5, &s, &g, &b, &m, &s), "scale");
+    expect(
+        bn::fold_scale_shift(e, &c5, &s, affine(&g, &b), stats(&m, &s)),
+        "scale",
+    );
     let d_x = zeros(&shape, "d_x");
     expect(
-        bn::backward(e, &d_x, &c4(), &c4(), &y_bad, &x, &g, &b, &m, &s, PLAIN),
+        bn::backward(
+            e,
+            &d_x,
+            grads(&c4(), &c4()),
+            &y_bad,
+            saved(&x, &g, &b, &m, &s),
+            PLAIN,
+        ),
         "d_y",
     );
     expect(
-        bn::backward(e, &y_bad, &c4(), &c4(), &y, &x, &g, &b, &m, &s, PLAIN),
+        bn::backward(
+            e,
+            &y_bad,
+            grads(&c4(), &c4()),
+            &y,
+            saved(&x, &g, &b, &m, &s),
+            PLAIN,
+        ),
         "d_x",
     );
     expect(
-        bn::backward(e, &d_x, &c5, &c4(), &y, &x, &g, &b, &m, &s, PLAIN),
+        bn::backward(
+            e,
+            &d_x,
+            grads(&c5, &c4()),
+            &y,
+            saved(&x, &g, &b, &m, &s),
+            PLAIN,
+        ),
         "d_gamma",
     );
     expect(
-        bn::backward(e, &d_x, &c4(), &c4(), &y, &x, &g, &b, &m, &c5, PLAIN),
+        bn::backward(
+            e,
+            &d_x,
+            grads(&c4(), &c4()),
+            &y,
+            saved(&x, &g, &b, &m, &c5),
+            PLAIN,
+        ),
         "inv_std",
     );
 }

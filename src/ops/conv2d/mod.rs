@@ -18,11 +18,11 @@ pub use plan::{
 
 use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams};
 
-use super::batch_norm::{self, BatchNormOp, BnConfig};
+use super::batch_norm::{self, Affine, BatchNormOp, BatchStats, BnConfig, BnLayer};
 use super::ViewParams;
 use crate::gpu::{check_distinct, expect_shape, nchw, to_u32, Encoder, GpuError, Result};
 use crate::gpu::{Shader, Tensor};
-use crate::tape::{output_grad, Backward, RunningStats, Tape, Var};
+use crate::tape::{output_grad, Backward, Tape, Var};
 
 /// The register-tiled kernels (`shaders/conv2d/`: common, one file per pass, layout) with
 /// the plain forms of their workgroup-uniform loads.
@@ -438,19 +438,21 @@ impl Tape<'_> {
     /// Training-mode BN → ReLU → conv without storing the BN+ReLU output (memory-efficient
     /// layers). Statistics are computed once, here; backward recomputes the normalised
     /// input on the fly and never touches the running statistics.
-    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv(
         &mut self,
         x: Var,
-        gamma: Var,
-        beta: Var,
-        running: RunningStats,
-        cfg: BnConfig,
+        layer: BnLayer,
         w: Var,
         spec: Conv2dSpec,
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
+        let BnLayer {
+            gamma,
+            beta,
+            running,
+            cfg,
+        } = layer;
         let [n, c, h, wd] = nchw(name, "x", self.value(x)?)?;
         let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
         let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
@@ -467,10 +469,18 @@ impl Tape<'_> {
             self.value(w)?.clone(),
         );
         let cfg = BnConfig { relu: true, ..cfg };
-        let stats = self.bn_statistics(None, &xt, &gt, &bt, running, cfg, name)?;
+        let affine = Affine {
+            gamma: &gt,
+            beta: &bt,
+        };
+        let stats = self.bn_statistics(None, &xt, affine, running, cfg, name)?;
         let (mean, inv_std, counts) = (stats.mean, stats.inv_std, stats.counts);
         let enc = self.enc();
-        batch_norm::fold_scale_shift(enc, &scale, &shift, &gt, &bt, &mean, &inv_std)?;
+        let batch = BatchStats {
+            mean: &mean,
+            inv_std: &inv_std,
+        };
+        batch_norm::fold_scale_shift(enc, &scale, &shift, affine, batch)?;
         let pro = BnReluPrologue {
             scale: &scale,
             shift: &shift,

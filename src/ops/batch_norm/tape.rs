@@ -1,0 +1,410 @@
+//! Batch norm's tape entries: the forward launches and the backward ops they record.
+
+use super::{
+    apply, backward, backward_apply, backward_sums, forward_eval, forward_train, moments, Affine,
+    AffineGrads, BatchStats, BnConfig, GlobalSums, RunningStats, Saved,
+};
+use crate::gpu::{nchw, Gpu, GpuError, Result, Tensor};
+use crate::tape::{output_grad, Backward, Tape, Var};
+
+/// A batch-norm layer as a tape entry reads it: its parameters, its running statistics and
+/// its configuration.
+#[derive(Clone, Copy)]
+pub struct BnLayer<'a> {
+    pub gamma: Var,
+    pub beta: Var,
+    pub running: RunningStats<'a>,
+    pub cfg: BnConfig,
+}
+
+impl Tape<'_> {
+    /// Batch norm (+ReLU when `cfg.relu`). Training mode uses batch statistics and updates
+    /// the running ones; inference mode uses the running statistics and has no backward
+    /// (an error if its input or parameters need a gradient on a recording tape).
+    pub fn batch_norm(
+        &mut self,
+        x: Var,
+        layer: BnLayer,
+        training: bool,
+        name: &str,
+    ) -> Result<Var> {
+        let BnLayer {
+            gamma, beta, cfg, ..
+        } = layer;
+        let shape = self.shape(x).to_vec();
+        let y = self.output(None, &shape, name)?;
+        let saved = self.batch_norm_into(y, x, layer, training, name)?;
+        if let Some(BnStats {
+            mean,
+            inv_std,
+            counts,
+        }) = saved
+        {
+            if cfg.relu {
+                let [xt, gt, bt] = self.values([x, gamma, beta])?;
+                self.probe_relu(name, |g| {
+                    pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
+                })?;
+            }
+            self.mark(y, &[x, gamma, beta]);
+            self.record(BatchNormOp {
+                y,
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                cfg,
+                counts,
+            })?;
+        }
+        Ok(y)
+    }
+
+    /// `max(BN(x) + residual, 0)`: the end of a residual block. BN writes the output and
+    /// the shortcut is added in place ([`add::accumulate_forward`](crate::ops::add::accumulate_forward)); backward
+    /// masks d_y once, routes it to the shortcut, and runs BN's backward on it.
+    pub fn batch_norm_add_relu(
+        &mut self,
+        x: Var,
+        layer: BnLayer,
+        training: bool,
+        residual: Var,
+        name: &str,
+    ) -> Result<Var> {
+        let shape = self.shape(x).to_vec();
+        crate::gpu::expect_shape(name, "residual", self.shape(residual), &shape)?;
+        let y = self.output(None, &shape, name)?;
+        let cfg = BnConfig {
+            relu: false,
+            ..layer.cfg
+        };
+        let layer = BnLayer { cfg, ..layer };
+        let (gamma, beta) = (layer.gamma, layer.beta);
+        let saved = self.batch_norm_into(y, x, layer, training, name)?;
+        let (yt, rt) = (self.value(y)?.clone(), self.value(residual)?.clone());
+        crate::ops::add::accumulate_forward(self.enc(), &yt, &rt, true)?;
+        match saved {
+            Some(BnStats {
+                mean,
+                inv_std,
+                counts,
+            }) => {
+                let [xt, gt, bt] = self.values([x, gamma, beta])?;
+                self.probe_relu(name, |g| {
+                    pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], Some(&rt))
+                })?;
+                self.mark(y, &[x, gamma, beta, residual]);
+                self.record(BatchNormAddReluOp {
+                    bn: BatchNormOp {
+                        y,
+                        x,
+                        gamma,
+                        beta,
+                        mean,
+                        inv_std,
+                        cfg,
+                        counts,
+                    },
+                    residual,
+                })?;
+            }
+            None if self.is_recording() && self.requires_grad(residual) => {
+                return Err(GpuError::Shape(format!(
+                    "{name}: inference-mode batch norm has no backward, but the shortcut \
+                     needs a gradient"
+                )));
+            }
+            None => {}
+        }
+        Ok(y)
+    }
+
+    /// Launches BN's forward into `y`; returns the saved batch statistics in training mode.
+    fn batch_norm_into(
+        &mut self,
+        y: Var,
+        x: Var,
+        layer: BnLayer,
+        training: bool,
+        name: &str,
+    ) -> Result<Option<BnStats>> {
+        let BnLayer {
+            gamma,
+            beta,
+            running,
+            cfg,
+        } = layer;
+        let (yt, xt, gt, bt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(gamma)?.clone(),
+            self.value(beta)?.clone(),
+        );
+        if !training {
+            if self.is_recording() && [x, gamma, beta].iter().any(|&v| self.requires_grad(v)) {
+                return Err(GpuError::Shape(format!(
+                    "{name}: inference-mode batch norm has no backward, but its input or \
+                     parameters need a gradient (freeze everything before it, or train it)"
+                )));
+            }
+            let affine = Affine {
+                gamma: &gt,
+                beta: &bt,
+            };
+            forward_eval(self.enc(), &yt, &xt, affine, running, cfg)?;
+            return Ok(None);
+        }
+        let affine = Affine {
+            gamma: &gt,
+            beta: &bt,
+        };
+        let stats = self.bn_statistics(Some(&yt), &xt, affine, running, cfg, name)?;
+        Ok(Some(stats))
+    }
+
+    /// Training-mode batch statistics of `x` (saved mean and inv_std), updating the running
+    /// ones, and `y` when given. On a tape synchronised over a group
+    /// ([`Tape::sync_batch_norm`]) the statistics are those of the global batch: each rank's
+    /// per-channel (count, mean, M2) are gathered and merged in rank order (Chan et al.,
+    /// in f64), so every rank gets the same values.
+    pub(crate) fn bn_statistics(
+        &mut self,
+        y: Option<&Tensor>,
+        x: &Tensor,
+        affine: Affine,
+        running: RunningStats,
+        cfg: BnConfig,
+        name: &str,
+    ) -> Result<BnStats> {
+        let [n, c, h, w] = nchw(name, "x", x)?;
+        let gpu = self.gpu();
+        let mean = gpu.zeros(&[c], &format!("{name}.mean"))?;
+        let inv_std = gpu.zeros(&[c], &format!("{name}.inv_std"))?;
+        let Some(group) = self.sync_group() else {
+            let stats = BatchStats {
+                mean: &mean,
+                inv_std: &inv_std,
+            };
+            forward_train(self.enc(), y, stats, running, x, affine, cfg)?;
+            return Ok(BnStats {
+                mean,
+                inv_std,
+                counts: None,
+            });
+        };
+        let m2 = gpu.zeros(&[c], &format!("{name}.m2"))?;
+        moments(self.enc(), &mean, &m2, x, affine, cfg)?;
+        self.flush()?;
+        let local_count = (n * h * w) as f32;
+        let mut mine = vec![local_count];
+        mine.extend(gpu.download(&mean)?);
+        mine.extend(gpu.download(&m2)?);
+        let all = group.all_gather_f32(&mine);
+        // Merge (count, mean, M2) per channel in rank order.
+        let mut merged = vec![(0.0f64, 0.0f64, 0.0f64); c];
+        for part in all.chunks(1 + 2 * c) {
+            let nb = part[0] as f64;
+            if nb == 0.0 {
+                continue;
+            }
+            for (ch, (na, ma, qa)) in merged.iter_mut().enumerate() {
+                let (mb, qb) = (part[1 + ch] as f64, part[1 + c + ch] as f64);
+                let total = *na + nb;
+                let d = mb - *ma;
+                *ma += d * nb / total;
+                *qa += qb + d * d * *na * nb / total;
+                *na = total;
+            }
+        }
+        let count = merged.first().map_or(0.0, |m| m.0);
+        let batch_mean: Vec<f32> = merged.iter().map(|m| m.1 as f32).collect();
+        let batch_inv_std: Vec<f32> = merged
+            .iter()
+            .map(|m| (1.0 / (m.2 / count + cfg.eps as f64).sqrt()) as f32)
+            .collect();
+        // The running statistics, updated as the kernel does, in f32.
+        let mo = cfg.momentum;
+        let unbiased = (count - 1.0).max(1.0);
+        let mut r_mean = gpu.download(running.mean)?;
+        let mut r_var = gpu.download(running.var)?;
+        for (ch, m) in merged.iter().enumerate() {
+            r_mean[ch] = (1.0 - mo) * r_mean[ch] + mo * batch_mean[ch];
+            r_var[ch] = (1.0 - mo) * r_var[ch] + mo * ((m.2 / unbiased) as f32);
+        }
+        gpu.write(running.mean, &r_mean)?;
+        gpu.write(running.var, &r_var)?;
+        gpu.write(&mean, &batch_mean)?;
+        gpu.write(&inv_std, &batch_inv_std)?;
+        if let Some(y) = y {
+            let stats = BatchStats {
+                mean: &mean,
+                inv_std: &inv_std,
+            };
+            apply(self.enc(), y, stats, running, x, affine, cfg)?;
+        }
+        Ok(BnStats {
+            mean,
+            inv_std,
+            counts: Some((local_count, count as f32)),
+        })
+    }
+}
+
+/// Batch statistics saved for backward.
+pub(crate) struct BnStats {
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+    /// Synchronised BN: this rank's and the global count of values per channel.
+    pub counts: Option<(f32, f32)>,
+}
+
+/// A training-mode BN's output before its ReLU, on the host for [`Tape::probe_relu`]:
+/// `gamma * (x - mean) * inv_std + beta (+ residual)`.
+pub(crate) fn pre_activation(
+    gpu: &Gpu,
+    x: &Tensor,
+    [gamma, beta, mean, inv_std]: [&Tensor; 4],
+    residual: Option<&Tensor>,
+) -> Result<Vec<f64>> {
+    let [_, c, h, w] = nchw("batch_norm probe", "x", x)?;
+    let [g, b, m, s] = [gamma, beta, mean, inv_std].map(|t| gpu.download(t));
+    let (g, b, m, s) = (g?, b?, m?, s?);
+    let mut v: Vec<f64> = gpu
+        .download(x)?
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let ch = (i / (h * w)) % c;
+            ((x - m[ch]) * s[ch] * g[ch] + b[ch]) as f64
+        })
+        .collect();
+    if let Some(r) = residual {
+        for (v, r) in v.iter_mut().zip(gpu.download(r)?) {
+            *v += r as f64;
+        }
+    }
+    Ok(v)
+}
+
+/// A training-mode batch norm: backward recomputes x̂ from the saved statistics.
+pub(crate) struct BatchNormOp {
+    pub y: Var,
+    pub x: Var,
+    pub gamma: Var,
+    pub beta: Var,
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+    pub cfg: BnConfig,
+    /// Synchronised BN: this rank's and the global count of values per channel.
+    pub counts: Option<(f32, f32)>,
+}
+
+impl BatchNormOp {
+    /// Accumulates the gradients of x, gamma and beta from the output gradient `d_y`.
+    pub(crate) fn push_grads(&self, tape: &mut Tape, d_y: &Tensor) -> Result<()> {
+        let (xt, gt, bt) = (
+            tape.value(self.x)?.clone(),
+            tape.value(self.gamma)?.clone(),
+            tape.value(self.beta)?.clone(),
+        );
+        let d_g = tape.grad(self.gamma)?;
+        let d_b = tape.grad(self.beta)?;
+        let d_x = match tape.grad_if(self.x)? {
+            Some(d) => d,
+            // BN's backward kernel always writes d_x; give it a scratch buffer.
+            None => tape.gpu().zeros(&xt.shape, "unused d_x")?,
+        };
+        let cfg = self.cfg;
+        let saved = Saved {
+            x: &xt,
+            affine: Affine {
+                gamma: &gt,
+                beta: &bt,
+            },
+            stats: BatchStats {
+                mean: &self.mean,
+                inv_std: &self.inv_std,
+            },
+        };
+        let d_affine = AffineGrads {
+            d_gamma: &d_g,
+            d_beta: &d_b,
+        };
+        let (Some(group), Some((local, global))) = (tape.sync_group(), self.counts) else {
+            return backward(tape.enc(), &d_x, d_affine, d_y, saved, cfg);
+        };
+        // Synchronised: the sums over every rank of the global loss's gradient. This rank's
+        // gradients are later weighted by its share w = local/global of the batch, so each
+        // rank contributes w·sums and uses (1/w)·total.
+        let c = xt.shape[1];
+        let sums = tape.gpu().zeros(&[2 * c], "batch_norm sums")?;
+        let enc = tape.enc();
+        backward_sums(enc, &sums, &d_x, d_affine, d_y, saved, cfg)?;
+        tape.flush()?;
+        let gpu = tape.gpu();
+        let share = local / global;
+        let mut totals: Vec<f32> = gpu.download(&sums)?.iter().map(|v| v * share).collect();
+        group.all_reduce_sum(&mut totals);
+        for v in &mut totals {
+            *v /= share;
+        }
+        let totals = gpu.upload(&totals, &[2 * c], "batch_norm sums over the ranks")?;
+        let enc = tape.enc();
+        let global = GlobalSums {
+            sums: &totals,
+            count: global,
+        };
+        backward_apply(enc, &d_x, global, d_affine, d_y, saved, cfg)
+    }
+}
+
+impl Backward for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.y, self.x, self.gamma, self.beta]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        vec![self.x, self.gamma, self.beta]
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "batch_norm")?;
+        self.push_grads(tape, &d_y)
+    }
+}
+
+struct BatchNormAddReluOp {
+    /// BN without ReLU; its output is also the op's output `y`.
+    bn: BatchNormOp,
+    residual: Var,
+}
+
+impl Backward for BatchNormAddReluOp {
+    fn name(&self) -> &'static str {
+        "batch_norm_add_relu"
+    }
+    fn vars(&self) -> Vec<Var> {
+        let mut v = self.bn.vars();
+        v.push(self.residual);
+        v
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        let mut v = self.bn.value_reads();
+        v.push(self.bn.y);
+        v
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "batch_norm_add_relu")?;
+        let yt = tape.value(self.bn.y)?.clone();
+        // g = d_y * [y > 0], once: into a transient buffer for BN, and onto the shortcut.
+        let g = tape.gpu().zeros(&d_y.shape, "d_bn (transient)")?;
+        let d_r = match tape.grad_if(self.residual)? {
+            Some(d) => d,
+            None => tape.gpu().zeros(&d_y.shape, "unused d_residual")?,
+        };
+        crate::ops::add::backward(tape.enc(), &g, &d_r, &yt, &d_y, true)?;
+        self.bn.push_grads(tape, &g)
+    }
+}
