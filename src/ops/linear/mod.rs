@@ -14,7 +14,9 @@ use crate::gpu::{
     check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
     Tensor,
 };
-use crate::tape::{output_grad, Backward, Tape, Var};
+
+pub mod reference;
+mod tape;
 
 pub const SHADER: Shader = shader!("linear" = ["linear", "linear_uniform_loads"]);
 /// linear.wgsl with the subgroup variant of gemm_v4 (adapters with subgroups of at least 8
@@ -368,126 +370,4 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
         (operand(a, k, 1), operand(b, n, 1))
     };
     gemm(enc, op, c, n, lhs, rhs, [m, n, k], None, false)
-}
-
-/// f64 CPU reference (row-major slices).
-pub mod reference {
-    /// `y[r, o] = sum_i x[r, i] w[o, i] + b[o]` for x (n, i), w (o, i).
-    pub fn forward(
-        x: &[f64],
-        w: &[f64],
-        b: Option<&[f64]>,
-        n: usize,
-        i: usize,
-        o: usize,
-    ) -> Vec<f64> {
-        let mut y = vec![0.0; n * o];
-        for r in 0..n {
-            for c in 0..o {
-                let s: f64 = (0..i).map(|t| x[r * i + t] * w[c * i + t]).sum();
-                y[r * o + c] = s + b.map_or(0.0, |b| b[c]);
-            }
-        }
-        y
-    }
-
-    /// `(d_x, d_w, d_b)` for zero-initialised accumulators.
-    pub fn backward(
-        d_y: &[f64],
-        x: &[f64],
-        w: &[f64],
-        n: usize,
-        i: usize,
-        o: usize,
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-        let mut d_x = vec![0.0; n * i];
-        let mut d_w = vec![0.0; o * i];
-        let mut d_b = vec![0.0; o];
-        for r in 0..n {
-            for c in 0..o {
-                let g = d_y[r * o + c];
-                d_b[c] += g;
-                for t in 0..i {
-                    d_x[r * i + t] += g * w[c * i + t];
-                    d_w[c * i + t] += g * x[r * i + t];
-                }
-            }
-        }
-        (d_x, d_w, d_b)
-    }
-
-    /// `c = a · b` for a (m, k), b (k, n).
-    pub fn matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
-        let mut c = vec![0.0; m * n];
-        for r in 0..m {
-            for t in 0..k {
-                let av = a[r * k + t];
-                for col in 0..n {
-                    c[r * n + col] += av * b[t * n + col];
-                }
-            }
-        }
-        c
-    }
-}
-
-// Tape entry.
-
-impl Tape<'_> {
-    /// `x · Wᵀ + b`.
-    pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>, name: &str) -> Result<Var> {
-        let n = self.shape(x).first().copied().unwrap_or(0);
-        let [o, i] = [0, 1].map(|d| self.shape(w).get(d).copied().unwrap_or(0));
-        let y = self.output(None, &[n, o], name)?;
-        self.count_multiply_adds(n * o * i);
-        let bt = b.map(|b| self.value(b).cloned()).transpose()?;
-        let (yt, xt, wt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(w)?.clone(),
-        );
-        forward(self.enc(), &yt, &xt, &wt, bt.as_ref())?;
-        let mut ins = vec![x, w];
-        ins.extend(b);
-        self.mark(y, &ins);
-        self.record(LinearOp { y, x, w, b })?;
-        Ok(y)
-    }
-}
-
-struct LinearOp {
-    y: Var,
-    x: Var,
-    w: Var,
-    b: Option<Var>,
-}
-
-impl Backward for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-    fn vars(&self) -> Vec<Var> {
-        [Some(self.y), Some(self.x), Some(self.w), self.b]
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        vec![self.x, self.w]
-    }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "linear")?;
-        let (xt, wt) = (tape.value(self.x)?.clone(), tape.value(self.w)?.clone());
-        let d_x = tape.grad_if(self.x)?;
-        let d_b = self.b.map(|b| tape.grad_if(b)).transpose()?.flatten();
-        let d_w = match tape.grad_if(self.w)? {
-            Some(d_w) => d_w,
-            // A frozen weight: the kernel always writes d_weight, so give it scratch.
-            None if d_x.is_some() || d_b.is_some() => {
-                tape.gpu().zeros(&wt.shape, "unused d_weight")?
-            }
-            None => return Ok(()),
-        };
-        backward(tape.enc(), d_x.as_ref(), &d_w, d_b.as_ref(), &d_y, &xt, &wt)
-    }
 }

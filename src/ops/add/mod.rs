@@ -3,12 +3,14 @@
 //!
 //! `accumulate_forward` adds in place (`y = max(y + b, 0)`): a batch norm writes y and
 //! this adds the shortcut, so the end of a residual block (BN + add + ReLU) needs no
-//! buffer beyond its output ([`Tape::batch_norm_add_relu`]).
+//! buffer beyond its output ([`Tape::batch_norm_add_relu`](crate::tape::Tape::batch_norm_add_relu)).
 
 use super::{groups, ViewParams};
 use crate::gpu::Tensor;
 use crate::gpu::{check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, Launch, Result, Shader};
-use crate::tape::{output_grad, Backward, Tape, Var};
+
+pub mod reference;
+mod tape;
 
 pub const SHADER: Shader = shader!("add");
 const WG: u32 = 256;
@@ -140,95 +142,4 @@ pub fn backward(
         Arg::Write(d_b),
     ];
     launch(enc, &entry, relu, p.numel, &args)
-}
-
-/// f64 CPU reference.
-pub mod reference {
-    pub fn forward(a: &[f64], b: &[f64], relu: bool) -> Vec<f64> {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| if relu { (x + y).max(0.0) } else { x + y })
-            .collect()
-    }
-    /// The gradient each input receives (d_a = d_b), for a zero-initialised accumulator.
-    pub fn backward(y: &[f64], d_y: &[f64], relu: bool) -> Vec<f64> {
-        y.iter()
-            .zip(d_y)
-            .map(|(&v, &g)| if relu && v <= 0.0 { 0.0 } else { g })
-            .collect()
-    }
-}
-
-// Tape entry.
-
-impl Tape<'_> {
-    /// `a + b` (then ReLU when `relu`), a new variable.
-    pub fn add(&mut self, a: Var, b: Var, relu: bool, name: &str) -> Result<Var> {
-        let shape = self.shape(a).to_vec();
-        let y = self.output(None, &shape, name)?;
-        let (yt, at, bt) = (
-            self.value(y)?.clone(),
-            self.value(a)?.clone(),
-            self.value(b)?.clone(),
-        );
-        forward(self.enc(), &yt, &at, &bt, relu)?;
-        if relu {
-            self.probe_relu(name, |g| {
-                let (a, b) = (g.download(&at)?, g.download(&bt)?);
-                Ok(a.iter()
-                    .zip(&b)
-                    .map(|(a, b)| *a as f64 + *b as f64)
-                    .collect())
-            })?;
-        }
-        self.mark(y, &[a, b]);
-        self.record(AddOp { y, a, b, relu })?;
-        Ok(y)
-    }
-}
-
-struct AddOp {
-    y: Var,
-    a: Var,
-    b: Var,
-    relu: bool,
-}
-
-impl Backward for AddOp {
-    fn name(&self) -> &'static str {
-        if self.relu {
-            "add_relu"
-        } else {
-            "add"
-        }
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.a, self.b]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        if self.relu {
-            vec![self.y]
-        } else {
-            Vec::new()
-        }
-    }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "add")?;
-        let (d_a, d_b) = (tape.grad_if(self.a)?, tape.grad_if(self.b)?);
-        if d_a.is_none() && d_b.is_none() {
-            return Ok(());
-        }
-        let scratch = |t: Option<Tensor>| match t {
-            Some(t) => Ok(t),
-            None => tape.gpu().zeros(&d_y.shape, "unused add gradient"),
-        };
-        let (d_a, d_b) = (scratch(d_a)?, scratch(d_b)?);
-        // Without the ReLU the mask is never read: d_y stands in for y.
-        let y = if self.relu {
-            tape.value(self.y)?.clone()
-        } else {
-            d_y.clone()
-        };
-        backward(tape.enc(), &d_a, &d_b, &y, &d_y, self.relu)
-    }
 }

@@ -5,7 +5,9 @@ use super::{groups, ViewParams};
 use crate::gpu::{
     check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
 };
-use crate::tape::{output_grad, Backward, Tape, Var};
+
+pub mod reference;
+mod tape;
 
 pub const SHADER: Shader = shader!("global_avg_pool");
 const WG: u32 = 64;
@@ -92,62 +94,4 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor) -> Result<()> {
             Gpu::grid_1d(total)
         },
     })
-}
-
-/// f64 CPU reference on contiguous data.
-pub mod reference {
-    /// `y` (N·C values) for `x` of shape `shape` = (N, C, H, W).
-    pub fn forward(x: &[f64], shape: [usize; 4]) -> Vec<f64> {
-        let hw = shape[2] * shape[3];
-        x.chunks(hw)
-            .map(|plane| plane.iter().sum::<f64>() / hw as f64)
-            .collect()
-    }
-
-    /// `d_x` (zero-initialised accumulator) of shape `shape` = (N, C, H, W).
-    pub fn backward(d_y: &[f64], shape: [usize; 4]) -> Vec<f64> {
-        let hw = shape[2] * shape[3];
-        d_y.iter()
-            .flat_map(|&g| std::iter::repeat_n(g / hw as f64, hw))
-            .collect()
-    }
-}
-
-// Tape entry.
-
-impl Tape<'_> {
-    /// Mean over H×W: (N, C, H, W) → (N, C).
-    pub fn global_avg_pool(&mut self, x: Var, name: &str) -> Result<Var> {
-        let [n, c, _, _] = nchw(name, "x", self.value(x)?)?;
-        let y = self.output(None, &[n, c], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        forward(self.enc(), &yt, &xt)?;
-        self.mark(y, &[x]);
-        self.record(GlobalAvgPoolOp { y, x })?;
-        Ok(y)
-    }
-}
-
-struct GlobalAvgPoolOp {
-    y: Var,
-    x: Var,
-}
-
-impl Backward for GlobalAvgPoolOp {
-    fn name(&self) -> &'static str {
-        "global_avg_pool"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "global_avg_pool")?;
-        if let Some(d_x) = tape.grad_if(self.x)? {
-            backward(tape.enc(), &d_x, &d_y)?;
-        }
-        Ok(())
-    }
 }

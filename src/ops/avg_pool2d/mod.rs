@@ -7,7 +7,9 @@ use super::{groups, ViewParams};
 use crate::gpu::{
     check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
 };
-use crate::tape::{output_grad, Backward, Tape, Var};
+
+pub mod reference;
+mod tape;
 
 pub const SHADER: Shader = shader!("avg_pool2d");
 const WG: u32 = 64;
@@ -252,113 +254,4 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor, spec: Pool2dSpec)
     let vec4 = vec4_rows(d_x, g.w) && tw % 4 == 0;
     let entry = if vec4 { "backward4" } else { "backward" };
     launch(enc, op, entry, p, tw, spec, d_x, d_y)
-}
-
-/// f64 CPU reference on contiguous NCHW data.
-pub mod reference {
-    use super::Pool2dSpec;
-
-    /// Output height and width (floor mode); the spec must be valid.
-    pub fn out_hw(spec: Pool2dSpec, h: usize, w: usize) -> (usize, usize) {
-        let Pool2dSpec {
-            kernel: k,
-            stride: s,
-            padding: p,
-        } = spec;
-        ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1)
-    }
-
-    /// Calls `f(out_index, in_index)` for every (output, in-image window element) pair, in
-    /// output order and row-major window order.
-    pub fn for_each_window(shape: [usize; 4], spec: Pool2dSpec, mut f: impl FnMut(usize, usize)) {
-        let [n, c, h, w] = shape;
-        let (oh, ow) = out_hw(spec, h, w);
-        let (k, s, p) = (
-            spec.kernel as isize,
-            spec.stride as isize,
-            spec.padding as isize,
-        );
-        for plane in 0..n * c {
-            for r in 0..oh {
-                for o in 0..ow {
-                    let out = (plane * oh + r) * ow + o;
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let ih = r as isize * s - p + ky;
-                            let iw = o as isize * s - p + kx;
-                            if ih >= 0 && iw >= 0 && (ih as usize) < h && (iw as usize) < w {
-                                f(out, (plane * h + ih as usize) * w + iw as usize);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// `y` of shape (N, C, OH, OW) for `x` of shape `shape` = (N, C, H, W).
-    pub fn forward(x: &[f64], shape: [usize; 4], spec: Pool2dSpec) -> Vec<f64> {
-        let [n, c, h, w] = shape;
-        let (oh, ow) = out_hw(spec, h, w);
-        let area = (spec.kernel * spec.kernel) as f64;
-        let mut y = vec![0.0; n * c * oh * ow];
-        for_each_window(shape, spec, |o, i| y[o] += x[i]);
-        y.iter_mut().for_each(|v| *v /= area);
-        y
-    }
-
-    /// `d_x` (zero-initialised accumulator) of shape `shape` = (N, C, H, W).
-    pub fn backward(d_y: &[f64], shape: [usize; 4], spec: Pool2dSpec) -> Vec<f64> {
-        let area = (spec.kernel * spec.kernel) as f64;
-        let mut d_x = vec![0.0; shape.iter().product()];
-        for_each_window(shape, spec, |o, i| d_x[i] += d_y[o] / area);
-        d_x
-    }
-}
-
-// Tape entry.
-
-impl Tape<'_> {
-    /// Average pooling (padding counted in the divisor), optionally writing into `out`.
-    pub fn avg_pool2d(
-        &mut self,
-        x: Var,
-        spec: Pool2dSpec,
-        out: Option<Var>,
-        name: &str,
-    ) -> Result<Var> {
-        let [n, c, h, w] = nchw(name, "x", self.value(x)?)?;
-        let (oh, ow) = output_size(spec, h, w)?;
-        let y = self.output(out, &[n, c, oh, ow], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        forward(self.enc(), &yt, &xt, spec)?;
-        self.mark(y, &[x]);
-        self.record(AvgPoolOp { y, x, spec })?;
-        Ok(y)
-    }
-}
-
-struct AvgPoolOp {
-    y: Var,
-    x: Var,
-    spec: Pool2dSpec,
-}
-
-impl Backward for AvgPoolOp {
-    fn name(&self) -> &'static str {
-        "avg_pool2d"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "avg_pool2d")?;
-        if let Some(d_x) = tape.grad_if(self.x)? {
-            backward(tape.enc(), &d_x, &d_y, self.spec)?;
-        }
-        Ok(())
-    }
 }

@@ -2,7 +2,9 @@
 
 use super::{groups, ViewParams};
 use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+
+pub mod reference;
+mod tape;
 
 pub const SHADER: Shader = shader!("relu");
 const WG: u32 = 256;
@@ -76,60 +78,4 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, x: &Tensor, d_y: &Tensor) -> Re
         ],
         workgroups: Gpu::grid_1d(groups(p.numel as usize, WG)),
     })
-}
-
-/// f64 CPU reference.
-pub mod reference {
-    pub fn forward(x: &[f64]) -> Vec<f64> {
-        x.iter().map(|&v| v.max(0.0)).collect()
-    }
-    /// Returns `d_x` for a zero-initialised accumulator.
-    pub fn backward(x: &[f64], d_y: &[f64]) -> Vec<f64> {
-        x.iter()
-            .zip(d_y)
-            .map(|(&v, &g)| if v > 0.0 { g } else { 0.0 })
-            .collect()
-    }
-}
-
-// Tape entry.
-
-impl Tape<'_> {
-    pub fn relu(&mut self, x: Var, name: &str) -> Result<Var> {
-        let shape = self.shape(x).to_vec();
-        let y = self.output(None, &shape, name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
-        forward(self.enc(), &yt, &xt)?;
-        self.probe_relu(name, |g| {
-            Ok(g.download(&xt)?.into_iter().map(f64::from).collect())
-        })?;
-        self.mark(y, &[x]);
-        self.record(ReluOp { y, x })?;
-        Ok(y)
-    }
-}
-
-struct ReluOp {
-    y: Var,
-    x: Var,
-}
-
-impl Backward for ReluOp {
-    fn name(&self) -> &'static str {
-        "relu"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        vec![self.x]
-    }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "relu")?;
-        if let Some(d_x) = tape.grad_if(self.x)? {
-            let xt = tape.value(self.x)?.clone();
-            backward(tape.enc(), &d_x, &xt, &d_y)?;
-        }
-        Ok(())
-    }
 }

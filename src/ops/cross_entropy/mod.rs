@@ -11,7 +11,9 @@ use crate::gpu::{
     check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
     Tensor,
 };
-use crate::tape::{Backward, Tape, Var};
+
+pub mod reference;
+mod tape;
 
 pub const SHADER: Shader = shader!("cross_entropy");
 /// Invocations of the single forward workgroup; also the backward workgroup size.
@@ -169,87 +171,4 @@ pub fn backward(
         ],
         workgroups: Gpu::grid_1d(groups(n * k, WG)),
     })
-}
-
-/// f64 CPU reference (row-major (N, K) logits, labels as class indices).
-pub mod reference {
-    /// `(loss, probs)`.
-    pub fn forward(logits: &[f64], labels: &[usize], k: usize) -> (f64, Vec<f64>) {
-        let n = labels.len();
-        let mut probs = vec![0.0; n * k];
-        let mut loss = 0.0;
-        for (r, &t) in labels.iter().enumerate() {
-            let row = &logits[r * k..(r + 1) * k];
-            let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let sum: f64 = row.iter().map(|v| (v - mx).exp()).sum();
-            for j in 0..k {
-                probs[r * k + j] = (row[j] - mx).exp() / sum;
-            }
-            loss += mx + sum.ln() - row[t];
-        }
-        (loss / n as f64, probs)
-    }
-
-    /// `d_logits` for a zero-initialised accumulator.
-    pub fn backward(logits: &[f64], labels: &[usize], k: usize, d_loss: f64) -> Vec<f64> {
-        let n = labels.len();
-        let (_, mut g) = forward(logits, labels, k);
-        for (r, &t) in labels.iter().enumerate() {
-            g[r * k + t] -= 1.0;
-        }
-        g.iter_mut().for_each(|v| *v *= d_loss / n as f64);
-        g
-    }
-}
-
-// Tape entry.
-
-impl Tape<'_> {
-    /// Mean softmax cross-entropy. Returns `(loss [1], probabilities [N, K])`.
-    pub fn cross_entropy(
-        &mut self,
-        logits: Var,
-        labels: &Tensor,
-        name: &str,
-    ) -> Result<(Var, Tensor)> {
-        let shape = self.shape(logits).to_vec();
-        let loss = self.output(None, &[1], name)?;
-        let probs = self.gpu().zeros(&shape, &format!("{name}.probs"))?;
-        let (lt, xt) = (self.value(loss)?.clone(), self.value(logits)?.clone());
-        forward(self.enc(), &lt, &probs, &xt, labels)?;
-        self.mark(loss, &[logits]);
-        self.record(CrossEntropyOp {
-            loss,
-            logits,
-            probs: probs.clone(),
-            labels: labels.clone(),
-        })?;
-        Ok((loss, probs))
-    }
-}
-
-struct CrossEntropyOp {
-    loss: Var,
-    logits: Var,
-    probs: Tensor,
-    labels: Tensor,
-}
-
-impl Backward for CrossEntropyOp {
-    fn name(&self) -> &'static str {
-        "cross_entropy"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.loss, self.logits]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
-    /// The loss is the end of the graph: `d_y` is `None` (d loss = 1).
-    fn backward(self: Box<Self>, tape: &mut Tape, _d_y: Option<Tensor>) -> Result<()> {
-        if let Some(d) = tape.grad_if(self.logits)? {
-            backward(tape.enc(), &d, &self.probs, &self.labels, 1.0)?;
-        }
-        Ok(())
-    }
 }

@@ -7,7 +7,9 @@ use super::ViewParams;
 use crate::gpu::{
     check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
 };
-use crate::tape::{output_grad, Backward, Tape, Var};
+
+pub mod reference;
+mod tape;
 
 pub const SHADER: Shader = shader!("concat");
 const WG: u32 = 64;
@@ -170,103 +172,4 @@ pub fn backward(enc: &mut Encoder, d_inputs: &[&Tensor], d_y: &Tensor) -> Result
         c0 += c;
     }
     Ok(())
-}
-
-/// f64 CPU reference on contiguous NCHW data; `hw = H·W`.
-pub mod reference {
-    /// `y` = concatenation of `inputs` (each (N, C_i, H, W), `channels[i] = C_i`).
-    pub fn forward(inputs: &[&[f64]], channels: &[usize], n: usize, hw: usize) -> Vec<f64> {
-        let mut y = Vec::new();
-        for b in 0..n {
-            for (x, &c) in inputs.iter().zip(channels) {
-                y.extend_from_slice(&x[b * c * hw..(b + 1) * c * hw]);
-            }
-        }
-        y
-    }
-
-    /// The gradient of each input (zero-initialised accumulators).
-    pub fn backward(d_y: &[f64], channels: &[usize], n: usize, hw: usize) -> Vec<Vec<f64>> {
-        let total: usize = channels.iter().sum();
-        let mut c0 = 0;
-        channels
-            .iter()
-            .map(|&c| {
-                let mut d = Vec::with_capacity(n * c * hw);
-                for b in 0..n {
-                    let s = (b * total + c0) * hw;
-                    d.extend_from_slice(&d_y[s..s + c * hw]);
-                }
-                c0 += c;
-                d
-            })
-            .collect()
-    }
-}
-
-// Tape entry.
-
-impl Tape<'_> {
-    /// Channel concatenation into a new buffer (the plain, copying DenseNet).
-    pub fn concat(&mut self, inputs: &[Var], name: &str) -> Result<Var> {
-        let first = inputs
-            .first()
-            .ok_or_else(|| GpuError::Shape(format!("{name}: no inputs")))?;
-        let mut shape = self.shape(*first).to_vec();
-        if shape.len() != 4 {
-            return Err(GpuError::Shape(format!(
-                "{name}: inputs must be 4-D, got {shape:?}"
-            )));
-        }
-        shape[1] = inputs
-            .iter()
-            .map(|v| self.shape(*v).get(1).copied().unwrap_or(0))
-            .sum();
-        let y = self.output(None, &shape, name)?;
-        let yt = self.value(y)?.clone();
-        let ts: Vec<Tensor> = inputs
-            .iter()
-            .map(|v| self.value(*v).cloned())
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Tensor> = ts.iter().collect();
-        forward(self.enc(), &yt, &refs)?;
-        self.mark(y, inputs);
-        self.record(ConcatOp {
-            y,
-            inputs: inputs.to_vec(),
-        })?;
-        Ok(y)
-    }
-}
-
-/// Backward is slicing: each input gets its channel range of d_y.
-struct ConcatOp {
-    y: Var,
-    inputs: Vec<Var>,
-}
-
-impl Backward for ConcatOp {
-    fn name(&self) -> &'static str {
-        "concat"
-    }
-    fn vars(&self) -> Vec<Var> {
-        std::iter::once(self.y)
-            .chain(self.inputs.iter().copied())
-            .collect()
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "concat")?;
-        let mut start = 0;
-        for v in self.inputs {
-            let c = tape.shape(v)[1];
-            if let Some(d_x) = tape.grad_if(v)? {
-                copy(tape.enc(), &d_x, &d_y.channels(start, c)?, true)?;
-            }
-            start += c;
-        }
-        Ok(())
-    }
 }

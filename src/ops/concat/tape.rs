@@ -1,0 +1,70 @@
+//! The tape entries of concat: the forward launches they record and their backward.
+
+use super::{copy, forward};
+use crate::gpu::{GpuError, Result, Tensor};
+use crate::tape::{output_grad, Backward, Tape, Var};
+
+impl Tape<'_> {
+    /// Channel concatenation into a new buffer (the plain, copying DenseNet).
+    pub fn concat(&mut self, inputs: &[Var], name: &str) -> Result<Var> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| GpuError::Shape(format!("{name}: no inputs")))?;
+        let mut shape = self.shape(*first).to_vec();
+        if shape.len() != 4 {
+            return Err(GpuError::Shape(format!(
+                "{name}: inputs must be 4-D, got {shape:?}"
+            )));
+        }
+        shape[1] = inputs
+            .iter()
+            .map(|v| self.shape(*v).get(1).copied().unwrap_or(0))
+            .sum();
+        let y = self.output(None, &shape, name)?;
+        let yt = self.value(y)?.clone();
+        let ts: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| self.value(*v).cloned())
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = ts.iter().collect();
+        forward(self.enc(), &yt, &refs)?;
+        self.mark(y, inputs);
+        self.record(ConcatOp {
+            y,
+            inputs: inputs.to_vec(),
+        })?;
+        Ok(y)
+    }
+}
+
+/// Backward is slicing: each input gets its channel range of d_y.
+struct ConcatOp {
+    y: Var,
+    inputs: Vec<Var>,
+}
+
+impl Backward for ConcatOp {
+    fn name(&self) -> &'static str {
+        "concat"
+    }
+    fn vars(&self) -> Vec<Var> {
+        std::iter::once(self.y)
+            .chain(self.inputs.iter().copied())
+            .collect()
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        Vec::new()
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "concat")?;
+        let mut start = 0;
+        for v in self.inputs {
+            let c = tape.shape(v)[1];
+            if let Some(d_x) = tape.grad_if(v)? {
+                copy(tape.enc(), &d_x, &d_y.channels(start, c)?, true)?;
+            }
+            start += c;
+        }
+        Ok(())
+    }
+}

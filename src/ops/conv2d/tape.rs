@@ -1,0 +1,189 @@
+//! The tape entries of conv2d: the forward launches they record and their backward.
+
+use super::{backward_data, backward_weight, forward, output_size, BnReluPrologue, Conv2dSpec};
+use crate::gpu::{nchw, Result, Tensor};
+use crate::ops::batch_norm::{self, Affine, BatchNormOp, BatchStats, BnConfig, BnLayer};
+use crate::tape::{output_grad, Backward, Tape, Var};
+
+impl Tape<'_> {
+    /// Convolution, optionally writing into `out` (a slice of a larger buffer).
+    pub fn conv2d(
+        &mut self,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        spec: Conv2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
+        let [n, _, h, wd] = nchw(name, "x", self.value(x)?)?;
+        let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
+        let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
+        let y = self.output(out, &[n, co, oh, ow], name)?;
+        self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
+        let bt = b.map(|b| self.value(b).cloned()).transpose()?;
+        let (yt, xt, wt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(w)?.clone(),
+        );
+        forward(self.enc(), &yt, &xt, &wt, bt.as_ref(), None, spec)?;
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.mark(y, &ins);
+        self.record(Conv2dOp { y, x, w, b, spec })?;
+        Ok(y)
+    }
+
+    /// Training-mode BN → ReLU → conv without storing the BN+ReLU output (memory-efficient
+    /// layers). Statistics are computed once, here; backward recomputes the normalised
+    /// input on the fly and never touches the running statistics.
+    pub fn bn_relu_conv(
+        &mut self,
+        x: Var,
+        layer: BnLayer,
+        w: Var,
+        spec: Conv2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
+        let BnLayer {
+            gamma,
+            beta,
+            running,
+            cfg,
+        } = layer;
+        let [n, c, h, wd] = nchw(name, "x", self.value(x)?)?;
+        let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
+        let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
+        let y = self.output(out, &[n, co, oh, ow], name)?;
+        self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
+        let g = self.gpu();
+        let scale = g.zeros(&[c], &format!("{name}.scale"))?;
+        let shift = g.zeros(&[c], &format!("{name}.shift"))?;
+        let (yt, xt, gt, bt, wt) = (
+            self.value(y)?.clone(),
+            self.value(x)?.clone(),
+            self.value(gamma)?.clone(),
+            self.value(beta)?.clone(),
+            self.value(w)?.clone(),
+        );
+        let cfg = BnConfig { relu: true, ..cfg };
+        let affine = Affine {
+            gamma: &gt,
+            beta: &bt,
+        };
+        let stats = self.bn_statistics(None, &xt, affine, running, cfg, name)?;
+        let (mean, inv_std, counts) = (stats.mean, stats.inv_std, stats.counts);
+        let enc = self.enc();
+        let batch = BatchStats {
+            mean: &mean,
+            inv_std: &inv_std,
+        };
+        batch_norm::fold_scale_shift(enc, &scale, &shift, affine, batch)?;
+        let pro = BnReluPrologue {
+            scale: &scale,
+            shift: &shift,
+        };
+        forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
+        self.probe_relu(name, |g| {
+            batch_norm::pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
+        })?;
+        self.mark(y, &[x, gamma, beta, w]);
+        self.record(BnReluConvOp {
+            y,
+            w,
+            bn: BatchNormOp {
+                y,
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                cfg,
+                counts,
+            },
+            scale,
+            shift,
+            spec,
+        })?;
+        Ok(y)
+    }
+}
+
+struct Conv2dOp {
+    y: Var,
+    x: Var,
+    w: Var,
+    b: Option<Var>,
+    spec: Conv2dSpec,
+}
+
+impl Backward for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn vars(&self) -> Vec<Var> {
+        [Some(self.y), Some(self.x), Some(self.w), self.b]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        vec![self.x, self.w]
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "conv2d")?;
+        let xt = tape.value(self.x)?.clone();
+        let wt = tape.value(self.w)?.clone();
+        let d_w = tape.grad_if(self.w)?;
+        let d_b = self.b.map(|b| tape.grad_if(b)).transpose()?.flatten();
+        let d_x = tape.grad_if(self.x)?;
+        if let Some(d_w) = d_w {
+            backward_weight(tape.enc(), &d_w, d_b.as_ref(), &d_y, &xt, None, self.spec)?;
+        }
+        if let Some(d_x) = d_x {
+            backward_data(tape.enc(), &d_x, &d_y, &wt, self.spec)?;
+        }
+        Ok(())
+    }
+}
+
+/// BN (batch statistics) → ReLU → conv, with the BN+ReLU output never stored: the conv
+/// applies `max(scale*x + shift, 0)` while reading x, and backward recomputes it.
+struct BnReluConvOp {
+    y: Var,
+    w: Var,
+    /// The BN (+ReLU) whose output the conv reads; `bn.y` is the conv's output.
+    bn: BatchNormOp,
+    scale: Tensor,
+    shift: Tensor,
+    spec: Conv2dSpec,
+}
+
+impl Backward for BnReluConvOp {
+    fn name(&self) -> &'static str {
+        "bn_relu_conv"
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.y, self.bn.x, self.bn.gamma, self.bn.beta, self.w]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        vec![self.bn.x, self.bn.gamma, self.bn.beta, self.w]
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "bn_relu_conv")?;
+        let (xt, wt) = (tape.value(self.bn.x)?.clone(), tape.value(self.w)?.clone());
+        let pro = BnReluPrologue {
+            scale: &self.scale,
+            shift: &self.shift,
+        };
+        if let Some(d_w) = tape.grad_if(self.w)? {
+            backward_weight(tape.enc(), &d_w, None, &d_y, &xt, Some(pro), self.spec)?;
+        }
+        // Gradient w.r.t. the (never stored) BN+ReLU output: one transient buffer.
+        let d_act = tape.gpu().zeros(&xt.shape, "d_bn_relu (transient)")?;
+        backward_data(tape.enc(), &d_act, &d_y, &wt, self.spec)?;
+        self.bn.push_grads(tape, &d_act)
+    }
+}

@@ -1,0 +1,55 @@
+//! The tape entries of cross_entropy: the forward launches they record and their backward.
+
+use super::{backward, forward};
+use crate::gpu::{Result, Tensor};
+use crate::tape::{Backward, Tape, Var};
+
+impl Tape<'_> {
+    /// Mean softmax cross-entropy. Returns `(loss [1], probabilities [N, K])`.
+    pub fn cross_entropy(
+        &mut self,
+        logits: Var,
+        labels: &Tensor,
+        name: &str,
+    ) -> Result<(Var, Tensor)> {
+        let shape = self.shape(logits).to_vec();
+        let loss = self.output(None, &[1], name)?;
+        let probs = self.gpu().zeros(&shape, &format!("{name}.probs"))?;
+        let (lt, xt) = (self.value(loss)?.clone(), self.value(logits)?.clone());
+        forward(self.enc(), &lt, &probs, &xt, labels)?;
+        self.mark(loss, &[logits]);
+        self.record(CrossEntropyOp {
+            loss,
+            logits,
+            probs: probs.clone(),
+            labels: labels.clone(),
+        })?;
+        Ok((loss, probs))
+    }
+}
+
+struct CrossEntropyOp {
+    loss: Var,
+    logits: Var,
+    probs: Tensor,
+    labels: Tensor,
+}
+
+impl Backward for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "cross_entropy"
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.loss, self.logits]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        Vec::new()
+    }
+    /// The loss is the end of the graph: `d_y` is `None` (d loss = 1).
+    fn backward(self: Box<Self>, tape: &mut Tape, _d_y: Option<Tensor>) -> Result<()> {
+        if let Some(d) = tape.grad_if(self.logits)? {
+            backward(tape.enc(), &d, &self.probs, &self.labels, 1.0)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! The tape entries of global_avg_pool: the forward launches they record and their backward.
+
+use super::{backward, forward};
+use crate::gpu::{nchw, Result, Tensor};
+use crate::tape::{output_grad, Backward, Tape, Var};
+
+impl Tape<'_> {
+    /// Mean over H×W: (N, C, H, W) → (N, C).
+    pub fn global_avg_pool(&mut self, x: Var, name: &str) -> Result<Var> {
+        let [n, c, _, _] = nchw(name, "x", self.value(x)?)?;
+        let y = self.output(None, &[n, c], name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        forward(self.enc(), &yt, &xt)?;
+        self.mark(y, &[x]);
+        self.record(GlobalAvgPoolOp { y, x })?;
+        Ok(y)
+    }
+}
+
+struct GlobalAvgPoolOp {
+    y: Var,
+    x: Var,
+}
+
+impl Backward for GlobalAvgPoolOp {
+    fn name(&self) -> &'static str {
+        "global_avg_pool"
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.y, self.x]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        Vec::new()
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "global_avg_pool")?;
+        if let Some(d_x) = tape.grad_if(self.x)? {
+            backward(tape.enc(), &d_x, &d_y)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! The tape entries of max_pool2d: the forward launches they record and their backward.
+
+use super::{alloc_indices, backward, forward, output_size, Pool2dSpec};
+use crate::gpu::{GpuError, Result, Tensor};
+use crate::tape::{output_grad, Backward, Tape, Var};
+
+impl Tape<'_> {
+    /// Max pooling (padding acts as -inf), optionally writing into `out`. A recording tape
+    /// saves each window's argmax for backward (x itself is not kept for the pool).
+    pub fn max_pool2d(
+        &mut self,
+        x: Var,
+        spec: Pool2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
+        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
+        let (oh, ow) = output_size(spec, h, w)?;
+        let y = self.output(out, &[n, c, oh, ow], name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        // An inference tape never runs backward: no indices.
+        let indices = if self.is_recording() {
+            let label = format!("{name}.indices");
+            Some(alloc_indices(self.gpu(), [n, c, oh, ow], &label)?)
+        } else {
+            None
+        };
+        forward(self.enc(), &yt, indices.as_ref(), &xt, spec)?;
+        self.mark(y, &[x]);
+        self.record(MaxPoolOp {
+            y,
+            x,
+            indices,
+            spec,
+        })?;
+        Ok(y)
+    }
+}
+
+/// Backward reads the saved argmax of every window ([`indices_shape`]), not x; `None`
+/// only on inference tapes, which record nothing.
+struct MaxPoolOp {
+    y: Var,
+    x: Var,
+    indices: Option<Tensor>,
+    spec: Pool2dSpec,
+}
+
+impl Backward for MaxPoolOp {
+    fn name(&self) -> &'static str {
+        "max_pool2d"
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.y, self.x]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        Vec::new()
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "max_pool2d")?;
+        if let Some(d_x) = tape.grad_if(self.x)? {
+            let indices = self
+                .indices
+                .ok_or_else(|| GpuError::Shape("tape: max_pool2d indices were not saved".into()))?;
+            backward(tape.enc(), &d_x, &d_y, &indices, self.spec)?;
+        }
+        Ok(())
+    }
+}

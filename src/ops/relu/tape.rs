@@ -1,0 +1,45 @@
+//! The tape entries of relu: the forward launches they record and their backward.
+
+use super::{backward, forward};
+use crate::gpu::{Result, Tensor};
+use crate::tape::{output_grad, Backward, Tape, Var};
+
+impl Tape<'_> {
+    pub fn relu(&mut self, x: Var, name: &str) -> Result<Var> {
+        let shape = self.shape(x).to_vec();
+        let y = self.output(None, &shape, name)?;
+        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        forward(self.enc(), &yt, &xt)?;
+        self.probe_relu(name, |g| {
+            Ok(g.download(&xt)?.into_iter().map(f64::from).collect())
+        })?;
+        self.mark(y, &[x]);
+        self.record(ReluOp { y, x })?;
+        Ok(y)
+    }
+}
+
+struct ReluOp {
+    y: Var,
+    x: Var,
+}
+
+impl Backward for ReluOp {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.y, self.x]
+    }
+    fn value_reads(&self) -> Vec<Var> {
+        vec![self.x]
+    }
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
+        let d_y = output_grad(d_y, "relu")?;
+        if let Some(d_x) = tape.grad_if(self.x)? {
+            let xt = tape.value(self.x)?.clone();
+            backward(tape.enc(), &d_x, &xt, &d_y)?;
+        }
+        Ok(())
+    }
+}
