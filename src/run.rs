@@ -977,18 +977,8 @@ pub fn evaluate_split(
     batch_size: usize,
     size: usize,
 ) -> RunResult<Evaluation> {
-    let k = dataset.classes().len();
-    let mut confusion = vec![vec![0usize; k]; k];
-    let [loss_sum, correct, seen] = evaluate_into(
-        gpu,
-        model,
-        dataset,
-        indices,
-        batch_size,
-        size,
-        true,
-        &mut confusion,
-    )?;
+    let ([loss_sum, correct, seen], confusion) =
+        evaluate_into(gpu, model, dataset, indices, batch_size, size, true)?;
     if seen == 0.0 {
         return Err("no validation image could be loaded".into());
     }
@@ -1010,21 +1000,12 @@ pub fn evaluate_sums(
     size: usize,
     show: bool,
 ) -> RunResult<[f64; 3]> {
-    let k = dataset.classes().len();
-    let mut confusion = vec![vec![0usize; k]; k];
-    evaluate_into(
-        gpu,
-        model,
-        dataset,
-        indices,
-        batch_size,
-        size,
-        show,
-        &mut confusion,
-    )
+    let (sums, _confusion) = evaluate_into(gpu, model, dataset, indices, batch_size, size, show)?;
+    Ok(sums)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The summed loss, correct predictions and images, and the confusion matrix (`[label]
+/// [prediction]`), over `indices`.
 fn evaluate_into(
     gpu: &Gpu,
     model: &dyn Model,
@@ -1033,8 +1014,9 @@ fn evaluate_into(
     batch_size: usize,
     size: usize,
     show: bool,
-    confusion: &mut [Vec<usize>],
-) -> RunResult<[f64; 3]> {
+) -> RunResult<([f64; 3], Vec<Vec<usize>>)> {
+    let k = dataset.classes().len();
+    let mut confusion = vec![vec![0usize; k]; k];
     let mut loader = Loader::new(
         dataset.clone(),
         indices.to_vec(),
@@ -1058,7 +1040,7 @@ fn evaluate_into(
     for w in loader.take_warnings() {
         eprintln!("warning: {w}");
     }
-    Ok([loss_sum, correct as f64, seen as f64])
+    Ok(([loss_sum, correct as f64, seen as f64], confusion))
 }
 
 /// What a weight file's metadata says about its run.

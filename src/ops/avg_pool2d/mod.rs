@@ -164,19 +164,25 @@ pub(crate) fn plane_grid(
     ))
 }
 
-/// Records one launch of `entry` reading `input` and writing `output`; sets `p.gx` and
+/// An entry point and what its pipeline is built with: the window and the elements per
+/// invocation along a row.
+struct Kernel {
+    entry: &'static str,
+    spec: Pool2dSpec,
+    tw: u32,
+}
+
+/// Records one launch of `kernel` reading `input` and writing `output`; sets `p.gx` and
 /// derives the grid from `p.rows * p.segs`.
-#[allow(clippy::too_many_arguments)]
 fn launch(
     enc: &mut Encoder,
     op: &str,
-    entry: &str,
+    kernel: Kernel,
     mut p: Params,
-    tw: u32,
-    spec: Pool2dSpec,
     output: &Tensor,
     input: &Tensor,
 ) -> Result<()> {
+    let Kernel { entry, spec, tw } = kernel;
     let per_plane = p.rows as usize * p.segs as usize;
     let (gx, workgroups) = plane_grid(op, per_plane, p.planes as usize, WG)?;
     p.gx = gx;
@@ -238,7 +244,7 @@ pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor, spec: Pool2dSpec) -> R
     p.rows = p.oh;
     p.segs = p.ow.div_ceil(tw);
     let entry = forward_entry(x, y, &g, tw, spec);
-    launch(enc, op, entry, p, tw, spec, y, x)
+    launch(enc, op, Kernel { entry, spec, tw }, p, y, x)
 }
 
 /// `d_x += avg_pool2d_backward(d_y)`: every d_x element gathers `d_y / k²` from the
@@ -253,5 +259,5 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor, spec: Pool2dSpec)
     p.segs = p.w.div_ceil(tw);
     let vec4 = vec4_rows(d_x, g.w) && tw % 4 == 0;
     let entry = if vec4 { "backward4" } else { "backward" };
-    launch(enc, op, entry, p, tw, spec, d_x, d_y)
+    launch(enc, op, Kernel { entry, spec, tw }, p, d_x, d_y)
 }

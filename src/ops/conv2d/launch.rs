@@ -270,6 +270,18 @@ pub(super) struct DataPass<'a> {
     pub prologue: Option<BnReluPrologue<'a>>,
 }
 
+/// One weight-gradient pass, checked by `backward_weight` in mod.rs: the sums over pixels
+/// of `d_y` against `x` (read through `prologue` when given).
+#[derive(Clone, Copy)]
+pub(super) struct WeightPass<'a> {
+    pub op: &'a str,
+    pub g: &'a Geom,
+    pub spec: Conv2dSpec,
+    pub d_y: &'a Tensor,
+    pub x: &'a Tensor,
+    pub prologue: Option<BnReluPrologue<'a>>,
+}
+
 /// Runs `pass` on `kernel`.
 pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) -> Result<()> {
     match kernel {
@@ -310,36 +322,48 @@ pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) 
     // bindings a pass does not use.
     let packed = pack_weight(enc, op, g, packing, weight)?;
     let p = DataParams { w_off: 0, ..p };
-    blocked(
-        enc,
-        op,
+    let launch = Blocked {
         kernel,
         g,
-        &p,
-        &packed,
-        (read, written),
+        p: &p,
+        packed: &packed,
+        read,
+        written,
         bias,
         prologue,
-        None,
-    )
+        lanes: None,
+    };
+    blocked(enc, op, launch)
 }
 
-/// Launches one of the blocked kernels (`conv1x1`, `conv3x3`, `forward_tiled`) on a weight
-/// packed by [`pack_weight`] (at float `p.w_off` of `packed`), with `lanes` invocations per
-/// workgroup or as [`pick`] chooses.
-#[allow(clippy::too_many_arguments)]
-fn blocked(
-    enc: &mut Encoder,
-    op: &str,
+/// One launch of a blocked kernel (`conv1x1`, `conv3x3`, `forward_tiled`) on a weight
+/// packed by [`pack_weight`] (at float `p.w_off` of `packed`).
+struct Blocked<'a> {
     kernel: ConvKernel,
-    g: &Geom,
-    p: &DataParams,
-    packed: &Tensor,
-    (read, written): (&Tensor, &Tensor),
-    bias: Option<&Tensor>,
-    prologue: Option<BnReluPrologue>,
+    g: &'a Geom,
+    p: &'a DataParams,
+    packed: &'a Tensor,
+    read: &'a Tensor,
+    written: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    prologue: Option<BnReluPrologue<'a>>,
+    /// Invocations per workgroup; `None`: as [`pick`] chooses.
     lanes: Option<u32>,
-) -> Result<()> {
+}
+
+/// Launches `launch`.
+fn blocked(enc: &mut Encoder, op: &str, launch: Blocked) -> Result<()> {
+    let Blocked {
+        kernel,
+        g,
+        p,
+        packed,
+        read,
+        written,
+        bias,
+        prologue,
+        lanes,
+    } = launch;
     let (workgroups, mut consts) = pick(op, kernel, g, p.out_c as usize, lanes)?;
     consts.prologue = prologue.is_some();
     let (shader, entry) = kernel.entry(enc.subgroups());
@@ -581,13 +605,18 @@ pub(super) fn partial_sums_scratch(
 /// d_b over chunks of the pixel axis.
 pub(super) fn weight_partial_sums(
     enc: &mut Encoder,
-    op: &str,
     kernel: ConvKernel,
-    g: &Geom,
+    pass: &WeightPass,
     p: &mut WeightParams,
-    (d_y, x): (&Tensor, &Tensor),
-    prologue: Option<BnReluPrologue>,
 ) -> Result<Tensor> {
+    let WeightPass {
+        op,
+        g,
+        d_y,
+        x,
+        prologue,
+        ..
+    } = *pass;
     let ncol = g.cin * g.kh * g.kw;
     // The reduction axis: pixels, or groups of 4 pixels for backward_weight_dot / _rows.
     let grouped = matches!(kernel, ConvKernel::WeightDot | ConvKernel::WeightRows);
@@ -900,17 +929,20 @@ pub(super) fn gemm_weight_chunks(npix: usize, blocks: usize) -> (usize, usize) {
 
 /// `gemm_backward_weight`: each chunk of `p.chunk_len` pixels writes its partial sums of
 /// d_w (and of d_b) into `part` (layout as `backward_weight_partial`).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_backward_weight(
     enc: &mut Encoder,
-    op: &str,
-    g: &Geom,
-    spec: Conv2dSpec,
+    pass: &WeightPass,
     p: &WeightParams,
-    (d_y, x): (&Tensor, &Tensor),
-    prologue: Option<BnReluPrologue>,
     part: &Tensor,
 ) -> Result<()> {
+    let WeightPass {
+        op,
+        g,
+        spec,
+        d_y,
+        x,
+        prologue,
+    } = *pass;
     let mut q = gemm_params(g, spec, x, d_y);
     let ncol = g.cin * g.kh * g.kw;
     q.m = g.cout as u32;
@@ -1140,18 +1172,18 @@ fn winograd(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
                 ..bytemuck::Zeroable::zeroed()
             };
             let conv1x1 = ConvKernel::Conv1x1;
-            blocked(
-                enc,
-                op,
-                conv1x1,
-                &product,
-                &pe,
-                &u,
-                (&v, &m),
-                None,
-                None,
-                Some(lanes),
-            )?;
+            let launch = Blocked {
+                kernel: conv1x1,
+                g: &product,
+                p: &pe,
+                packed: &u,
+                read: &v,
+                written: &m,
+                bias: None,
+                prologue: None,
+                lanes: Some(lanes),
+            };
+            blocked(enc, op, launch)?;
             q.total = (oc * tiles) as u32;
             let (shader, entry) = ConvKernel::Winograd.entry(false);
             enc.launch(Launch {

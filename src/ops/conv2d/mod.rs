@@ -17,7 +17,7 @@ pub use plan::{
     ConvShape, Forced, FORCE_ENV,
 };
 
-use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams};
+use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams, WeightPass};
 
 use super::ViewParams;
 use crate::gpu::{check_distinct, expect_shape, nchw, to_u32, Encoder, GpuError, Result};
@@ -390,14 +390,22 @@ pub fn backward_weight(
     }
     let mut p = weight_params(&g, spec, x, d_y);
     (p.sc_off, p.sh_off) = prologue_offsets(OP, prologue, g.cin)?;
+    let pass = WeightPass {
+        op: OP,
+        g: &g,
+        spec,
+        d_y,
+        x,
+        prologue,
+    };
     let part = if kernel == ConvKernel::GemmWeight {
         let blocks = launch::gemm_blocks(g.cout, ncol);
         let (chunk_len, chunks) = launch::gemm_weight_chunks(g.n * g.oh * g.ow, blocks);
         let part = launch::partial_sums_scratch(enc, OP, &mut p, chunk_len, chunks, nw + g.cout)?;
-        launch::gemm_backward_weight(enc, OP, &g, spec, &p, (d_y, x), prologue, &part)?;
+        launch::gemm_backward_weight(enc, &pass, &p, &part)?;
         part
     } else {
-        launch::weight_partial_sums(enc, OP, kernel, &g, &mut p, (d_y, x), prologue)?
+        launch::weight_partial_sums(enc, kernel, &pass, &mut p)?
     };
     launch::reduce_chunks(enc, OP, &p, &part, (d_weight, w_off), d_bias)
 }

@@ -77,19 +77,42 @@ fn operand(t: &Tensor, s0: usize, s1: usize) -> Operand<'_> {
     Operand { t, s0, s1 }
 }
 
-/// `C (+)= A · B (+ bias)`, with A (m, k), B (k, n) and C (m, n) row-major at `c_sm`.
-#[allow(clippy::too_many_arguments)]
+/// The product's destination: C (m, n), row-major with `row_stride`, plus `bias` (n) when
+/// given; added to C when `accumulate`, else written over it.
+struct Product<'a> {
+    c: &'a Tensor,
+    row_stride: usize,
+    bias: Option<&'a Tensor>,
+    accumulate: bool,
+}
+
+impl<'a> Product<'a> {
+    /// `C += A · B` into `c`, rows `row_stride` apart.
+    fn added_to(c: &'a Tensor, row_stride: usize) -> Product<'a> {
+        Product {
+            c,
+            row_stride,
+            bias: None,
+            accumulate: true,
+        }
+    }
+}
+
+/// `C (+)= A · B (+ bias)`, with A (m, k), B (k, n) and C (m, n) as `out` says.
 fn gemm(
     enc: &mut Encoder,
     op: &str,
-    c: &Tensor,
-    c_sm: usize,
+    out: Product,
     a: Operand,
     b: Operand,
     [m, n, k]: [usize; 3],
-    bias: Option<&Tensor>,
-    accumulate: bool,
 ) -> Result<()> {
+    let Product {
+        c,
+        row_stride: c_sm,
+        bias,
+        accumulate,
+    } = out;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -240,16 +263,19 @@ pub fn forward(
     if let Some(b) = bias {
         check_distinct(op, &[("y", y)], &[("bias", b)])?;
     }
+    let out = Product {
+        c: y,
+        row_stride: o,
+        bias,
+        accumulate: false,
+    };
     gemm(
         enc,
         op,
-        y,
-        o,
+        out,
         operand(x, i, 1),
         operand(weight, 1, i),
         [n, o, i],
-        bias,
-        false,
     )
 }
 
@@ -298,7 +324,7 @@ pub fn backward(
     } else {
         (operand(d_y, 1, o), operand(x, i, 1))
     };
-    gemm(enc, op, d_weight, i, a, b, [o, i, n], None, true)?;
+    gemm(enc, op, Product::added_to(d_weight, i), a, b, [o, i, n])?;
     if let Some(d_x) = d_x {
         // d_x (N, I) += d_y (N, O) · W (O, I). With O a multiple of 4 and at least
         // DOT_MIN_K, W is transposed first so that both operands are k-contiguous
@@ -315,7 +341,7 @@ pub fn backward(
         } else {
             (operand(d_y, o, 1), operand(weight, i, 1))
         };
-        gemm(enc, op, d_x, i, a, b, [n, i, o], None, true)?;
+        gemm(enc, op, Product::added_to(d_x, i), a, b, [n, i, o])?;
     }
     if let Some(d_b) = d_bias {
         let p = Params {
@@ -369,5 +395,11 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
     } else {
         (operand(a, k, 1), operand(b, n, 1))
     };
-    gemm(enc, op, c, n, lhs, rhs, [m, n, k], None, false)
+    let out = Product {
+        c,
+        row_stride: n,
+        bias: None,
+        accumulate: false,
+    };
+    gemm(enc, op, out, lhs, rhs, [m, n, k])
 }

@@ -208,21 +208,31 @@ fn params(op: &str, g: &PoolShape, x: &Tensor, y: &Tensor) -> Result<Params> {
     })
 }
 
-/// Records one launch of `entry` over `rows × segs` tiles per plane (for the walking
+/// An entry point and what its pipeline is built with: the window and the (rows,
+/// columns) of elements per invocation.
+struct Kernel {
+    entry: &'static str,
+    spec: Pool2dSpec,
+    tile: (u32, u32),
+}
+
+/// Records one launch of `kernel` over `rows × segs` tiles per plane (for the walking
 /// kernels: `rows` segments of `chunks` rows, `segs` strips) with `reads` bound read-only
 /// and `writes` read-write, in that order.
-#[allow(clippy::too_many_arguments)]
 fn launch(
     enc: &mut Encoder,
     op: &str,
-    entry: &str,
+    kernel: Kernel,
     mut p: Params,
     (rows, segs, chunks): (usize, usize, usize),
-    (th, tw): (u32, u32),
-    spec: Pool2dSpec,
     reads: &[&Tensor],
     writes: &[&Tensor],
 ) -> Result<()> {
+    let Kernel {
+        entry,
+        spec,
+        tile: (th, tw),
+    } = kernel;
     p.rows = to_u32(op, "tile rows", rows)?;
     p.segs = to_u32(op, "segments", segs)?;
     p.chunks = to_u32(op, "chunks", chunks)?;
@@ -282,9 +292,10 @@ pub fn forward(
         let grid = (g.oh, g.ow.div_ceil(tw as usize), 1);
         (("forward", "forward_inference"), grid, (1, tw))
     };
+    let kernel = |entry| Kernel { entry, spec, tile };
     match indices {
-        Some(idx) => launch(enc, op, entry.0, p, grid, tile, spec, &[x], &[y, idx]),
-        None => launch(enc, op, entry.1, p, grid, tile, spec, &[x], &[y]),
+        Some(idx) => launch(enc, op, kernel(entry.0), p, grid, &[x], &[y, idx]),
+        None => launch(enc, op, kernel(entry.1), p, grid, &[x], &[y]),
     }
 }
 
@@ -304,7 +315,7 @@ pub fn backward(
     check_indices(op, indices, &g, &[("d_x", d_x), ("d_y", d_y)])?;
     let mut p = params(op, &g, d_x, d_y)?;
     p.d_x = ViewParams::of(d_x);
-    let (entry, grid, (th, tw)) = if backward4_fits(d_x, d_y, &g, spec) {
+    let (entry, grid, tile) = if backward4_fits(d_x, d_y, &g, spec) {
         let tw = backward4_tw(spec.stride);
         let steps = g.h.div_ceil(spec.stride);
         let chunks = walk_rows(steps);
@@ -315,15 +326,6 @@ pub fn backward(
         let grid = (g.h.div_ceil(th as usize), g.w.div_ceil(tw as usize), 1);
         ("backward", grid, (th, tw))
     };
-    launch(
-        enc,
-        op,
-        entry,
-        p,
-        grid,
-        (th, tw),
-        spec,
-        &[d_y, indices],
-        &[d_x],
-    )
+    let kernel = Kernel { entry, spec, tile };
+    launch(enc, op, kernel, p, grid, &[d_y, indices], &[d_x])
 }
