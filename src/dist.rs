@@ -1,9 +1,10 @@
 //! Data-parallel training across processes: the collectives a run needs, behind one
 //! [`Collective`] trait.
 //!
-//! [`Solo`] is the single-process group (every operation is the identity). With the `mpi`
-//! cargo feature, [`init`] joins the MPI job the process was started in (`mpirun -n N`)
-//! through rsmpi; without mpirun, or with one rank, a run is exactly a single-process run.
+//! [`SingleProcess`] is the group of one process (every operation is the identity). With
+//! the `mpi` cargo feature, [`init`] joins the MPI job the process was started in (`mpirun
+//! -n N`) through rsmpi; without mpirun, or with one rank, a run is exactly a single-process
+//! run.
 //!
 //! How a run uses them ([`crate::run::fit_group`], docs/distributed.md):
 //! - rank 0's weights, buffers and optimizer state are broadcast before the first step;
@@ -58,9 +59,9 @@ pub trait Collective {
 
 /// The group of one process.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Solo;
+pub struct SingleProcess;
 
-impl Collective for Solo {
+impl Collective for SingleProcess {
     fn rank(&self) -> usize {
         0
     }
@@ -89,13 +90,13 @@ impl Collective for Solo {
 }
 
 /// The group this process belongs to: the MPI job it was started in (`mpi` feature and a
-/// launcher's environment), else [`Solo`].
+/// launcher's environment), else [`SingleProcess`].
 pub fn init() -> Box<dyn Collective> {
     #[cfg(feature = "mpi")]
     if mpi_group::launched_by_mpirun() {
         return Box::new(mpi_group::MpiGroup::init());
     }
-    Box::new(Solo)
+    Box::new(SingleProcess)
 }
 
 #[cfg(feature = "mpi")]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::data::synthetic::Synthetic;
 use crate::data::Dataset;
 use crate::data::{Loader, LoaderOptions, Shard};
-use crate::dist::{average_tensors, broadcast_tensors, check_replicas, Collective, Solo};
+use crate::dist::{average_tensors, broadcast_tensors, check_replicas, Collective, SingleProcess};
 use crate::gpu::{Gpu, Tensor};
 use crate::metrics::{self, EpochMetrics};
 use crate::models::{BlockMode, Model, ModelConfig};
@@ -229,7 +229,7 @@ pub fn open_gpu() -> RunResult<Gpu> {
 /// Trains `spec.config` on `spec.train`, evaluating on `spec.val` after every epoch, and
 /// writes the run folder. Returns the per-epoch metrics (resumed epochs included).
 pub fn fit(spec: &RunSpec) -> RunResult<Vec<EpochMetrics>> {
-    fit_group(spec, &Solo)
+    fit_group(spec, &SingleProcess)
 }
 
 /// [`fit`] as one rank of a data-parallel run over `group` (every rank calls it with the
@@ -334,7 +334,7 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
     let csv = spec.out.join("metrics.csv");
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut start_epoch = 0;
-    let mut resume_partial: Option<Partial> = None;
+    let mut resume_partial: Option<EpochProgress> = None;
     // Rank 0 reads the checkpoint; the others get its state below.
     if spec.resume && writer {
         if !checkpoint.exists() {
@@ -360,7 +360,7 @@ pub fn fit_group(spec: &RunSpec, group: &dyn Collective) -> RunResult<Vec<EpochM
             .get("epoch")
             .and_then(|e| e.parse().ok())
             .unwrap_or_else(|| (trainer.opt.step as usize).div_ceil(steps_per_epoch));
-        resume_partial = Partial::from_metadata(&meta);
+        resume_partial = EpochProgress::from_metadata(&meta);
         history.truncate(start_epoch);
         for h in &mut history {
             h.epochs = spec.epochs;
@@ -692,8 +692,8 @@ fn share_start(
     trainer: &mut Trainer,
     group: &dyn Collective,
     start_epoch: usize,
-    partial: Option<Partial>,
-) -> crate::gpu::Result<(usize, Option<Partial>)> {
+    partial: Option<EpochProgress>,
+) -> crate::gpu::Result<(usize, Option<EpochProgress>)> {
     let store = trainer.model.store();
     let tensors = store
         .params
@@ -718,7 +718,7 @@ fn share_start(
         c.set(v as i64);
     }
     trainer.opt.step = header[1] as u32;
-    let partial = Partial {
+    let partial = EpochProgress {
         batches_done: header[2] as usize,
         loss_sum: f64::from_bits(header[3]),
         correct: header[4] as usize,
@@ -894,7 +894,7 @@ pub fn save_weights(
 
 /// Progress through an epoch, saved in mid-epoch checkpoints.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Partial {
+pub struct EpochProgress {
     pub batches_done: usize,
     pub loss_sum: f64,
     pub correct: usize,
@@ -902,7 +902,7 @@ pub struct Partial {
     pub seconds: f64,
 }
 
-impl Partial {
+impl EpochProgress {
     fn to_metadata(&self, meta: &mut BTreeMap<String, String>) {
         meta.insert("batches_done".into(), self.batches_done.to_string());
         meta.insert("partial_loss_sum".into(), self.loss_sum.to_string());
@@ -912,10 +912,10 @@ impl Partial {
     }
 
     /// The progress a mid-epoch checkpoint recorded (`None` at an epoch boundary).
-    pub fn from_metadata(meta: &HashMap<String, String>) -> Option<Partial> {
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Option<EpochProgress> {
         let get = |k: &str| meta.get(k).and_then(|v| v.parse::<f64>().ok());
         let batches_done = get("batches_done")? as usize;
-        (batches_done > 0).then(|| Partial {
+        (batches_done > 0).then(|| EpochProgress {
             batches_done,
             loss_sum: get("partial_loss_sum").unwrap_or(0.0),
             correct: get("partial_correct").unwrap_or(0.0) as usize,
@@ -945,7 +945,7 @@ fn save_checkpoint(
     spec: &RunSpec,
     path: &Path,
     epoch: usize,
-    partial: Option<&Partial>,
+    partial: Option<&EpochProgress>,
 ) -> RunResult<()> {
     let mut entries = t.model.store().state_dict(gpu).map_err(|e| e.to_string())?;
     entries.extend(

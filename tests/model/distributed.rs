@@ -449,7 +449,7 @@ impl densenet_wgpu::dist::Collective for Diverged {
 
 #[test]
 fn the_replica_check_names_the_first_tensor_that_differs() {
-    use densenet_wgpu::dist::{check_replicas, Solo};
+    use densenet_wgpu::dist::{check_replicas, SingleProcess};
     let gpu = crate::gpu();
     let tensors: Vec<(String, densenet_wgpu::Tensor)> = (0..4)
         .map(|i| {
@@ -460,7 +460,7 @@ fn the_replica_check_names_the_first_tensor_that_differs() {
             )
         })
         .collect();
-    let same = check_replicas(gpu, &Solo, &tensors).unwrap();
+    let same = check_replicas(gpu, &SingleProcess, &tensors).unwrap();
     assert!(same.is_ok());
     let group = Diverged {
         differs: 2,

@@ -302,7 +302,7 @@ pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) 
         ..
     } = *pass;
     if kernel == ConvKernel::BackwardData {
-        let (workgroups, consts) = pick(op, kernel, g, packing.out_c, None)?;
+        let (workgroups, consts) = grid_and_constants(op, kernel, g, packing.out_c, None)?;
         let (shader, entry) = kernel.entry(enc.subgroups());
         // The general backward_data reads the weight as it is.
         return enc.launch(Launch {
@@ -347,7 +347,7 @@ struct Blocked<'a> {
     written: &'a Tensor,
     bias: Option<&'a Tensor>,
     prologue: Option<BnReluPrologue<'a>>,
-    /// Invocations per workgroup; `None`: as [`pick`] chooses.
+    /// Invocations per workgroup; `None`: as [`grid_and_constants`] chooses.
     lanes: Option<u32>,
 }
 
@@ -364,7 +364,7 @@ fn blocked(enc: &mut Encoder, op: &str, launch: Blocked) -> Result<()> {
         prologue,
         lanes,
     } = launch;
-    let (workgroups, mut consts) = pick(op, kernel, g, p.out_c as usize, lanes)?;
+    let (workgroups, mut consts) = grid_and_constants(op, kernel, g, p.out_c as usize, lanes)?;
     consts.prologue = prologue.is_some();
     let (shader, entry) = kernel.entry(enc.subgroups());
     let (scale, shift) = match prologue {
@@ -389,7 +389,7 @@ fn blocked(enc: &mut Encoder, op: &str, launch: Blocked) -> Result<()> {
 }
 
 /// Grid and constants of `kernel` (forward or backward_data), producing `out_c` channels.
-fn pick(
+fn grid_and_constants(
     op: &str,
     kernel: ConvKernel,
     g: &Geom,
@@ -400,14 +400,14 @@ fn pick(
     let (t, wg, blocks) = match kernel {
         ConvKernel::Conv1x1 => {
             // Lane l of a block owns the pixel groups l, l + WG, ...
-            let t = narrow(CONV1X1, out_c);
+            let t = tile_for_channels(CONV1X1, out_c);
             let groups4 = g.n * hw / 4;
             let wg = lanes.unwrap_or_else(|| lanes_for(groups4.div_ceil(t.px as usize)));
             (t, wg, groups(groups4, wg * t.px))
         }
         ConvKernel::Conv3x3 => {
             // A lane owns 4 * px consecutive pixels, which must lie in one image.
-            let mut t = narrow(CONV3X3, out_c);
+            let mut t = tile_for_channels(CONV3X3, out_c);
             if hw % (4 * t.px as usize) != 0 {
                 t.px = 1;
             }
@@ -442,7 +442,7 @@ fn pick(
 
 /// `t` with its channel tile cut to `channels` rounded up to 4 when that is smaller (a
 /// DenseNet-BC layer with 12 output channels would waste a quarter of a 16-channel tile).
-fn narrow(t: Tile, channels: usize) -> Tile {
+fn tile_for_channels(t: Tile, channels: usize) -> Tile {
     Tile {
         ch: t.ch.min(channels.next_multiple_of(4).max(4) as u32),
         px: t.px,
@@ -623,9 +623,9 @@ pub(super) fn weight_partial_sums(
     let npix = g.n * g.oh * g.ow / if grouped { 4 } else { 1 };
     let (t, wg_size, per_lane) = match kernel {
         ConvKernel::WeightStrided => (BWD_WEIGHT_STRIDED, BWD_WEIGHT_STRIDED_WG, ncol.div_ceil(4)),
-        ConvKernel::WeightRows => (narrow(BWD_WEIGHT_ROWS, g.cout), WG, g.cin * g.kh),
+        ConvKernel::WeightRows => (tile_for_channels(BWD_WEIGHT_ROWS, g.cout), WG, g.cin * g.kh),
         ConvKernel::WeightDot => (
-            narrow(BWD_WEIGHT_DOT, g.cout),
+            tile_for_channels(BWD_WEIGHT_DOT, g.cout),
             lanes_for(g.cin.div_ceil(8)),
             g.cin.div_ceil(8),
         ),

@@ -103,7 +103,7 @@ struct Geom {
 }
 
 /// A parameter-like tensor (weight, bias, prologue vectors): exact shape, one dense run.
-fn dense(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<u32> {
+fn contiguous_offset(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<u32> {
     expect_shape(op, what, &t.shape, want)?;
     if !t.is_contiguous() {
         return Err(GpuError::Shape(format!(
@@ -240,8 +240,8 @@ fn prologue_offsets(op: &str, pro: Option<BnReluPrologue>, cin: usize) -> Result
     match pro {
         None => Ok((0, 0)),
         Some(pr) => Ok((
-            dense(op, "prologue scale", pr.scale, &[cin])?,
-            dense(op, "prologue shift", pr.shift, &[cin])?,
+            contiguous_offset(op, "prologue scale", pr.scale, &[cin])?,
+            contiguous_offset(op, "prologue shift", pr.shift, &[cin])?,
         )),
     }
 }
@@ -270,10 +270,10 @@ pub fn forward(
         forward(enc, &yp, &xp, weight, bias, prologue, spec)?;
         return launch::repad(enc, OP, y, &yp, hw.0 * hw.1, false);
     }
-    let w_off = dense(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
+    let w_off = contiguous_offset(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
     let mut p = data_params(&g, spec, x, y);
     if let Some(b) = bias {
-        p.b_off = dense(OP, "bias", b, &[g.cout])?;
+        p.b_off = contiguous_offset(OP, "bias", b, &[g.cout])?;
         p.has_bias = 1;
     }
     (p.sc_off, p.sh_off) = prologue_offsets(OP, prologue, g.cin)?;
@@ -323,7 +323,7 @@ pub fn backward_data(
         backward_data(enc, &dxp, &dyp, weight, spec)?;
         return launch::repad(enc, OP, d_x, &dxp, hw.0 * hw.1, true);
     }
-    let w_off = dense(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
+    let w_off = contiguous_offset(OP, "weight", weight, &[g.cout, g.cin, g.kh, g.kw])?;
     check_distinct(OP, &[("d_x", d_x)], &[("d_y", d_y), ("weight", weight)])?;
     let mut p = data_params(&g, spec, d_y, d_x);
     p.w_off = w_off;
@@ -371,9 +371,9 @@ pub fn backward_weight(
         let dyp = launch::pad_planes(enc, OP, d_y, hw)?;
         return backward_weight(enc, d_weight, d_bias, &dyp, &xp, prologue, spec);
     }
-    let w_off = dense(OP, "d_weight", d_weight, &[g.cout, g.cin, g.kh, g.kw])?;
+    let w_off = contiguous_offset(OP, "d_weight", d_weight, &[g.cout, g.cin, g.kh, g.kw])?;
     let d_bias = match d_bias {
-        Some(b) => Some((b, dense(OP, "d_bias", b, &[g.cout])?)),
+        Some(b) => Some((b, contiguous_offset(OP, "d_bias", b, &[g.cout])?)),
         None => None,
     };
     let mut ins = vec![("x", x), ("d_y", d_y)];
