@@ -81,9 +81,16 @@ pub trait Backward {
     /// Variables whose *values* this op's backward reads (the rest of [`Backward::vars`]
     /// only take part through their gradients).
     fn value_reads(&self) -> Vec<Var>;
-    /// Accumulates the gradients of the op's inputs from `d_y`, the gradient of its
-    /// output (`None` when the output is the loss itself, whose gradient is 1).
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()>;
+    /// Accumulates the gradients of the op's inputs from `d_y`, the gradient of its output.
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()>;
+    /// [`Backward::backward`] when the op's output is the loss itself (its gradient is 1).
+    /// Only a loss op can end the graph: for the others this is an error.
+    fn backward_from_loss(self: Box<Self>, _tape: &mut Tape) -> Result<()> {
+        Err(GpuError::Shape(format!(
+            "tape: the output of {} cannot be the loss",
+            self.name()
+        )))
+    }
 }
 
 /// Called by [`Tape::backward_with`] with the parameters (name, gradient) whose gradients
@@ -579,11 +586,10 @@ impl<'g> Tape<'g> {
         if !self.slots[out.0].requires_grad {
             return Ok(());
         }
-        let d_y = if out == loss {
-            None
-        } else {
-            Some(self.grad(out)?)
-        };
+        if out == loss {
+            return op.backward_from_loss(self);
+        }
+        let d_y = self.grad(out)?;
         op.backward(self, d_y)
     }
 
@@ -626,9 +632,4 @@ impl fmt::Display for Tape<'_> {
         }
         Ok(())
     }
-}
-
-/// The output gradient of an op whose output cannot be the loss itself.
-pub(crate) fn output_grad(d_y: Option<Tensor>, op: &str) -> Result<Tensor> {
-    d_y.ok_or_else(|| GpuError::Shape(format!("tape: the output of {op} cannot be the loss")))
 }

@@ -296,3 +296,26 @@ fn backward_with_reports_each_parameter_once_when_its_gradient_is_final() {
         assert_eq!(at_report, &g.download(&p.grad).unwrap(), "{name}");
     }
 }
+
+/// Backward starts from a loss: from another op's scalar output it fails, naming that op.
+#[test]
+fn backward_starts_from_a_loss() {
+    let g = gpu();
+    let w = param("w", &[1, 2], 5);
+    let labels = g.upload(&[0.0], &[1], "labels").unwrap();
+
+    let scalar = param("scalar", &[1], 6);
+    let mut tape = Tape::new(g);
+    let x = tape.param(&scalar);
+    let y = tape.relu(x, "relu").unwrap();
+    match tape.backward(y) {
+        Err(GpuError::Shape(m)) => assert!(m.contains("relu cannot be the loss"), "{m}"),
+        other => panic!("expected an error naming relu, got {other:?}"),
+    }
+
+    let mut tape = Tape::new(g);
+    let x = tape.param(&w);
+    let (loss, _) = tape.cross_entropy(x, &labels, "loss").unwrap();
+    tape.backward(loss).unwrap();
+    assert!(g.download(&w.grad).unwrap().iter().any(|&v| v != 0.0));
+}

@@ -2,7 +2,7 @@
 
 use super::{backward, forward};
 use crate::gpu::{Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// `a + b` (then ReLU when `relu`), a new variable.
@@ -55,8 +55,7 @@ impl Backward for AddOp {
             Vec::new()
         }
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "add")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let (d_a, d_b) = (tape.grad_if(self.a)?, tape.grad_if(self.b)?);
         if d_a.is_none() && d_b.is_none() {
             return Ok(());

@@ -2,7 +2,7 @@
 
 use super::{backward, forward, output_size, Pool2dSpec};
 use crate::gpu::{nchw, Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// Average pooling (padding counted in the divisor), optionally writing into `out`.
@@ -40,8 +40,7 @@ impl Backward for AvgPoolOp {
     fn value_reads(&self) -> Vec<Var> {
         Vec::new()
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "avg_pool2d")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             backward(tape.enc(), &d_x, &d_y, self.spec)?;
         }

@@ -5,7 +5,7 @@ use super::{
     AffineGrads, BatchStats, BnConfig, GlobalSums, RunningStats, Saved,
 };
 use crate::gpu::{nchw, Gpu, GpuError, Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 /// A batch-norm layer as a tape entry reads it: its parameters, its running statistics and
 /// its configuration.
@@ -369,8 +369,7 @@ impl Backward for BatchNormOp {
     fn value_reads(&self) -> Vec<Var> {
         vec![self.x, self.gamma, self.beta]
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "batch_norm")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         self.push_grads(tape, &d_y)
     }
 }
@@ -395,8 +394,7 @@ impl Backward for BatchNormAddReluOp {
         v.push(self.bn.y);
         v
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "batch_norm_add_relu")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let yt = tape.value(self.bn.y)?.clone();
         // g = d_y * [y > 0], once: into a transient buffer for BN, and onto the shortcut.
         let g = tape.gpu().zeros(&d_y.shape, "d_bn (transient)")?;

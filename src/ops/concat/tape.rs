@@ -2,7 +2,7 @@
 
 use super::{copy, forward};
 use crate::gpu::{GpuError, Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// Channel concatenation into a new buffer (the plain, copying DenseNet).
@@ -55,8 +55,7 @@ impl Backward for ConcatOp {
     fn value_reads(&self) -> Vec<Var> {
         Vec::new()
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "concat")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let mut start = 0;
         for v in self.inputs {
             let c = tape.shape(v)[1];

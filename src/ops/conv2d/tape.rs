@@ -3,7 +3,7 @@
 use super::{backward_data, backward_weight, forward, output_size, BnReluPrologue, Conv2dSpec};
 use crate::gpu::{nchw, Result, Tensor};
 use crate::ops::batch_norm::{self, Affine, BatchNormOp, BatchStats, BnConfig, BnLayer};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// Convolution, optionally writing into `out` (a slice of a larger buffer).
@@ -132,8 +132,7 @@ impl Backward for Conv2dOp {
     fn value_reads(&self) -> Vec<Var> {
         vec![self.x, self.w]
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "conv2d")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let xt = tape.value(self.x)?.clone();
         let wt = tape.value(self.w)?.clone();
         let d_w = tape.grad_if(self.w)?;
@@ -171,8 +170,7 @@ impl Backward for BnReluConvOp {
     fn value_reads(&self) -> Vec<Var> {
         vec![self.bn.x, self.bn.gamma, self.bn.beta, self.w]
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "bn_relu_conv")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let (xt, wt) = (tape.value(self.bn.x)?.clone(), tape.value(self.w)?.clone());
         let pro = BnReluPrologue {
             scale: &self.scale,

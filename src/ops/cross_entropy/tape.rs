@@ -1,7 +1,7 @@
 //! The tape entries of cross_entropy: the forward launches they record and their backward.
 
 use super::{backward, forward};
-use crate::gpu::{Result, Tensor};
+use crate::gpu::{GpuError, Result, Tensor};
 use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
@@ -45,8 +45,13 @@ impl Backward for CrossEntropyOp {
     fn value_reads(&self) -> Vec<Var> {
         Vec::new()
     }
-    /// The loss is the end of the graph: `d_y` is `None` (d loss = 1).
-    fn backward(self: Box<Self>, tape: &mut Tape, _d_y: Option<Tensor>) -> Result<()> {
+    /// The loss ends the graph: nothing may be computed from it.
+    fn backward(self: Box<Self>, _tape: &mut Tape, _d_y: Tensor) -> Result<()> {
+        Err(GpuError::Shape(
+            "tape: cross_entropy's output is a loss; backward must start from it".into(),
+        ))
+    }
+    fn backward_from_loss(self: Box<Self>, tape: &mut Tape) -> Result<()> {
         if let Some(d) = tape.grad_if(self.logits)? {
             backward(tape.enc(), &d, &self.probs, &self.labels, 1.0)?;
         }

@@ -2,7 +2,7 @@
 
 use super::{backward, forward};
 use crate::gpu::{nchw, Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// Mean over H×W: (N, C, H, W) → (N, C).
@@ -32,8 +32,7 @@ impl Backward for GlobalAvgPoolOp {
     fn value_reads(&self) -> Vec<Var> {
         Vec::new()
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "global_avg_pool")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             backward(tape.enc(), &d_x, &d_y)?;
         }

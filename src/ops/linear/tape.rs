@@ -2,7 +2,7 @@
 
 use super::{backward, forward};
 use crate::gpu::{Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// `x · Wᵀ + b`.
@@ -46,8 +46,7 @@ impl Backward for LinearOp {
     fn value_reads(&self) -> Vec<Var> {
         vec![self.x, self.w]
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "linear")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let (xt, wt) = (tape.value(self.x)?.clone(), tape.value(self.w)?.clone());
         let d_x = tape.grad_if(self.x)?;
         let d_b = self.b.map(|b| tape.grad_if(b)).transpose()?.flatten();

@@ -2,7 +2,7 @@
 
 use super::{alloc_indices, backward, forward, output_size, Pool2dSpec};
 use crate::gpu::{GpuError, Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// Max pooling (padding acts as -inf), optionally writing into `out`. A recording tape
@@ -56,8 +56,7 @@ impl Backward for MaxPoolOp {
     fn value_reads(&self) -> Vec<Var> {
         Vec::new()
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "max_pool2d")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             let indices = self
                 .indices

@@ -2,7 +2,7 @@
 
 use super::{backward, forward};
 use crate::gpu::{Result, Tensor};
-use crate::tape::{output_grad, Backward, Tape, Var};
+use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     pub fn relu(&mut self, x: Var, name: &str) -> Result<Var> {
@@ -34,8 +34,7 @@ impl Backward for ReluOp {
     fn value_reads(&self) -> Vec<Var> {
         vec![self.x]
     }
-    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Option<Tensor>) -> Result<()> {
-        let d_y = output_grad(d_y, "relu")?;
+    fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             let xt = tape.value(self.x)?.clone();
             backward(tape.enc(), &d_x, &xt, &d_y)?;
