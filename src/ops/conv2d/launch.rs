@@ -10,12 +10,10 @@
 //!
 //! Shapes, views and aliasing are checked by the pass functions in `mod.rs` before these run.
 
-use super::{BnReluPrologue, Conv2dSpec, ConvKernel, Geom, SHADER};
-use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+use super::shaders::{SHADER, WINOGRAD_SHADER};
+use super::{BnReluPrologue, Conv2dSpec, ConvKernel, Geom};
+use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::{groups, ViewParams};
-
-pub const GEMM_SHADER: Shader = shader!("conv2d_gemm" = ["conv2d/gemm"]);
-pub const WINOGRAD_SHADER: Shader = shader!("conv2d_winograd" = ["conv2d/winograd"]);
 
 /// Invocations per workgroup.
 const WG: u32 = 64;

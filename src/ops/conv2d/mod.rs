@@ -9,6 +9,7 @@
 mod launch;
 mod plan;
 pub mod reference;
+pub mod shaders;
 mod tape;
 
 pub use launch::GemmTile;
@@ -20,33 +21,8 @@ pub use plan::{
 use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams, WeightPass};
 
 use super::ViewParams;
+use crate::gpu::Tensor;
 use crate::gpu::{check_distinct, expect_shape, nchw, to_u32, Encoder, GpuError, Result};
-use crate::gpu::{Shader, Tensor};
-
-/// The register-tiled kernels (`shaders/conv2d/`: common, one file per pass, layout) with
-/// the plain forms of their workgroup-uniform loads.
-pub const SHADER: Shader = shader!(
-    "conv2d" = [
-        "conv2d/common",
-        "conv2d/forward",
-        "conv2d/backward_data",
-        "conv2d/backward_weight",
-        "conv2d/layout",
-        "conv2d/uniform_loads"
-    ]
-);
-/// The same kernels plus the subgroup variants of the fast paths (adapters with subgroups of at
-/// least 8 invocations, see [`Encoder::subgroups`]).
-pub const SUBGROUP_SHADER: Shader = shader!(
-    "conv2d_subgroup" = [
-        "conv2d/common",
-        "conv2d/forward",
-        "conv2d/backward_data",
-        "conv2d/backward_weight",
-        "conv2d/layout",
-        "conv2d/subgroup"
-    ]
-);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dSpec {

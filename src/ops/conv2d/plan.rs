@@ -10,8 +10,8 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::OnceLock;
 
-use super::launch::{GEMM_SHADER, WINOGRAD_SHADER};
-use super::{Conv2dSpec, SHADER, SUBGROUP_SHADER};
+use super::shaders::{GEMM_SHADER, SHADER, SUBGROUP_SHADER, WINOGRAD_SHADER};
+use super::Conv2dSpec;
 use crate::gpu::{GpuError, Result, Shader};
 
 /// Environment variable naming kernels to force, comma-separated (e.g.
