@@ -1,20 +1,10 @@
 //! Shared helpers for the kernel tests: one device, random data, tolerances,
 //! finite differences.
 
-use std::sync::OnceLock;
-
-use densenet_wgpu::gpu::{Encoder, Gpu, Tensor};
+use densenet_wgpu::gpu::{Encoder, Tensor};
 use densenet_wgpu::rng::Rng;
 
-/// One device for the whole test binary (pipelines are cached on it).
-pub fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let g = Gpu::new().expect("open a WebGPU adapter");
-        eprintln!("adapter: {}", g.describe());
-        g
-    })
-}
+pub use crate::device_pool::gpu;
 
 pub fn rand(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
     Rng::new(seed).vec(n, lo, hi)

@@ -5,6 +5,8 @@
 //! 3. wrong shapes and limits return a typed error.
 
 mod common;
+#[path = "../support/device_pool.rs"]
+mod device_pool;
 
 mod adam;
 mod add;

@@ -2,16 +2,16 @@
 //! tape semantics and weight files.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::Dataset;
-use densenet_wgpu::gpu::Gpu;
 
 mod cli;
 mod compare;
 mod data_guards;
 mod device_limits;
+#[path = "../support/device_pool.rs"]
+mod device_pool;
 mod distributed;
 mod finetune;
 mod golden;
@@ -21,10 +21,7 @@ mod process;
 mod tape;
 mod weights;
 
-pub fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new().expect("open a WebGPU adapter"))
-}
+pub use device_pool::gpu;
 
 /// Runs the `train` binary.
 pub fn train(args: &[&str]) -> std::process::Output {
