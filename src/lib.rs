@@ -9,12 +9,14 @@
 //! - [`models`]: DenseNet and ResNet as torchvision defines them, behind one `Model` trait.
 //! - [`optim`]: Adam/AdamW and learning-rate schedules.
 //! - [`train`]: one training step, top to bottom; [`run`]: a whole training run (epochs,
-//!   checkpoints, resume, evaluation), as the `train` binary makes it; [`budget`]: the
-//!   device memory a run needs, known before its first step.
+//!   checkpoints, resume, evaluation) that a program drives step by step ([`run::Run`]),
+//!   reporting typed [`run::events`]; [`budget`]: the device memory a run needs, known
+//!   before its first step.
 //! - [`weights`]: safetensors with torchvision's names; [`verify`]: PyTorch golden checks.
 //! - [`study`]: the DenseNet-vs-ResNet comparison (`train compare`).
 //! - [`data`]: image folders, the embedded synthetic dataset, background loading;
-//!   [`metrics`], [`plot`], [`progress`]: what a training run reports.
+//!   [`metrics`], [`plot`], [`progress`]: what a training run reports, as numbers, figures
+//!   and the text of progress lines.
 
 pub mod budget;
 pub mod data;

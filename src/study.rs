@@ -15,6 +15,7 @@ use crate::ops::adam::AdamConfig;
 use crate::optim::{Adam, Schedule};
 use crate::plot::{write_chart, Series};
 use crate::rng::Rng;
+use crate::run::events::{Observer, RunEvent};
 use crate::run::{self, RunResult, RunSpec};
 use crate::tape::Tape;
 use crate::train::Trainer;
@@ -497,7 +498,7 @@ pub struct Plan {
 
 /// The study: costs first (before any training, on a quiet machine), then one training
 /// run per model with identical settings, then the report.
-pub fn compare(plan: &Plan) -> RunResult<()> {
+pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
     let base = &plan.base;
     let classes = base.dataset.classes().len();
     let preset = |n: &String| {
@@ -510,23 +511,32 @@ pub fn compare(plan: &Plan) -> RunResult<()> {
                 )
             })
     };
-    let trained: Vec<(String, ModelConfig)> =
-        plan.models.iter().map(preset).collect::<RunResult<_>>()?;
+    let trained: Vec<(String, ModelConfig)> = plan
+        .models
+        .iter()
+        .map(preset)
+        .collect::<std::result::Result<_, String>>()?;
     let extra: Vec<(String, ModelConfig)> = plan
         .cost_only
         .iter()
         .filter(|n| !plan.models.contains(n))
         .map(preset)
-        .collect::<RunResult<_>>()?;
+        .collect::<std::result::Result<_, String>>()?;
 
-    let gpu = run::open_gpu()?;
+    let gpu = crate::gpu::Gpu::new().map_err(|e| e.to_string())?;
+    observer.event(&RunEvent::Adapter {
+        description: gpu.describe(),
+        rank: None,
+    });
     let adapter = gpu.describe();
     let mut costs = Vec::new();
     for (name, config) in trained.iter().chain(&extra) {
-        println!(
-            "cost: {name} ({} steps per block mode, batch {}, {}x{})",
-            plan.cost_steps, base.batch_size, base.image_size, base.image_size
-        );
+        observer.event(&RunEvent::CostStarted {
+            model: name.clone(),
+            steps: plan.cost_steps,
+            batch_size: base.batch_size,
+            image_size: base.image_size,
+        });
         let c = measure_cost(
             &gpu,
             name,
@@ -537,14 +547,14 @@ pub fn compare(plan: &Plan) -> RunResult<()> {
         )
         .map_err(|e| format!("{name}: {e}"))?;
         for m in &c.modes {
-            println!(
-                "cost: {name} {:?}: {:.0} ms/step, peak {:.1} MiB; {:.2} M parameters, {:.3} GFLOPs/image",
-                m.mode,
-                m.step_ms,
-                mib(m.peak_bytes),
-                c.params as f64 / 1e6,
-                c.gflops_per_image
-            );
+            observer.event(&RunEvent::CostMeasured {
+                model: name.clone(),
+                mode: m.mode,
+                step_ms: m.step_ms,
+                peak_bytes: m.peak_bytes,
+                parameters: c.params,
+                gflops_per_image: c.gflops_per_image,
+            });
         }
         costs.push(c);
     }
@@ -557,8 +567,10 @@ pub fn compare(plan: &Plan) -> RunResult<()> {
         spec.config = config.clone();
         spec.preset = name.clone();
         spec.resume = plan.resume && spec.out.join("checkpoint.safetensors").exists();
-        println!("== {name}: training");
-        let history = run::fit(&spec)?;
+        observer.event(&RunEvent::ModelTraining {
+            model: name.clone(),
+        });
+        let history = run::fit(&spec, observer)?;
         let seconds = history.iter().map(|m| m.seconds).sum();
         runs.push(Run {
             name: name.clone(),
@@ -586,11 +598,10 @@ pub fn compare(plan: &Plan) -> RunResult<()> {
     };
     let img = plan.doc.parent().unwrap_or(Path::new(".")).join("img");
     write_report(&plan.doc, &img, &settings, &costs, &runs)?;
-    println!(
-        "wrote {} and its figures in {}",
-        plan.doc.display(),
-        img.display()
-    );
+    observer.event(&RunEvent::ReportWritten {
+        report: plan.doc.clone(),
+        figures: img,
+    });
     Ok(())
 }
 

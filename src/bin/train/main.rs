@@ -1,11 +1,16 @@
 //! `train`: DenseNet and ResNet training on image folders, on any WebGPU adapter.
 //!
-//! This file only parses the command line (clap) and calls the library: the run itself
-//! is `densenet_wgpu::run`, the study `densenet_wgpu::study`. Usage errors (an unknown or
-//! misspelled option, a malformed value) exit with code 2, failures with code 1.
+//! This file parses the command line (clap), owns the process (signals, environment
+//! variables, exit codes) and calls the library: the run itself is `densenet_wgpu::run`,
+//! the study `densenet_wgpu::study`; `render` shows a run's events. Usage errors (an
+//! unknown or misspelled option, a malformed value) exit with code 2, failures with code 1,
+//! an interrupted run with 130 (SIGINT) or 143 (SIGTERM).
+
+mod render;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
@@ -14,9 +19,10 @@ use densenet_wgpu::data::folder::{load_image, Augmentation, ImageFolder};
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
 use densenet_wgpu::dist::{self, Collective};
+use densenet_wgpu::gpu::Gpu;
 use densenet_wgpu::metrics;
 use densenet_wgpu::models::{self, BlockMode};
-use densenet_wgpu::run::{self, open_gpu, RunResult, RunSpec, ScheduleSpec};
+use densenet_wgpu::run::{self, RunError, RunResult, RunSpec, ScheduleSpec};
 use densenet_wgpu::study;
 use densenet_wgpu::train::evaluate;
 use densenet_wgpu::verify::verify_golden;
@@ -253,8 +259,8 @@ fn main() -> ExitCode {
         None | Some(Command::Fit(_)) | Some(Command::Compare(_))
     );
     if training {
-        if let Err(e) = run::handle_interrupts() {
-            eprintln!("error: {e}");
+        if let Err(e) = handle_interrupts() {
+            eprintln!("error: cannot handle SIGINT/SIGTERM: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -268,7 +274,7 @@ fn main() -> ExitCode {
         Some(Command::Fit(a)) => {
             let d = fit_defaults(&a.data);
             folder_spec(&a.data, a.val_split, &a.train, d, writer)
-                .and_then(|spec| run::fit_group(&spec, group.as_ref()).map(|_| ExitCode::SUCCESS))
+                .and_then(|spec| fit(&spec, group.as_ref()))
         }
         Some(Command::Eval(a)) => cmd_eval(&a),
         Some(Command::Predict(a)) => cmd_predict(&a),
@@ -287,7 +293,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
     };
-    result.unwrap_or_else(|e| match run::interrupt_exit_code() {
+    result.unwrap_or_else(|e| match interrupt_exit_code(&e) {
         // The run said what it saved and how to resume.
         Some(code) => ExitCode::from(code),
         None if group.size() > 1 => {
@@ -295,11 +301,107 @@ fn main() -> ExitCode {
             eprintln!("error: rank {}: {e}", group.rank());
             group.abort(1)
         }
+        None if matches!(e, RunError::DeviceLost { .. }) => {
+            eprintln!("error: {e}.\nresume with: {}", resume_command(group.size()));
+            ExitCode::FAILURE
+        }
         None => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     })
+}
+
+/// Which of SIGINT and SIGTERM arrived (see [`handle_interrupts`]).
+static SIGINT_SEEN: AtomicBool = AtomicBool::new(false);
+static SIGTERM_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// Set by the first SIGINT or SIGTERM: the run's cancellation flag.
+fn stop_requested() -> &'static Arc<AtomicBool> {
+    static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    STOP.get_or_init(|| Arc::new(AtomicBool::new(false)))
+}
+
+/// From now on the first SIGINT or SIGTERM asks the run to stop after the current step: it
+/// writes a checkpoint, and the binary prints the command that resumes and exits with
+/// [`interrupt_exit_code`]. A second signal ends the process at once (code 130 for SIGINT,
+/// 143 for SIGTERM).
+fn handle_interrupts() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let any = stop_requested();
+    let watch = |signal: i32, code: i32| -> std::io::Result<()> {
+        // Registered first, so it sees `any` as the earlier signal left it.
+        signal_hook::flag::register_conditional_shutdown(signal, code, Arc::clone(any))?;
+        signal_hook::flag::register(signal, Arc::clone(any))?;
+        let seen = if signal == SIGINT {
+            &SIGINT_SEEN
+        } else {
+            &SIGTERM_SEEN
+        };
+        // SAFETY: the handler only stores to a static atomic, which is async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(signal, move || seen.store(true, Ordering::SeqCst))
+        }?;
+        Ok(())
+    };
+    watch(SIGINT, 130).and_then(|_| watch(SIGTERM, 143))
+}
+
+/// The exit code of a run that stopped on a signal: 130 after SIGINT, 143 after SIGTERM,
+/// and 130 on a rank that stopped because another rank was interrupted.
+fn interrupt_exit_code(e: &RunError) -> Option<u8> {
+    if SIGTERM_SEEN.load(Ordering::SeqCst) && !SIGINT_SEEN.load(Ordering::SeqCst) {
+        Some(143)
+    } else if SIGINT_SEEN.load(Ordering::SeqCst) || matches!(e, RunError::Interrupted { .. }) {
+        Some(130)
+    } else {
+        None
+    }
+}
+
+/// The command line that continues this run: the same arguments with `--resume` (under
+/// `mpirun -n N` for a data-parallel run; any N resumes it).
+fn resume_command(ranks: usize) -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if ranks > 1 {
+        args.splice(0..0, ["mpirun".to_string(), "-n".into(), ranks.to_string()]);
+    }
+    if !args.iter().any(|a| a == "--resume") {
+        args.push("--resume".into());
+    }
+    args.iter()
+        .map(|a| {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Environment variable choosing where a data-parallel run sums its gradient buckets:
+/// `1` during backward, on a second thread, `0` after backward ([`RunSpec::overlap`]).
+const OVERLAP_ENV: &str = "DENSENET_WGPU_OVERLAP";
+
+/// Environment variable with the gradient bucket size of a data-parallel run, in bytes
+/// ([`RunSpec::bucket_bytes`]).
+const BUCKET_BYTES_ENV: &str = "DENSENET_WGPU_BUCKET_BYTES";
+
+/// Trains `spec` as this process's part of `group`, showing the run on the terminal.
+fn fit(spec: &RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
+    let mut terminal = render::Terminal::new(group.is_writer(), resume_command(group.size()));
+    run::fit_group(spec, group, &mut terminal).map(|_| ExitCode::SUCCESS)
+}
+
+/// Opens the adapter (`DENSENET_WGPU_ADAPTER` picks one) and says which it is.
+fn open_gpu() -> RunResult<Gpu> {
+    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    eprintln!("adapter: {}", gpu.describe());
+    Ok(gpu)
 }
 
 fn fit_defaults(data: &Path) -> Defaults {
@@ -369,6 +471,15 @@ fn run_spec(
         skip_nonfinite: o.skip_nonfinite,
         sync_bn: o.sync_bn,
         after_step: None,
+        cancel: Some(Arc::clone(stop_requested())),
+        overlap: match std::env::var(OVERLAP_ENV).as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => None,
+        },
+        bucket_bytes: std::env::var(BUCKET_BYTES_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok()),
     })
 }
 
@@ -403,7 +514,7 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
     if writer {
         run::write_samples(&samples, &val, &spec.out.join("samples"))?;
     }
-    run::fit_group(&spec, group).map(|_| ExitCode::SUCCESS)
+    fit(&spec, group)
 }
 
 /// A run on an image folder; `d.image_size` applies unless `--image-size` is given.
@@ -477,7 +588,8 @@ fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
         resume: a.train.resume,
         command: format!("train {}", args.join(" ")),
     };
-    study::compare(&plan).map(|_| ExitCode::SUCCESS)
+    let mut terminal = render::Terminal::new(true, resume_command(1));
+    study::compare(&plan, &mut terminal).map(|_| ExitCode::SUCCESS)
 }
 
 fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
@@ -506,7 +618,8 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
             return Err(format!(
                 "--data is required: {} was not trained on the embedded dataset",
                 a.weights.display()
-            ))
+            )
+            .into())
         }
         (Some(data), _) => {
             let (folder, warnings) =
@@ -540,16 +653,18 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
             dataset.classes().len(),
             a.weights.display(),
             model.num_classes()
-        ));
+        )
+        .into());
     }
     let names = dataset.classes().to_vec();
+    let mut terminal = render::Terminal::new(true, String::new());
     let e = run::evaluate_split(
         &gpu,
         model.as_ref(),
         &dataset,
         &indices,
-        a.batch_size,
-        image_size,
+        (a.batch_size, image_size),
+        &mut terminal,
     )?;
     println!(
         "{source}: {} images, loss={:.4} accuracy={:.4}",

@@ -1,0 +1,685 @@
+//! A training run: [`Run`] drives one step by step, and [`fit`] is the loop over it. A run
+//! writes per-epoch metrics (metrics.csv, curves.png), checkpoints (weights, Adam state and
+//! the position in the epoch) and the best weights, resumes from its checkpoint, and
+//! reports what happens as [`events::RunEvent`]s. Also here: evaluation over a split, and
+//! reading weight files back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::data::synthetic::Synthetic;
+use crate::data::Dataset;
+use crate::data::{Loader, LoaderOptions};
+use crate::dist::{broadcast_tensors, Collective, SingleProcess};
+use crate::gpu::{Gpu, GpuError};
+use crate::metrics::EpochMetrics;
+use crate::models::{BlockMode, Model, ModelConfig};
+use crate::optim::Schedule;
+use crate::train::{evaluate, Trainer};
+use crate::weights::{self, infer_config, TensorFile};
+
+pub mod events;
+mod training;
+
+use events::{MemoryPlan, Observer, RunEvent};
+pub use training::{Run, StepDone};
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// [`RunSpec::cancel`] was set: the run wrote a checkpoint after `step` and stopped.
+    #[error("interrupted after step {step}")]
+    Interrupted { step: u32 },
+    /// The device was lost during a step. Nothing after the last checkpoint was written.
+    #[error("{error} during step {step}. Nothing after the last checkpoint was written: {} is intact{}", checkpoint.display(), if *written { "" } else { " (none was written yet)" })]
+    DeviceLost {
+        error: GpuError,
+        step: u32,
+        checkpoint: PathBuf,
+        /// Whether a checkpoint had been written before.
+        written: bool,
+    },
+    /// No image of the validation split could be loaded.
+    #[error("no validation image could be loaded")]
+    NoValidationImage,
+    /// Anything else: a message that names what failed (file, option, tensor).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for RunError {
+    fn from(message: String) -> Self {
+        RunError::Other(message)
+    }
+}
+
+impl From<&str> for RunError {
+    fn from(message: &str) -> Self {
+        RunError::Other(message.to_string())
+    }
+}
+
+/// The result of a run's operations.
+pub type RunResult<T> = Result<T, RunError>;
+
+/// A learning-rate schedule as the command line names it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScheduleSpec {
+    Constant,
+    /// `lr / (1 + decay · step)`.
+    InverseTime {
+        decay: f64,
+    },
+    /// Cosine decay to 0 over the run, after a linear warm-up of this many epochs.
+    Cosine {
+        warmup_epochs: f64,
+    },
+}
+
+impl ScheduleSpec {
+    /// The per-step schedule for a run of `epochs` epochs of `steps_per_epoch` steps.
+    pub fn schedule(self, epochs: usize, steps_per_epoch: usize) -> Schedule {
+        match self {
+            ScheduleSpec::Constant => Schedule::Constant,
+            ScheduleSpec::InverseTime { decay } => Schedule::InverseTime { decay },
+            ScheduleSpec::Cosine { warmup_epochs } => Schedule::Cosine {
+                total_steps: epochs * steps_per_epoch,
+                warmup_steps: (warmup_epochs * steps_per_epoch as f64) as usize,
+                min_lr: 0.0,
+            },
+        }
+    }
+}
+
+impl FromStr for ScheduleSpec {
+    type Err = String;
+    /// `constant`, `inverse-time:DECAY` or `cosine[:WARMUP_EPOCHS]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?}: expected constant, inverse-time:DECAY or cosine[:WARMUP_EPOCHS]");
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let num = |a: &str| a.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+        Ok(match (name, arg) {
+            ("constant", None) => ScheduleSpec::Constant,
+            ("inverse-time", Some(a)) => ScheduleSpec::InverseTime {
+                decay: num(a).ok_or_else(bad)?,
+            },
+            ("cosine", None) => ScheduleSpec::Cosine { warmup_epochs: 0.0 },
+            ("cosine", Some(a)) => ScheduleSpec::Cosine {
+                warmup_epochs: num(a).ok_or_else(bad)?,
+            },
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl fmt::Display for ScheduleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleSpec::Constant => write!(f, "constant"),
+            ScheduleSpec::InverseTime { decay } => write!(f, "inverse-time:{decay}"),
+            ScheduleSpec::Cosine { warmup_epochs } if *warmup_epochs == 0.0 => write!(f, "cosine"),
+            ScheduleSpec::Cosine { warmup_epochs } => write!(f, "cosine:{warmup_epochs}"),
+        }
+    }
+}
+
+/// Everything a training run needs, however its data was chosen.
+#[derive(Clone)]
+pub struct RunSpec {
+    pub dataset: Arc<dyn Dataset>,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub config: ModelConfig,
+    /// The `--model` preset name, as recorded with the weights.
+    pub preset: String,
+    /// Weights to start from (fine-tuning).
+    pub init: Option<PathBuf>,
+    pub freeze_features: bool,
+    pub image_size: usize,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    pub schedule: ScheduleSpec,
+    pub weight_decay: f64,
+    pub adamw: bool,
+    pub seed: u64,
+    /// Whether the dataset's augmentation is applied to training batches, and its name.
+    pub augment: Option<&'static str>,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub mode: BlockMode,
+    /// Where the data came from (stored with the weights, read by `eval`).
+    pub data: String,
+    /// Minutes between mid-epoch checkpoints (0: only at the end of each epoch).
+    pub checkpoint_minutes: f64,
+    /// Steps between mid-epoch checkpoints (0: none on a step count).
+    pub checkpoint_steps: usize,
+    /// Skip a batch whose loss or gradients are not finite, instead of stopping.
+    pub skip_nonfinite: bool,
+    /// In a data-parallel run, batch-norm statistics over the global batch.
+    pub sync_bn: bool,
+    /// Called after every optimizer step with the device and the step number, before
+    /// the step's checkpoint (if any) is written.
+    pub after_step: Option<StepHook>,
+    /// Once set, the run writes a checkpoint after the current step and stops with
+    /// [`RunError::Interrupted`] (every rank of a data-parallel run at the same step).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Where a data-parallel run sums its gradient buckets: `Some(true)` during backward,
+    /// on a second thread, `Some(false)` after it. The default is during backward except
+    /// on a CPU adapter. The results are the same either way.
+    pub overlap: Option<bool>,
+    /// The gradient bucket size of a data-parallel run, in bytes (default
+    /// [`crate::train::GRAD_BUCKET_BYTES`]; the sums do not depend on it).
+    pub bucket_bytes: Option<usize>,
+}
+
+impl RunSpec {
+    /// Whether [`RunSpec::cancel`] was set.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+}
+
+/// A callback run after each training step (see [`RunSpec::after_step`]).
+pub type StepHook = Arc<dyn Fn(&Gpu, u32) + Send + Sync>;
+
+/// Trains `spec.config` on `spec.train`, evaluating on `spec.val` after every epoch, and
+/// writes the run folder. Returns the per-epoch metrics (resumed epochs included).
+pub fn fit(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<Vec<EpochMetrics>> {
+    fit_group(spec, &SingleProcess, observer)
+}
+
+/// [`fit`] as one rank of a data-parallel run over `group` (every rank calls it with the
+/// same spec): `spec.batch_size` is the global batch, each rank trains on its share of it
+/// and decodes only those images, gradients are summed over the ranks before the same
+/// Adam step everywhere, and only rank 0 writes files. With one rank it is exactly the
+/// single-process run. See docs/distributed.md.
+pub fn fit_group(
+    spec: &RunSpec,
+    group: &dyn Collective,
+    observer: &mut dyn Observer,
+) -> RunResult<Vec<EpochMetrics>> {
+    let gpu = if group.size() > 1 {
+        Gpu::for_local_rank(group.local_rank())
+    } else {
+        Gpu::new()
+    }
+    .map_err(|e| e.to_string())?;
+    observer.event(&training::adapter_event(&gpu, group));
+    let mut run = Run::start(&gpu, spec, group, observer)?;
+    while run.begin_epoch() {
+        while run.step()?.is_some() {}
+        run.end_epoch()?;
+    }
+    Ok(run.finish())
+}
+
+/// Refuses settings and data a run cannot train with, naming the option or the class.
+fn check_run(spec: &RunSpec, ranks: usize, observer: &mut dyn Observer) -> RunResult<()> {
+    if spec.batch_size == 0 || spec.epochs == 0 {
+        return Err("--batch-size and --epochs must be positive".into());
+    }
+    if spec.batch_size < ranks {
+        return Err(format!(
+            "--batch-size {} is the global batch: it must be at least the number of ranks ({ranks})",
+            spec.batch_size
+        )
+        .into());
+    }
+    let last = spec.train.len() % spec.batch_size;
+    if spec.sync_bn && ranks > 1 && last > 0 && last < ranks {
+        return Err(format!(
+            "--sync-bn: the last batch of each epoch holds {last} images, fewer than the {ranks} ranks; choose a --batch-size that leaves none or at least {ranks}"
+        )
+        .into());
+    }
+    check_classes(spec, observer)
+}
+
+/// The run's checkpoint: weights, optimizer state and the position in the run.
+fn checkpoint_file(spec: &RunSpec) -> PathBuf {
+    spec.out.join("checkpoint.safetensors")
+}
+
+/// Rank 0's weights, BN statistics and optimizer state, and where its run starts (epoch
+/// and position in it), on every rank.
+fn share_start(
+    gpu: &Gpu,
+    trainer: &mut Trainer,
+    group: &dyn Collective,
+    start_epoch: usize,
+    partial: Option<EpochProgress>,
+) -> crate::gpu::Result<(usize, Option<EpochProgress>)> {
+    let store = trainer.model.store();
+    let tensors = store
+        .params
+        .iter()
+        .map(|p| &p.value)
+        .chain(store.buffers.iter().map(|(_, t)| t))
+        .chain(trainer.opt.moments());
+    broadcast_tensors(gpu, group, tensors)?;
+    let p = partial.unwrap_or_default();
+    let mut header = vec![
+        start_epoch as u64,
+        trainer.opt.step as u64,
+        p.batches_done as u64,
+        p.loss_sum.to_bits(),
+        p.correct as u64,
+        p.seen as u64,
+        p.seconds.to_bits(),
+    ];
+    header.extend(store.batches_tracked.iter().map(|(_, c)| c.get() as u64));
+    group.broadcast_u64(&mut header);
+    for ((_, c), &v) in store.batches_tracked.iter().zip(&header[7..]) {
+        c.set(v as i64);
+    }
+    trainer.opt.step = header[1] as u32;
+    let partial = EpochProgress {
+        batches_done: header[2] as usize,
+        loss_sum: f64::from_bits(header[3]),
+        correct: header[4] as usize,
+        seen: header[5] as usize,
+        seconds: f64::from_bits(header[6]),
+    };
+    Ok((
+        header[0] as usize,
+        (partial.batches_done > 0).then_some(partial),
+    ))
+}
+
+/// Refuses a batch and image size that would not fit the adapter (a tensor larger than
+/// one buffer may be, or more memory than the adapter has), naming the tensor and the
+/// largest (global) batch that fits; otherwise reports the estimate.
+fn check_memory(
+    gpu: &Gpu,
+    spec: &RunSpec,
+    ranks: usize,
+    observer: &mut dyn Observer,
+) -> RunResult<()> {
+    use crate::budget::{largest_fitting_batch, plan_training, RunShape};
+    // In a data-parallel run the limit is on each rank's share of the batch.
+    let batch = spec.batch_size.div_ceil(ranks);
+    let shape = RunShape {
+        config: spec.config.clone(),
+        mode: spec.mode,
+        freeze_features: spec.freeze_features,
+        image_size: spec.image_size,
+    };
+    let memory = gpu.memory_bytes;
+    match plan_training(gpu, &shape, batch, memory).map_err(|e| e.to_string())? {
+        Ok(plan) => {
+            observer.event(&RunEvent::MemoryPlanned(MemoryPlan {
+                peak_bytes: plan.peak_bytes,
+                state_bytes: plan.state_bytes,
+                largest_tensor: plan.largest.1.clone(),
+                largest_bytes: plan.largest.0,
+                max_binding_bytes: gpu.max_binding_bytes(),
+                memory_bytes: memory,
+            }));
+            Ok(())
+        }
+        Err(why) => {
+            let fits =
+                largest_fitting_batch(gpu, &shape, batch, memory).map_err(|e| e.to_string())?;
+            Err(format!(
+                "--batch-size {} at {s}x{s} does not fit {}: {why}. {}",
+                spec.batch_size,
+                gpu.info.name,
+                match fits {
+                    Some(b) => format!(
+                        "The largest batch that fits is {} (--batch-size {}).",
+                        b * ranks,
+                        b * ranks
+                    ),
+                    None => "Not even batch 1 fits: use a smaller --image-size or model.".into(),
+                },
+                s = spec.image_size
+            )
+            .into())
+        }
+    }
+}
+
+/// A step that failed on the device: for a lost device, what was kept.
+fn step_failure(error: &GpuError, trainer: &Trainer, spec: &RunSpec) -> RunError {
+    match error {
+        GpuError::DeviceLost(_) => {
+            let checkpoint = checkpoint_file(spec);
+            RunError::DeviceLost {
+                error: error.clone(),
+                step: trainer.opt.step + 1,
+                written: checkpoint.exists(),
+                checkpoint,
+            }
+        }
+        other => other.to_string().into(),
+    }
+}
+
+/// A failed checkpoint write or evaluation: the lost device when the device is gone, else
+/// the failure as it is.
+fn lost_or(gpu: &Gpu, failure: RunError, trainer: &Trainer, spec: &RunSpec) -> RunError {
+    match gpu.check_device_error() {
+        Err(e @ GpuError::DeviceLost(_)) => step_failure(&e, trainer, spec),
+        _ => failure,
+    }
+}
+
+fn run_metadata(spec: &RunSpec, epoch: usize) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("classes".into(), spec.dataset.classes().join("\n"));
+    meta.insert("image_size".into(), spec.image_size.to_string());
+    meta.insert("model".into(), spec.preset.clone());
+    meta.insert("architecture".into(), spec.config.to_string());
+    meta.insert("epoch".into(), epoch.to_string());
+    meta.insert("format".into(), "pt".into());
+    meta.insert("data".into(), spec.data.clone());
+    meta
+}
+
+/// Refuses data a classifier cannot be trained on (one class, or a class with no training
+/// image) and reports the classes the validation split leaves out.
+fn check_classes(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<()> {
+    let classes = spec.dataset.classes();
+    if classes.len() < 2 {
+        return Err(format!(
+            "{}: {} class ({}); a classifier needs at least two",
+            spec.data,
+            classes.len(),
+            classes.join(", ")
+        )
+        .into());
+    }
+    let count = |indices: &[usize]| {
+        let mut n = vec![0usize; classes.len()];
+        for &i in indices {
+            if let Some(l) = spec.dataset.label(i) {
+                n[l] += 1;
+            }
+        }
+        n
+    };
+    let missing = |n: &[usize]| -> Vec<&str> {
+        classes
+            .iter()
+            .zip(n)
+            .filter(|(_, &k)| k == 0)
+            .map(|(c, _)| c.as_str())
+            .collect()
+    };
+    let untrained = missing(&count(&spec.train));
+    if !untrained.is_empty() {
+        return Err(format!(
+            "{}: the split leaves no training image for class(es) {} (add images, or lower --val-split)",
+            spec.data,
+            untrained.join(", ")
+        )
+        .into());
+    }
+    let unvalidated = missing(&count(&spec.val));
+    if spec.val.is_empty() {
+        observer.event(&RunEvent::ValidationIncomplete { classes: vec![] });
+    } else if !unvalidated.is_empty() {
+        let classes = unvalidated.iter().map(|c| c.to_string()).collect();
+        observer.event(&RunEvent::ValidationIncomplete { classes });
+    }
+    Ok(())
+}
+
+/// The model's state_dict with the run's metadata (what `best.safetensors` holds).
+pub fn save_weights(
+    gpu: &Gpu,
+    model: &dyn Model,
+    spec: &RunSpec,
+    path: &Path,
+    epoch: usize,
+) -> RunResult<()> {
+    let entries = model.store().state_dict(gpu).map_err(|e| e.to_string())?;
+    weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string().into())
+}
+
+/// Progress through an epoch, saved in mid-epoch checkpoints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EpochProgress {
+    pub batches_done: usize,
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub seen: usize,
+    pub seconds: f64,
+}
+
+impl EpochProgress {
+    fn to_metadata(&self, meta: &mut BTreeMap<String, String>) {
+        meta.insert("batches_done".into(), self.batches_done.to_string());
+        meta.insert("partial_loss_sum".into(), self.loss_sum.to_string());
+        meta.insert("partial_correct".into(), self.correct.to_string());
+        meta.insert("partial_seen".into(), self.seen.to_string());
+        meta.insert("partial_seconds".into(), self.seconds.to_string());
+    }
+
+    /// The progress a mid-epoch checkpoint recorded (`None` at an epoch boundary).
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Option<EpochProgress> {
+        let get = |k: &str| meta.get(k).and_then(|v| v.parse::<f64>().ok());
+        let batches_done = get("batches_done")? as usize;
+        (batches_done > 0).then(|| EpochProgress {
+            batches_done,
+            loss_sum: get("partial_loss_sum").unwrap_or(0.0),
+            correct: get("partial_correct").unwrap_or(0.0) as usize,
+            seen: get("partial_seen").unwrap_or(0.0) as usize,
+            seconds: get("partial_seconds").unwrap_or(0.0),
+        })
+    }
+}
+
+/// The string metadata of a safetensors file (empty if it has none or cannot be read).
+pub fn read_metadata(path: &Path) -> HashMap<String, String> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| {
+            safetensors::SafeTensors::read_metadata(&bytes)
+                .ok()
+                .and_then(|(_, m)| m.metadata().clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Weights + optimizer state; `epoch` counts finished epochs, `partial` the progress
+/// through the next one (mid-epoch saves).
+fn save_checkpoint(
+    gpu: &Gpu,
+    t: &Trainer,
+    spec: &RunSpec,
+    epoch: usize,
+    partial: Option<&EpochProgress>,
+) -> RunResult<()> {
+    let mut entries = t.model.store().state_dict(gpu).map_err(|e| e.to_string())?;
+    entries.extend(
+        t.opt
+            .state_dict(gpu, t.model.params())
+            .map_err(|e| e.to_string())?,
+    );
+    let mut meta = run_metadata(spec, epoch);
+    if let Some(p) = partial {
+        p.to_metadata(&mut meta);
+    }
+    weights::write(&checkpoint_file(spec), entries, meta).map_err(|e| e.to_string().into())
+}
+
+/// What [`evaluate_split`] measured.
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Counts by (true class, predicted class).
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Mean loss, accuracy and confusion matrix of `model` over `indices` of `dataset`,
+/// reporting progress to `observer`.
+pub fn evaluate_split(
+    gpu: &Gpu,
+    model: &dyn Model,
+    dataset: &Arc<dyn Dataset>,
+    indices: &[usize],
+    (batch_size, size): (usize, usize),
+    observer: &mut dyn Observer,
+) -> RunResult<Evaluation> {
+    let ([loss_sum, correct, seen], confusion) =
+        evaluate_into(gpu, model, dataset, indices, (batch_size, size), observer)?;
+    if seen == 0.0 {
+        return Err(RunError::NoValidationImage);
+    }
+    Ok(Evaluation {
+        loss: loss_sum / seen,
+        accuracy: correct / seen,
+        confusion,
+    })
+}
+
+/// Summed loss, correct predictions and images of `model` over `indices` (one rank's
+/// share of a validation split; the sums add up over ranks), reporting progress to
+/// `observer`.
+pub fn evaluate_sums(
+    gpu: &Gpu,
+    model: &dyn Model,
+    dataset: &Arc<dyn Dataset>,
+    indices: &[usize],
+    (batch_size, size): (usize, usize),
+    observer: &mut dyn Observer,
+) -> RunResult<[f64; 3]> {
+    let (sums, _confusion) =
+        evaluate_into(gpu, model, dataset, indices, (batch_size, size), observer)?;
+    Ok(sums)
+}
+
+/// The summed loss, correct predictions and images, and the confusion matrix (`[label]
+/// [prediction]`), over `indices`.
+fn evaluate_into(
+    gpu: &Gpu,
+    model: &dyn Model,
+    dataset: &Arc<dyn Dataset>,
+    indices: &[usize],
+    (batch_size, size): (usize, usize),
+    observer: &mut dyn Observer,
+) -> RunResult<([f64; 3], Vec<Vec<usize>>)> {
+    let k = dataset.classes().len();
+    let mut confusion = vec![vec![0usize; k]; k];
+    let mut loader = Loader::new(
+        dataset.clone(),
+        indices.to_vec(),
+        LoaderOptions::batches_of(batch_size),
+    );
+    observer.event(&RunEvent::ValidationStarted {
+        images: indices.len(),
+    });
+    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+    for batch in loader.by_ref() {
+        let r =
+            evaluate(gpu, model, &batch.images, &batch.labels, size).map_err(|e| e.to_string())?;
+        loss_sum += r.loss * r.count as f64;
+        correct += r.correct;
+        seen += r.count;
+        for (p, l) in r.predictions.iter().zip(&batch.labels) {
+            confusion[*l][*p] += 1;
+        }
+        observer.event(&RunEvent::ValidationProgress { images: r.count });
+    }
+    observer.event(&RunEvent::ValidationDone);
+    for reason in loader.take_warnings() {
+        observer.event(&RunEvent::FileSkipped { reason });
+    }
+    Ok(([loss_sum, correct as f64, seen as f64], confusion))
+}
+
+/// What a weight file's metadata says about its run.
+pub struct RunInfo {
+    pub classes: Option<Vec<String>>,
+    pub image_size: Option<usize>,
+    /// `embedded:<images>:<seed>` for the built-in dataset, else the data folder.
+    pub data: Option<String>,
+}
+
+/// Loads a weights or checkpoint file: the architecture comes from the tensor names and
+/// shapes, class names and image size from the metadata when present.
+pub fn load_model(gpu: &Gpu, path: &Path) -> RunResult<(Box<dyn Model>, RunInfo)> {
+    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
+    let config = infer_config(&file).map_err(|e| e.to_string())?;
+    let mut model = config.build(gpu, 0).map_err(|e| e.to_string())?;
+    model
+        .store_mut()
+        .load(gpu, &file, &["optim."])
+        .map_err(|e| e.to_string())?;
+    let meta = read_metadata(path);
+    let info = RunInfo {
+        classes: meta
+            .get("classes")
+            .map(|c| c.lines().map(String::from).collect()),
+        image_size: meta.get("image_size").and_then(|s| s.parse().ok()),
+        data: meta.get("data").cloned(),
+    };
+    Ok((model, info))
+}
+
+/// `--init FILE`: loads weights of the same architecture into `model`. When the file's
+/// classifier is for another class count, the model keeps its freshly initialised one, and
+/// the event says so.
+pub fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> RunResult<RunEvent> {
+    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
+    let theirs = infer_config(&file).map_err(|e| e.to_string())?;
+    let ours = model.config();
+    if theirs.with_num_classes(ours.num_classes()) != ours {
+        return Err(format!(
+            "--init {}: the file holds {theirs}, but the model is {ours}",
+            path.display()
+        )
+        .into());
+    }
+    let head = model.classifier_prefix();
+    let replace = theirs.num_classes() != ours.num_classes();
+    let keep = replace.then_some(head);
+    model
+        .store_mut()
+        .load_except(gpu, &file, &["optim."], keep)
+        .map_err(|e| e.to_string())?;
+    Ok(RunEvent::Initialised {
+        file: path.to_path_buf(),
+        replaced_classifier: replace.then(|| events::ReplacedClassifier {
+            prefix: head.to_string(),
+            classes_before: theirs.num_classes(),
+            classes_now: ours.num_classes(),
+        }),
+    })
+}
+
+/// Writes two validation images per class of the embedded dataset as PNGs, for
+/// `train predict` to try.
+pub fn write_samples(data: &Synthetic, val: &[usize], dir: &Path) -> RunResult<()> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = vec![0usize; data.classes().len()];
+    for &i in val {
+        let (pixels, label) = data.render(i);
+        if written[label] >= 2 {
+            continue;
+        }
+        written[label] += 1;
+        let s = data.image_size();
+        let img = image::RgbImage::from_fn(s as u32, s as u32, |x, y| {
+            let at =
+                |c: usize| (pixels[(c * s + y as usize) * s + x as usize] * 255.0).round() as u8;
+            image::Rgb([at(0), at(1), at(2)])
+        });
+        let path = dir.join(format!("{}_{i}.png", data.classes()[label]));
+        img.save(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,663 @@
+//! [`Run`]: a training run driven step by step. [`super::fit`] is the loop over it.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::events::{DataParallel, Observer, RankPlace, RunEvent, RunSummary};
+use super::{checkpoint_file, EpochProgress, RunError, RunResult, RunSpec};
+use crate::data::{Batch, Loader, LoaderOptions, Shard};
+use crate::dist::{average_tensors, check_replicas, Collective};
+use crate::gpu::{Gpu, Tensor};
+use crate::metrics::{self, EpochMetrics};
+use crate::ops::adam::AdamConfig;
+use crate::optim::Adam;
+use crate::train::{StepError, Trainer};
+use crate::weights::TensorFile;
+
+/// One training run: the model, its optimizer and where the run stands. Built from a
+/// [`RunSpec`] (resuming from its checkpoint when the spec says so), then driven epoch by
+/// epoch and step by step:
+///
+/// ```no_run
+/// # use densenet_wgpu::run::{Run, RunSpec, RunResult, events::Silent};
+/// # use densenet_wgpu::dist::SingleProcess;
+/// # fn go(gpu: &densenet_wgpu::gpu::Gpu, spec: &RunSpec) -> RunResult<()> {
+/// let mut observer = Silent;
+/// let mut run = Run::start(gpu, spec, &SingleProcess, &mut observer)?;
+/// while run.begin_epoch() {
+///     while run.step()?.is_some() {}
+///     let metrics = run.end_epoch()?;
+///     println!("{}", metrics.summary_line());
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Run<'a> {
+    gpu: &'a Gpu,
+    spec: &'a RunSpec,
+    group: &'a dyn Collective,
+    observer: &'a mut dyn Observer,
+    trainer: Trainer<'a>,
+    shard: Shard,
+    steps_per_epoch: usize,
+    history: Vec<EpochMetrics>,
+    /// The best validation accuracy so far, resumed epochs included.
+    best_val: f64,
+    /// The epoch in progress (0-based), or the next one between epochs.
+    epoch: usize,
+    /// Where a resumed run starts in its first epoch.
+    resume_at: Option<EpochProgress>,
+    /// The epoch in progress, between [`Run::begin_epoch`] and [`Run::end_epoch`].
+    current: Option<Epoch>,
+}
+
+/// What a run keeps while an epoch goes on.
+struct Epoch {
+    loader: Loader,
+    progress: EpochProgress,
+    /// Whether the epoch started at its first batch in this process.
+    from_start: bool,
+    /// Images loaded per class on this rank (a class with none cannot be learnt).
+    loaded: Vec<f64>,
+    nonfinite_skipped: usize,
+    /// All-reduce and exposed communication seconds, summed over `steps`.
+    communication: [f64; 2],
+    steps: usize,
+    lr: f64,
+    started: Instant,
+    last_save: Instant,
+}
+
+/// A trained batch, over every rank.
+struct Trained {
+    loss: f64,
+    correct: usize,
+    images: usize,
+    /// Stop after this step (a rank was asked to).
+    stop: bool,
+    /// A timed checkpoint is due (on rank 0's clock).
+    checkpoint_due: bool,
+}
+
+/// One applied optimizer step, as [`Run::step`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepDone {
+    pub step: u32,
+    pub loss: f64,
+    pub images: usize,
+}
+
+impl<'a> Run<'a> {
+    /// Sets a run up on `gpu` as one rank of `group` (see [`super::fit_group`]): checks the
+    /// data and the memory, builds the model and its optimizer, resumes from the
+    /// checkpoint when `spec.resume`, and reports [`RunEvent::Started`].
+    pub fn start(
+        gpu: &'a Gpu,
+        spec: &'a RunSpec,
+        group: &'a dyn Collective,
+        observer: &'a mut dyn Observer,
+    ) -> RunResult<Run<'a>> {
+        let ranks = group.size();
+        super::check_run(spec, ranks, observer)?;
+        if group.is_writer() {
+            std::fs::create_dir_all(&spec.out)
+                .map_err(|e| format!("{}: {e}", spec.out.display()))?;
+        }
+        super::check_memory(gpu, spec, ranks, observer)?;
+        let trainer = build_trainer(gpu, spec, group, observer)?;
+        let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
+        let mut run = Run {
+            gpu,
+            spec,
+            group,
+            observer,
+            trainer,
+            shard: Shard {
+                rank: group.rank(),
+                ranks,
+            },
+            steps_per_epoch,
+            history: Vec::new(),
+            best_val: f64::NEG_INFINITY,
+            epoch: 0,
+            resume_at: None,
+            current: None,
+        };
+        run.resume()?;
+        run.report_start();
+        Ok(run)
+    }
+
+    /// Reads the checkpoint and the metrics so far (rank 0), then gives every rank rank 0's
+    /// state. Without `spec.resume` it starts afresh, removing an old metrics.csv.
+    fn resume(&mut self) -> RunResult<()> {
+        let (spec, gpu) = (self.spec, self.gpu);
+        let checkpoint = checkpoint_file(spec);
+        let csv = spec.out.join("metrics.csv");
+        if spec.resume && self.group.is_writer() {
+            if !checkpoint.exists() {
+                return Err(format!("--resume: {} does not exist", checkpoint.display()).into());
+            }
+            let file = TensorFile::read(&checkpoint).map_err(|e| e.to_string())?;
+            let t = &mut self.trainer;
+            t.model
+                .store_mut()
+                .load(gpu, &file, &["optim."])
+                .map_err(|e| e.to_string())?;
+            t.opt
+                .load(gpu, t.model.params(), &file)
+                .map_err(|e| e.to_string())?;
+            let mut history = if csv.exists() {
+                metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?
+            } else {
+                vec![]
+            };
+            let meta = super::read_metadata(&checkpoint);
+            self.epoch = meta
+                .get("epoch")
+                .and_then(|e| e.parse().ok())
+                .unwrap_or_else(|| (t.opt.step as usize).div_ceil(self.steps_per_epoch));
+            self.resume_at = EpochProgress::from_metadata(&meta);
+            history.truncate(self.epoch);
+            for h in &mut history {
+                h.epochs = spec.epochs;
+            }
+            metrics::write_csv(&csv, &history).map_err(|e| format!("{}: {e}", csv.display()))?;
+            self.best_val = history
+                .iter()
+                .filter_map(|m| m.val_acc)
+                .fold(f64::NEG_INFINITY, f64::max);
+            self.history = history;
+            self.observer.event(&RunEvent::Resumed {
+                checkpoint,
+                epoch: self.epoch,
+                batch: self.resume_at.as_ref().map_or(0, |p| p.batches_done),
+                step: self.trainer.opt.step,
+            });
+        } else if self.group.is_writer() && csv.exists() {
+            std::fs::remove_file(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+        }
+        if self.group.size() > 1 {
+            (self.epoch, self.resume_at) = super::share_start(
+                gpu,
+                &mut self.trainer,
+                self.group,
+                self.epoch,
+                self.resume_at.take(),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn report_start(&mut self) {
+        let spec = self.spec;
+        let ranks = self.group.size();
+        let summary = RunSummary {
+            preset: spec.preset.clone(),
+            parameters: self.trainer.model.num_parameters(),
+            mode: spec.mode,
+            image_size: spec.image_size,
+            batch_size: spec.batch_size,
+            data_parallel: (ranks > 1).then(|| DataParallel {
+                group: self.group.describe(),
+                per_rank_batch: spec.batch_size.div_ceil(ranks),
+                sync_bn: spec.sync_bn,
+                overlap: self.trainer.overlap.is_some(),
+            }),
+            epochs: spec.epochs,
+            lr: spec.lr,
+            schedule: spec.schedule.to_string(),
+            augmentation: spec.augment,
+            out: spec.out.clone(),
+        };
+        self.observer.event(&RunEvent::Started(Box::new(summary)));
+    }
+
+    /// The epochs still to train (0-based).
+    pub fn epochs_left(&self) -> Range<usize> {
+        self.epoch..self.spec.epochs
+    }
+
+    /// The model and optimizer being trained.
+    pub fn trainer(&self) -> &Trainer<'a> {
+        &self.trainer
+    }
+
+    /// The metrics of the epochs done so far (resumed ones included).
+    pub fn history(&self) -> &[EpochMetrics] {
+        &self.history
+    }
+
+    /// Starts the next epoch: `false` when every epoch is done. A resumed run starts its
+    /// first epoch after the checkpoint's last batch, with the same shuffled order and
+    /// augmentation as an uninterrupted run.
+    pub fn begin_epoch(&mut self) -> bool {
+        if self.epoch >= self.spec.epochs {
+            return false;
+        }
+        let (spec, epoch) = (self.spec, self.epoch);
+        let progress = self.resume_at.take().unwrap_or_default();
+        let loader = Loader::new(
+            spec.dataset.clone(),
+            spec.train.clone(),
+            LoaderOptions::batches_of(spec.batch_size)
+                .shuffled(spec.seed.wrapping_add(epoch as u64 + 1))
+                .augmented(spec.augment.is_some())
+                .from_batch(progress.batches_done)
+                .shard(self.shard),
+        );
+        self.observer.event(&RunEvent::EpochStarted {
+            epoch,
+            epochs: spec.epochs,
+            images: spec.train.len(),
+            done: progress.seen,
+        });
+        let opt = &self.trainer.opt;
+        self.current = Some(Epoch {
+            loader,
+            from_start: progress.batches_done == 0,
+            started: Instant::now() - Duration::from_secs_f64(progress.seconds),
+            progress,
+            loaded: vec![0.0; spec.dataset.classes().len()],
+            nonfinite_skipped: 0,
+            communication: [0.0; 2],
+            steps: 0,
+            // The rate at the epoch's first step, also when resuming in the middle of it.
+            lr: opt.schedule.lr(opt.base_lr, epoch * self.steps_per_epoch),
+            last_save: Instant::now(),
+        });
+        true
+    }
+
+    /// Trains on the epoch's next batch: `None` when the epoch has no batch left. Writes a
+    /// checkpoint when one is due (`spec.checkpoint_steps`, `spec.checkpoint_minutes`) and
+    /// stops with one when `spec.cancel` is set (on any rank of a data-parallel run).
+    pub fn step(&mut self) -> RunResult<Option<StepDone>> {
+        let (batch, trained) = loop {
+            let Some(batch) = self.epoch_mut().loader.next() else {
+                return Ok(None);
+            };
+            // `None`: a non-finite batch, skipped.
+            if let Some(r) = self.train_on(&batch)? {
+                break (batch, r);
+            }
+        };
+        let (spec, gpu) = (self.spec, self.gpu);
+        if let Some(hook) = &spec.after_step {
+            hook(gpu, self.trainer.opt.step);
+        }
+        let Trained {
+            loss,
+            correct,
+            images,
+            stop,
+            checkpoint_due: by_time,
+        } = trained;
+        let comm = self.trainer.comm_seconds;
+        let e = self.current.as_mut().expect("an epoch in progress");
+        e.communication[0] += comm[0];
+        e.communication[1] += comm[1];
+        e.steps += 1;
+        let p = &mut e.progress;
+        p.loss_sum += loss * images as f64;
+        p.correct += correct;
+        p.seen += images;
+        p.batches_done += 1;
+        for &l in &batch.labels {
+            e.loaded[l] += 1.0;
+        }
+        let done = StepDone {
+            step: self.trainer.opt.step,
+            loss,
+            images,
+        };
+        self.observer.event(&RunEvent::StepDone {
+            step: done.step,
+            images,
+            mean_loss: p.loss_sum / p.seen as f64,
+            accuracy: p.correct as f64 / p.seen as f64,
+        });
+        let by_steps = spec.checkpoint_steps > 0 && p.batches_done % spec.checkpoint_steps == 0;
+        if stop || by_time || by_steps {
+            self.checkpoint()?;
+        }
+        if stop {
+            let e = self.epoch_mut();
+            let batch = e.progress.batches_done;
+            self.observer.event(&RunEvent::EpochTrained);
+            self.observer.event(&RunEvent::Interrupted {
+                step: self.trainer.opt.step,
+                epoch: self.epoch,
+                batch,
+                checkpoint: checkpoint_file(spec),
+            });
+            return Err(RunError::Interrupted {
+                step: self.trainer.opt.step,
+            });
+        }
+        Ok(Some(done))
+    }
+
+    /// One step on `batch`: the loss, correct predictions and images over every rank, and
+    /// whether to stop and whether a timed checkpoint is due (the same on every rank).
+    /// `None` for a skipped non-finite batch.
+    fn train_on(&mut self, batch: &Batch) -> RunResult<Option<Trained>> {
+        let spec = self.spec;
+        let e = self.current.as_ref().expect("an epoch in progress");
+        let time_is_up = spec.checkpoint_minutes > 0.0
+            && e.last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0;
+        let cancelled = spec.is_cancelled();
+        let step = if self.group.size() > 1 {
+            // Every rank stops or checkpoints at the same step: on any rank's request, and
+            // on rank 0's clock.
+            let flags = [
+                cancelled as u8 as f64,
+                (time_is_up && self.group.is_writer()) as u8 as f64,
+            ];
+            self.trainer
+                .train_step_group(
+                    &batch.images,
+                    &batch.labels,
+                    spec.image_size,
+                    self.group,
+                    flags,
+                )
+                .map(|s| Trained {
+                    loss: s.loss,
+                    correct: s.correct,
+                    images: s.count,
+                    stop: s.flags[0] > 0.0,
+                    checkpoint_due: s.flags[1] > 0.0,
+                })
+        } else {
+            self.trainer
+                .train_step(&batch.images, &batch.labels, spec.image_size)
+                .map(|r| Trained {
+                    loss: r.loss,
+                    correct: r.correct,
+                    images: r.count,
+                    stop: cancelled,
+                    checkpoint_due: time_is_up,
+                })
+        };
+        match step {
+            Ok(r) => Ok(Some(r)),
+            Err(error @ StepError::NonFinite { .. }) => {
+                let files: Vec<String> = batch
+                    .indices
+                    .iter()
+                    .map(|&i| spec.dataset.describe(i))
+                    .collect();
+                if !spec.skip_nonfinite {
+                    return Err(format!(
+                        "{error}; batch: {}\nnothing of this step was applied; {} holds the last good checkpoint (--skip-nonfinite skips such batches; a lower --lr may avoid them)",
+                        files.join(", "),
+                        checkpoint_file(spec).display()
+                    ).into());
+                }
+                self.observer
+                    .event(&RunEvent::BatchSkipped { error, files });
+                let e = self.epoch_mut();
+                e.nonfinite_skipped += 1;
+                e.progress.batches_done += 1;
+                Ok(None)
+            }
+            Err(StepError::Gpu(e)) => Err(super::step_failure(&e, &self.trainer, spec)),
+        }
+    }
+
+    fn epoch_mut(&mut self) -> &mut Epoch {
+        self.current.as_mut().expect("an epoch in progress")
+    }
+
+    /// Writes the checkpoint now (rank 0): weights, optimizer state and, inside an epoch,
+    /// the position in it. BN running statistics are first averaged over the ranks.
+    pub fn checkpoint(&mut self) -> RunResult<()> {
+        let (spec, gpu) = (self.spec, self.gpu);
+        self.average_buffers()?;
+        let (epoch, partial) = match self.current.as_mut() {
+            Some(e) => {
+                e.progress.seconds = e.started.elapsed().as_secs_f64();
+                e.last_save = Instant::now();
+                (self.epoch, Some(e.progress.clone()))
+            }
+            None => (self.epoch, None),
+        };
+        if self.group.is_writer() {
+            super::save_checkpoint(gpu, &self.trainer, spec, epoch, partial.as_ref())
+                .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
+        }
+        Ok(())
+    }
+
+    /// The mean over the ranks of every BN running statistic, on every rank (before an
+    /// evaluation or a checkpoint; see the `dist` module).
+    fn average_buffers(&self) -> RunResult<()> {
+        if self.trainer.sync_bn {
+            // Synchronised statistics are the same on every rank already.
+            return Ok(());
+        }
+        let buffers = self.trainer.model.store().buffers.iter().map(|(_, t)| t);
+        average_tensors(self.gpu, self.group, buffers).map_err(|e| e.to_string().into())
+    }
+
+    /// Validation loss and accuracy over `spec.val` (each rank evaluates its share);
+    /// `None` without a validation split.
+    pub fn evaluate(&mut self) -> RunResult<Option<(f64, f64)>> {
+        self.average_buffers()?;
+        self.evaluate_averaged()
+    }
+
+    /// [`Run::evaluate`] once the BN statistics agree over the ranks.
+    fn evaluate_averaged(&mut self) -> RunResult<Option<(f64, f64)>> {
+        let (spec, gpu) = (self.spec, self.gpu);
+        if spec.val.is_empty() {
+            return Ok(None);
+        }
+        let mine = &spec.val[self.shard.range(spec.val.len())];
+        let batch = crate::budget::eval_batch(spec.batch_size.div_ceil(self.group.size()));
+        let mut sums = super::evaluate_sums(
+            gpu,
+            self.trainer.model.as_ref(),
+            &spec.dataset,
+            mine,
+            (batch, spec.image_size),
+            &mut *self.observer,
+        )
+        .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
+        self.group.all_reduce_sum_f64(&mut sums);
+        if sums[2] == 0.0 {
+            return Err(RunError::NoValidationImage);
+        }
+        Ok(Some((sums[0] / sums[2], sums[1] / sums[2])))
+    }
+
+    /// Ends the epoch: reports skipped files, evaluates, checks that the replicas agree,
+    /// appends to metrics.csv and curves.png, writes best.safetensors on a new best
+    /// accuracy, then the checkpoint that marks the epoch done.
+    pub fn end_epoch(&mut self) -> RunResult<EpochMetrics> {
+        let spec = self.spec;
+        let mut e = self.current.take().expect("an epoch in progress");
+        self.observer.event(&RunEvent::EpochTrained);
+        let skipped = e.loader.take_warnings();
+        for reason in &skipped {
+            self.observer.event(&RunEvent::FileSkipped {
+                reason: reason.clone(),
+            });
+        }
+        // Per-class counts and skipped files over all ranks.
+        e.loaded.push(skipped.len() as f64);
+        self.group.all_reduce_sum_f64(&mut e.loaded);
+        let files_skipped = e.loaded.pop().unwrap_or(0.0) as usize;
+        let p = &e.progress;
+        if p.seen == 0 && e.nonfinite_skipped > 0 {
+            return Err(format!(
+                "every batch of epoch {} had non-finite values: lower the learning rate",
+                self.epoch + 1
+            )
+            .into());
+        }
+        if p.seen == 0 {
+            return Err("no training image could be loaded".into());
+        }
+        // Every training image of a class skipped: the class cannot be learnt.
+        let empty = e.loaded.iter().position(|&n| n == 0.0);
+        if let Some(class) = empty.filter(|_| e.from_start) {
+            return Err(format!(
+                "class {:?} of {} has no readable training image left after skipping the files above",
+                spec.dataset.classes()[class],
+                spec.data
+            ).into());
+        }
+        // Also before the replica check and the epoch's checkpoint.
+        self.average_buffers()?;
+        let validation = self.evaluate_averaged()?;
+        let m = EpochMetrics {
+            epoch: self.epoch + 1,
+            epochs: spec.epochs,
+            train_loss: p.loss_sum / p.seen as f64,
+            train_acc: p.correct as f64 / p.seen as f64,
+            val_loss: validation.map(|v| v.0),
+            val_acc: validation.map(|v| v.1),
+            lr: e.lr,
+            seconds: e.started.elapsed().as_secs_f64(),
+        };
+        self.history.push(m.clone());
+        let distributed = self.group.size() > 1;
+        let report = super::events::EpochReport {
+            metrics: m.clone(),
+            files_skipped,
+            nonfinite_skipped: e.nonfinite_skipped,
+            communication_ms: (distributed && e.steps > 0)
+                .then(|| e.communication.map(|s| 1000.0 * s / e.steps as f64)),
+            replicas: if distributed {
+                Some((self.group.size(), self.check_replicas()?))
+            } else {
+                None
+            },
+        };
+        self.observer.event(&RunEvent::EpochDone(Box::new(report)));
+        self.epoch += 1;
+        if self.group.is_writer() {
+            self.write_epoch_files(&m)?;
+        }
+        Ok(m)
+    }
+
+    /// The parameters' and buffers' common hash over the ranks, or which tensor differs.
+    fn check_replicas(&self) -> RunResult<u64> {
+        let model = &self.trainer.model;
+        let mut tensors: Vec<(String, Tensor)> = model
+            .params()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        tensors.extend(model.store().buffers.iter().cloned());
+        match check_replicas(self.gpu, self.group, &tensors).map_err(|e| e.to_string())? {
+            Ok(hash) => Ok(hash),
+            Err(mismatch) => Err(format!(
+                "after epoch {}: {mismatch}; the last checkpoint ({}) is from before the divergence",
+                self.epoch + 1,
+                checkpoint_file(self.spec).display()
+            ).into()),
+        }
+    }
+
+    /// metrics.csv, curves.png, best.safetensors on a new best, then the checkpoint. The
+    /// best weights come first: the checkpoint marks the epoch as done, so a run killed in
+    /// between redoes the epoch's end and writes the same best file again.
+    fn write_epoch_files(&mut self, m: &EpochMetrics) -> RunResult<()> {
+        let (spec, gpu) = (self.spec, self.gpu);
+        let csv = spec.out.join("metrics.csv");
+        metrics::append_csv(&csv, m).map_err(|e| format!("{}: {e}", csv.display()))?;
+        if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &self.history) {
+            self.observer.event(&RunEvent::CurvesNotWritten {
+                error: e.to_string(),
+            });
+        }
+        if let Some(a) = m.val_acc.filter(|&a| a > self.best_val) {
+            self.best_val = a;
+            let best = spec.out.join("best.safetensors");
+            super::save_weights(gpu, self.trainer.model.as_ref(), spec, &best, m.epoch)
+                .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
+        }
+        super::save_checkpoint(gpu, &self.trainer, spec, m.epoch, None)
+            .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))
+    }
+
+    /// Ends the run: reports the files written and returns every epoch's metrics.
+    pub fn finish(self) -> Vec<EpochMetrics> {
+        let out = &self.spec.out;
+        self.observer.event(&RunEvent::Finished {
+            metrics: out.join("metrics.csv"),
+            curves: out.join("curves.png"),
+            checkpoint: checkpoint_file(self.spec),
+            best_val_acc: self.best_val.is_finite().then_some(self.best_val),
+        });
+        self.history
+    }
+}
+
+/// The model (from `spec.init` when given, frozen features when asked), Adam with the
+/// spec's schedule, and the trainer's data-parallel settings.
+fn build_trainer<'a>(
+    gpu: &'a Gpu,
+    spec: &RunSpec,
+    group: &dyn Collective,
+    observer: &mut dyn Observer,
+) -> RunResult<Trainer<'a>> {
+    let mut model = spec
+        .config
+        .build(gpu, spec.seed)
+        .map_err(|e| e.to_string())?;
+    model.set_mode(spec.mode);
+    if let Some(init) = spec.init.as_ref().filter(|_| group.is_writer()) {
+        observer.event(&super::init_from(gpu, model.as_mut(), init)?);
+    }
+    if spec.freeze_features {
+        model.freeze_features();
+        let params = model.params();
+        let trainable = params.iter().filter(|p| p.trainable);
+        observer.event(&RunEvent::FeaturesFrozen {
+            classifier_prefix: model.classifier_prefix().to_string(),
+            trainable: trainable.map(|p| p.value.numel()).sum(),
+            parameters: model.num_parameters(),
+        });
+    }
+    let adam = AdamConfig {
+        lr: spec.lr as f32,
+        weight_decay: spec.weight_decay as f32,
+        decoupled: spec.adamw,
+        ..AdamConfig::default()
+    };
+    let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
+    let schedule = spec.schedule.schedule(spec.epochs, steps_per_epoch);
+    let opt = Adam::new(gpu, model.params(), adam, schedule).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(gpu, model, opt);
+    trainer.sync_bn = spec.sync_bn;
+    // Summing during backward hides the all-reduce behind the device's work. A CPU adapter
+    // has no idle cores to hide it on: there it costs more than it saves (docs/distributed.md).
+    let overlap = spec
+        .overlap
+        .unwrap_or(gpu.info.device_type != wgpu::DeviceType::Cpu);
+    if group.size() > 1 && overlap {
+        trainer.overlap = group.duplicate();
+    }
+    if let Some(bytes) = spec.bucket_bytes {
+        trainer.bucket_bytes = bytes;
+    }
+    Ok(trainer)
+}
+
+/// The event that says which device a process trains on.
+pub(super) fn adapter_event(gpu: &Gpu, group: &dyn Collective) -> RunEvent {
+    RunEvent::Adapter {
+        description: gpu.describe(),
+        rank: (group.size() > 1).then(|| RankPlace {
+            rank: group.rank(),
+            ranks: group.size(),
+            local_rank: group.local_rank(),
+            pid: std::process::id(),
+        }),
+    }
+}
