@@ -247,6 +247,8 @@ fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
     )?;
     let param_state = 16 * model.num_parameters() as u64;
     let mut trainer = Trainer::new(gpu, model, opt);
+    // `DENSENET_WGPU_PROFILE=1`: the device time of every op, after each step.
+    trainer.profile = std::env::var("DENSENET_WGPU_PROFILE").is_ok_and(|v| v == "1");
     let mut rng = Rng::new(1);
     let images: Vec<f32> = (0..case.batch * 3 * case.size * case.size)
         .map(|_| rng.normal() as f32)
@@ -262,6 +264,9 @@ fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
         let t = Instant::now();
         trainer.train_step(&images, &labels, case.size)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Some(ops) = &trainer.last_profile {
+            eprint!("{}", densenet_wgpu::tape::profile_table(ops));
+        }
     }
     Ok(Measured {
         median_ms: median(&mut times),

@@ -139,6 +139,33 @@ struct Profile {
     totals: std::collections::BTreeMap<String, (f64, usize)>,
 }
 
+/// The device time of one (pass, op, output shape) over a profiled step.
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// `forward conv2d [8, 32, 16, 16]`, ...
+    pub op: String,
+    pub seconds: f64,
+    pub calls: usize,
+}
+
+/// A profile as a table: milliseconds, share of the total and calls per op, slowest
+/// first, then the total.
+pub fn profile_table(ops: &[OpTime]) -> String {
+    let total: f64 = ops.iter().map(|o| o.seconds).sum();
+    let mut s = format!("{:>10} {:>6} {:>5}  op\n", "ms", "%", "calls");
+    for o in ops {
+        s += &format!(
+            "{:>10.2} {:>5.1}% {:>5}  {}\n",
+            o.seconds * 1e3,
+            100.0 * o.seconds / total,
+            o.calls,
+            o.op
+        );
+    }
+    s += &format!("{:>10.2} total\n", total * 1e3);
+    s
+}
+
 impl<'g> Tape<'g> {
     /// A tape that records ops for a backward pass (training).
     pub fn new(gpu: &'g Gpu) -> Tape<'g> {
@@ -341,7 +368,7 @@ impl<'g> Tape<'g> {
     }
 
     /// Times every op from now on: each op's kernels are submitted and waited for, and
-    /// the time is added to its (pass, op, shape) line of [`Tape::profile_report`].
+    /// the time is added to its (pass, op, shape) entry of [`Tape::profile`].
     /// Slows the step down; for finding slow kernels only.
     pub fn enable_profiling(&mut self) -> Result<()> {
         self.flush()?;
@@ -416,25 +443,21 @@ impl<'g> Tape<'g> {
         Ok(())
     }
 
-    /// Profiled time per (pass, op, output shape), slowest first, with a total line.
-    pub fn profile_report(&self) -> String {
-        let Some(p) = &self.profile else {
-            return "profiling was not enabled on this tape\n".into();
-        };
-        let mut rows: Vec<(&String, &(f64, usize))> = p.totals.iter().collect();
-        rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
-        let total: f64 = rows.iter().map(|r| r.1 .0).sum();
-        let mut s = format!("{:>10} {:>6} {:>5}  op\n", "ms", "%", "calls");
-        for (k, (t, n)) in rows {
-            s += &format!(
-                "{:>10.2} {:>5.1}% {:>5}  {k}\n",
-                t * 1e3,
-                100.0 * t / total,
-                n
-            );
-        }
-        s += &format!("{:>10.2} total\n", total * 1e3);
-        s
+    /// Profiled device time per (pass, op, output shape), slowest first (`None` when
+    /// profiling is off; see [`Tape::enable_profiling`]).
+    pub fn profile(&self) -> Option<Vec<OpTime>> {
+        let p = self.profile.as_ref()?;
+        let mut ops: Vec<OpTime> = p
+            .totals
+            .iter()
+            .map(|(op, &(seconds, calls))| OpTime {
+                op: op.clone(),
+                seconds,
+                calls,
+            })
+            .collect();
+        ops.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        Some(ops)
     }
 
     /// Gradient buffer of `v`, created zeroed on first use (a slice's gradient is the

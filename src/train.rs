@@ -61,8 +61,11 @@ pub struct Trainer<'g> {
     pub gpu: &'g Gpu,
     pub model: Box<dyn Model>,
     pub opt: Adam,
-    /// Print per-op device times after every step (`DENSENET_WGPU_PROFILE=1`).
+    /// Time every op of each step (a device sync after each op: slow; for finding slow
+    /// kernels), keeping the times in [`Trainer::last_profile`].
     pub profile: bool,
+    /// The per-op device times of the last step, when profiling.
+    pub last_profile: Option<Vec<crate::tape::OpTime>>,
     /// Synchronised batch norm in [`Trainer::train_step_group`]: statistics over the
     /// global batch rather than each rank's share.
     pub sync_bn: bool,
@@ -213,12 +216,12 @@ fn summarise(loss: f32, probs: Vec<f32>, labels: &[usize], classes: usize) -> Ba
 
 impl<'g> Trainer<'g> {
     pub fn new(gpu: &'g Gpu, model: Box<dyn Model>, opt: Adam) -> Trainer<'g> {
-        let profile = std::env::var("DENSENET_WGPU_PROFILE").is_ok_and(|v| v == "1");
         Trainer {
             gpu,
             model,
             opt,
-            profile,
+            profile: false,
+            last_profile: None,
             sync_bn: false,
             comm_seconds: [0.0; 2],
             overlap: None,
@@ -317,9 +320,7 @@ impl<'g> Trainer<'g> {
 
         // Backward: gradients accumulate into each parameter's `grad`.
         tape.backward_with(loss, ready)?;
-        if self.profile {
-            eprint!("{}", tape.profile_report());
-        }
+        self.last_profile = tape.profile();
         tape.finish()?;
         Ok((loss_value, probs))
     }

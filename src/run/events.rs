@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::metrics::EpochMetrics;
 use crate::models::BlockMode;
+use crate::tape::OpTime;
 use crate::train::StepError;
 
 /// Receives a run's events, in the order they happen.
@@ -79,6 +80,8 @@ pub enum RunEvent {
         mean_loss: f64,
         accuracy: f64,
     },
+    /// The device time of each op of the step just done ([`super::RunSpec::profile`]).
+    StepProfiled { ops: Vec<OpTime> },
     /// A batch whose loss or gradients were not finite was skipped (nothing of it applied).
     BatchSkipped {
         error: StepError,

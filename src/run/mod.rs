@@ -179,6 +179,9 @@ pub struct RunSpec {
     /// The gradient bucket size of a data-parallel run, in bytes (default
     /// [`crate::train::GRAD_BUCKET_BYTES`]; the sums do not depend on it).
     pub bucket_bytes: Option<usize>,
+    /// Time every op of each step and report it ([`events::RunEvent::StepProfiled`]).
+    /// Slows the run down; for finding slow kernels.
+    pub profile: bool,
 }
 
 impl RunSpec {
@@ -215,7 +218,6 @@ pub fn fit_group(
         Gpu::new()
     }
     .map_err(|e| e.to_string())?;
-    observer.event(&training::adapter_event(&gpu, group));
     let mut run = Run::start(&gpu, spec, group, observer)?;
     while run.begin_epoch() {
         while run.step()?.is_some() {}

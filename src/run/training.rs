@@ -88,8 +88,9 @@ pub struct StepDone {
 
 impl<'a> Run<'a> {
     /// Sets a run up on `gpu` as one rank of `group` (see [`super::fit_group`]): checks the
-    /// data and the memory, builds the model and its optimizer, resumes from the
-    /// checkpoint when `spec.resume`, and reports [`RunEvent::Started`].
+    /// settings and the data, reports the device, checks the memory, builds the model and
+    /// its optimizer, resumes from the checkpoint when `spec.resume`, and reports
+    /// [`RunEvent::Started`].
     pub fn start(
         gpu: &'a Gpu,
         spec: &'a RunSpec,
@@ -102,6 +103,7 @@ impl<'a> Run<'a> {
             std::fs::create_dir_all(&spec.out)
                 .map_err(|e| format!("{}: {e}", spec.out.display()))?;
         }
+        observer.event(&adapter_event(gpu, group));
         super::check_memory(gpu, spec, ranks, observer)?;
         let trainer = build_trainer(gpu, spec, group, observer)?;
         let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
@@ -283,6 +285,9 @@ impl<'a> Run<'a> {
             }
         };
         let (spec, gpu) = (self.spec, self.gpu);
+        if let Some(ops) = self.trainer.last_profile.take() {
+            self.observer.event(&RunEvent::StepProfiled { ops });
+        }
         if let Some(hook) = &spec.after_step {
             hook(gpu, self.trainer.opt.step);
         }
@@ -635,6 +640,7 @@ fn build_trainer<'a>(
     let opt = Adam::new(gpu, model.params(), adam, schedule).map_err(|e| e.to_string())?;
     let mut trainer = Trainer::new(gpu, model, opt);
     trainer.sync_bn = spec.sync_bn;
+    trainer.profile = spec.profile;
     // Summing during backward hides the all-reduce behind the device's work. A CPU adapter
     // has no idle cores to hide it on: there it costs more than it saves (docs/distributed.md).
     let overlap = spec
@@ -650,7 +656,7 @@ fn build_trainer<'a>(
 }
 
 /// The event that says which device a process trains on.
-pub(super) fn adapter_event(gpu: &Gpu, group: &dyn Collective) -> RunEvent {
+fn adapter_event(gpu: &Gpu, group: &dyn Collective) -> RunEvent {
     RunEvent::Adapter {
         description: gpu.describe(),
         rank: (group.size() > 1).then(|| RankPlace {

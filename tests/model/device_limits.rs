@@ -254,6 +254,7 @@ fn spec(out: &Path, resume: bool, after_step: Option<StepHook>) -> RunSpec {
         cancel: None,
         overlap: None,
         bucket_bytes: None,
+        profile: false,
     }
 }
 

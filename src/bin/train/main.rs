@@ -391,6 +391,10 @@ const OVERLAP_ENV: &str = "DENSENET_WGPU_OVERLAP";
 /// ([`RunSpec::bucket_bytes`]).
 const BUCKET_BYTES_ENV: &str = "DENSENET_WGPU_BUCKET_BYTES";
 
+/// Environment variable: `1` prints the device time of every op after each training step
+/// ([`RunSpec::profile`]).
+const PROFILE_ENV: &str = "DENSENET_WGPU_PROFILE";
+
 /// Trains `spec` as this process's part of `group`, showing the run on the terminal.
 fn fit(spec: &RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
     let mut terminal = render::Terminal::new(group.is_writer(), resume_command(group.size()));
@@ -480,6 +484,7 @@ fn run_spec(
         bucket_bytes: std::env::var(BUCKET_BYTES_ENV)
             .ok()
             .and_then(|v| v.parse().ok()),
+        profile: std::env::var(PROFILE_ENV).is_ok_and(|v| v == "1"),
     })
 }
 

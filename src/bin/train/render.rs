@@ -139,7 +139,8 @@ impl Drop for Progress {
 
 use densenet_wgpu::budget::mib;
 use densenet_wgpu::progress::render_resumed;
-use densenet_wgpu::run::events::{Observer, RunEvent};
+use densenet_wgpu::run::events::{EpochReport, Observer, RunEvent, RunSummary};
+use densenet_wgpu::tape::profile_table;
 
 /// Renders a run's events on the terminal, the way the binary always has: rank 0 shows
 /// the run; every rank says which device it uses and which files or batches it skipped.
@@ -191,6 +192,7 @@ impl Observer for Terminal {
                 eprintln!("warning: skipped {error}; batch: {}", files.join(", "))
             }
             RunEvent::FileSkipped { reason } => eprintln!("warning: {reason}"),
+            RunEvent::StepProfiled { ops } => eprint!("{}", profile_table(ops)),
             RunEvent::EpochStarted {
                 epoch,
                 epochs,
@@ -280,37 +282,7 @@ fn writer_text(event: &RunEvent, resume_command: &str) -> Option<String> {
             checkpoint.display(),
             epoch + 1
         ),
-        RunEvent::Started(s) => {
-            let parallel = s.data_parallel.as_ref().map_or(String::new(), |d| {
-                format!(
-                    " over {} ({} per rank{}{})",
-                    d.group,
-                    d.per_rank_batch,
-                    if d.sync_bn { ", synchronised BN" } else { "" },
-                    if d.overlap {
-                        ", gradients summed during backward"
-                    } else {
-                        ", gradients summed after backward"
-                    }
-                )
-            });
-            format!(
-                "model: {} ({} parameters, {:?} blocks), image {}x{}, batch {}{parallel}, {} epochs, Adam lr {} ({}){}\nrun folder: {}",
-                s.preset,
-                s.parameters,
-                s.mode,
-                s.image_size,
-                s.image_size,
-                s.batch_size,
-                s.epochs,
-                s.lr,
-                s.schedule,
-                s.augmentation
-                    .map(|a| format!(", augmentation: {a}"))
-                    .unwrap_or_default(),
-                s.out.display()
-            )
-        }
+        RunEvent::Started(s) => banner(s),
         RunEvent::Interrupted {
             step,
             epoch,
@@ -321,22 +293,7 @@ fn writer_text(event: &RunEvent, resume_command: &str) -> Option<String> {
             epoch + 1,
             checkpoint.display(),
         ),
-        RunEvent::EpochDone(r) => {
-            let mut line = r.metrics.summary_line();
-            if r.files_skipped > 0 {
-                line += &format!(" skipped={}", r.files_skipped);
-            }
-            if r.nonfinite_skipped > 0 {
-                line += &format!(" nonfinite_skipped={}", r.nonfinite_skipped);
-            }
-            if let Some([all_reduce, exposed]) = r.communication_ms {
-                line += &format!(" allreduce={all_reduce:.1}ms/step exposed={exposed:.1}ms/step");
-            }
-            if let Some((ranks, hash)) = r.replicas {
-                line += &format!("\nreplicas: {ranks} ranks, parameters identical (hash {hash:016x})");
-            }
-            line
-        }
+        RunEvent::EpochDone(r) => epoch_line(r),
         RunEvent::CostStarted {
             model,
             steps,
@@ -381,4 +338,56 @@ fn writer_text(event: &RunEvent, resume_command: &str) -> Option<String> {
         ),
         _ => return None,
     })
+}
+
+/// The lines that open a run: the model and its settings, and the run folder.
+fn banner(s: &RunSummary) -> String {
+    let parallel = s.data_parallel.as_ref().map_or(String::new(), |d| {
+        format!(
+            " over {} ({} per rank{}{})",
+            d.group,
+            d.per_rank_batch,
+            if d.sync_bn { ", synchronised BN" } else { "" },
+            if d.overlap {
+                ", gradients summed during backward"
+            } else {
+                ", gradients summed after backward"
+            }
+        )
+    });
+    format!(
+        "model: {} ({} parameters, {:?} blocks), image {}x{}, batch {}{parallel}, {} epochs, Adam lr {} ({}){}\nrun folder: {}",
+        s.preset,
+        s.parameters,
+        s.mode,
+        s.image_size,
+        s.image_size,
+        s.batch_size,
+        s.epochs,
+        s.lr,
+        s.schedule,
+        s.augmentation
+            .map(|a| format!(", augmentation: {a}"))
+            .unwrap_or_default(),
+        s.out.display()
+    )
+}
+
+/// An epoch's metrics line, with what was skipped, the communication time and the replica
+/// check of a data-parallel run.
+fn epoch_line(r: &EpochReport) -> String {
+    let mut line = r.metrics.summary_line();
+    if r.files_skipped > 0 {
+        line += &format!(" skipped={}", r.files_skipped);
+    }
+    if r.nonfinite_skipped > 0 {
+        line += &format!(" nonfinite_skipped={}", r.nonfinite_skipped);
+    }
+    if let Some([all_reduce, exposed]) = r.communication_ms {
+        line += &format!(" allreduce={all_reduce:.1}ms/step exposed={exposed:.1}ms/step");
+    }
+    if let Some((ranks, hash)) = r.replicas {
+        line += &format!("\nreplicas: {ranks} ranks, parameters identical (hash {hash:016x})");
+    }
+    line
 }
