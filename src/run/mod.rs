@@ -185,6 +185,56 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
+    /// A run of the model `preset` (one of [`crate::models::preset_names`]) on the `train`
+    /// and `val` items of `dataset`, writing to `out`. The rest are the `train` binary's
+    /// settings for its embedded default: batch 32, 6 epochs, Adam at 3e-3 on a cosine
+    /// schedule, seed 123, memory-efficient blocks, no augmentation, a checkpoint at the end
+    /// of each epoch. Every field is public: change what you need.
+    pub fn new(
+        dataset: Arc<dyn Dataset>,
+        (train, val): (Vec<usize>, Vec<usize>),
+        preset: &str,
+        out: impl Into<PathBuf>,
+    ) -> RunResult<RunSpec> {
+        let config = crate::models::preset(preset, dataset.classes().len()).ok_or_else(|| {
+            format!(
+                "unknown model {preset:?}; choose among {}",
+                crate::models::preset_names()
+            )
+        })?;
+        Ok(RunSpec {
+            image_size: dataset.image_size(),
+            dataset,
+            train,
+            val,
+            config,
+            preset: preset.to_string(),
+            init: None,
+            freeze_features: false,
+            batch_size: 32,
+            epochs: 6,
+            lr: 3e-3,
+            schedule: ScheduleSpec::Cosine { warmup_epochs: 0.0 },
+            weight_decay: 0.0,
+            adamw: false,
+            seed: 123,
+            augment: None,
+            out: out.into(),
+            resume: false,
+            mode: BlockMode::MemoryEfficient,
+            data: String::new(),
+            checkpoint_minutes: 0.0,
+            checkpoint_steps: 0,
+            skip_nonfinite: false,
+            sync_bn: false,
+            after_step: None,
+            cancel: None,
+            overlap: None,
+            bucket_bytes: None,
+            profile: false,
+        })
+    }
+
     /// Whether [`RunSpec::cancel`] was set.
     pub fn is_cancelled(&self) -> bool {
         self.cancel
