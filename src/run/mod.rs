@@ -597,24 +597,9 @@ pub fn evaluate_split(
     })
 }
 
-/// Summed loss, correct predictions and images of `model` over `indices` (one rank's
-/// share of a validation split; the sums add up over ranks), reporting progress to
-/// `observer`.
-pub fn evaluate_sums(
-    gpu: &Gpu,
-    model: &dyn Model,
-    dataset: &Arc<dyn Dataset>,
-    indices: &[usize],
-    (batch_size, size): (usize, usize),
-    observer: &mut dyn Observer,
-) -> RunResult<[f64; 3]> {
-    let (sums, _confusion) =
-        evaluate_into(gpu, model, dataset, indices, (batch_size, size), observer)?;
-    Ok(sums)
-}
-
 /// The summed loss, correct predictions and images, and the confusion matrix (`[label]
-/// [prediction]`), over `indices`.
+/// [prediction]`), of `model` over `indices` (the sums add up over the ranks' shares of a
+/// split), reporting progress to `observer`.
 fn evaluate_into(
     gpu: &Gpu,
     model: &dyn Model,

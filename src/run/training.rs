@@ -461,7 +461,7 @@ impl<'a> Run<'a> {
         }
         let mine = &spec.val[self.shard.range(spec.val.len())];
         let batch = crate::budget::eval_batch(spec.batch_size.div_ceil(self.group.size()));
-        let mut sums = super::evaluate_sums(
+        let (mut sums, _confusion) = super::evaluate_into(
             gpu,
             self.trainer.model.as_ref(),
             &spec.dataset,
