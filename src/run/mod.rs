@@ -46,6 +46,10 @@ pub enum RunError {
     /// No image of the validation split could be loaded.
     #[error("no validation image could be loaded")]
     NoValidationImage,
+    /// [`Run::step`] or [`Run::end_epoch`] was called outside an epoch: call
+    /// [`Run::begin_epoch`] first.
+    #[error("no epoch in progress: call Run::begin_epoch first")]
+    NoEpochInProgress,
     /// Anything else: a message that names what failed (file, option, tensor).
     #[error("{0}")]
     Other(String),

@@ -271,10 +271,14 @@ impl<'a> Run<'a> {
         true
     }
 
-    /// Trains on the epoch's next batch: `None` when the epoch has no batch left. Writes a
+    /// Trains on the epoch's next batch: `None` when the epoch has no batch left
+    /// ([`RunError::NoEpochInProgress`] outside an epoch). Writes a
     /// checkpoint when one is due (`spec.checkpoint_steps`, `spec.checkpoint_minutes`) and
     /// stops with one when `spec.cancel` is set (on any rank of a data-parallel run).
     pub fn step(&mut self) -> RunResult<Option<StepDone>> {
+        if self.current.is_none() {
+            return Err(RunError::NoEpochInProgress);
+        }
         let (batch, trained) = loop {
             let Some(batch) = self.epoch_mut().loader.next() else {
                 return Ok(None);
@@ -482,7 +486,9 @@ impl<'a> Run<'a> {
     /// accuracy, then the checkpoint that marks the epoch done.
     pub fn end_epoch(&mut self) -> RunResult<EpochMetrics> {
         let spec = self.spec;
-        let mut e = self.current.take().expect("an epoch in progress");
+        let Some(mut e) = self.current.take() else {
+            return Err(RunError::NoEpochInProgress);
+        };
         self.observer.event(&RunEvent::EpochTrained);
         let skipped = e.loader.take_warnings();
         for reason in &skipped {

@@ -10,12 +10,13 @@ use densenet_wgpu::budget::{
 };
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
+use densenet_wgpu::dist::SingleProcess;
 use densenet_wgpu::gpu::Gpu;
 use densenet_wgpu::models::{self, BlockMode, ModelConfig, ResNetBlock, ResNetConfig};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::run::events::Silent;
-use densenet_wgpu::run::{fit, RunError, RunSpec, ScheduleSpec, StepHook};
+use densenet_wgpu::run::{fit, Run, RunError, RunSpec, ScheduleSpec, StepHook};
 use densenet_wgpu::train::Trainer;
 
 use crate::{image_folder, text, train};
@@ -293,6 +294,22 @@ fn lost_device_keeps_the_last_checkpoint() {
     // It resumes on a working device and finishes the run.
     let history = fit(&spec(&dir, true, None), &mut Silent).unwrap();
     assert_eq!(history.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run driven by hand refuses a step or an epoch end outside an epoch, with a typed
+/// error, and goes on normally after.
+#[test]
+fn a_step_outside_an_epoch_is_a_typed_error() {
+    let dir = std::env::temp_dir().join(format!("dnw-no-epoch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = spec(&dir, false, None);
+    let mut events = Silent;
+    let mut run = Run::start(crate::gpu(), &spec, &SingleProcess, &mut events).unwrap();
+    assert!(matches!(run.step(), Err(RunError::NoEpochInProgress)));
+    assert!(matches!(run.end_epoch(), Err(RunError::NoEpochInProgress)));
+    assert!(run.begin_epoch());
+    assert!(run.step().unwrap().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
