@@ -76,18 +76,6 @@ impl Progress {
         self.visible = visible;
     }
 
-    /// Items counted so far.
-    #[allow(dead_code)]
-    pub fn done(&self) -> usize {
-        self.done
-    }
-
-    /// Time since `new`.
-    #[allow(dead_code)]
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-
     /// Draws the final line (with the elapsed time instead of the ETA) and ends it.
     pub fn finish(&mut self) {
         if !self.finished {
