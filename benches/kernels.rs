@@ -8,7 +8,7 @@
 
 mod support;
 
-use densenet_wgpu::gpu::{Encoder, Gpu, Result, Tensor};
+use densenet_wgpu::gpu::{DeviceOptions, Encoder, Gpu, Result, Tensor};
 use densenet_wgpu::ops::avg_pool2d::Pool2dSpec;
 use densenet_wgpu::ops::batch_norm::{
     Affine, AffineGrads, BatchStats, BnConfig, RunningStats, Saved,
@@ -525,7 +525,7 @@ fn run() -> Result<()> {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     // BENCH_PLANNED_ONLY=1: only the planner's convolution kernels (for before/after runs).
     let planned_only = std::env::var("BENCH_PLANNED_ONLY").is_ok_and(|v| v == "1");
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::open(&DeviceOptions::from_env())?;
     let adapter = gpu.describe();
     println!("adapter: {adapter}");
     let ceil = ceilings(&gpu)?;

@@ -9,7 +9,7 @@
 
 mod support;
 
-use densenet_wgpu::gpu::{Arg, Gpu, Launch, Result, Shader};
+use densenet_wgpu::gpu::{Arg, DeviceOptions, Gpu, Launch, Result, Shader};
 use densenet_wgpu::measure::median;
 use densenet_wgpu::rng::Rng;
 use support::{ceilings, time};
@@ -32,7 +32,7 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::open(&DeviceOptions::from_env())?;
     println!("adapter: {}", gpu.describe());
     if !gpu.subgroups() {
         println!("this adapter has no subgroup operations: nothing to measure");

@@ -11,10 +11,11 @@ use std::time::Instant;
 
 mod support;
 
-use densenet_wgpu::gpu::{Gpu, Result};
+use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError, Result};
 use densenet_wgpu::measure::{median, peak_rss_bytes};
 use densenet_wgpu::models::{self, BlockMode};
 use densenet_wgpu::ops::adam::AdamConfig;
+use densenet_wgpu::ops::conv2d;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::rng::Rng;
 use densenet_wgpu::train::Trainer;
@@ -125,7 +126,13 @@ fn run() -> Result<()> {
             .into_iter()
             .find(|c| c.name == name)
             .expect("case");
-        let gpu = Gpu::new()?;
+        let gpu = Gpu::open(&DeviceOptions::from_env())?;
+        let kernels =
+            conv2d::kernels_from_env().map_err(|reason| GpuError::KernelNotApplicable {
+                kernel: conv2d::FORCE_ENV.into(),
+                reason,
+            })?;
+        let _forced = conv2d::force(&kernels);
         let r = measure(&gpu, &case, mode)?;
         println!(
             "{{\"name\":{},\"mode\":{},\"model\":{},\"image_size\":{},\"batch\":{},\"ms\":{},\"images_per_s\":{},\"peak_device_bytes\":{},\"param_state_bytes\":{},\"peak_rss_bytes\":{},\"first_step_s\":{},\"adapter\":{}}}",
@@ -145,7 +152,7 @@ fn run() -> Result<()> {
         return Ok(());
     }
     let filter: Option<String> = args.iter().find(|a| !a.starts_with('-')).cloned();
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::open(&DeviceOptions::from_env())?;
     println!("adapter: {}\n", gpu.describe());
     drop(gpu);
     let exe =

@@ -68,4 +68,4 @@ pub mod train;
 pub mod verify;
 pub mod weights;
 
-pub use gpu::{Gpu, GpuError, Tensor};
+pub use gpu::{DeviceOptions, Gpu, GpuError, Tensor};

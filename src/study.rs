@@ -523,7 +523,7 @@ pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
         .map(preset)
         .collect::<std::result::Result<_, String>>()?;
 
-    let gpu = crate::gpu::Gpu::new().map_err(|e| e.to_string())?;
+    let gpu = crate::gpu::Gpu::open(&base.device).map_err(|e| e.to_string())?;
     observer.event(&RunEvent::Adapter {
         description: gpu.describe(),
         rank: None,

@@ -7,7 +7,7 @@ use std::fmt;
 pub enum GpuError {
     /// No adapter at all; the message says how to install lavapipe.
     NoAdapter(&'static str),
-    /// `DENSENET_WGPU_ADAPTER` named an adapter that does not exist.
+    /// [`super::DeviceOptions::adapter`] named an adapter that does not exist.
     AdapterNotFound {
         wanted: String,
         available: Vec<String>,
@@ -24,7 +24,7 @@ pub enum GpuError {
     },
     /// A device limit (workgroups per dimension, storage buffers per stage, u32 range).
     Limit(String),
-    /// A kernel forced for a pass (an API guard or an environment variable) cannot run it:
+    /// A kernel forced for a pass (`ops::conv2d::force`) cannot run it:
     /// the kernel, and what it needs.
     KernelNotApplicable { kernel: String, reason: String },
     /// A shader failed to compile or a pipeline failed validation.
@@ -44,8 +44,7 @@ impl fmt::Display for GpuError {
             GpuError::NoAdapter(hint) => write!(f, "{hint}"),
             GpuError::AdapterNotFound { wanted, available } => write!(
                 f,
-                "no adapter name contains {wanted:?} (from {}); available: {}",
-                super::ADAPTER_ENV,
+                "no adapter name contains {wanted:?}; available: {}",
                 if available.is_empty() {
                     "none".to_string()
                 } else {

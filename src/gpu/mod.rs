@@ -3,7 +3,10 @@
 //! Everything that talks to `wgpu` directly lives here; the ops in `crate::ops`
 //! only describe *what* to launch (shader, entry point, bindings, grid).
 
+mod completion;
 mod error;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
 mod tensor;
 
 pub use error::{GpuError, Result};
@@ -158,40 +161,48 @@ impl MemoryStats {
 pub struct Staged {
     staging: wgpu::Buffer,
     index: wgpu::SubmissionIndex,
-    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    mapped: completion::Completion<std::result::Result<(), wgpu::BufferAsyncError>>,
     /// What was copied, in order (for the view of each).
     views: Vec<Tensor>,
 }
 
 impl Staged {
-    /// Waits for the copy and returns each tensor's values.
-    pub fn wait(self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
-        gpu.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(self.index),
-                timeout: None,
-            })
-            .map_err(|e| gpu.device_failure(e.to_string()))?;
-        self.mapped
-            .recv()
-            .map_err(|e| gpu.device_failure(e.to_string()))?
-            .map_err(|e| gpu.device_failure(format!("mapping a read-back: {e}")))?;
+    /// Each tensor's values, once the copy has run and the staging buffer is mapped.
+    /// Natively this polls the device until the copy has finished ([`Staged::wait`] blocks
+    /// on it); in a browser it yields to the event loop, which maps the buffer.
+    pub async fn read(self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let Staged {
+            staging,
+            index,
+            mapped,
+            views,
+        } = self;
+        #[cfg(not(target_arch = "wasm32"))]
+        let mapped = {
+            gpu.wait_for_index(index)?;
+            mapped.try_take().ok_or_else(|| native::not_mapped(gpu))?
+        };
+        #[cfg(target_arch = "wasm32")]
+        let mapped = {
+            let _ = index;
+            mapped.await
+        };
+        mapped.map_err(|e| gpu.device_failure(format!("mapping a read-back: {e}")))?;
         gpu.check_lost()?;
-        let mut out = Vec::with_capacity(self.views.len());
+        let mut out = Vec::with_capacity(views.len());
         {
-            let view = self
-                .staging
+            let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| gpu.device_failure(e.to_string()))?;
             let all: &[f32] = bytemuck::cast_slice(&view);
             let mut at = 0usize;
-            for t in &self.views {
+            for t in &views {
                 let n = t.storage.numel;
                 out.push(t.gather(&all[at..at + n]));
                 at += n;
             }
         }
-        self.staging.unmap();
+        staging.unmap();
         Ok(out)
     }
 }
@@ -232,57 +243,79 @@ pub struct Gpu {
     submissions: AtomicU64,
 }
 
-/// Environment variable that, when set, keeps kernels off their subgroup variants (for
-/// comparisons; the results agree within rounding).
+/// How to open a device: which adapter, and whether kernels may use subgroup operations.
+///
+/// The crate reads no environment variable on its own; a program that offers the
+/// `DENSENET_WGPU_ADAPTER` and `DENSENET_WGPU_NO_SUBGROUPS` variables (the `train` binary,
+/// the benches and the tests do) builds its options with [`DeviceOptions::from_env`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// Open the first adapter whose name contains this text (case-insensitive), e.g.
+    /// `"llvmpipe"` or `"nvidia"`. `None` prefers a discrete GPU, then an integrated one,
+    /// then any other (lavapipe is a CPU adapter).
+    pub adapter: Option<String>,
+    /// Let kernels use their subgroup variants where the device offers subgroups of at
+    /// least 8 invocations. Off, every kernel takes its plain variant (for comparisons; the
+    /// results agree within rounding).
+    pub subgroups: bool,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            adapter: None,
+            subgroups: true,
+        }
+    }
+}
+
+/// Environment variable read by [`DeviceOptions::from_env`]: [`DeviceOptions::adapter`].
+pub const ADAPTER_ENV: &str = "DENSENET_WGPU_ADAPTER";
+
+/// Environment variable read by [`DeviceOptions::from_env`]: set, it turns
+/// [`DeviceOptions::subgroups`] off.
 pub const NO_SUBGROUPS_ENV: &str = "DENSENET_WGPU_NO_SUBGROUPS";
 
-/// Environment variable that picks an adapter whose name contains the given text
-/// (case-insensitive), e.g. `DENSENET_WGPU_ADAPTER=llvmpipe` or `=nvidia`.
-pub const ADAPTER_ENV: &str = "DENSENET_WGPU_ADAPTER";
+impl DeviceOptions {
+    /// The first adapter whose name contains `name` (case-insensitive).
+    pub fn adapter(mut self, name: impl Into<String>) -> Self {
+        self.adapter = Some(name.into());
+        self
+    }
+
+    /// Every kernel on its plain variant, even where the device offers subgroups.
+    pub fn without_subgroups(mut self) -> Self {
+        self.subgroups = false;
+        self
+    }
+
+    /// The options [`ADAPTER_ENV`] and [`NO_SUBGROUPS_ENV`] ask for; the defaults where
+    /// they are unset (an empty adapter name counts as unset).
+    pub fn from_env() -> Self {
+        DeviceOptions {
+            adapter: std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()),
+            subgroups: std::env::var_os(NO_SUBGROUPS_ENV).is_none(),
+        }
+    }
+}
 
 const NO_ADAPTER_HINT: &str = "no WebGPU adapter found. On a machine without a GPU install Mesa's \
 software Vulkan driver (lavapipe): on Debian 12, run `sudo scripts/setup-lavapipe.sh` from \
 the repository (Mesa 25 from bookworm-backports; `vulkaninfo --summary` then lists \
 `llvmpipe`).";
 
+fn new_instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
 impl Gpu {
-    /// Opens the preferred adapter: the one named by `DENSENET_WGPU_ADAPTER` if set,
-    /// else a discrete GPU, then an integrated one, then any other (lavapipe is `Cpu`).
-    pub fn new() -> Result<Gpu> {
-        let wanted = std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty());
-        Self::with_adapter(wanted.as_deref())
-    }
-
-    /// The adapter for the process of local rank `local_rank` on its host in a
-    /// data-parallel run: the one `DENSENET_WGPU_ADAPTER` names if set, else the
-    /// (`local_rank` mod count)-th discrete GPU, else the preferred adapter.
-    pub fn for_local_rank(local_rank: usize) -> Result<Gpu> {
-        if std::env::var(ADAPTER_ENV).is_ok_and(|s| !s.is_empty()) {
-            return Gpu::new();
-        }
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let mut discrete: Vec<wgpu::Adapter> =
-            pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
-                .into_iter()
-                .filter(|a| {
-                    let i = a.get_info();
-                    i.device_type == wgpu::DeviceType::DiscreteGpu && i.backend != wgpu::Backend::Gl
-                })
-                .collect();
-        if discrete.is_empty() {
-            return Gpu::new();
-        }
-        let pick = local_rank % discrete.len();
-        Gpu::open(discrete.swap_remove(pick))
-    }
-
-    /// Opens the first adapter whose name contains `name` (case-insensitive), or the
-    /// preferred one when `name` is `None`.
-    pub fn with_adapter(name: Option<&str>) -> Result<Gpu> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    /// Opens the adapter `options` name, else the preferred one: a discrete GPU, then an
+    /// integrated one, then any other. Asks for every limit and the subgroup feature the
+    /// adapter offers.
+    pub async fn request(options: &DeviceOptions) -> Result<Gpu> {
+        let adapters = new_instance()
+            .enumerate_adapters(wgpu::Backends::all())
+            .await;
         let names: Vec<String> = adapters
             .iter()
             .map(|a| {
@@ -297,14 +330,14 @@ impl Gpu {
             wgpu::DeviceType::Cpu => 3,
             wgpu::DeviceType::Other => 4,
         };
-        let adapter = match name {
+        let adapter = match &options.adapter {
             Some(wanted) => {
                 let w = wanted.to_lowercase();
                 adapters
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&w))
                     .ok_or_else(|| GpuError::AdapterNotFound {
-                        wanted: wanted.to_string(),
+                        wanted: wanted.clone(),
                         available: names.clone(),
                     })?
             }
@@ -315,30 +348,66 @@ impl Gpu {
                 .min_by_key(|a| rank(a.get_info().device_type))
                 .ok_or(GpuError::NoAdapter(NO_ADAPTER_HINT))?,
         };
-        Gpu::open(adapter)
+        Self::request_on(adapter, options).await
+    }
+
+    /// The adapter for the process of local rank `local_rank` on its host in a
+    /// data-parallel run: the one `options` name if they name one, else the
+    /// (`local_rank` mod count)-th discrete GPU, else the preferred adapter.
+    pub async fn request_for_local_rank(local_rank: usize, options: &DeviceOptions) -> Result<Gpu> {
+        if options.adapter.is_some() {
+            return Self::request(options).await;
+        }
+        let mut discrete: Vec<wgpu::Adapter> = new_instance()
+            .enumerate_adapters(wgpu::Backends::all())
+            .await
+            .into_iter()
+            .filter(|a| {
+                let i = a.get_info();
+                i.device_type == wgpu::DeviceType::DiscreteGpu && i.backend != wgpu::Backend::Gl
+            })
+            .collect();
+        if discrete.is_empty() {
+            return Self::request(options).await;
+        }
+        let pick = local_rank % discrete.len();
+        Self::request_on(discrete.swap_remove(pick), options).await
     }
 
     /// Opens a device on `adapter` with everything it offers.
-    fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
-        let info = adapter.get_info();
+    async fn request_on(adapter: wgpu::Adapter, options: &DeviceOptions) -> Result<Gpu> {
         // Ask for everything the adapter offers: lavapipe and real GPUs allow far larger
-        // buffers and more storage bindings than the WebGPU defaults.
-        let limits = adapter.limits();
-        // Subgroup operations, when offered: some kernels have variants that share one
-        // load among 8 lanes with subgroupBroadcast (see Gpu::subgroups).
-        let features = adapter.features() & wgpu::Features::SUBGROUP;
-        let subgroups = features.contains(wgpu::Features::SUBGROUP)
+        // buffers and more storage bindings than the WebGPU defaults. Subgroup operations,
+        // when offered: some kernels have variants that share one load among 8 lanes with
+        // subgroupBroadcast (see Gpu::subgroups).
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("densenet-wgpu device"),
+                required_features: adapter.features() & wgpu::Features::SUBGROUP,
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(format!("{}: {e}", adapter.get_info().name)))?;
+        Ok(Self::from_device(&adapter, device, queue, options))
+    }
+
+    /// Wraps a device the caller opened on `adapter`, so an application or a web page can
+    /// share its device with the crate. Kernels use the subgroup variants only if the device
+    /// was opened with [`wgpu::Features::SUBGROUP`] (and `options` allow them); every launch
+    /// is checked against the device's own limits.
+    pub fn from_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &DeviceOptions,
+    ) -> Gpu {
+        let info = adapter.get_info();
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP)
             && info.subgroup_min_size >= 8
-            && std::env::var_os(NO_SUBGROUPS_ENV).is_none();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("densenet-wgpu device"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .map_err(|e| GpuError::RequestDevice(format!("{}: {e}", info.name)))?;
+            && options.subgroups;
         let device_error = Arc::new(Mutex::new(None::<String>));
         let sink = device_error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -352,12 +421,12 @@ impl Gpu {
         device.set_device_lost_callback(move |reason, message| {
             *sink.lock().unwrap() = Some(format!("{reason:?}: {message}"));
         });
-        let memory_bytes = device_memory_bytes(&adapter, &info);
-        Ok(Gpu {
+        let memory_bytes = device_memory_bytes(adapter, &info);
+        Gpu {
+            limits: device.limits(),
             device,
             queue,
             info,
-            limits,
             memory_bytes,
             pipelines: Mutex::new(HashMap::new()),
             shader_modules: Mutex::new(HashMap::new()),
@@ -367,7 +436,7 @@ impl Gpu {
             lost,
             subgroups,
             submissions: AtomicU64::new(0),
-        })
+        }
     }
 
     /// One line naming the adapter and its driver, e.g.
@@ -513,68 +582,31 @@ impl Gpu {
         Ok(())
     }
 
-    /// Reads a tensor back to the host (waits for all submitted work).
-    pub fn download(&self, tensor: &Tensor) -> Result<Vec<f32>> {
-        let storage = &tensor.storage;
-        let bytes = storage.numel as u64 * 4;
-        if bytes == 0 {
-            return Ok(Vec::new());
-        }
-        if self.is_dry() {
-            self.active_memory().finished(None);
-            return Ok(vec![0.0; tensor.numel()]);
-        }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back staging"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("read-back"),
-            });
-        enc.copy_buffer_to_buffer(&storage.buffer, 0, &staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| self.device_failure(e.to_string()))?;
-        self.memory.finished(None);
-        rx.recv()
-            .map_err(|e| self.device_failure(e.to_string()))?
-            .map_err(|e| self.device_failure(format!("mapping {}: {e}", storage.label)))?;
-        self.check_device_error()?;
-        let all: Vec<f32> = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| self.device_failure(e.to_string()))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        staging.unmap();
-        Ok(tensor.gather(&all))
+    /// A tensor's values, once all work submitted before the call has finished (natively
+    /// [`Gpu::download`] blocks on it).
+    pub async fn read(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        let mut values = self.read_many(&[tensor]).await?;
+        Ok(values.pop().unwrap_or_default())
     }
 
-    /// Reads several tensors back with one copy pass into one mapped staging buffer and one
-    /// wait (what a bucket of gradients needs); each tensor's values in order.
-    pub fn download_many(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+    /// Several tensors' values with one copy pass into one staging buffer and one wait
+    /// (what a bucket of gradients needs), in order.
+    pub async fn read_many(&self, tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
         if self.is_dry() {
             self.active_memory().finished(None);
             return Ok(tensors.iter().map(|t| vec![0.0; t.numel()]).collect());
         }
         let staged = self.stage_read(tensors)?;
-        let out = staged.wait(self)?;
+        let out = staged.read(self).await?;
         self.memory.finished(None);
+        self.check_device_error()?;
         Ok(out)
     }
 
     /// Starts reading tensors back: submits their copy into one staging buffer and asks to
-    /// map it, without waiting. [`Staged::wait`] (on any thread) returns the values. Work
-    /// submitted before this call is finished before the copy runs.
+    /// map it, without waiting. [`Staged::read`] (or, natively, [`Staged::wait`] on any
+    /// thread) returns the values. Work submitted before this call is finished before the
+    /// copy runs.
     pub fn stage_read(&self, tensors: &[&Tensor]) -> Result<Staged> {
         self.check_lost()?;
         let total: u64 = tensors.iter().map(|t| t.storage.numel as u64 * 4).sum();
@@ -600,38 +632,14 @@ impl Gpu {
             views.push((*t).clone());
         }
         let index = self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        let (deliver, mapped) = completion::completion();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| deliver.send(r));
         Ok(Staged {
             staging,
             index,
-            mapped: rx,
+            mapped,
             views,
         })
-    }
-
-    /// Blocks until all submitted work has finished; reports device errors.
-    pub fn sync(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| self.device_failure(e.to_string()))?;
-        self.active_memory().finished(None);
-        self.check_device_error()
-    }
-
-    /// Blocks until the given submission (and every earlier one) has finished, which frees
-    /// the buffers dropped before it; reports device errors.
-    pub fn wait_for(&self, submitted: Submitted) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(submitted.index),
-                timeout: None,
-            })
-            .map_err(|e| self.device_failure(e.to_string()))?;
-        self.active_memory().finished(Some(submitted.seq));
-        self.check_device_error()
     }
 
     /// Starts recording GPU work; nothing runs until [`Encoder::submit`].
@@ -647,9 +655,9 @@ impl Gpu {
         }
     }
 
-    /// Whether kernels may use their subgroup variants here: the adapter offers subgroup
-    /// operations with subgroups of at least 8 invocations, and `DENSENET_WGPU_NO_SUBGROUPS`
-    /// is not set.
+    /// Whether kernels may use their subgroup variants here: the device offers subgroup
+    /// operations with subgroups of at least 8 invocations, and [`DeviceOptions::subgroups`]
+    /// allowed them.
     pub fn subgroups(&self) -> bool {
         self.subgroups
     }
@@ -725,6 +733,10 @@ impl Gpu {
                 count: None,
             })
             .collect();
+        // Natively a shader or validation error comes back here, typed. In a browser nothing
+        // may wait for it: it reaches the uncaptured-error handler, and the next
+        // check_device_error reports it.
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let layout = self
             .device
@@ -752,7 +764,8 @@ impl Gpu {
                 },
                 cache: None,
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = native::pipeline_error(scope) {
             return Err(GpuError::Pipeline {
                 name: label,
                 message: e.to_string(),

@@ -15,7 +15,7 @@ use crate::data::synthetic::Synthetic;
 use crate::data::Dataset;
 use crate::data::{Loader, LoaderOptions};
 use crate::dist::{broadcast_tensors, Collective, SingleProcess};
-use crate::gpu::{Gpu, GpuError};
+use crate::gpu::{DeviceOptions, Gpu, GpuError};
 use crate::metrics::EpochMetrics;
 use crate::models::{BlockMode, Model, ModelConfig};
 use crate::optim::Schedule;
@@ -50,6 +50,10 @@ pub enum RunError {
     /// [`Run::begin_epoch`] first.
     #[error("no epoch in progress: call Run::begin_epoch first")]
     NoEpochInProgress,
+    /// The device could not be opened, or refused an op (a shape, a limit, a forced
+    /// kernel that cannot run).
+    #[error(transparent)]
+    Device(#[from] GpuError),
     /// Anything else: a message that names what failed (file, option, tensor).
     #[error("{0}")]
     Other(String),
@@ -183,6 +187,8 @@ pub struct RunSpec {
     /// The gradient bucket size of a data-parallel run, in bytes (default
     /// [`crate::train::GRAD_BUCKET_BYTES`]; the sums do not depend on it).
     pub bucket_bytes: Option<usize>,
+    /// Which adapter to open, and whether kernels may use subgroup operations.
+    pub device: DeviceOptions,
     /// Time every op of each step and report it ([`events::RunEvent::StepProfiled`]).
     /// Slows the run down; for finding slow kernels.
     pub profile: bool,
@@ -233,6 +239,7 @@ impl RunSpec {
             sync_bn: false,
             after_step: None,
             cancel: None,
+            device: DeviceOptions::default(),
             overlap: None,
             bucket_bytes: None,
             profile: false,
@@ -267,11 +274,10 @@ pub fn fit_group(
     observer: &mut dyn Observer,
 ) -> RunResult<Vec<EpochMetrics>> {
     let gpu = if group.size() > 1 {
-        Gpu::for_local_rank(group.local_rank())
+        Gpu::open_for_local_rank(group.local_rank(), &spec.device)?
     } else {
-        Gpu::new()
-    }
-    .map_err(|e| e.to_string())?;
+        Gpu::open(&spec.device)?
+    };
     let mut run = Run::start(&gpu, spec, group, observer)?;
     while run.begin_epoch() {
         while run.step()?.is_some() {}

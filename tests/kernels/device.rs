@@ -1,5 +1,6 @@
 use crate::common::*;
-use densenet_wgpu::gpu::{Gpu, GpuError, MAX_WORKGROUPS_PER_DIM, NO_SUBGROUPS_ENV};
+use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError, MAX_WORKGROUPS_PER_DIM, NO_SUBGROUPS_ENV};
+use densenet_wgpu::ops::relu;
 
 #[test]
 fn adapter_is_described() {
@@ -58,7 +59,7 @@ fn buffer_over_binding_limit_is_typed_error() {
 
 #[test]
 fn unknown_adapter_name_is_typed_error() {
-    match Gpu::with_adapter(Some("no-such-adapter-xyz")) {
+    match Gpu::open(&DeviceOptions::default().adapter("no-such-adapter-xyz")) {
         Err(GpuError::AdapterNotFound { wanted, .. }) => assert_eq!(wanted, "no-such-adapter-xyz"),
         Err(e) => panic!("expected AdapterNotFound, got {e}"),
         Ok(_) => panic!("expected AdapterNotFound"),
@@ -69,4 +70,42 @@ fn unknown_adapter_name_is_typed_error() {
 fn channel_slice_out_of_range_is_typed_error() {
     let t = gpu().zeros(&[2, 4, 3, 3], "t").unwrap();
     assert!(matches!(t.channels(3, 2), Err(GpuError::Shape(_))));
+}
+
+#[test]
+fn subgroups_can_be_turned_off() {
+    let plain = Gpu::open(&DeviceOptions::from_env().without_subgroups()).unwrap();
+    assert!(!plain.subgroups(), "{}", plain.describe());
+}
+
+/// An application that opened its own device hands it to the crate, which runs its kernels
+/// on it under the device's own limits and features.
+#[test]
+fn a_device_the_caller_opened_runs_the_kernels() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .into_iter()
+        .find(|a| a.get_info().name == gpu().info.name)
+        .expect("the test adapter");
+    // The WebGPU default limits and no optional feature: what a web page gets by default.
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let own = Gpu::from_device(&adapter, device, queue, &DeviceOptions::default());
+    assert!(!own.subgroups(), "no SUBGROUP feature was asked for");
+    // Launches are checked against the limits the device was opened with, not the
+    // adapter's (lavapipe's are far larger than the defaults).
+    assert_eq!(own.limits, wgpu::Limits::default());
+    assert_eq!(own.limits, own.device.limits());
+    let x_values = rand(3, 3 * 700, -2.0, 2.0);
+    let x = own.upload(&f32s(&x_values), &[3, 700], "x").unwrap();
+    let y = own.zeros(&[3, 700], "y").unwrap();
+    let mut enc = own.encoder("relu on the caller's device");
+    relu::forward(&mut enc, &y, &x).unwrap();
+    enc.submit().unwrap();
+    let want: Vec<f64> = x_values
+        .iter()
+        .map(|v| (*v as f32).max(0.0) as f64)
+        .collect();
+    assert_eq!(f64s(&own.download(&y).unwrap()), want);
 }

@@ -11,7 +11,7 @@ use densenet_wgpu::budget::{
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
 use densenet_wgpu::dist::SingleProcess;
-use densenet_wgpu::gpu::Gpu;
+use densenet_wgpu::gpu::{DeviceOptions, Gpu};
 use densenet_wgpu::models::{self, BlockMode, ModelConfig, ResNetBlock, ResNetConfig};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
@@ -255,6 +255,7 @@ fn spec(out: &Path, resume: bool, after_step: Option<StepHook>) -> RunSpec {
         cancel: None,
         overlap: None,
         bucket_bytes: None,
+        device: DeviceOptions::from_env(),
         profile: false,
     }
 }

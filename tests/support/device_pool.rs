@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use densenet_wgpu::gpu::Gpu;
+use densenet_wgpu::gpu::{DeviceOptions, Gpu};
 
 static FREE: Mutex<Vec<&'static Gpu>> = Mutex::new(Vec::new());
 
@@ -32,7 +32,7 @@ thread_local! {
 fn lease() -> &'static Gpu {
     let free = FREE.lock().unwrap().pop();
     free.unwrap_or_else(|| {
-        let g = Gpu::new().expect("open a WebGPU adapter");
+        let g = Gpu::open(&DeviceOptions::from_env()).expect("open a WebGPU adapter");
         eprintln!("adapter: {}", g.describe());
         Box::leak(Box::new(g))
     })

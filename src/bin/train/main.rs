@@ -19,9 +19,10 @@ use densenet_wgpu::data::folder::{load_image, Augmentation, ImageFolder};
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
 use densenet_wgpu::dist::{self, Collective};
-use densenet_wgpu::gpu::Gpu;
+use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError, ADAPTER_ENV};
 use densenet_wgpu::metrics;
 use densenet_wgpu::models::{self, BlockMode};
+use densenet_wgpu::ops::conv2d;
 use densenet_wgpu::run::{self, RunError, RunResult, RunSpec, ScheduleSpec};
 use densenet_wgpu::study;
 use densenet_wgpu::train::evaluate;
@@ -34,7 +35,9 @@ use densenet_wgpu::verify::verify_golden;
     name = "train",
     version,
     args_conflicts_with_subcommands = true,
-    after_help = "environment: DENSENET_WGPU_ADAPTER=<name substring> picks an adapter"
+    after_help = "environment: DENSENET_WGPU_ADAPTER=<name substring> picks an adapter; \
+                  DENSENET_WGPU_NO_SUBGROUPS=1 keeps kernels off their subgroup variants; \
+                  DENSENET_WGPU_CONV=<kernel>[,<kernel>...] forces conv2d kernels (docs/kernels.md)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -264,6 +267,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // Every convolution runs on this thread, so forcing kernels here covers the whole run.
+    let _forced = match conv2d::kernels_from_env() {
+        Ok(kernels) => conv2d::force(&kernels),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let parallel = training && !matches!(cli.command, Some(Command::Compare(_)));
     let result = match cli.command {
         _ if group.size() > 1 && !parallel => Err(
@@ -300,6 +311,10 @@ fn main() -> ExitCode {
             // The other ranks may be waiting in a collective: end them all.
             eprintln!("error: rank {}: {e}", group.rank());
             group.abort(1)
+        }
+        None if matches!(e, RunError::Device(GpuError::AdapterNotFound { .. })) => {
+            eprintln!("error: {e} (the name comes from {ADAPTER_ENV})");
+            ExitCode::FAILURE
         }
         None if matches!(e, RunError::DeviceLost { .. }) => {
             eprintln!("error: {e}.\nresume with: {}", resume_command(group.size()));
@@ -403,7 +418,7 @@ fn fit(spec: &RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
 
 /// Opens the adapter (`DENSENET_WGPU_ADAPTER` picks one) and says which it is.
 fn open_gpu() -> RunResult<Gpu> {
-    let gpu = Gpu::new().map_err(|e| e.to_string())?;
+    let gpu = Gpu::open(&DeviceOptions::from_env())?;
     eprintln!("adapter: {}", gpu.describe());
     Ok(gpu)
 }
@@ -464,6 +479,7 @@ fn run_spec(
         },
         out: o.out.clone().unwrap_or(d.out),
         resume: o.resume,
+        device: DeviceOptions::from_env(),
         mode: if o.plain {
             BlockMode::Plain
         } else {

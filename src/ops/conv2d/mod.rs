@@ -14,8 +14,8 @@ mod tape;
 
 pub use launch::GemmTile;
 pub use plan::{
-    force, last_kernel, not_applicable, parse_forced, plan, AdapterClass, ConvKernel, ConvPass,
-    ConvShape, Forced, FORCE_ENV,
+    force, kernels_from_env, last_kernel, not_applicable, parse_forced, plan, AdapterClass,
+    ConvKernel, ConvPass, ConvShape, Forced, FORCE_ENV,
 };
 
 use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams, WeightPass};

@@ -8,15 +8,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::OnceLock;
 
 use super::shaders::{GEMM_SHADER, SHADER, SUBGROUP_SHADER, WINOGRAD_SHADER};
 use super::Conv2dSpec;
 use crate::gpu::{GpuError, Result, Shader};
 
-/// Environment variable naming kernels to force, comma-separated (e.g.
-/// `DENSENET_WGPU_CONV=forward_tiled,backward_weight_partial`): each pass that one of them
-/// serves runs it, and fails with [`GpuError::KernelNotApplicable`] where it cannot.
+/// Environment variable read by [`kernels_from_env`]: kernels to force, comma-separated
+/// (e.g. `DENSENET_WGPU_CONV=forward_tiled,backward_weight_partial`). The crate reads it
+/// only when a program calls that function (the `train` binary and the benches do).
 pub const FORCE_ENV: &str = "DENSENET_WGPU_CONV";
 
 /// A convolution pass.
@@ -305,8 +304,8 @@ thread_local! {
 }
 
 /// Forces `kernels` on this thread until the guard is dropped: each pass one of them
-/// serves runs it (or fails with [`GpuError::KernelNotApplicable`]). Overrides
-/// [`FORCE_ENV`].
+/// serves runs it (or fails with [`GpuError::KernelNotApplicable`]); the planner picks
+/// the kernel of every other pass.
 pub fn force(kernels: &[ConvKernel]) -> Forced {
     let previous = FORCED.with(|f| f.replace(kernels.to_vec()));
     Forced { previous }
@@ -342,30 +341,16 @@ pub fn parse_forced(value: &str) -> std::result::Result<Vec<ConvKernel>, String>
         .collect()
 }
 
-fn env_forced() -> std::result::Result<&'static [ConvKernel], String> {
-    static ENV: OnceLock<std::result::Result<Vec<ConvKernel>, String>> = OnceLock::new();
-    ENV.get_or_init(|| parse_forced(&std::env::var(FORCE_ENV).unwrap_or_default()))
-        .as_deref()
-        .map_err(Clone::clone)
+/// The kernels [`FORCE_ENV`] names (none when it is unset), for a program that offers it:
+/// hold `force(&kernels_from_env()?)` on the thread that launches the convolutions.
+pub fn kernels_from_env() -> std::result::Result<Vec<ConvKernel>, String> {
+    parse_forced(&std::env::var(FORCE_ENV).unwrap_or_default())
 }
 
 /// The kernel for `pass`: the forced one serving it (an error when it cannot run here),
 /// else [`plan`]'s. Recorded for [`last_kernel`].
 pub fn choose(op: &str, pass: ConvPass, shape: &ConvShape) -> Result<ConvKernel> {
-    let on_thread = FORCED.with(|f| f.borrow().iter().copied().find(|k| k.serves(pass)));
-    let thread_forces = FORCED.with(|f| !f.borrow().is_empty());
-    let forced = if thread_forces {
-        on_thread
-    } else {
-        env_forced()
-            .map_err(|reason| GpuError::KernelNotApplicable {
-                kernel: std::env::var(FORCE_ENV).unwrap_or_default(),
-                reason,
-            })?
-            .iter()
-            .copied()
-            .find(|k| k.serves(pass))
-    };
+    let forced = FORCED.with(|f| f.borrow().iter().copied().find(|k| k.serves(pass)));
     let kernel = match forced {
         Some(k) => {
             if let Some(reason) = not_applicable(k, pass, shape) {
