@@ -53,6 +53,8 @@ pub enum DataError {
     IndexOutOfRange { index: usize, len: usize },
     /// A bad argument (validation fraction outside [0, 1), image size 0, ...).
     InvalidArgument(String),
+    /// A file or folder could not be written.
+    Write { path: PathBuf, message: String },
 }
 
 impl fmt::Display for DataError {
@@ -95,6 +97,9 @@ impl fmt::Display for DataError {
                 )
             }
             DataError::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
+            DataError::Write { path, message } => {
+                write!(f, "cannot write {}: {message}", path.display())
+            }
         }
     }
 }
@@ -105,7 +110,9 @@ impl DataError {
     /// The cause without the file name, for messages that already name the file.
     pub fn detail(&self) -> String {
         match self {
-            DataError::Decode { message, .. } | DataError::Io { message, .. } => message.clone(),
+            DataError::Decode { message, .. }
+            | DataError::Io { message, .. }
+            | DataError::Write { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }

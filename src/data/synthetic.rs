@@ -7,6 +7,8 @@
 //! position, size and thickness, and gets Gaussian pixel noise. Image `i` is a pure function
 //! of `(seed, i)`, so nothing is stored; its class is `i % 6`, so classes are balanced.
 
+use std::path::{Path, PathBuf};
+
 use super::{derive_seed, DataError, Dataset, IMAGENET_MEAN, IMAGENET_STD};
 use crate::rng::Rng;
 
@@ -168,6 +170,59 @@ impl Synthetic {
     /// Label of item `index`, without drawing it.
     pub fn label(&self, index: usize) -> usize {
         index % SYNTHETIC_CLASSES.len()
+    }
+
+    /// Item `index` as an 8-bit RGB image (the pixels [`Synthetic::render`] draws) and its
+    /// label.
+    pub fn image(&self, index: usize) -> (image::RgbImage, usize) {
+        let (pixels, label) = self.render(index);
+        let s = self.image_size;
+        let image = image::RgbImage::from_fn(s as u32, s as u32, |x, y| {
+            let at =
+                |c: usize| (pixels[(c * s + y as usize) * s + x as usize] * 255.0).round() as u8;
+            image::Rgb([at(0), at(1), at(2)])
+        });
+        (image, label)
+    }
+
+    /// Writes the first `per_class` images of each of the first `classes` classes as an
+    /// image folder, `dir/<class>/<index>.png` (what [`super::folder::ImageFolder::open`]
+    /// reads), and returns the files, class by class.
+    pub fn write_folder(
+        &self,
+        dir: &Path,
+        classes: usize,
+        per_class: usize,
+    ) -> Result<Vec<PathBuf>, DataError> {
+        let all = SYNTHETIC_CLASSES.len();
+        if classes > all || classes * per_class > self.len.min(all * per_class) {
+            return Err(DataError::InvalidArgument(format!(
+                "{per_class} images of {classes} classes from a synthetic dataset of {} images \
+                 of {all} classes",
+                self.len
+            )));
+        }
+        let mut written = Vec::with_capacity(classes * per_class);
+        for (label, class) in self.classes.iter().enumerate().take(classes) {
+            let class_dir = dir.join(class);
+            std::fs::create_dir_all(&class_dir).map_err(|e| DataError::Write {
+                path: class_dir.clone(),
+                message: e.to_string(),
+            })?;
+            // Item i has label i mod the number of classes.
+            for index in (label..self.len).step_by(all).take(per_class) {
+                let path = class_dir.join(format!("{index}.png"));
+                self.image(index)
+                    .0
+                    .save(&path)
+                    .map_err(|e| DataError::Write {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                written.push(path);
+            }
+        }
+        Ok(written)
     }
 
     /// Item `index` as CHW pixel values in [0, 1] (before normalisation) and its label.

@@ -713,17 +713,12 @@ pub fn write_samples(data: &Synthetic, val: &[usize], dir: &Path) -> RunResult<(
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut written = vec![0usize; data.classes().len()];
     for &i in val {
-        let (pixels, label) = data.render(i);
+        let label = data.label(i);
         if written[label] >= 2 {
             continue;
         }
         written[label] += 1;
-        let s = data.image_size();
-        let img = image::RgbImage::from_fn(s as u32, s as u32, |x, y| {
-            let at =
-                |c: usize| (pixels[(c * s + y as usize) * s + x as usize] * 255.0).round() as u8;
-            image::Rgb([at(0), at(1), at(2)])
-        });
+        let (img, _) = data.image(i);
         let path = dir.join(format!("{}_{i}.png", data.classes()[label]));
         img.save(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
