@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::{ImageFormat, Rgb, RgbImage};
 
@@ -29,23 +29,43 @@ const MARGIN: (i64, i64, i64, i64) = (70, 20, 44, 62);
 /// Above this many points, lines are drawn without point markers.
 const MAX_MARKERS: usize = 40;
 
+/// Why a figure was not written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlotError {
+    /// The figure has no point to draw.
+    #[error("{figure}: no points to plot")]
+    Empty { figure: String },
+    /// The PNG encoder failed.
+    #[error("cannot encode the PNG: {0}")]
+    Encode(String),
+    /// The file could not be written (or moved into place).
+    #[error("cannot write {}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+}
+
 /// Writes the loss and accuracy curves of `history` as a `WIDTH x HEIGHT` PNG at `path`,
 /// atomically (a temporary file next to it, then a rename). One epoch is drawn as points.
-pub fn write_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), String> {
+pub fn write_curves(path: &Path, history: &[EpochMetrics]) -> Result<(), PlotError> {
     write_png(path, &render_curves(history)?)
 }
 
 /// Writes `image` as a PNG at `path`, atomically.
-fn write_png(path: &Path, image: &RgbImage) -> Result<(), String> {
+fn write_png(path: &Path, image: &RgbImage) -> Result<(), PlotError> {
     let mut bytes = Vec::new();
     image
         .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .map_err(|e| format!("cannot encode the PNG: {e}"))?;
+        .map_err(|e| PlotError::Encode(e.to_string()))?;
     let tmp = temp_path(path);
-    fs::write(&tmp, &bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    fs::write(&tmp, &bytes).map_err(|e| PlotError::Write {
+        path: tmp.clone(),
+        message: e.to_string(),
+    })?;
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        format!("cannot rename {} to {}: {e}", tmp.display(), path.display())
+        PlotError::Write {
+            path: path.to_path_buf(),
+            message: format!("renaming {} into place: {e}", tmp.display()),
+        }
     })
 }
 
@@ -74,10 +94,12 @@ pub fn write_chart(
     title: &str,
     x_label: &str,
     series: &[Series],
-) -> Result<(), String> {
+) -> Result<(), PlotError> {
     let all = || series.iter().flat_map(|s| s.points.iter());
     if all().next().is_none() {
-        return Err(format!("{title}: no points to plot"));
+        return Err(PlotError::Empty {
+            figure: title.to_string(),
+        });
     }
     let x_max = all().map(|p| p.0).fold(0.0f64, f64::max);
     let y_max = all().map(|p| p.1).fold(0.0f64, f64::max);
@@ -105,9 +127,11 @@ pub fn write_chart(
 }
 
 /// Draws the figure `write_curves` saves.
-pub fn render_curves(history: &[EpochMetrics]) -> Result<RgbImage, String> {
+pub fn render_curves(history: &[EpochMetrics]) -> Result<RgbImage, PlotError> {
     if history.is_empty() {
-        return Err("no epochs to plot".into());
+        return Err(PlotError::Empty {
+            figure: "training curves".into(),
+        });
     }
     let epochs: Vec<f64> = history.iter().map(|m| m.epoch as f64).collect();
     let train_loss: Vec<f64> = history.iter().map(|m| m.train_loss).collect();

@@ -13,10 +13,10 @@ use crate::metrics::EpochMetrics;
 use crate::models::{self, BlockMode, ModelConfig, ResNetBlock};
 use crate::ops::adam::AdamConfig;
 use crate::optim::{Adam, Schedule};
-use crate::plot::{write_chart, Series};
+use crate::plot::{write_chart, PlotError, Series};
 use crate::rng::Rng;
 use crate::run::events::{Observer, RunEvent};
-use crate::run::{self, RunResult, RunSpec};
+use crate::run::{self, RunError, RunResult, RunSpec};
 use crate::tape::Tape;
 use crate::train::Trainer;
 
@@ -188,8 +188,11 @@ pub fn write_report(
     s: &Settings,
     costs: &[Cost],
     runs: &[Run],
-) -> std::result::Result<(), String> {
-    std::fs::create_dir_all(img_dir).map_err(|e| format!("{}: {e}", img_dir.display()))?;
+) -> RunResult<()> {
+    std::fs::create_dir_all(img_dir).map_err(|e| RunError::File {
+        path: img_dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let figures = write_figures(img_dir, costs, runs)?;
     let rel = |p: &Path| -> String {
         let doc_dir = doc.parent().unwrap_or(Path::new("."));
@@ -283,14 +286,17 @@ pub fn write_report(
         let _ = writeln!(w, "![{title}]({})\n", rel(path));
     }
     discussion(w, costs, runs);
-    std::fs::write(doc, md).map_err(|e| format!("{}: {e}", doc.display()))
+    std::fs::write(doc, md).map_err(|e| RunError::File {
+        path: doc.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 fn write_figures(
     img_dir: &Path,
     costs: &[Cost],
     runs: &[Run],
-) -> std::result::Result<Vec<(String, std::path::PathBuf)>, String> {
+) -> std::result::Result<Vec<(String, std::path::PathBuf)>, PlotError> {
     let mut out = Vec::new();
     let acc: Vec<Series> = runs
         .iter()
@@ -504,26 +510,21 @@ pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
     let preset = |n: &String| {
         models::preset(n, classes)
             .map(|c| (n.clone(), c))
-            .ok_or_else(|| {
-                format!(
-                    "unknown model {n:?}; choose among {}",
-                    models::preset_names()
-                )
+            .ok_or_else(|| RunError::UnknownModel {
+                name: n.clone(),
+                choices: models::preset_names(),
             })
     };
-    let trained: Vec<(String, ModelConfig)> = plan
-        .models
-        .iter()
-        .map(preset)
-        .collect::<std::result::Result<_, String>>()?;
+    let trained: Vec<(String, ModelConfig)> =
+        plan.models.iter().map(preset).collect::<RunResult<_>>()?;
     let extra: Vec<(String, ModelConfig)> = plan
         .cost_only
         .iter()
         .filter(|n| !plan.models.contains(n))
         .map(preset)
-        .collect::<std::result::Result<_, String>>()?;
+        .collect::<RunResult<_>>()?;
 
-    let gpu = crate::gpu::Gpu::open(&base.device).map_err(|e| e.to_string())?;
+    let gpu = crate::gpu::Gpu::open(&base.device)?;
     observer.event(&RunEvent::Adapter {
         description: gpu.describe(),
         rank: None,
@@ -545,7 +546,10 @@ pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
             base.batch_size,
             plan.cost_steps,
         )
-        .map_err(|e| format!("{name}: {e}"))?;
+        .map_err(|error| RunError::CostNotMeasured {
+            model: name.clone(),
+            error,
+        })?;
         for m in &c.modes {
             observer.event(&RunEvent::CostMeasured {
                 model: name.clone(),

@@ -353,7 +353,7 @@ impl<'g> Trainer<'g> {
         if n_local == 0 && self.sync_bn {
             // The other ranks wait for this one's batch statistics.
             return Err(StepError::Gpu(GpuError::Shape(format!(
-                "--sync-bn: rank {} has no image in this batch (its share of the global batch is empty or unreadable)",
+                "synchronised batch norm: rank {} has no image in this batch (its share of the global batch is empty or unreadable)",
                 group.rank()
             ))));
         }

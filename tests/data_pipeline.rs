@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use densenet_wgpu::data::{
-    load_image, split, DataError, Dataset, ImageFolder, Loader, LoaderOptions, Synthetic,
-    IMAGENET_MEAN, IMAGENET_STD,
+    load_image, split, DataError, Dataset, ImageFolder, Loader, LoaderOptions, SkipReason,
+    Synthetic, IMAGENET_MEAN, IMAGENET_STD,
 };
 use densenet_wgpu::metrics::{
     append_csv, confusion_matrix_table, read_csv, write_csv, EpochMetrics,
@@ -263,13 +263,19 @@ fn corrupt_image_is_skipped_by_the_loader_with_a_warning_naming_it() {
     seen.sort();
     let expected: Vec<usize> = (0..4).filter(|&i| i != bad_index).collect();
     assert_eq!(seen, expected);
-    let warnings = loader.take_warnings();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let skipped = loader.take_skipped();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].index, bad_index);
     assert!(
-        warnings[0].starts_with("skipped ") && warnings[0].contains("bad.jpg"),
-        "{warnings:?}"
+        matches!(skipped[0].reason, SkipReason::Unreadable(_)),
+        "{skipped:?}"
     );
-    assert!(loader.take_warnings().is_empty());
+    let text = skipped[0].to_string();
+    assert!(
+        text.starts_with("skipped ") && text.contains("bad.jpg"),
+        "{text}"
+    );
+    assert!(loader.take_skipped().is_empty());
 }
 
 #[test]

@@ -22,6 +22,44 @@ pub const PREFETCH_BATCHES: usize = 4;
 /// Most worker threads a loader starts by default.
 pub const MAX_WORKERS: usize = 4;
 
+/// An item left out of its batch: which, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// The dataset index of the item.
+    pub index: usize,
+    /// The item as the dataset names it (the file path for folders).
+    pub item: String,
+    pub reason: SkipReason,
+}
+
+/// Why an item was left out.
+#[derive(Debug, Clone)]
+pub enum SkipReason {
+    /// The dataset could not load it (a file that does not decode, or cannot be read).
+    Unreadable(super::DataError),
+    /// The dataset returned `got` values for an image of `image_size` x `image_size`.
+    WrongSize { got: usize, image_size: usize },
+    /// Loading it panicked, with this message.
+    Panicked(String),
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped {}: ", self.item)?;
+        match &self.reason {
+            SkipReason::Unreadable(e) => write!(f, "{}", e.detail()),
+            SkipReason::WrongSize { got, image_size: s } => {
+                write!(
+                    f,
+                    "got {got} values, expected 3 x {s} x {s} = {}",
+                    3 * s * s
+                )
+            }
+            SkipReason::Panicked(message) => write!(f, "loading panicked: {message}"),
+        }
+    }
+}
+
 /// One batch: `images` is NCHW (`labels.len() x 3 x size x size`), `indices` are the
 /// dataset indices of the items, in batch order.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,10 +81,10 @@ impl Batch {
     }
 }
 
-/// What a worker sends: a batch and the warnings raised while building it.
+/// What a worker sends: a batch and the items it left out.
 struct Prepared {
     batch: Batch,
-    warnings: Vec<String>,
+    skipped: Vec<Skipped>,
 }
 
 /// Everything a worker needs to build its batches.
@@ -70,7 +108,7 @@ pub struct Loader {
     receivers: Vec<Receiver<Prepared>>,
     workers: Vec<JoinHandle<()>>,
     next: usize,
-    warnings: Mutex<Vec<String>>,
+    skipped: Mutex<Vec<Skipped>>,
 }
 
 /// Which share of every batch a process builds: rank `rank` of `ranks` in a data-parallel
@@ -248,7 +286,7 @@ impl Loader {
             plan,
             receivers,
             workers: handles,
-            warnings: Mutex::new(Vec::new()),
+            skipped: Mutex::new(Vec::new()),
         }
     }
 
@@ -263,9 +301,9 @@ impl Loader {
         self.plan.order.len()
     }
 
-    /// Warnings collected so far (e.g. `skipped <path>: <decode error>`), emptying the list.
-    pub fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The items left out so far, emptying the list.
+    pub fn take_skipped(&self) -> Vec<Skipped> {
+        std::mem::take(&mut *self.skipped.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -301,7 +339,7 @@ fn build_batch(plan: &Plan, b: usize) -> Option<Prepared> {
         labels: Vec::with_capacity(end - start),
         indices: Vec::with_capacity(end - start),
     };
-    let mut warnings = Vec::new();
+    let mut skipped = Vec::new();
     for position in start..end {
         if plan.stop.load(Ordering::Relaxed) {
             return None;
@@ -311,29 +349,33 @@ fn build_batch(plan: &Plan, b: usize) -> Option<Prepared> {
             .augment_seed
             .map(|seed| Rng::new(derive_seed(seed, position as u64)));
         let result = catch_unwind(AssertUnwindSafe(|| plan.dataset.get(index, rng.as_mut())));
-        let skip = |why: String| format!("skipped {}: {why}", plan.dataset.describe(index));
-        match result {
+        let reason = match result {
             Ok(Ok((pixels, label))) if pixels.len() == item_len => {
                 batch.images.extend_from_slice(&pixels);
                 batch.labels.push(label);
                 batch.indices.push(index);
+                continue;
             }
-            Ok(Ok((pixels, _))) => warnings.push(skip(format!(
-                "got {} values, expected 3 x {size} x {size} = {item_len}",
-                pixels.len()
-            ))),
-            Ok(Err(e)) => warnings.push(skip(e.detail())),
-            Err(panic) => {
-                let message = panic
+            Ok(Ok((pixels, _))) => SkipReason::WrongSize {
+                got: pixels.len(),
+                image_size: size,
+            },
+            Ok(Err(e)) => SkipReason::Unreadable(e),
+            Err(panic) => SkipReason::Panicked(
+                panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                warnings.push(skip(format!("loading panicked: {message}")));
-            }
-        }
+                    .unwrap_or_else(|| "unknown panic".into()),
+            ),
+        };
+        skipped.push(Skipped {
+            index,
+            item: plan.dataset.describe(index),
+            reason,
+        });
     }
-    Some(Prepared { batch, warnings })
+    Some(Prepared { batch, skipped })
 }
 
 impl Iterator for Loader {
@@ -346,11 +388,11 @@ impl Iterator for Loader {
                 .recv()
                 .expect("a data loader thread stopped unexpectedly");
             self.next += 1;
-            if !prepared.warnings.is_empty() {
-                self.warnings
+            if !prepared.skipped.is_empty() {
+                self.skipped
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .extend(prepared.warnings);
+                    .extend(prepared.skipped);
             }
             if !prepared.batch.is_empty() || self.plan.shard.ranks > 1 {
                 return Some(prepared.batch);

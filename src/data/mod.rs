@@ -18,7 +18,7 @@ pub mod loader;
 pub mod synthetic;
 
 pub use folder::{load_image, ImageFolder, IMAGE_EXTENSIONS};
-pub use loader::{Batch, Loader, LoaderOptions, Shard};
+pub use loader::{Batch, Loader, LoaderOptions, Shard, SkipReason, Skipped};
 pub use synthetic::Synthetic;
 
 /// Per-channel mean of ImageNet in RGB order, on pixel values scaled to [0, 1].

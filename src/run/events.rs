@@ -96,8 +96,8 @@ pub enum RunEvent {
     },
     /// The epoch's last step is done.
     EpochTrained,
-    /// A file could not be used and was left out (`reason` names the file and why).
-    FileSkipped { reason: String },
+    /// An item could not be used and was left out of its batch.
+    FileSkipped { skipped: crate::data::Skipped },
     /// Validation over `images` images begins.
     ValidationStarted { images: usize },
     /// `images` more validation images were evaluated.
@@ -107,7 +107,7 @@ pub enum RunEvent {
     /// An epoch ended: its metrics and what happened in it.
     EpochDone(Box<EpochReport>),
     /// curves.png could not be written (the run goes on).
-    CurvesNotWritten { error: String },
+    CurvesNotWritten { error: crate::plot::PlotError },
     /// The study measures a model's step time and memory (`steps` steps per block mode).
     CostStarted {
         model: String,

@@ -20,7 +20,7 @@ use crate::metrics::EpochMetrics;
 use crate::models::{BlockMode, Model, ModelConfig};
 use crate::optim::Schedule;
 use crate::train::{evaluate, Trainer};
-use crate::weights::{self, infer_config, TensorFile};
+use crate::weights::{self, infer_config, TensorFile, WeightsError};
 
 pub mod events;
 mod training;
@@ -50,24 +50,104 @@ pub enum RunError {
     /// [`Run::begin_epoch`] first.
     #[error("no epoch in progress: call Run::begin_epoch first")]
     NoEpochInProgress,
+    /// The batch size or the number of epochs is zero.
+    #[error("the batch size and the number of epochs must be positive (batch size {batch_size}, {epochs} epochs)")]
+    NothingToTrain { batch_size: usize, epochs: usize },
+    /// A data-parallel run's global batch has fewer images than there are ranks.
+    #[error("the batch size {batch_size} is the global batch: it must be at least the number of ranks ({ranks})")]
+    BatchBelowRanks { batch_size: usize, ranks: usize },
+    /// With synchronised batch norm, the last batch of each epoch would leave a rank
+    /// without an image.
+    #[error("synchronised batch norm: the last batch of each epoch holds {last} images, fewer than the {ranks} ranks; choose a batch size that leaves none or at least {ranks}")]
+    LastBatchBelowRanks { last: usize, ranks: usize },
+    /// The (global) batch does not fit the device; `largest` is the largest that does
+    /// (`None`: not even one image per rank).
+    #[error("batch {batch_size} at {image_size}x{image_size} does not fit {adapter}: {reason}. {}", match largest { Some(b) => format!("The largest batch that fits is {b}."), None => "Not even batch 1 fits: use smaller images or a smaller model.".into() })]
+    BatchDoesNotFit {
+        batch_size: usize,
+        image_size: usize,
+        adapter: String,
+        reason: Box<crate::budget::DoesNotFit>,
+        largest: Option<usize>,
+    },
+    /// The train/validation split leaves classes without a training image.
+    #[error("{data}: the split leaves no training image for class(es) {} (add images, or hold out fewer for validation)", classes.join(", "))]
+    ClassesWithoutTrainingImage { data: String, classes: Vec<String> },
+    /// The weights to start from ([`RunSpec::init`]) are for another architecture.
+    #[error("{}: the file holds {file_model}, but the model is {model}", path.display())]
+    InitMismatch {
+        path: PathBuf,
+        file_model: String,
+        model: String,
+    },
+    /// [`RunSpec::resume`] was set, but the run folder has no checkpoint.
+    #[error("nothing to resume: {} does not exist", checkpoint.display())]
+    NoCheckpoint { checkpoint: PathBuf },
+    /// A step's loss or gradients were not finite and [`RunSpec::skip_nonfinite`] was not
+    /// set. Nothing of the step was applied; `checkpoint` holds the last good state.
+    #[error("{error}; batch: {}\nnothing of this step was applied; {} holds the last good checkpoint", files.join(", "), checkpoint.display())]
+    NonFiniteStep {
+        error: crate::train::StepError,
+        /// The batch's images, as the dataset names them.
+        files: Vec<String>,
+        checkpoint: PathBuf,
+    },
     /// The device could not be opened, or refused an op (a shape, a limit, a forced
     /// kernel that cannot run).
     #[error(transparent)]
     Device(#[from] GpuError),
-    /// Anything else: a message that names what failed (file, option, tensor).
+    /// No model preset has this name; `choices` are the presets there are.
+    #[error("unknown model {name:?}; choose among {choices}")]
+    UnknownModel { name: String, choices: String },
+    /// Measuring a model's step time and memory for the study failed on the device.
+    #[error("{model}: {error}")]
+    CostNotMeasured { model: String, error: GpuError },
+    /// The dataset has fewer than two classes.
+    #[error("{data}: {} class ({}); a classifier needs at least two", classes.len(), classes.join(", "))]
+    TooFewClasses { data: String, classes: Vec<String> },
+    /// No image of the training split could be loaded.
+    #[error("no training image could be loaded")]
+    NoTrainingImage,
+    /// Every training image of a class was skipped as unreadable during the first epoch.
+    #[error("class {class:?} of {data} has no readable training image left after skipping the files above")]
+    ClassUnreadable { class: String, data: String },
+    /// Every batch of an epoch was skipped for non-finite values.
+    #[error("every batch of epoch {epoch} had non-finite values: lower the learning rate")]
+    EveryBatchNonFinite { epoch: usize },
+    /// The ranks of a data-parallel run no longer hold the same parameters.
+    #[error("after epoch {epoch}: {mismatch}; the last checkpoint ({}) is from before the divergence", checkpoint.display())]
+    ReplicasDiverged {
+        epoch: usize,
+        mismatch: crate::dist::ReplicaMismatch,
+        checkpoint: PathBuf,
+    },
+    /// A file or folder of the run (metrics.csv, the run folder, a sample image) could not
+    /// be read or written.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// A figure (the study's) could not be written.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+    /// A weights or checkpoint file could not be read, written or applied (it names the
+    /// file).
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The data could not be read (it names the file or the folder).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// A failure a program built on the library reports in its own words (the `train`
+    /// binary's checks of its arguments). The library itself never returns it.
     #[error("{0}")]
     Other(String),
 }
 
-impl From<String> for RunError {
-    fn from(message: String) -> Self {
-        RunError::Other(message)
-    }
-}
-
-impl From<&str> for RunError {
-    fn from(message: &str) -> Self {
-        RunError::Other(message.to_string())
+impl RunError {
+    /// A [`RunError::File`] for `path`.
+    fn file<E: fmt::Display>(path: &Path) -> impl FnOnce(E) -> RunError + '_ {
+        move |e| RunError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -207,10 +287,10 @@ impl RunSpec {
         out: impl Into<PathBuf>,
     ) -> RunResult<RunSpec> {
         let config = crate::models::preset(preset, dataset.classes().len()).ok_or_else(|| {
-            format!(
-                "unknown model {preset:?}; choose among {}",
-                crate::models::preset_names()
-            )
+            RunError::UnknownModel {
+                name: preset.to_string(),
+                choices: crate::models::preset_names(),
+            }
         })?;
         Ok(RunSpec {
             image_size: dataset.image_size(),
@@ -288,22 +368,19 @@ pub fn fit_group(
 
 /// Refuses settings and data a run cannot train with, naming the option or the class.
 fn check_run(spec: &RunSpec, ranks: usize, observer: &mut dyn Observer) -> RunResult<()> {
-    if spec.batch_size == 0 || spec.epochs == 0 {
-        return Err("--batch-size and --epochs must be positive".into());
+    let batch_size = spec.batch_size;
+    if batch_size == 0 || spec.epochs == 0 {
+        return Err(RunError::NothingToTrain {
+            batch_size,
+            epochs: spec.epochs,
+        });
     }
-    if spec.batch_size < ranks {
-        return Err(format!(
-            "--batch-size {} is the global batch: it must be at least the number of ranks ({ranks})",
-            spec.batch_size
-        )
-        .into());
+    if batch_size < ranks {
+        return Err(RunError::BatchBelowRanks { batch_size, ranks });
     }
-    let last = spec.train.len() % spec.batch_size;
+    let last = spec.train.len() % batch_size;
     if spec.sync_bn && ranks > 1 && last > 0 && last < ranks {
-        return Err(format!(
-            "--sync-bn: the last batch of each epoch holds {last} images, fewer than the {ranks} ranks; choose a --batch-size that leaves none or at least {ranks}"
-        )
-        .into());
+        return Err(RunError::LastBatchBelowRanks { last, ranks });
     }
     check_classes(spec, observer)
 }
@@ -378,7 +455,7 @@ fn check_memory(
         image_size: spec.image_size,
     };
     let memory = gpu.memory_bytes;
-    match plan_training(gpu, &shape, batch, memory).map_err(|e| e.to_string())? {
+    match plan_training(gpu, &shape, batch, memory)? {
         Ok(plan) => {
             observer.event(&RunEvent::MemoryPlanned(MemoryPlan {
                 peak_bytes: plan.peak_bytes,
@@ -391,23 +468,14 @@ fn check_memory(
             Ok(())
         }
         Err(why) => {
-            let fits =
-                largest_fitting_batch(gpu, &shape, batch, memory).map_err(|e| e.to_string())?;
-            Err(format!(
-                "--batch-size {} at {s}x{s} does not fit {}: {why}. {}",
-                spec.batch_size,
-                gpu.info.name,
-                match fits {
-                    Some(b) => format!(
-                        "The largest batch that fits is {} (--batch-size {}).",
-                        b * ranks,
-                        b * ranks
-                    ),
-                    None => "Not even batch 1 fits: use a smaller --image-size or model.".into(),
-                },
-                s = spec.image_size
-            )
-            .into())
+            let fits = largest_fitting_batch(gpu, &shape, batch, memory)?;
+            Err(RunError::BatchDoesNotFit {
+                batch_size: spec.batch_size,
+                image_size: spec.image_size,
+                adapter: gpu.info.name.clone(),
+                reason: Box::new(why),
+                largest: fits.map(|b| b * ranks),
+            })
         }
     }
 }
@@ -424,7 +492,7 @@ fn step_failure(error: &GpuError, trainer: &Trainer, spec: &RunSpec) -> RunError
                 checkpoint,
             }
         }
-        other => other.to_string().into(),
+        other => RunError::Device(other.clone()),
     }
 }
 
@@ -454,13 +522,10 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> BTreeMap<String, String> {
 fn check_classes(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<()> {
     let classes = spec.dataset.classes();
     if classes.len() < 2 {
-        return Err(format!(
-            "{}: {} class ({}); a classifier needs at least two",
-            spec.data,
-            classes.len(),
-            classes.join(", ")
-        )
-        .into());
+        return Err(RunError::TooFewClasses {
+            data: spec.data.clone(),
+            classes: classes.to_vec(),
+        });
     }
     let count = |indices: &[usize]| {
         let mut n = vec![0usize; classes.len()];
@@ -481,12 +546,10 @@ fn check_classes(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<()> {
     };
     let untrained = missing(&count(&spec.train));
     if !untrained.is_empty() {
-        return Err(format!(
-            "{}: the split leaves no training image for class(es) {} (add images, or lower --val-split)",
-            spec.data,
-            untrained.join(", ")
-        )
-        .into());
+        return Err(RunError::ClassesWithoutTrainingImage {
+            data: spec.data.clone(),
+            classes: untrained.iter().map(|c| c.to_string()).collect(),
+        });
     }
     let unvalidated = missing(&count(&spec.val));
     if spec.val.is_empty() {
@@ -506,8 +569,8 @@ pub fn save_weights(
     path: &Path,
     epoch: usize,
 ) -> RunResult<()> {
-    let entries = model.store().state_dict(gpu).map_err(|e| e.to_string())?;
-    weights::write(path, entries, run_metadata(spec, epoch)).map_err(|e| e.to_string().into())
+    let entries = model.store().state_dict(gpu)?;
+    weights::write(path, entries, run_metadata(spec, epoch)).map_err(RunError::from)
 }
 
 /// Progress through an epoch, saved in mid-epoch checkpoints.
@@ -564,17 +627,13 @@ fn save_checkpoint(
     epoch: usize,
     partial: Option<&EpochProgress>,
 ) -> RunResult<()> {
-    let mut entries = t.model.store().state_dict(gpu).map_err(|e| e.to_string())?;
-    entries.extend(
-        t.opt
-            .state_dict(gpu, t.model.params())
-            .map_err(|e| e.to_string())?,
-    );
+    let mut entries = t.model.store().state_dict(gpu)?;
+    entries.extend(t.opt.state_dict(gpu, t.model.params())?);
     let mut meta = run_metadata(spec, epoch);
     if let Some(p) = partial {
         p.to_metadata(&mut meta);
     }
-    weights::write(&checkpoint_file(spec), entries, meta).map_err(|e| e.to_string().into())
+    weights::write(&checkpoint_file(spec), entries, meta).map_err(RunError::from)
 }
 
 /// What [`evaluate_split`] measured.
@@ -630,8 +689,7 @@ fn evaluate_into(
     });
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
     for batch in loader.by_ref() {
-        let r =
-            evaluate(gpu, model, &batch.images, &batch.labels, size).map_err(|e| e.to_string())?;
+        let r = evaluate(gpu, model, &batch.images, &batch.labels, size)?;
         loss_sum += r.loss * r.count as f64;
         correct += r.correct;
         seen += r.count;
@@ -641,8 +699,8 @@ fn evaluate_into(
         observer.event(&RunEvent::ValidationProgress { images: r.count });
     }
     observer.event(&RunEvent::ValidationDone);
-    for reason in loader.take_warnings() {
-        observer.event(&RunEvent::FileSkipped { reason });
+    for skipped in loader.take_skipped() {
+        observer.event(&RunEvent::FileSkipped { skipped });
     }
     Ok(([loss_sum, correct as f64, seen as f64], confusion))
 }
@@ -658,13 +716,10 @@ pub struct RunInfo {
 /// Loads a weights or checkpoint file: the architecture comes from the tensor names and
 /// shapes, class names and image size from the metadata when present.
 pub fn load_model(gpu: &Gpu, path: &Path) -> RunResult<(Box<dyn Model>, RunInfo)> {
-    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
-    let config = infer_config(&file).map_err(|e| e.to_string())?;
-    let mut model = config.build(gpu, 0).map_err(|e| e.to_string())?;
-    model
-        .store_mut()
-        .load(gpu, &file, &["optim."])
-        .map_err(|e| e.to_string())?;
+    let file = TensorFile::read(path)?;
+    let config = infer_config(&file)?;
+    let mut model = config.build(gpu, 0)?;
+    model.store_mut().load(gpu, &file, &["optim."])?;
     let meta = read_metadata(path);
     let info = RunInfo {
         classes: meta
@@ -676,27 +731,26 @@ pub fn load_model(gpu: &Gpu, path: &Path) -> RunResult<(Box<dyn Model>, RunInfo)
     Ok((model, info))
 }
 
-/// `--init FILE`: loads weights of the same architecture into `model`. When the file's
+/// [`RunSpec::init`]: loads weights of the same architecture into `model`. When the file's
 /// classifier is for another class count, the model keeps its freshly initialised one, and
 /// the event says so.
 pub fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> RunResult<RunEvent> {
-    let file = TensorFile::read(path).map_err(|e| e.to_string())?;
-    let theirs = infer_config(&file).map_err(|e| e.to_string())?;
+    let file = TensorFile::read(path)?;
+    let theirs = infer_config(&file)?;
     let ours = model.config();
     if theirs.with_num_classes(ours.num_classes()) != ours {
-        return Err(format!(
-            "--init {}: the file holds {theirs}, but the model is {ours}",
-            path.display()
-        )
-        .into());
+        return Err(RunError::InitMismatch {
+            path: path.to_path_buf(),
+            file_model: theirs.to_string(),
+            model: ours.to_string(),
+        });
     }
     let head = model.classifier_prefix();
     let replace = theirs.num_classes() != ours.num_classes();
     let keep = replace.then_some(head);
     model
         .store_mut()
-        .load_except(gpu, &file, &["optim."], keep)
-        .map_err(|e| e.to_string())?;
+        .load_except(gpu, &file, &["optim."], keep)?;
     Ok(RunEvent::Initialised {
         file: path.to_path_buf(),
         replaced_classifier: replace.then(|| events::ReplacedClassifier {
@@ -710,7 +764,7 @@ pub fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> RunResult<Run
 /// Writes two validation images per class of the embedded dataset as PNGs, for
 /// `train predict` to try.
 pub fn write_samples(data: &Synthetic, val: &[usize], dir: &Path) -> RunResult<()> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(RunError::file(dir))?;
     let mut written = vec![0usize; data.classes().len()];
     for &i in val {
         let label = data.label(i);
@@ -720,8 +774,7 @@ pub fn write_samples(data: &Synthetic, val: &[usize], dir: &Path) -> RunResult<(
         written[label] += 1;
         let (img, _) = data.image(i);
         let path = dir.join(format!("{}_{i}.png", data.classes()[label]));
-        img.save(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        img.save(&path).map_err(RunError::file(&path))?;
     }
     Ok(())
 }

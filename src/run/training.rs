@@ -100,8 +100,7 @@ impl<'a> Run<'a> {
         let ranks = group.size();
         super::check_run(spec, ranks, observer)?;
         if group.is_writer() {
-            std::fs::create_dir_all(&spec.out)
-                .map_err(|e| format!("{}: {e}", spec.out.display()))?;
+            std::fs::create_dir_all(&spec.out).map_err(RunError::file(&spec.out))?;
         }
         observer.event(&adapter_event(gpu, group));
         super::check_memory(gpu, spec, ranks, observer)?;
@@ -137,19 +136,14 @@ impl<'a> Run<'a> {
         let csv = spec.out.join("metrics.csv");
         if spec.resume && self.group.is_writer() {
             if !checkpoint.exists() {
-                return Err(format!("--resume: {} does not exist", checkpoint.display()).into());
+                return Err(RunError::NoCheckpoint { checkpoint });
             }
-            let file = TensorFile::read(&checkpoint).map_err(|e| e.to_string())?;
+            let file = TensorFile::read(&checkpoint)?;
             let t = &mut self.trainer;
-            t.model
-                .store_mut()
-                .load(gpu, &file, &["optim."])
-                .map_err(|e| e.to_string())?;
-            t.opt
-                .load(gpu, t.model.params(), &file)
-                .map_err(|e| e.to_string())?;
+            t.model.store_mut().load(gpu, &file, &["optim."])?;
+            t.opt.load(gpu, t.model.params(), &file)?;
             let mut history = if csv.exists() {
-                metrics::read_csv(&csv).map_err(|e| format!("{}: {e}", csv.display()))?
+                metrics::read_csv(&csv).map_err(RunError::file(&csv))?
             } else {
                 vec![]
             };
@@ -163,7 +157,7 @@ impl<'a> Run<'a> {
             for h in &mut history {
                 h.epochs = spec.epochs;
             }
-            metrics::write_csv(&csv, &history).map_err(|e| format!("{}: {e}", csv.display()))?;
+            metrics::write_csv(&csv, &history).map_err(RunError::file(&csv))?;
             self.best_val = history
                 .iter()
                 .filter_map(|m| m.val_acc)
@@ -176,7 +170,7 @@ impl<'a> Run<'a> {
                 step: self.trainer.opt.step,
             });
         } else if self.group.is_writer() && csv.exists() {
-            std::fs::remove_file(&csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+            std::fs::remove_file(&csv).map_err(RunError::file(&csv))?;
         }
         if self.group.size() > 1 {
             (self.epoch, self.resume_at) = super::share_start(
@@ -185,8 +179,7 @@ impl<'a> Run<'a> {
                 self.group,
                 self.epoch,
                 self.resume_at.take(),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
         }
         Ok(())
     }
@@ -398,11 +391,11 @@ impl<'a> Run<'a> {
                     .map(|&i| spec.dataset.describe(i))
                     .collect();
                 if !spec.skip_nonfinite {
-                    return Err(format!(
-                        "{error}; batch: {}\nnothing of this step was applied; {} holds the last good checkpoint (--skip-nonfinite skips such batches; a lower --lr may avoid them)",
-                        files.join(", "),
-                        checkpoint_file(spec).display()
-                    ).into());
+                    return Err(RunError::NonFiniteStep {
+                        error,
+                        files,
+                        checkpoint: checkpoint_file(spec),
+                    });
                 }
                 self.observer
                     .event(&RunEvent::BatchSkipped { error, files });
@@ -447,7 +440,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let buffers = self.trainer.model.store().buffers.iter().map(|(_, t)| t);
-        average_tensors(self.gpu, self.group, buffers).map_err(|e| e.to_string().into())
+        average_tensors(self.gpu, self.group, buffers).map_err(RunError::from)
     }
 
     /// Validation loss and accuracy over `spec.val` (each rank evaluates its share);
@@ -490,10 +483,10 @@ impl<'a> Run<'a> {
             return Err(RunError::NoEpochInProgress);
         };
         self.observer.event(&RunEvent::EpochTrained);
-        let skipped = e.loader.take_warnings();
-        for reason in &skipped {
+        let skipped = e.loader.take_skipped();
+        for item in &skipped {
             self.observer.event(&RunEvent::FileSkipped {
-                reason: reason.clone(),
+                skipped: item.clone(),
             });
         }
         // Per-class counts and skipped files over all ranks.
@@ -502,23 +495,20 @@ impl<'a> Run<'a> {
         let files_skipped = e.loaded.pop().unwrap_or(0.0) as usize;
         let p = &e.progress;
         if p.seen == 0 && e.nonfinite_skipped > 0 {
-            return Err(format!(
-                "every batch of epoch {} had non-finite values: lower the learning rate",
-                self.epoch + 1
-            )
-            .into());
+            return Err(RunError::EveryBatchNonFinite {
+                epoch: self.epoch + 1,
+            });
         }
         if p.seen == 0 {
-            return Err("no training image could be loaded".into());
+            return Err(RunError::NoTrainingImage);
         }
         // Every training image of a class skipped: the class cannot be learnt.
         let empty = e.loaded.iter().position(|&n| n == 0.0);
         if let Some(class) = empty.filter(|_| e.from_start) {
-            return Err(format!(
-                "class {:?} of {} has no readable training image left after skipping the files above",
-                spec.dataset.classes()[class],
-                spec.data
-            ).into());
+            return Err(RunError::ClassUnreadable {
+                class: spec.dataset.classes()[class].clone(),
+                data: spec.data.clone(),
+            });
         }
         // Also before the replica check and the epoch's checkpoint.
         self.average_buffers()?;
@@ -564,13 +554,13 @@ impl<'a> Run<'a> {
             .map(|p| (p.name.clone(), p.value.clone()))
             .collect();
         tensors.extend(model.store().buffers.iter().cloned());
-        match check_replicas(self.gpu, self.group, &tensors).map_err(|e| e.to_string())? {
+        match check_replicas(self.gpu, self.group, &tensors)? {
             Ok(hash) => Ok(hash),
-            Err(mismatch) => Err(format!(
-                "after epoch {}: {mismatch}; the last checkpoint ({}) is from before the divergence",
-                self.epoch + 1,
-                checkpoint_file(self.spec).display()
-            ).into()),
+            Err(mismatch) => Err(RunError::ReplicasDiverged {
+                epoch: self.epoch + 1,
+                mismatch,
+                checkpoint: checkpoint_file(self.spec),
+            }),
         }
     }
 
@@ -580,11 +570,10 @@ impl<'a> Run<'a> {
     fn write_epoch_files(&mut self, m: &EpochMetrics) -> RunResult<()> {
         let (spec, gpu) = (self.spec, self.gpu);
         let csv = spec.out.join("metrics.csv");
-        metrics::append_csv(&csv, m).map_err(|e| format!("{}: {e}", csv.display()))?;
+        metrics::append_csv(&csv, m).map_err(RunError::file(&csv))?;
         if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &self.history) {
-            self.observer.event(&RunEvent::CurvesNotWritten {
-                error: e.to_string(),
-            });
+            self.observer
+                .event(&RunEvent::CurvesNotWritten { error: e });
         }
         if let Some(a) = m.val_acc.filter(|&a| a > self.best_val) {
             self.best_val = a;
@@ -617,10 +606,7 @@ fn build_trainer<'a>(
     group: &dyn Collective,
     observer: &mut dyn Observer,
 ) -> RunResult<Trainer<'a>> {
-    let mut model = spec
-        .config
-        .build(gpu, spec.seed)
-        .map_err(|e| e.to_string())?;
+    let mut model = spec.config.build(gpu, spec.seed)?;
     model.set_mode(spec.mode);
     if let Some(init) = spec.init.as_ref().filter(|_| group.is_writer()) {
         observer.event(&super::init_from(gpu, model.as_mut(), init)?);
@@ -643,7 +629,7 @@ fn build_trainer<'a>(
     };
     let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
     let schedule = spec.schedule.schedule(spec.epochs, steps_per_epoch);
-    let opt = Adam::new(gpu, model.params(), adam, schedule).map_err(|e| e.to_string())?;
+    let opt = Adam::new(gpu, model.params(), adam, schedule)?;
     let mut trainer = Trainer::new(gpu, model, opt);
     trainer.sync_bn = spec.sync_bn;
     trainer.profile = spec.profile;

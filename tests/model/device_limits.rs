@@ -314,6 +314,63 @@ fn a_step_outside_an_epoch_is_a_typed_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Settings a run cannot train with are typed errors that name the setting, not a
+/// command-line flag (the `train` binary adds its flags when it prints them).
+#[test]
+fn bad_settings_are_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("dnw-settings-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut events = Silent;
+    let mut no_batch = spec(&dir, false, None);
+    no_batch.batch_size = 0;
+    let e = Run::start(crate::gpu(), &no_batch, &SingleProcess, &mut events).err();
+    assert!(
+        matches!(
+            e,
+            Some(RunError::NothingToTrain {
+                batch_size: 0,
+                epochs: 2
+            })
+        ),
+        "{e:?}"
+    );
+    let nothing_to_resume = spec(&dir, true, None);
+    match Run::start(
+        crate::gpu(),
+        &nothing_to_resume,
+        &SingleProcess,
+        &mut events,
+    )
+    .err()
+    {
+        Some(e @ RunError::NoCheckpoint { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("checkpoint.safetensors"), "{text}");
+            assert!(
+                !text.contains("--"),
+                "a flag in the library's message: {text}"
+            );
+        }
+        other => panic!("expected NoCheckpoint, got {other:?}"),
+    }
+    let mut unknown = spec(&dir, false, None);
+    let e = RunSpec::new(
+        unknown.dataset.clone(),
+        (vec![0], vec![1]),
+        "densenet-7",
+        &dir,
+    )
+    .err();
+    assert!(
+        matches!(&e, Some(RunError::UnknownModel { name, .. }) if name == "densenet-7"),
+        "{e:?}"
+    );
+    unknown.init = Some(dir.join("no-such-weights.safetensors"));
+    let e = Run::start(crate::gpu(), &unknown, &SingleProcess, &mut events).err();
+    assert!(matches!(e, Some(RunError::Weights(_))), "{e:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A dry run is the calling thread's alone: another thread using the same device meanwhile
 /// gets real buffers and real results.
 #[test]

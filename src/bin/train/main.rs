@@ -19,7 +19,7 @@ use densenet_wgpu::data::folder::{load_image, Augmentation, ImageFolder};
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
 use densenet_wgpu::dist::{self, Collective};
-use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError, ADAPTER_ENV};
+use densenet_wgpu::gpu::{DeviceOptions, Gpu};
 use densenet_wgpu::metrics;
 use densenet_wgpu::models::{self, BlockMode};
 use densenet_wgpu::ops::conv2d;
@@ -277,10 +277,10 @@ fn main() -> ExitCode {
     };
     let parallel = training && !matches!(cli.command, Some(Command::Compare(_)));
     let result = match cli.command {
-        _ if group.size() > 1 && !parallel => Err(
+        _ if group.size() > 1 && !parallel => Err(RunError::Other(
             "only `fit` and the default run train data-parallel; run other commands without mpirun"
                 .into(),
-        ),
+        )),
         None => cmd_default(&cli.default, group.as_ref()),
         Some(Command::Fit(a)) => {
             let d = fit_defaults(&a.data);
@@ -309,19 +309,15 @@ fn main() -> ExitCode {
         Some(code) => ExitCode::from(code),
         None if group.size() > 1 => {
             // The other ranks may be waiting in a collective: end them all.
-            eprintln!("error: rank {}: {e}", group.rank());
+            eprintln!("error: rank {}: {}", group.rank(), render::error(&e));
             group.abort(1)
-        }
-        None if matches!(e, RunError::Device(GpuError::AdapterNotFound { .. })) => {
-            eprintln!("error: {e} (the name comes from {ADAPTER_ENV})");
-            ExitCode::FAILURE
         }
         None if matches!(e, RunError::DeviceLost { .. }) => {
             eprintln!("error: {e}.\nresume with: {}", resume_command(group.size()));
             ExitCode::FAILURE
         }
         None => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", render::error(&e));
             ExitCode::FAILURE
         }
     })
@@ -448,12 +444,11 @@ fn run_spec(
     d: Defaults,
 ) -> RunResult<RunSpec> {
     let preset = o.model.clone().unwrap_or_else(|| d.model.to_string());
-    let config = models::preset(&preset, dataset.classes().len()).ok_or_else(|| {
-        format!(
-            "unknown --model {preset:?}; choose one of {}",
-            models::preset_names()
-        )
-    })?;
+    let config =
+        models::preset(&preset, dataset.classes().len()).ok_or_else(|| RunError::UnknownModel {
+            name: preset.clone(),
+            choices: models::preset_names(),
+        })?;
     Ok(RunSpec {
         dataset,
         train,
@@ -510,7 +505,7 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
     let image_size = o.image_size.map_or(32, |v| v as usize);
     let (len, seed) = (a.images, o.seed);
     let dataset: Arc<dyn Dataset> = Arc::new(Synthetic::new(len, image_size, seed));
-    let (train, val) = split(len, 0.2, seed).map_err(|e| e.to_string())?;
+    let (train, val) = split(len, 0.2, seed)?;
     if writer {
         println!(
         "embedded dataset: {len} procedural {image_size}x{image_size} images of {} classes ({}), {} train / {} validation",
@@ -547,7 +542,7 @@ fn folder_spec(
     writer: bool,
 ) -> RunResult<RunSpec> {
     let image_size = o.image_size.map_or(d.image_size, |v| v as usize);
-    let (folder, warnings) = ImageFolder::open(data, image_size).map_err(|e| e.to_string())?;
+    let (folder, warnings) = ImageFolder::open(data, image_size)?;
     for w in warnings.iter().filter(|_| writer) {
         eprintln!("warning: {w}");
     }
@@ -557,7 +552,7 @@ fn folder_spec(
         Augmentation::Flip
     });
     let seed = o.seed;
-    let (train, val) = split(folder.len(), val_split, seed).map_err(|e| e.to_string())?;
+    let (train, val) = split(folder.len(), val_split, seed)?;
     if writer {
         println!(
             "data: {} — {} images, {} classes ({}); {} train / {} validation (seed {seed})",
@@ -576,7 +571,9 @@ fn folder_spec(
 
 fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
     if a.train.model.is_some() {
-        return Err("compare takes --models A,B,... (not --model)".into());
+        return Err(RunError::Other(
+            "compare takes --models A,B,... (not --model)".into(),
+        ));
     }
     // The study trains every model with random crops and flips, cosine-decayed.
     let defaults = Defaults {
@@ -630,21 +627,24 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
             let (len, seed) = spec
                 .split_once(':')
                 .and_then(|(l, s)| Some((l.parse().ok()?, s.parse().ok()?)))
-                .ok_or_else(|| format!("{}: bad data metadata {spec:?}", a.weights.display()))?;
-            let val = split(len, 0.2, seed).map_err(|e| e.to_string())?.1;
+                .ok_or_else(|| {
+                    RunError::Other(format!(
+                        "{}: bad data metadata {spec:?}",
+                        a.weights.display()
+                    ))
+                })?;
+            let val = split(len, 0.2, seed)?.1;
             let source = format!("embedded dataset, validation split (seed {seed})");
             (Arc::new(Synthetic::new(len, image_size, seed)), val, source)
         }
         (None, None) => {
-            return Err(format!(
+            return Err(RunError::Other(format!(
                 "--data is required: {} was not trained on the embedded dataset",
                 a.weights.display()
-            )
-            .into())
+            )))
         }
         (Some(data), _) => {
-            let (folder, warnings) =
-                ImageFolder::open(data, image_size).map_err(|e| e.to_string())?;
+            let (folder, warnings) = ImageFolder::open(data, image_size)?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }
@@ -658,24 +658,19 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
                 }
             }
             let indices: Vec<usize> = match a.val_split {
-                Some(frac) => {
-                    split(folder.len(), frac, a.seed)
-                        .map_err(|e| e.to_string())?
-                        .1
-                }
+                Some(frac) => split(folder.len(), frac, a.seed)?.1,
                 None => (0..folder.len()).collect(),
             };
             (Arc::new(folder), indices, data.display().to_string())
         }
     };
     if dataset.classes().len() != model.num_classes() {
-        return Err(format!(
+        return Err(RunError::Other(format!(
             "{source} has {} classes but {} was trained for {}",
             dataset.classes().len(),
             a.weights.display(),
             model.num_classes()
-        )
-        .into());
+        )));
     }
     let names = dataset.classes().to_vec();
     let mut terminal = render::Terminal::new(true, String::new());
@@ -717,8 +712,7 @@ fn cmd_predict(a: &PredictArgs) -> RunResult<ExitCode> {
                 continue;
             }
         };
-        let r =
-            evaluate(&gpu, model.as_ref(), &image, &[0], image_size).map_err(|e| e.to_string())?;
+        let r = evaluate(&gpu, model.as_ref(), &image, &[0], image_size)?;
         let mut ranked: Vec<(usize, f32)> = r.probabilities.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let shown: Vec<String> = ranked[..top]
@@ -747,7 +741,7 @@ fn cmd_verify(a: &VerifyArgs) -> RunResult<ExitCode> {
     } else {
         BlockMode::MemoryEfficient
     };
-    let report = verify_golden(&gpu, &a.golden, mode).map_err(|e| e.to_string())?;
+    let report = verify_golden(&gpu, &a.golden, mode)?;
     print!("{}", report.table());
     Ok(if report.passed() {
         ExitCode::SUCCESS

@@ -126,8 +126,10 @@ impl Drop for Progress {
 }
 
 use densenet_wgpu::budget::mib;
+use densenet_wgpu::gpu::{GpuError, ADAPTER_ENV};
 use densenet_wgpu::progress::render_resumed;
 use densenet_wgpu::run::events::{EpochReport, Observer, RunEvent, RunSummary};
+use densenet_wgpu::run::RunError;
 use densenet_wgpu::tape::profile_table;
 
 /// Renders a run's events on the terminal, the way the binary always has: rank 0 shows
@@ -179,7 +181,7 @@ impl Observer for Terminal {
             RunEvent::BatchSkipped { error, files } => {
                 eprintln!("warning: skipped {error}; batch: {}", files.join(", "))
             }
-            RunEvent::FileSkipped { reason } => eprintln!("warning: {reason}"),
+            RunEvent::FileSkipped { skipped } => eprintln!("warning: {skipped}"),
             RunEvent::StepProfiled { ops } => eprint!("{}", profile_table(ops)),
             RunEvent::EpochStarted {
                 epoch,
@@ -378,4 +380,59 @@ fn epoch_line(r: &EpochReport) -> String {
         line += &format!("\nreplicas: {ranks} ranks, parameters identical (hash {hash:016x})");
     }
     line
+}
+
+/// The message for a run's error in the command line's words: the library names the
+/// setting (the batch size, the weights to start from), the binary names its flag.
+pub fn error(e: &RunError) -> String {
+    match e {
+        RunError::UnknownModel { name, choices } => {
+            format!("unknown --model {name:?}; choose one of {choices}")
+        }
+        RunError::NothingToTrain { .. } => "--batch-size and --epochs must be positive".into(),
+        RunError::BatchBelowRanks { batch_size, ranks } => format!(
+            "--batch-size {batch_size} is the global batch: it must be at least the number of \
+             ranks ({ranks})"
+        ),
+        RunError::LastBatchBelowRanks { last, ranks } => format!(
+            "--sync-bn: the last batch of each epoch holds {last} images, fewer than the \
+             {ranks} ranks; choose a --batch-size that leaves none or at least {ranks}"
+        ),
+        RunError::BatchDoesNotFit {
+            batch_size,
+            image_size: s,
+            adapter,
+            reason,
+            largest,
+        } => format!(
+            "--batch-size {batch_size} at {s}x{s} does not fit {adapter}: {reason}. {}",
+            match largest {
+                Some(b) => format!("The largest batch that fits is {b} (--batch-size {b})."),
+                None => "Not even batch 1 fits: use a smaller --image-size or model.".into(),
+            }
+        ),
+        RunError::ClassesWithoutTrainingImage { data, classes } => format!(
+            "{data}: the split leaves no training image for class(es) {} (add images, or \
+             lower --val-split)",
+            classes.join(", ")
+        ),
+        RunError::InitMismatch {
+            path,
+            file_model,
+            model,
+        } => format!(
+            "--init {}: the file holds {file_model}, but the model is {model}",
+            path.display()
+        ),
+        RunError::NoCheckpoint { checkpoint } => {
+            format!("--resume: {} does not exist", checkpoint.display())
+        }
+        RunError::NonFiniteStep { .. } => {
+            format!("{e} (--skip-nonfinite skips such batches; a lower --lr may avoid them)")
+        }
+        RunError::Device(GpuError::AdapterNotFound { .. }) => {
+            format!("{e} (the name comes from {ADAPTER_ENV})")
+        }
+        other => other.to_string(),
+    }
 }
