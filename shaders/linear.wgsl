@@ -219,8 +219,8 @@ fn g4_step(acc: ptr<function, Acc>, k: u32, s0: u32, s1: u32, a: ARows) {
 // The body of the gemm_v4 entry points: the TM x TN tile at (m0, n0). Loads are clamped,
 // stores guarded, so lanes past the edge run along (the subgroup variant needs every lane).
 // A's rows at k come from g4_a_at (linear_uniform_loads.wgsl or linear_subgroup.wgsl;
-// `sl` = the lane's subgroup_invocation_id, `l` = state kept across k).
-fn g4_body(m0: u32, n0: u32, sl: u32) {
+// `lane` = the lane's subgroup_invocation_id, `l` = state kept across k).
+fn g4_body(m0: u32, n0: u32, lane: u32) {
     // vec4 indices of this tile's row and column groups, clamped to the last valid vec4.
     let am = p.m / 4u - 1u;
     let bn = p.n / 4u - 1u;
@@ -234,7 +234,7 @@ fn g4_body(m0: u32, n0: u32, sl: u32) {
     var acc: Acc;
     var l: ARows;
     for (var k = 0u; k < k8; k++) {
-        g4_step(&acc, k, s0, s1, g4_a_at(&l, k, q, sl));
+        g4_step(&acc, k, s0, s1, g4_a_at(&l, k, q, lane));
     }
     for (var k = k8; k < p.k; k++) {
         g4_step(&acc, k, s0, s1, g4_load_a(k, q));
@@ -310,9 +310,9 @@ fn gd_store(v: vec4<f32>, m: u32, n: u32) {
     }
 }
 
-// The body of the gemm_dot entry points (`sl` = subgroup_invocation_id, 0 in the plain
+// The body of the gemm_dot entry points (`lane` = subgroup_invocation_id, 0 in the plain
 // module). Loads are clamped and stores guarded, so every lane runs the loop.
-fn gd_body(m0: u32, n0: u32, sl: u32) {
+fn gd_body(m0: u32, n0: u32, lane: u32) {
     let b0 = gd_b_at(n0);
     let b1 = gd_b_at(n0 + 1u);
     let b2 = gd_b_at(n0 + 2u);
@@ -323,7 +323,7 @@ fn gd_body(m0: u32, n0: u32, sl: u32) {
     let b7 = gd_b_at(n0 + 7u);
     var acc: DotAcc;
     for (var q = 0u; q < p.k / 4u; q++) {
-        let g = gd_rows(m0, 4u * q, sl);
+        let g = gd_rows(m0, 4u * q, lane);
         gd_mac(&acc, 0u, gd_b[b0 + q], g);
         gd_mac(&acc, 1u, gd_b[b1 + q], g);
         gd_mac(&acc, 2u, gd_b[b2 + q], g);

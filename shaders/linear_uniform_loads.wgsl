@@ -5,8 +5,8 @@
 // (one load per value), and the entry point that uses them; linear_subgroup.wgsl has the
 // subgroup form. Appended to linear.wgsl in the plain module.
 
-// gemm_v4: A's 16 rows at k (`l` and `sl` are not needed here).
-fn g4_a_at(l: ptr<function, ARows>, k: u32, q: vec4<u32>, sl: u32) -> ARows {
+// gemm_v4: A's 16 rows at k (`l` and `lane` are not needed here).
+fn g4_a_at(l: ptr<function, ARows>, k: u32, q: vec4<u32>, lane: u32) -> ARows {
     return g4_load_a(k, q);
 }
 
@@ -19,8 +19,8 @@ fn gemm_v4(@builtin(global_invocation_id) gid: vec3<u32>) {
     g4_body(m0, n0, 0u);
 }
 
-// gemm_dot: A at rows m0 .. m0 + 15 (clamped) and k .. k + 3 (`sl` is not needed here).
-fn gd_rows(m0: u32, k: u32, sl: u32) -> Rows16 {
+// gemm_dot: A at rows m0 .. m0 + 15 (clamped) and k .. k + 3 (`lane` is not needed here).
+fn gd_rows(m0: u32, k: u32, lane: u32) -> Rows16 {
     var g: Rows16;
     for (var cb = 0u; cb < 4u; cb++) {
         let m = m0 + 4u * cb;

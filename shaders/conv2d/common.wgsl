@@ -38,7 +38,7 @@ override PXV: u32 = 1;        // blocked kernels: blocks of 4 per invocation (1 
 const MAX_PXV: u32 = 2u;
 
 // Each family of kernels has its own uniform, all at binding 0: DataParams (p) for the
-// forward and backward-data kernels here, WeightParams (pg) and ReduceParams (pr) in
+// forward and backward-data kernels here, WeightParams (weight_params) and ReduceParams (pr) in
 // backward_weight.wgsl, LayoutParams (pl) in layout.wgsl.
 struct DataParams {
     inp: View,       // x (forward) or d_y (backward_data)

@@ -7,12 +7,12 @@
 //   backward_data: d_x[n,ci,q] += sum_co w[co,ci] * d_y[n,co,q]
 // One invocation owns CH_TILE channels (4 .. 16, from workgroup_id.y) x PXV pixel groups of
 // 4 (lane l of a block owns the groups l, l + WG).
-@group(0) @binding(1) var<storage, read> c1_inp: array<vec4<f32>>;        // (N, red_c, H*W/4) via p.inp
-@group(0) @binding(2) var<storage, read> c1_w: array<vec4<f32>>;          // (red_c, OCP) packed (pack_weight)
-@group(0) @binding(3) var<storage, read> c1_b: array<f32>;                // (out_c) at p.b_off, if p.has_bias
-@group(0) @binding(4) var<storage, read> c1_scale: array<f32>;            // (red_c) at p.sc_off, if PROLOGUE
-@group(0) @binding(5) var<storage, read> c1_shift: array<f32>;            // (red_c) at p.sh_off, if PROLOGUE
-@group(0) @binding(6) var<storage, read_write> c1_out: array<vec4<f32>>;  // (N, out_c, H*W/4) via p.out
+@group(0) @binding(1) var<storage, read> conv1x1_inp: array<vec4<f32>>;        // (N, red_c, H*W/4) via p.inp
+@group(0) @binding(2) var<storage, read> conv1x1_w: array<vec4<f32>>;          // (red_c, OCP) packed (pack_weight)
+@group(0) @binding(3) var<storage, read> conv1x1_b: array<f32>;                // (out_c) at p.b_off, if p.has_bias
+@group(0) @binding(4) var<storage, read> conv1x1_scale: array<f32>;            // (red_c) at p.sc_off, if PROLOGUE
+@group(0) @binding(5) var<storage, read> conv1x1_shift: array<f32>;            // (red_c) at p.sh_off, if PROLOGUE
+@group(0) @binding(6) var<storage, read_write> conv1x1_out: array<vec4<f32>>;  // (N, out_c, H*W/4) via p.out
 
 // vec4 index of the packed weights of channels oc0 + 4 cb .. + 3 (clamped to the last
 // block; clamped channels are never stored).
@@ -20,18 +20,18 @@ fn w_block(oc0: u32, cb: u32) -> u32 {
     return min(oc0 / 4u + cb, (p.out_c + 3u) / 4u - 1u);
 }
 // Stores block `blk` (channels oc0 + 4 cb .. + 3) at vec4 index ob (+ channel * hw4).
-fn c1_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
+fn conv1x1_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
     var b = blk;
     for (var c = 0u; c < 4u; c++) {
         let oc = oc0 + 4u * cb + c;
         if (oc >= p.out_c || 4u * cb + c >= CH_TILE) { return; }
         let o = ob + oc * hw4;
         if (p.accumulate != 0u) {
-            c1_out[o] += b[c];
+            conv1x1_out[o] += b[c];
         } else if (p.has_bias != 0u) {
-            c1_out[o] = b[c] + vec4(c1_b[p.b_off + oc]);
+            conv1x1_out[o] = b[c] + vec4(conv1x1_b[p.b_off + oc]);
         } else {
-            c1_out[o] = b[c];
+            conv1x1_out[o] = b[c];
         }
     }
 }
@@ -47,12 +47,12 @@ struct W4 {
 
 // Packed weight row `row` at the tile's blocks os = (o0, o1, o2, o3) (the packed weight
 // starts at float p.w_off, a multiple of 4).
-fn c1_load(row: u32, ocp4: u32, os: vec4<u32>) -> W4 {
+fn conv1x1_load(row: u32, ocp4: u32, os: vec4<u32>) -> W4 {
     let wo = p.w_off / 4u + row * ocp4;
-    var w = W4(c1_w[wo + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
-    if (CH_TILE > 4u) { w.w1 = c1_w[wo + os.y]; }
-    if (CH_TILE > 8u) { w.w2 = c1_w[wo + os.z]; }
-    if (CH_TILE > 12u) { w.w3 = c1_w[wo + os.w]; }
+    var w = W4(conv1x1_w[wo + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    if (CH_TILE > 4u) { w.w1 = conv1x1_w[wo + os.y]; }
+    if (CH_TILE > 8u) { w.w2 = conv1x1_w[wo + os.z]; }
+    if (CH_TILE > 12u) { w.w3 = conv1x1_w[wo + os.w]; }
     return w;
 }
 
@@ -63,18 +63,18 @@ struct C1Coef {
     pro: vec2<f32>,
 }
 
-fn c1_coef(rc: u32, ocp4: u32, os: vec4<u32>) -> C1Coef {
-    var c = C1Coef(c1_load(rc, ocp4, os), vec2(1.0, 0.0));
-    if (PROLOGUE) { c.pro = vec2(c1_scale[p.sc_off + rc], c1_shift[p.sh_off + rc]); }
+fn conv1x1_coef(rc: u32, ocp4: u32, os: vec4<u32>) -> C1Coef {
+    var c = C1Coef(conv1x1_load(rc, ocp4, os), vec2(1.0, 0.0));
+    if (PROLOGUE) { c.pro = vec2(conv1x1_scale[p.sc_off + rc], conv1x1_shift[p.sh_off + rc]); }
     return c;
 }
 
 // One summed channel rc: acc += w (x) inp'[rc] at the lane's pixel groups (vec4 indices
 // ia, ib of channel 0).
-fn c1_chan(acc: ptr<function, Tile8>, rc: u32, ia: u32, ib: u32, hw4: u32, c: C1Coef) {
-    var xa = c1_inp[ia + rc * hw4];
+fn conv1x1_chan(acc: ptr<function, Tile8>, rc: u32, ia: u32, ib: u32, hw4: u32, c: C1Coef) {
+    var xa = conv1x1_inp[ia + rc * hw4];
     var xb = vec4(0.0);
-    if (PXV > 1u) { xb = c1_inp[ib + rc * hw4]; }
+    if (PXV > 1u) { xb = conv1x1_inp[ib + rc * hw4]; }
     if (PROLOGUE) {
         let sc = vec4(c.pro.x);
         let sh = vec4(c.pro.y);
@@ -84,11 +84,11 @@ fn c1_chan(acc: ptr<function, Tile8>, rc: u32, ia: u32, ib: u32, hw4: u32, c: C1
     mac_tile(acc, c.w.w0, c.w.w1, c.w.w2, c.w.w3, xa, xb);
 }
 
-// The body of the conv1x1 entry points; `sl` is the lane's subgroup_invocation_id (0 in
+// The body of the conv1x1 entry points; `lane` is the lane's subgroup_invocation_id (0 in
 // the plain module). The weights (and prologue coefficients) of channel rc come from
-// c1_weights (uniform_loads.wgsl or subgroup.wgsl), which may keep state in
+// conv1x1_weights (uniform_loads.wgsl or subgroup.wgsl), which may keep state in
 // `l` across channels.
-fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
+fn conv1x1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, lane: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let ngrp = p.n * hw4;
     let ga = block_id(wg, nwg) * (WG * PXV) + li;
@@ -103,31 +103,31 @@ fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     let image_w = vec4(na * (p.w_image_stride / 4u));
     let os = vec4(w_block(oc0, 0u), w_block(oc0, 1u), w_block(oc0, 2u), w_block(oc0, 3u)) + image_w;
     let ocp4 = (p.out_c + 3u) / 4u;
-    // The channels below the last multiple of 8 take their weights from c1_weights (which
+    // The channels below the last multiple of 8 take their weights from conv1x1_weights (which
     // may share loads across groups of 8 lanes), the rest load them directly: two loops, so
     // the loop body has no branch on which case applies.
     let red8 = p.red_c / 8u * 8u;
     var acc: Tile8;
     var l: C1Coef;
     for (var rc = 0u; rc < red8; rc++) {
-        c1_chan(&acc, rc, ia, ib, hw4, c1_weights(&l, rc, ocp4, os, sl));
+        conv1x1_chan(&acc, rc, ia, ib, hw4, conv1x1_weights(&l, rc, ocp4, os, lane));
     }
     for (var rc = red8; rc < p.red_c; rc++) {
-        c1_chan(&acc, rc, ia, ib, hw4, c1_coef(rc, ocp4, os));
+        conv1x1_chan(&acc, rc, ia, ib, hw4, conv1x1_coef(rc, ocp4, os));
     }
     if (ga < ngrp) {
         let ob = (p.out.offset + na * p.out.batch_stride) / 4u + (ga - na * hw4);
-        c1_store(acc[0], oc0, 0u, ob, hw4);
-        c1_store(acc[2], oc0, 1u, ob, hw4);
-        c1_store(acc[4], oc0, 2u, ob, hw4);
-        c1_store(acc[6], oc0, 3u, ob, hw4);
+        conv1x1_store(acc[0], oc0, 0u, ob, hw4);
+        conv1x1_store(acc[2], oc0, 1u, ob, hw4);
+        conv1x1_store(acc[4], oc0, 2u, ob, hw4);
+        conv1x1_store(acc[6], oc0, 3u, ob, hw4);
     }
     if (PXV > 1u && gb < ngrp) {
         let ob = (p.out.offset + nb * p.out.batch_stride) / 4u + (gb - nb * hw4);
-        c1_store(acc[1], oc0, 0u, ob, hw4);
-        c1_store(acc[3], oc0, 1u, ob, hw4);
-        c1_store(acc[5], oc0, 2u, ob, hw4);
-        c1_store(acc[7], oc0, 3u, ob, hw4);
+        conv1x1_store(acc[1], oc0, 0u, ob, hw4);
+        conv1x1_store(acc[3], oc0, 1u, ob, hw4);
+        conv1x1_store(acc[5], oc0, 2u, ob, hw4);
+        conv1x1_store(acc[7], oc0, 3u, ob, hw4);
     }
 }
 
@@ -140,12 +140,12 @@ fn c1_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
 // their inputs at taps j = 0..2 are the flat elements q0 + (i-1)*W - 1 + [0, 4*PXV+2):
 // PXV + 2 aligned vec4 loads cover them; the misalignment r is the same for every lane.
 // Out-of-image taps (padding, row wrap) are masked to 0.
-@group(0) @binding(1) var<storage, read> c3_inp: array<vec4<f32>>;        // (N, red_c, H*W/4) via p.inp
-@group(0) @binding(2) var<storage, read> c3_w: array<vec4<f32>>;          // (red_c * 9, OCP) packed (pack_weight)
-@group(0) @binding(3) var<storage, read> c3_b: array<f32>;                // (out_c) at p.b_off, if p.has_bias
-@group(0) @binding(4) var<storage, read> c3_scale: array<f32>;            // (red_c) at p.sc_off, if PROLOGUE
-@group(0) @binding(5) var<storage, read> c3_shift: array<f32>;            // (red_c) at p.sh_off, if PROLOGUE
-@group(0) @binding(6) var<storage, read_write> c3_out: array<vec4<f32>>;  // (N, out_c, H*W/4) via p.out
+@group(0) @binding(1) var<storage, read> conv3x3_inp: array<vec4<f32>>;        // (N, red_c, H*W/4) via p.inp
+@group(0) @binding(2) var<storage, read> conv3x3_w: array<vec4<f32>>;          // (red_c * 9, OCP) packed (pack_weight)
+@group(0) @binding(3) var<storage, read> conv3x3_b: array<f32>;                // (out_c) at p.b_off, if p.has_bias
+@group(0) @binding(4) var<storage, read> conv3x3_scale: array<f32>;            // (red_c) at p.sc_off, if PROLOGUE
+@group(0) @binding(5) var<storage, read> conv3x3_shift: array<f32>;            // (red_c) at p.sh_off, if PROLOGUE
+@group(0) @binding(6) var<storage, read_write> conv3x3_out: array<vec4<f32>>;  // (N, out_c, H*W/4) via p.out
 
 // Elements r .. r+3 of the 8 consecutive elements a, b (r in 0..3).
 fn window4(a: vec4<f32>, b: vec4<f32>, r: u32) -> vec4<f32> {
@@ -155,18 +155,18 @@ fn window4(a: vec4<f32>, b: vec4<f32>, r: u32) -> vec4<f32> {
     s = select(s, vec4(a.w, b.xyz), r == 3u);
     return s;
 }
-fn c3_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
+fn conv3x3_store(blk: mat4x4<f32>, oc0: u32, cb: u32, ob: u32, hw4: u32) {
     var b = blk;
     for (var c = 0u; c < 4u; c++) {
         let oc = oc0 + 4u * cb + c;
         if (oc >= p.out_c || 4u * cb + c >= CH_TILE) { return; }
         let o = ob + oc * hw4;
         if (p.accumulate != 0u) {
-            c3_out[o] += b[c];
+            conv3x3_out[o] += b[c];
         } else if (p.has_bias != 0u) {
-            c3_out[o] = b[c] + vec4(c3_b[p.b_off + oc]);
+            conv3x3_out[o] = b[c] + vec4(conv3x3_b[p.b_off + oc]);
         } else {
-            c3_out[o] = b[c];
+            conv3x3_out[o] = b[c];
         }
     }
 }
@@ -193,26 +193,26 @@ struct W12 {
 }
 
 // Packed weights of summed channel rc, kernel row ti, at the tile's blocks os.
-fn c3_load(rc: u32, ti: u32, ocp4: u32, os: vec4<u32>) -> W12 {
+fn conv3x3_load(rc: u32, ti: u32, ocp4: u32, os: vec4<u32>) -> W12 {
     let wa = (rc * 9u + 3u * ti) * ocp4;
     var w: W12;
-    w.t0 = W4(c3_w[wa + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
-    w.t1 = W4(c3_w[wa + ocp4 + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
-    w.t2 = W4(c3_w[wa + 2u * ocp4 + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    w.t0 = W4(conv3x3_w[wa + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    w.t1 = W4(conv3x3_w[wa + ocp4 + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
+    w.t2 = W4(conv3x3_w[wa + 2u * ocp4 + os.x], vec4(0.0), vec4(0.0), vec4(0.0));
     if (CH_TILE > 4u) {
-        w.t0.w1 = c3_w[wa + os.y];
-        w.t1.w1 = c3_w[wa + ocp4 + os.y];
-        w.t2.w1 = c3_w[wa + 2u * ocp4 + os.y];
+        w.t0.w1 = conv3x3_w[wa + os.y];
+        w.t1.w1 = conv3x3_w[wa + ocp4 + os.y];
+        w.t2.w1 = conv3x3_w[wa + 2u * ocp4 + os.y];
     }
     if (CH_TILE > 8u) {
-        w.t0.w2 = c3_w[wa + os.z];
-        w.t1.w2 = c3_w[wa + ocp4 + os.z];
-        w.t2.w2 = c3_w[wa + 2u * ocp4 + os.z];
+        w.t0.w2 = conv3x3_w[wa + os.z];
+        w.t1.w2 = conv3x3_w[wa + ocp4 + os.z];
+        w.t2.w2 = conv3x3_w[wa + 2u * ocp4 + os.z];
     }
     if (CH_TILE > 12u) {
-        w.t0.w3 = c3_w[wa + os.w];
-        w.t1.w3 = c3_w[wa + ocp4 + os.w];
-        w.t2.w3 = c3_w[wa + 2u * ocp4 + os.w];
+        w.t0.w3 = conv3x3_w[wa + os.w];
+        w.t1.w3 = conv3x3_w[wa + ocp4 + os.w];
+        w.t2.w3 = conv3x3_w[wa + 2u * ocp4 + os.w];
     }
     return w;
 }
@@ -233,16 +233,16 @@ struct RowCtx {
 
 // One summed channel rc, one kernel row: loads the window, shifts it for the 3 taps and
 // accumulates the tile.
-fn c3_chan(acc: ptr<function, Tile8>, rc: u32, c: RowCtx, w: W12) {
+fn conv3x3_chan(acc: ptr<function, Tile8>, rc: u32, c: RowCtx, w: W12) {
     let gi = c.g0 + i32(rc * c.hw4);
-    var a = c3_inp[u32(clamp(gi, 0, c.last))];
-    var b = c3_inp[u32(clamp(gi + 1, 0, c.last))];
-    var d = c3_inp[u32(clamp(gi + 2, 0, c.last))];
+    var a = conv3x3_inp[u32(clamp(gi, 0, c.last))];
+    var b = conv3x3_inp[u32(clamp(gi + 1, 0, c.last))];
+    var d = conv3x3_inp[u32(clamp(gi + 2, 0, c.last))];
     var e = vec4(0.0);
-    if (PXV > 1u) { e = c3_inp[u32(clamp(gi + 3, 0, c.last))]; }
+    if (PXV > 1u) { e = conv3x3_inp[u32(clamp(gi + 3, 0, c.last))]; }
     if (PROLOGUE) {
-        let sc = vec4(c3_scale[p.sc_off + rc]);
-        let sh = vec4(c3_shift[p.sh_off + rc]);
+        let sc = vec4(conv3x3_scale[p.sc_off + rc]);
+        let sh = vec4(conv3x3_shift[p.sh_off + rc]);
         a = max(fma(a, sc, sh), vec4(0.0));
         b = max(fma(b, sc, sh), vec4(0.0));
         d = max(fma(d, sc, sh), vec4(0.0));
@@ -256,8 +256,8 @@ fn c3_chan(acc: ptr<function, Tile8>, rc: u32, c: RowCtx, w: W12) {
     mac_tile(acc, w.t2.w0, w.t2.w1, w.t2.w2, w.t2.w3, ta.x2, tb.x2);
 }
 
-// The body of the conv3x3 entry points (`sl` as in c1_body; weights from c3_weights).
-fn c3_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
+// The body of the conv3x3 entry points (`lane` as in conv1x1_body; weights from conv3x3_weights).
+fn conv3x3_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, lane: u32) {
     let hw4 = (p.h * p.w) / 4u;
     let hwb = hw4 / PXV;                      // pixel blocks per image
     let nblk = p.n * hwb;
@@ -281,7 +281,7 @@ fn c3_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     var acc: Tile8;
     var c: RowCtx;
     c.hw4 = hw4;
-    c.last = i32(arrayLength(&c3_inp)) - 1;
+    c.last = i32(arrayLength(&conv3x3_inp)) - 1;
     c.col_al = col_a >= vec4(1);
     c.col_ar = col_a < vec4(wi - 1);
     c.col_bl = col_b >= vec4(1);
@@ -297,24 +297,24 @@ fn c3_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
         c.r = u32(shift & 3);
         var l: W12;
         for (var rc = 0u; rc < red8; rc++) {
-            c3_chan(&acc, rc, c, c3_weights(&l, rc, ti, ocp4, os, sl));
+            conv3x3_chan(&acc, rc, c, conv3x3_weights(&l, rc, ti, ocp4, os, lane));
         }
         for (var rc = red8; rc < p.red_c; rc++) {
-            c3_chan(&acc, rc, c, c3_load(rc, ti, ocp4, os));
+            conv3x3_chan(&acc, rc, c, conv3x3_load(rc, ti, ocp4, os));
         }
     }
 
     if (gid >= nblk) { return; }
     let ob = (p.out.offset + n * p.out.batch_stride) / 4u + q0 / 4u;
-    c3_store(acc[0], oc0, 0u, ob, hw4);
-    c3_store(acc[2], oc0, 1u, ob, hw4);
-    c3_store(acc[4], oc0, 2u, ob, hw4);
-    c3_store(acc[6], oc0, 3u, ob, hw4);
+    conv3x3_store(acc[0], oc0, 0u, ob, hw4);
+    conv3x3_store(acc[2], oc0, 1u, ob, hw4);
+    conv3x3_store(acc[4], oc0, 2u, ob, hw4);
+    conv3x3_store(acc[6], oc0, 3u, ob, hw4);
     if (PXV > 1u) {
-        c3_store(acc[1], oc0, 0u, ob + 1u, hw4);
-        c3_store(acc[3], oc0, 1u, ob + 1u, hw4);
-        c3_store(acc[5], oc0, 2u, ob + 1u, hw4);
-        c3_store(acc[7], oc0, 3u, ob + 1u, hw4);
+        conv3x3_store(acc[1], oc0, 0u, ob + 1u, hw4);
+        conv3x3_store(acc[3], oc0, 1u, ob + 1u, hw4);
+        conv3x3_store(acc[5], oc0, 2u, ob + 1u, hw4);
+        conv3x3_store(acc[7], oc0, 3u, ob + 1u, hw4);
     }
 }
 
@@ -326,7 +326,7 @@ fn c3_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
 // l + WG), in conv1x1's 4 x 4 register blocks; per (kh, kw, ci) it gathers x at its
 // 4 * PXV pixels.
 @group(0) @binding(1) var<storage, read> ft_x: array<f32>;                // (N, Cin, H, W) via p.inp
-// binding 2: the packed weights (Cin * KH*KW, OCP), read through conv1x1's c1_w (c1_load).
+// binding 2: the packed weights (Cin * KH*KW, OCP), read through conv1x1's conv1x1_w (conv1x1_load).
 @group(0) @binding(3) var<storage, read> ft_b: array<f32>;                // (Cout) at p.b_off, if p.has_bias
 @group(0) @binding(4) var<storage, read> ft_scale: array<f32>;            // (Cin) at p.sc_off, if PROLOGUE
 @group(0) @binding(5) var<storage, read> ft_shift: array<f32>;            // (Cin) at p.sh_off, if PROLOGUE
@@ -404,10 +404,10 @@ fn ft_step(acc: ptr<function, Tile8>, w: W4, kh: u32, kw: u32, ci: u32, pa: Pix,
     mac_tile(acc, w.w0, w.w1, w.w2, w.w3, xa, xb);
 }
 
-// The body of the forward_tiled entry points (`sl` as in c1_body). The weights of step r
+// The body of the forward_tiled entry points (`lane` as in conv1x1_body). The weights of step r
 // come from ft_weights (uniform_loads.wgsl or subgroup.wgsl) for the steps
 // below the last multiple of 8 and are loaded directly for the rest.
-fn ft_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
+fn ft_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, lane: u32) {
     let qa = block_id(wg, nwg) * (WG * PXV) + li;
     let qb = qa + WG;
     let pa = ft_pix(qa);
@@ -421,11 +421,11 @@ fn ft_body(wg: vec3<u32>, nwg: vec3<u32>, li: u32, sl: u32) {
     var l: W4;
     var s = vec3(0u); // (ci, kw, kh) of step r
     for (var r = 0u; r < r8; r++) {
-        ft_step(&acc, ft_weights(&l, r, ocp4, os, sl), s.z, s.y, s.x, pa, pb);
+        ft_step(&acc, ft_weights(&l, r, ocp4, os, lane), s.z, s.y, s.x, pa, pb);
         s = count_next(s, vec2(p.cin, p.kw));
     }
     for (var r = r8; r < steps; r++) {
-        ft_step(&acc, c1_load(ft_row(r), ocp4, os), s.z, s.y, s.x, pa, pb);
+        ft_step(&acc, conv1x1_load(ft_row(r), ocp4, os), s.z, s.y, s.x, pa, pb);
         s = count_next(s, vec2(p.cin, p.kw));
     }
     ft_store(acc[0], oc0 + 0u, qa);

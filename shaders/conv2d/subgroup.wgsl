@@ -7,7 +7,7 @@
 // operand (weights, or d_y in the weight gradients) and the *_sg entry points. Appended to
 // the other conv2d files (same formulas, uniforms, bindings, dispatch, register tiles and stores) in the
 // module built on adapters with subgroup operations and subgroups of at least 8 invocations;
-// uniform_loads.wgsl has the plain helpers. `sl` = subgroup_invocation_id.
+// uniform_loads.wgsl has the plain helpers. `lane` = subgroup_invocation_id.
 //
 // Why: the weights are the same for every lane of a workgroup, but on lavapipe a
 // workgroup-uniform storage load costs about as much as a per-lane one (a loop over the 8
@@ -29,54 +29,54 @@ fn sh4(w: W4, src: u32) -> W4 {
 // conv1x1: the weights (and prologue coefficients) of summed channel rc, rc below the last
 // multiple of 8 of the summed channels. Every 8th channel, lane s loads channel rc + s % 8
 // into `l`; channel rc then comes from lane rc % 8 of the lane's group of 8.
-fn c1_weights(l: ptr<function, C1Coef>, rc: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> C1Coef {
-    let s8 = sl % 8u;
+fn conv1x1_weights(l: ptr<function, C1Coef>, rc: u32, ocp4: u32, os: vec4<u32>, lane: u32) -> C1Coef {
+    let s8 = lane % 8u;
     let k = rc % 8u;
-    if (k == 0u) { *l = c1_coef(rc + s8, ocp4, os); }
-    let src = sl - s8 + k;
+    if (k == 0u) { *l = conv1x1_coef(rc + s8, ocp4, os); }
+    let src = lane - s8 + k;
     var c = C1Coef(sh4((*l).w, src), (*l).pro);
     if (PROLOGUE) { c.pro = subgroupShuffle((*l).pro, src); }
     return c;
 }
 
 // conv3x3: the same for the 12 weight vec4s of summed channel rc, kernel row ti.
-fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
-              sl: u32) -> W12 {
-    let s8 = sl % 8u;
+fn conv3x3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
+              lane: u32) -> W12 {
+    let s8 = lane % 8u;
     let k = rc % 8u;
-    if (k == 0u) { *l = c3_load(rc + s8, ti, ocp4, os); }
-    let src = sl - s8 + k;
+    if (k == 0u) { *l = conv3x3_load(rc + s8, ti, ocp4, os); }
+    let src = lane - s8 + k;
     return W12(sh4((*l).t0, src), sh4((*l).t1, src), sh4((*l).t2, src));
 }
 
 // forward_tiled: the weights of reduction step r, r below the last multiple of 8 of the
 // steps: every 8th step lane s loads step r + s % 8, and step r comes from lane r % 8.
-fn ft_weights(l: ptr<function, W4>, r: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> W4 {
-    let s8 = sl % 8u;
+fn ft_weights(l: ptr<function, W4>, r: u32, ocp4: u32, os: vec4<u32>, lane: u32) -> W4 {
+    let s8 = lane % 8u;
     let j = r % 8u;
-    if (j == 0u) { *l = c1_load(ft_row(r + s8), ocp4, os); }
-    return sh4(*l, sl - s8 + j);
+    if (j == 0u) { *l = conv1x1_load(ft_row(r + s8), ocp4, os); }
+    return sh4(*l, lane - s8 + j);
 }
 
 // backward_weight_strided: d_y at output pixel k for the tile's channel blocks, k below
 // k0 plus the last multiple of 8 of the chunk's length. Every 8th pixel, lane s loads pixel
 // k + s % 8 into `l`; pixel k then comes from lane (k - k0) % 8 of the lane's group of 8.
-fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> W4 {
-    let s8 = sl % 8u;
+fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, lane: u32) -> W4 {
+    let s8 = lane % 8u;
     let j = (k - k0) % 8u;
     if (j == 0u) { *l = bs_load_dy(k + s8, cop4, os); }
-    return sh4(*l, sl - s8 + j);
+    return sh4(*l, lane - s8 + j);
 }
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at one pixel group: lane
 // s % 8 loads channels co0 + s % 8 and co0 + 8 + s % 8; channel c then comes from lane
 // c % 8 of the group (2 loads instead of 16).
-fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
-    let s8 = sl % 8u;
-    let a = bq_d_y[yb + min(co0 + s8, pg.cout - 1u) * hw4];
+fn rows_dy16(yb: u32, co0: u32, hw4: u32, lane: u32) -> Dy16 {
+    let s8 = lane % 8u;
+    let a = rows_d_y[yb + min(co0 + s8, weight_params.cout - 1u) * hw4];
     var b = vec4(0.0);
-    if (CH_TILE > 8u) { b = bq_d_y[yb + min(co0 + 8u + s8, pg.cout - 1u) * hw4]; }
-    let base = sl - s8;
+    if (CH_TILE > 8u) { b = rows_d_y[yb + min(co0 + 8u + s8, weight_params.cout - 1u) * hw4]; }
+    let base = lane - s8;
     var g: Dy16;
     g[0] = mat4x4<f32>(subgroupShuffle(a, base), subgroupShuffle(a, base + 1u),
                        subgroupShuffle(a, base + 2u), subgroupShuffle(a, base + 3u));
@@ -98,42 +98,42 @@ fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
 @compute @workgroup_size(WG)
 fn conv1x1_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) li: u32,
-              @builtin(subgroup_invocation_id) sl: u32) {
-    c1_body(wg, nwg, li, sl);
+              @builtin(subgroup_invocation_id) lane: u32) {
+    conv1x1_body(wg, nwg, li, lane);
 }
 
 @compute @workgroup_size(WG)
 fn conv3x3_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) li: u32,
-              @builtin(subgroup_invocation_id) sl: u32) {
-    c3_body(wg, nwg, li, sl);
+              @builtin(subgroup_invocation_id) lane: u32) {
+    conv3x3_body(wg, nwg, li, lane);
 }
 
 @compute @workgroup_size(WG)
 fn backward_weight_rows_sg(@builtin(workgroup_id) wg: vec3<u32>,
                            @builtin(local_invocation_index) li: u32,
-                           @builtin(subgroup_invocation_id) sl: u32) {
-    bq_rows(wg, li, sl);
+                           @builtin(subgroup_invocation_id) lane: u32) {
+    rows_body(wg, li, lane);
 }
 
 
 @compute @workgroup_size(WG)
 fn backward_weight_dot_sg(@builtin(workgroup_id) wg: vec3<u32>,
                           @builtin(local_invocation_index) li: u32,
-                          @builtin(subgroup_invocation_id) sl: u32) {
-    bd_body(wg, li, sl);
+                          @builtin(subgroup_invocation_id) lane: u32) {
+    bd_body(wg, li, lane);
 }
 
 @compute @workgroup_size(WG)
 fn backward_weight_strided_sg(@builtin(workgroup_id) wg: vec3<u32>,
                               @builtin(local_invocation_index) li: u32,
-                              @builtin(subgroup_invocation_id) sl: u32) {
-    bs_body(wg, li, sl);
+                              @builtin(subgroup_invocation_id) lane: u32) {
+    bs_body(wg, li, lane);
 }
 
 @compute @workgroup_size(WG)
 fn forward_tiled_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) li: u32,
-                    @builtin(subgroup_invocation_id) sl: u32) {
-    ft_body(wg, nwg, li, sl);
+                    @builtin(subgroup_invocation_id) lane: u32) {
+    ft_body(wg, nwg, li, lane);
 }

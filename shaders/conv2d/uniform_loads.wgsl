@@ -6,38 +6,38 @@
 // conv2d helpers whose loads are the same for every lane of a workgroup, in their plain
 // form (one load per value), and the plain entry points that use them; subgroup.wgsl
 // defines the same helpers with subgroup operations and the *_sg entry points. Appended to
-// the other conv2d files in the plain module. `l` and `sl` (state kept across the reduction, the
+// the other conv2d files in the plain module. `l` and `lane` (state kept across the reduction, the
 // lane's subgroup index) are not needed here.
 
 // conv1x1: the weights (and prologue coefficients) of summed channel rc.
-fn c1_weights(l: ptr<function, C1Coef>, rc: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> C1Coef {
-    return c1_coef(rc, ocp4, os);
+fn conv1x1_weights(l: ptr<function, C1Coef>, rc: u32, ocp4: u32, os: vec4<u32>, lane: u32) -> C1Coef {
+    return conv1x1_coef(rc, ocp4, os);
 }
 
 // conv3x3: the weights of summed channel rc, kernel row ti.
-fn c3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
-              sl: u32) -> W12 {
-    return c3_load(rc, ti, ocp4, os);
+fn conv3x3_weights(l: ptr<function, W12>, rc: u32, ti: u32, ocp4: u32, os: vec4<u32>,
+              lane: u32) -> W12 {
+    return conv3x3_load(rc, ti, ocp4, os);
 }
 
 // forward_tiled: the weights of reduction step r.
-fn ft_weights(l: ptr<function, W4>, r: u32, ocp4: u32, os: vec4<u32>, sl: u32) -> W4 {
-    return c1_load(ft_row(r), ocp4, os);
+fn ft_weights(l: ptr<function, W4>, r: u32, ocp4: u32, os: vec4<u32>, lane: u32) -> W4 {
+    return conv1x1_load(ft_row(r), ocp4, os);
 }
 
 // backward_weight_strided: d_y at output pixel k for the tile's channel blocks.
-fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, sl: u32) -> W4 {
+fn bs_dy_at(l: ptr<function, W4>, k: u32, k0: u32, cop4: u32, os: vec4<u32>, lane: u32) -> W4 {
     return bs_load_dy(k, cop4, os);
 }
 
 // backward_weight_rows: d_y of channels co0 .. co0 + 15 (clamped) at the pixel group at
 // vec4 index yb + channel * hw4.
-fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
+fn rows_dy16(yb: u32, co0: u32, hw4: u32, lane: u32) -> Dy16 {
     var g: Dy16;
     for (var cb = 0u; cb < 4u; cb++) {
         if (4u * cb < CH_TILE) {
-            let c = min(vec4(co0 + 4u * cb) + vec4(0u, 1u, 2u, 3u), vec4(pg.cout - 1u)) * hw4;
-            g[cb] = mat4x4<f32>(bq_d_y[yb + c.x], bq_d_y[yb + c.y], bq_d_y[yb + c.z], bq_d_y[yb + c.w]);
+            let c = min(vec4(co0 + 4u * cb) + vec4(0u, 1u, 2u, 3u), vec4(weight_params.cout - 1u)) * hw4;
+            g[cb] = mat4x4<f32>(rows_d_y[yb + c.x], rows_d_y[yb + c.y], rows_d_y[yb + c.z], rows_d_y[yb + c.w]);
         }
     }
     return g;
@@ -46,19 +46,19 @@ fn bq_dy16(yb: u32, co0: u32, hw4: u32, sl: u32) -> Dy16 {
 @compute @workgroup_size(WG)
 fn conv1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
-    c1_body(wg, nwg, li, 0u);
+    conv1x1_body(wg, nwg, li, 0u);
 }
 
 @compute @workgroup_size(WG)
 fn conv3x3(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
-    c3_body(wg, nwg, li, 0u);
+    conv3x3_body(wg, nwg, li, 0u);
 }
 
 @compute @workgroup_size(WG)
 fn backward_weight_rows(@builtin(workgroup_id) wg: vec3<u32>,
                         @builtin(local_invocation_index) li: u32) {
-    bq_rows(wg, li, 0u);
+    rows_body(wg, li, 0u);
 }
 
 
