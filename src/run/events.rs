@@ -181,8 +181,9 @@ pub struct RunSummary {
     pub data_parallel: Option<DataParallel>,
     pub epochs: usize,
     pub lr: f64,
-    /// The schedule as the command line writes it (`cosine`, `step:30:0.1`, ...).
-    pub schedule: String,
+    /// The learning-rate schedule (its `Display` is the command line's spelling:
+    /// `cosine`, `inverse-time:0.5`, ...).
+    pub schedule: super::ScheduleSpec,
     pub augmentation: Option<&'static str>,
     pub out: PathBuf,
 }

@@ -201,7 +201,7 @@ impl<'a> Run<'a> {
             }),
             epochs: spec.epochs,
             lr: spec.lr,
-            schedule: spec.schedule.to_string(),
+            schedule: spec.schedule,
             augmentation: spec.augment,
             out: spec.out.clone(),
         };
