@@ -56,6 +56,13 @@ impl From<StepError> for GpuError {
     }
 }
 
+/// The loss of a step as [`Trainer::apply_or_reject`] gets it: on the device (one
+/// process), or already summed over the ranks.
+enum StepLoss<'t> {
+    OnDevice(&'t Tensor),
+    Known(f32),
+}
+
 /// A model and its optimizer on one device.
 pub struct Trainer<'g> {
     pub gpu: &'g Gpu,
@@ -248,12 +255,21 @@ impl<'g> Trainer<'g> {
         x: Tensor,
         labels: &[usize],
     ) -> std::result::Result<BatchResult, StepError> {
-        let gpu = self.gpu;
         let classes = self.model.num_classes();
-        let (loss_value, probs) = self.forward_backward(x, labels, None, &mut |_, _| Ok(()))?;
+        let (loss, probs) = self.forward_backward(x, labels, None, &mut |_, _| Ok(()))?;
+        let loss = self.apply_or_reject(StepLoss::OnDevice(&loss))?;
+        // The probabilities, read back for accuracy.
+        Ok(summarise(loss, self.gpu.download(&probs)?, labels, classes))
+    }
 
-        // Count the non-finite values of every trainable gradient, and read them back with
-        // the loss before Adam may touch the weights.
+    /// The end of every step, once each trainable gradient holds the batch's gradient
+    /// (summed over the ranks in a data-parallel step). Counts the non-finite values of
+    /// every gradient on the device and reads them back with the loss, before Adam may touch
+    /// the weights: if any, it clears the gradients, applies nothing and names the first
+    /// such parameter (state_dict order); else Adam on every parameter, which zeroes the
+    /// gradients. Returns the loss.
+    fn apply_or_reject(&mut self, loss: StepLoss) -> std::result::Result<f32, StepError> {
+        let gpu = self.gpu;
         let params = self.model.params();
         let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
         let flags = gpu.zeros(&[trainable.len().max(1)], "non-finite gradient counts")?;
@@ -262,7 +278,10 @@ impl<'g> Trainer<'g> {
             finite::count_nonfinite(&mut enc, &flags, slot, &p.grad)?;
         }
         enc.submit()?;
-        let loss = gpu.download(&loss_value)?[0];
+        let loss = match loss {
+            StepLoss::OnDevice(value) => gpu.download(value)?[0],
+            StepLoss::Known(value) => value,
+        };
         let counts = gpu.download(&flags)?;
         if !loss.is_finite() || counts.iter().any(|&c| c > 0.0) {
             let mut enc = gpu.encoder("clear gradients");
@@ -281,14 +300,10 @@ impl<'g> Trainer<'g> {
                 param,
             });
         }
-
-        // Adam on every parameter, then zero the gradients.
         let mut enc = gpu.encoder("adam");
         self.opt.update(&mut enc, params)?;
         enc.submit()?;
-
-        // The probabilities, read back for accuracy.
-        Ok(summarise(loss, gpu.download(&probs)?, labels, classes))
+        Ok(loss)
     }
 
     /// Forward and backward on a batch: the gradients accumulate into each parameter's
@@ -378,38 +393,17 @@ impl<'g> Trainer<'g> {
         group.all_reduce_sum_f64(&mut totals);
         let loss = (totals[0] / n.max(1.0)) as f32;
 
-        // Write the sums back; note the first parameter (state_dict order) with a
-        // non-finite one.
-        let params = self.model.params();
-        let trainable: Vec<&Param> = params.iter().filter(|p| p.trainable).collect();
-        let mut first_nonfinite: Option<usize> = None;
+        // The sums replace each rank's gradients; then the same end as one process.
+        let trainable: Vec<&Param> = self.model.params().iter().filter(|p| p.trainable).collect();
         for (bucket, values) in buckets.iter().zip(&reduced) {
             let mut at = 0;
             for &i in bucket {
                 let grad = &trainable[i].grad;
-                let v = &values[at..at + grad.numel()];
-                if v.iter().any(|x| !x.is_finite()) {
-                    first_nonfinite = Some(first_nonfinite.map_or(i, |f| f.min(i)));
-                }
-                gpu.write(grad, v)?;
+                gpu.write(grad, &values[at..at + grad.numel()])?;
                 at += grad.numel();
             }
         }
-        if !loss.is_finite() || first_nonfinite.is_some() {
-            let mut enc = gpu.encoder("clear gradients");
-            for p in params {
-                enc.clear(&p.grad);
-            }
-            enc.submit()?;
-            return Err(StepError::NonFinite {
-                step: self.opt.step + 1,
-                loss,
-                param: first_nonfinite.map(|i| trainable[i].name.clone()),
-            });
-        }
-        let mut enc = gpu.encoder("adam");
-        self.opt.update(&mut enc, params)?;
-        enc.submit()?;
+        self.apply_or_reject(StepLoss::Known(loss))?;
         Ok(GroupStep {
             local: result,
             loss: loss as f64,

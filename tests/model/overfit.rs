@@ -4,7 +4,7 @@ use densenet_wgpu::data::Dataset;
 use densenet_wgpu::models::{DenseNet, DenseNetConfig, Model};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
-use densenet_wgpu::train::Trainer;
+use densenet_wgpu::train::{StepError, Trainer};
 
 #[test]
 fn overfits_a_tiny_batch() {
@@ -35,4 +35,43 @@ fn overfits_a_tiny_batch() {
     }
     println!("loss {first:.4} -> {last:.4}");
     assert!(last < first / 10.0, "loss only fell from {first} to {last}");
+}
+
+/// A gradient that is not finite while the loss is: the step applies nothing (the weights
+/// stay as they were), clears the gradients and names the parameter; the next step trains.
+#[test]
+fn a_non_finite_gradient_with_a_finite_loss_applies_nothing() {
+    let g = gpu();
+    let data = Synthetic::new(4, 16, 7);
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..4 {
+        let (img, l) = data.get(i, None).unwrap();
+        images.extend(img);
+        labels.push(l);
+    }
+    let model = DenseNet::new(g, DenseNetConfig::densenet_tiny(data.classes().len()), 1).unwrap();
+    let opt = Adam::new(g, model.params(), AdamConfig::default(), Schedule::Constant).unwrap();
+    let mut t = Trainer::new(g, Box::new(model), opt);
+    // Gradients accumulate: a NaN already in one gradient survives the backward pass,
+    // which leaves the loss finite.
+    let p = &t.model.params()[3];
+    let (name, value, grad) = (p.name.clone(), p.value.clone(), p.grad.clone());
+    let before = g.download(&value).unwrap();
+    let mut nan = vec![0.0f32; grad.numel()];
+    nan[0] = f32::NAN;
+    g.write(&grad, &nan).unwrap();
+    match t.train_step(&images, &labels, 16) {
+        Err(StepError::NonFinite { step, loss, param }) => {
+            assert_eq!(step, 1);
+            assert!(loss.is_finite(), "loss {loss}");
+            assert_eq!(param.as_deref(), Some(name.as_str()));
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    assert_eq!(g.download(&value).unwrap(), before, "a weight changed");
+    assert!(g.download(&grad).unwrap().iter().all(|&v| v == 0.0));
+    assert_eq!(t.opt.step, 0);
+    t.train_step(&images, &labels, 16).unwrap();
+    assert_eq!(t.opt.step, 1);
 }
