@@ -740,3 +740,25 @@ fn progress_line_format() {
         "[epoch 2/10] ███░░░░░░░░░░░░░░░░░ 412/3192 img  24.0 img/s  ETA 1m56s"
     );
 }
+
+/// The embedded images as an image folder: each class folder holds the requested images
+/// of its class, ImageFolder reads them back, and a request the dataset cannot fill is
+/// refused.
+#[test]
+fn synthetic_images_write_an_image_folder() {
+    let dir = std::env::temp_dir().join(format!("dnw-write-folder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = Synthetic::new(20, 8, 3);
+    // Class 2's third image is item 2 + 2 * 6 = 14 < 20; a fourth would be 20.
+    let files = data.write_folder(&dir, 3, 3).unwrap();
+    assert_eq!(files.len(), 9);
+    let (folder, skipped) = ImageFolder::open(&dir, 8).unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(folder.len(), 9);
+    assert_eq!(folder.class_counts(), vec![3, 3, 3]);
+    assert!(matches!(
+        data.write_folder(&dir, 3, 4),
+        Err(DataError::InvalidArgument(_))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}

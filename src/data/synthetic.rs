@@ -195,7 +195,9 @@ impl Synthetic {
         per_class: usize,
     ) -> Result<Vec<PathBuf>, DataError> {
         let all = SYNTHETIC_CLASSES.len();
-        if classes > all || classes * per_class > self.len.min(all * per_class) {
+        // The last image needed: the per_class-th of class classes - 1.
+        let last = (classes.max(1) - 1) + all * (per_class.max(1) - 1);
+        if classes > all || (classes > 0 && per_class > 0 && last >= self.len) {
             return Err(DataError::InvalidArgument(format!(
                 "{per_class} images of {classes} classes from a synthetic dataset of {} images \
                  of {all} classes",
