@@ -19,6 +19,17 @@ use std::fmt;
 
 use crate::gpu::{Gpu, Result, Tensor};
 
+/// What carries a group's collectives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// One process: nothing to carry.
+    SingleProcess,
+    /// MPI; `library` is the library's own version text (`MPI_Get_library_version`).
+    Mpi { library: String },
+    /// A transport a program brings (a test's, another library's), by its name.
+    Other { name: String },
+}
+
 /// The processes of one data-parallel run. Every rank must call the same operations in the
 /// same order; each returns the same values on every rank.
 pub trait Collective {
@@ -42,8 +53,8 @@ pub trait Collective {
     /// Ends every process of the run with `code` (an error on one rank must not leave the
     /// others waiting in a collective).
     fn abort(&self, code: i32) -> !;
-    /// The transport, for the run's header line.
-    fn describe(&self) -> String;
+    /// What carries the collectives (for the run's header line).
+    fn transport(&self) -> Transport;
     /// A second channel to the same ranks that another thread may use while this one is in
     /// use (an MPI communicator duplicate under `MPI_THREAD_MULTIPLE`): gradient buckets
     /// are summed on it while backward goes on. `None` where that is not possible.
@@ -84,8 +95,8 @@ impl Collective for SingleProcess {
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }
-    fn describe(&self) -> String {
-        "one process".into()
+    fn transport(&self) -> Transport {
+        Transport::SingleProcess
     }
 }
 
@@ -203,8 +214,10 @@ pub mod mpi_group {
         fn abort(&self, code: i32) -> ! {
             self.comm.abort(code)
         }
-        fn describe(&self) -> String {
-            format!("MPI ({}), {} ranks", self.library, self.size)
+        fn transport(&self) -> super::Transport {
+            super::Transport::Mpi {
+                library: self.library.clone(),
+            }
         }
         fn duplicate(&self) -> Option<Box<dyn super::Collective + Send + Sync>> {
             self.multiple.then(|| {

@@ -191,8 +191,9 @@ pub struct RunSummary {
 /// How a data-parallel run shares its work.
 #[derive(Debug, Clone)]
 pub struct DataParallel {
-    /// The ranks, as the collective describes them.
-    pub group: String,
+    /// How many processes share the batch, and what carries their collectives.
+    pub ranks: usize,
+    pub transport: crate::dist::Transport,
     pub per_rank_batch: usize,
     pub sync_bn: bool,
     /// Gradients are summed during backward (else after it).

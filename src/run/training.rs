@@ -194,7 +194,8 @@ impl<'a> Run<'a> {
             image_size: spec.image_size,
             batch_size: spec.batch_size,
             data_parallel: (ranks > 1).then(|| DataParallel {
-                group: self.group.describe(),
+                ranks,
+                transport: self.group.transport(),
                 per_rank_batch: spec.batch_size.div_ceil(ranks),
                 sync_bn: spec.sync_bn,
                 overlap: self.trainer.overlap.is_some(),

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+use densenet_wgpu::dist::Transport;
 use densenet_wgpu::verify::{ADAM_MAX_DIFF_TOL, ADAM_SHARE_TOL, STATS_TOL};
 use densenet_wgpu::weights::TensorFile;
 
@@ -442,8 +443,10 @@ impl densenet_wgpu::dist::Collective for Diverged {
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }
-    fn describe(&self) -> String {
-        "two diverged replicas".into()
+    fn transport(&self) -> Transport {
+        Transport::Other {
+            name: "two diverged replicas".into(),
+        }
     }
 }
 

@@ -126,6 +126,7 @@ impl Drop for Progress {
 }
 
 use densenet_wgpu::budget::mib;
+use densenet_wgpu::dist::Transport;
 use densenet_wgpu::gpu::{GpuError, ADAPTER_ENV};
 use densenet_wgpu::progress::render_resumed;
 use densenet_wgpu::run::events::{EpochReport, Observer, RunEvent, RunSummary};
@@ -333,9 +334,13 @@ fn writer_text(event: &RunEvent, resume_command: &str) -> Option<String> {
 /// The lines that open a run: the model and its settings, and the run folder.
 fn banner(s: &RunSummary) -> String {
     let parallel = s.data_parallel.as_ref().map_or(String::new(), |d| {
+        let group = match &d.transport {
+            Transport::SingleProcess => "one process".to_string(),
+            Transport::Mpi { library } => format!("MPI ({library}), {} ranks", d.ranks),
+            Transport::Other { name } => format!("{name}, {} ranks", d.ranks),
+        };
         format!(
-            " over {} ({} per rank{}{})",
-            d.group,
+            " over {group} ({} per rank{}{})",
             d.per_rank_batch,
             if d.sync_bn { ", synchronised BN" } else { "" },
             if d.overlap {
