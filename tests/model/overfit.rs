@@ -6,17 +6,23 @@ use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::train::{StepError, Trainer};
 
-#[test]
-fn overfits_a_tiny_batch() {
-    let g = gpu();
-    let data = Synthetic::new(8, 32, 5);
+/// Every image of `data` as one batch: NCHW pixels and labels.
+fn batch(data: &Synthetic) -> (Vec<f32>, Vec<usize>) {
     let mut images = Vec::new();
     let mut labels = Vec::new();
-    for i in 0..8 {
+    for i in 0..data.len() {
         let (img, l) = data.get(i, None).unwrap();
         images.extend(img);
         labels.push(l);
     }
+    (images, labels)
+}
+
+#[test]
+fn overfits_a_tiny_batch() {
+    let g = gpu();
+    let data = Synthetic::new(8, 32, 5);
+    let (images, labels) = batch(&data);
     let model = DenseNet::new(g, DenseNetConfig::densenet_tiny(data.classes().len()), 1).unwrap();
     let cfg = AdamConfig {
         lr: 3e-3,
@@ -43,13 +49,7 @@ fn overfits_a_tiny_batch() {
 fn a_non_finite_gradient_with_a_finite_loss_applies_nothing() {
     let g = gpu();
     let data = Synthetic::new(4, 16, 7);
-    let mut images = Vec::new();
-    let mut labels = Vec::new();
-    for i in 0..4 {
-        let (img, l) = data.get(i, None).unwrap();
-        images.extend(img);
-        labels.push(l);
-    }
+    let (images, labels) = batch(&data);
     let model = DenseNet::new(g, DenseNetConfig::densenet_tiny(data.classes().len()), 1).unwrap();
     let opt = Adam::new(g, model.params(), AdamConfig::default(), Schedule::Constant).unwrap();
     let mut t = Trainer::new(g, Box::new(model), opt);
