@@ -25,7 +25,7 @@ use crate::{image_folder, text, train};
 /// at `batch` followed by one evaluation batch, on a device of its own (the shared one
 /// counts the other tests' allocations too).
 fn measure(shape: &RunShape, batch: usize) -> (u64, u64, (u64, String)) {
-    let gpu = Gpu::new().unwrap();
+    let gpu = Gpu::open(&DeviceOptions::from_env()).unwrap();
     let mut model = shape.config.build(&gpu, 7).unwrap();
     model.set_mode(shape.mode);
     if shape.freeze_features {

@@ -1,5 +1,5 @@
 use crate::gpu;
-use densenet_wgpu::gpu::GpuError;
+use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError};
 use densenet_wgpu::ops::conv2d::Conv2dSpec;
 use densenet_wgpu::rng::Rng;
 use densenet_wgpu::tape::{Param, Tape};
@@ -107,7 +107,7 @@ fn inference_tape_refuses_backward() {
 #[test]
 fn max_pool_input_is_released_before_its_gradient_is_allocated() {
     // A device of its own, so that the allocation counters see this test only.
-    let g = densenet_wgpu::gpu::Gpu::new().unwrap();
+    let g = Gpu::open(&DeviceOptions::from_env()).unwrap();
     let shape = [1, 4, 64, 64];
     let n: usize = shape.iter().product();
     let data: Vec<f32> = Rng::new(3)
@@ -169,7 +169,7 @@ fn max_pool_input_is_released_before_its_gradient_is_allocated() {
 /// drop.
 #[test]
 fn dropped_buffers_are_held_until_their_work_ends() {
-    let g = densenet_wgpu::gpu::Gpu::new().unwrap();
+    let g = Gpu::open(&DeviceOptions::from_env()).unwrap();
     let bytes = 1u64 << 20;
     let t = g.zeros(&[(bytes / 4) as usize], "t").unwrap();
     let live = g.memory().live_bytes();
@@ -192,7 +192,7 @@ fn dropped_buffers_are_held_until_their_work_ends() {
 /// flight, so the buffers it drops during a long backward pass are not all held at once.
 #[test]
 fn tape_bounds_the_memory_held_for_in_flight_work() {
-    let g = densenet_wgpu::gpu::Gpu::new().unwrap();
+    let g = Gpu::open(&DeviceOptions::from_env()).unwrap();
     let shape = [1, 16, 128, 128]; // 1 MiB per activation and per gradient
     let layers = 40;
     let new_param = |name: &str, shape: &[usize], seed: u64| {
