@@ -131,6 +131,7 @@
 //! ```
 
 pub mod budget;
+pub mod collective;
 pub mod data;
 pub mod dist;
 pub mod gpu;

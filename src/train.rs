@@ -1,15 +1,18 @@
 //! One training step, top to bottom: upload → forward on a tape → loss → backward →
-//! Adam → read back the loss and the predictions. Everything between the upload and the
-//! read-back is recorded without CPU round-trips.
+//! the gradient-reduce hook → the non-finite check → Adam. Everything between the upload
+//! and the read-back of the loss and predictions is recorded without CPU round-trips.
+//!
+//! One process reduces nothing ([`NoReduce`]); data-parallel training passes its own hook
+//! ([`crate::dist::DataParallel`]) to the same [`Trainer::step`].
 
 use std::fmt;
 
-use crate::dist::Collective;
+use crate::collective::Collective;
 use crate::gpu::{Gpu, GpuError, Result, Tensor};
 use crate::models::Model;
 use crate::ops::finite;
 use crate::optim::Adam;
-use crate::tape::{GradReady, Param, Tape};
+use crate::tape::{GradReady, Tape};
 
 /// Why a training step did not update the model.
 #[derive(Debug, Clone)]
@@ -56,13 +59,6 @@ impl From<StepError> for GpuError {
     }
 }
 
-/// The loss of a step as [`Trainer::apply_or_reject`] gets it: on the device (one
-/// process), or already summed over the ranks.
-enum StepLoss<'t> {
-    OnDevice(&'t Tensor),
-    Known(f32),
-}
-
 /// A model and its optimizer on one device.
 pub struct Trainer<'g> {
     pub gpu: &'g Gpu,
@@ -73,78 +69,6 @@ pub struct Trainer<'g> {
     pub profile: bool,
     /// The per-op device times of the last step, when profiling.
     pub last_profile: Option<Vec<crate::tape::OpTime>>,
-    /// Synchronised batch norm in [`Trainer::train_step_group`]: statistics over the
-    /// global batch rather than each rank's share.
-    pub sync_bn: bool,
-    /// Seconds the last [`Trainer::train_step_group`] spent summing gradients over the
-    /// ranks (read-back and all-reduce; with [`Trainer::overlap`], the all-reduces alone),
-    /// and the seconds it waited for them after backward (with overlap: what backward did
-    /// not hide).
-    pub comm_seconds: [f64; 2],
-    /// A second channel to the ranks on which [`Trainer::train_step_group`] sums gradient
-    /// buckets while backward runs ([`Collective::duplicate`]); `None`: after backward.
-    pub overlap: Option<Box<dyn Collective + Send + Sync>>,
-    /// Size of the gradient buckets of [`Trainer::train_step_group`] in bytes
-    /// ([`GRAD_BUCKET_BYTES`] unless changed).
-    pub bucket_bytes: usize,
-}
-
-/// Sends buckets, in order, to the gradient thread.
-struct Outbox<'a> {
-    gpu: &'a Gpu,
-    buckets: &'a [Vec<usize>],
-    grads: &'a [Tensor],
-    /// This rank has no image: it sends zeros.
-    empty: bool,
-    tx: std::sync::mpsc::Sender<Pending>,
-    /// The next bucket to send.
-    next: usize,
-}
-
-impl Outbox<'_> {
-    /// Starts reading back every bucket before `upto` not sent yet, and sends them.
-    fn send_up_to(&mut self, upto: usize) -> Result<()> {
-        while self.next < upto {
-            let tensors: Vec<&Tensor> = self.buckets[self.next]
-                .iter()
-                .map(|&i| &self.grads[i])
-                .collect();
-            let pending = if self.empty {
-                Pending::Zeros(tensors.iter().map(|t| t.numel()).sum())
-            } else {
-                Pending::Staged(self.gpu.stage_read(&tensors)?)
-            };
-            // A send fails only when the worker stopped on an error, which its join reports.
-            let _ = self.tx.send(pending);
-            self.next += 1;
-        }
-        Ok(())
-    }
-}
-
-/// A bucket on its way to the gradient thread.
-enum Pending {
-    Staged(crate::gpu::Staged),
-    /// A rank with no image in the batch contributes zeros.
-    Zeros(usize),
-}
-
-/// Gradients are summed over the ranks in buckets of about this many bytes (PyTorch DDP's
-/// default bucket size).
-pub const GRAD_BUCKET_BYTES: usize = 25 << 20;
-
-/// What one data-parallel step produced.
-#[derive(Clone, Debug)]
-pub struct GroupStep {
-    /// This rank's share: its predictions and its own loss.
-    pub local: BatchResult,
-    /// Mean loss over the global batch.
-    pub loss: f64,
-    /// Correct predictions and images over the global batch.
-    pub correct: usize,
-    pub count: usize,
-    /// The flags passed in, summed over the ranks.
-    pub flags: [f64; 2],
 }
 
 /// What one batch produced.
@@ -160,7 +84,43 @@ pub struct BatchResult {
     pub probabilities: Vec<f32>,
 }
 
-fn check_batch(images: &[f32], labels: &[usize], size: usize, classes: usize) -> Result<usize> {
+/// This process's forward and backward pass as a [`GradientReduce`] hook runs it: it takes
+/// the group that synchronised batch norm computes its statistics over (none: each
+/// process's own batch) and the hook that backward calls as it records gradients
+/// ([`Tape::backward_with`]).
+pub type Pass<'a> = dyn FnMut(Option<&dyn Collective>, &mut GradReady<'_>) -> Result<()> + 'a;
+
+/// The gradient-reduce hook of [`Trainer::step`]: what happens to the gradients between
+/// this process's backward pass and the optimizer. One process reduces nothing
+/// ([`NoReduce`]); a data-parallel step sums them over the processes
+/// ([`crate::dist::DataParallel`]).
+pub trait GradientReduce {
+    /// Runs `pass` once, then leaves every gradient in `grads` (the trainable parameters'
+    /// names and gradients, in state_dict order) holding the reduced gradient.
+    fn reduce(&mut self, grads: &[(String, Tensor)], pass: &mut Pass<'_>) -> Result<()>;
+    /// The step's loss (the global batch's mean) from this process's result on its batch.
+    fn reduce_loss(&mut self, local: &BatchResult) -> f32;
+}
+
+/// One process: the gradients and the loss are the batch's own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoReduce;
+
+impl GradientReduce for NoReduce {
+    fn reduce(&mut self, _: &[(String, Tensor)], pass: &mut Pass<'_>) -> Result<()> {
+        pass(None, &mut |_, _| Ok(()))
+    }
+    fn reduce_loss(&mut self, local: &BatchResult) -> f32 {
+        local.loss as f32
+    }
+}
+
+pub(crate) fn check_batch(
+    images: &[f32],
+    labels: &[usize],
+    size: usize,
+    classes: usize,
+) -> Result<usize> {
     let n = labels.len();
     if n == 0 || images.len() != n * 3 * size * size {
         return Err(GpuError::Shape(format!(
@@ -229,10 +189,6 @@ impl<'g> Trainer<'g> {
             opt,
             profile: false,
             last_profile: None,
-            sync_bn: false,
-            comm_seconds: [0.0; 2],
-            overlap: None,
-            bucket_bytes: GRAD_BUCKET_BYTES,
         }
     }
 
@@ -255,20 +211,51 @@ impl<'g> Trainer<'g> {
         x: Tensor,
         labels: &[usize],
     ) -> std::result::Result<BatchResult, StepError> {
+        self.step(Some((x, labels)), &mut NoReduce)
+    }
+
+    /// The step: forward and backward on `batch` (none: this process has no image in a
+    /// data-parallel step's global batch), the gradients through `reduce`, then the check
+    /// for non-finite values and Adam: a step whose loss or gradients are not finite
+    /// updates nothing ([`StepError::NonFinite`]). Returns this process's result on its
+    /// batch.
+    pub fn step(
+        &mut self,
+        mut batch: Option<(Tensor, &[usize])>,
+        reduce: &mut dyn GradientReduce,
+    ) -> std::result::Result<BatchResult, StepError> {
+        let gpu = self.gpu;
         let classes = self.model.num_classes();
-        let (loss, probs) = self.forward_backward(x, labels, None, &mut |_, _| Ok(()))?;
-        let loss = self.apply_or_reject(StepLoss::OnDevice(&loss))?;
-        // The probabilities, read back for accuracy.
-        Ok(summarise(loss, self.gpu.download(&probs)?, labels, classes))
+        let grads: Vec<(String, Tensor)> = self
+            .model
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| (p.name.clone(), p.grad.clone()))
+            .collect();
+        let mut local = BatchResult::default();
+        let mut pass = |sync_bn: Option<&dyn Collective>, ready: &mut GradReady<'_>| {
+            if let Some((x, labels)) = batch.take() {
+                let (loss, probs) = self.forward_backward(x, labels, sync_bn, ready)?;
+                let mut values = gpu.download_many(&[&loss, &probs])?.into_iter();
+                let (loss, probs) = (values.next().unwrap()[0], values.next().unwrap());
+                local = summarise(loss, probs, labels, classes);
+            }
+            Ok(())
+        };
+        reduce.reduce(&grads, &mut pass)?;
+        let loss = reduce.reduce_loss(&local);
+        self.apply_or_reject(loss)?;
+        Ok(local)
     }
 
     /// The end of every step, once each trainable gradient holds the batch's gradient
-    /// (summed over the ranks in a data-parallel step). Counts the non-finite values of
-    /// every gradient on the device and reads them back with the loss, before Adam may touch
-    /// the weights: if any, it clears the gradients, applies nothing and names the first
-    /// such parameter (state_dict order); else Adam on every parameter, which zeroes the
-    /// gradients. Returns the loss.
-    fn apply_or_reject(&mut self, loss: StepLoss) -> std::result::Result<f32, StepError> {
+    /// (summed over the ranks in a data-parallel step) and `loss` is the batch's loss.
+    /// Counts the non-finite values of every gradient on the device and reads them back
+    /// before Adam may touch the weights: if any, or if the loss is not finite, it clears
+    /// the gradients, applies nothing and names the first such parameter (state_dict
+    /// order); else Adam on every parameter, which zeroes the gradients.
+    fn apply_or_reject(&mut self, loss: f32) -> std::result::Result<(), StepError> {
         let gpu = self.gpu;
         let params = self.model.params();
         let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
@@ -278,10 +265,6 @@ impl<'g> Trainer<'g> {
             finite::count_nonfinite(&mut enc, &flags, slot, &p.grad)?;
         }
         enc.submit()?;
-        let loss = match loss {
-            StepLoss::OnDevice(value) => gpu.download(value)?[0],
-            StepLoss::Known(value) => value,
-        };
         let counts = gpu.download(&flags)?;
         if !loss.is_finite() || counts.iter().any(|&c| c > 0.0) {
             let mut enc = gpu.encoder("clear gradients");
@@ -303,7 +286,7 @@ impl<'g> Trainer<'g> {
         let mut enc = gpu.encoder("adam");
         self.opt.update(&mut enc, params)?;
         enc.submit()?;
-        Ok(loss)
+        Ok(())
     }
 
     /// Forward and backward on a batch: the gradients accumulate into each parameter's
@@ -338,233 +321,6 @@ impl<'g> Trainer<'g> {
         self.last_profile = tape.profile();
         tape.finish()?;
         Ok((loss_value, probs))
-    }
-
-    /// One data-parallel step on this rank's share of a global batch (NCHW images, 3 x size
-    /// x size each; the share may be empty). Every rank of `group` calls it for the same
-    /// global batch.
-    ///
-    /// Each rank runs forward and backward on its share; the gradients are summed over the
-    /// ranks, each rank's weighted by its share of the batch (n_r / n), which gives the
-    /// gradient of the global batch's mean loss. They are summed in buckets of about
-    /// [`Trainer::bucket_bytes`] in reverse parameter order, as PyTorch DDP does: with
-    /// [`Trainer::overlap`] set, a bucket is read back (through a mapped staging buffer)
-    /// and summed on a second thread as soon as backward has produced all its gradients,
-    /// while backward goes on; otherwise after backward. The check for non-finite values
-    /// and the Adam step see the same summed gradients on every rank, so the replicas stay
-    /// identical. `flags` are summed over the ranks with the image counts (the run uses them
-    /// to agree on stopping and checkpointing).
-    pub fn train_step_group(
-        &mut self,
-        images: &[f32],
-        labels: &[usize],
-        size: usize,
-        group: &dyn Collective,
-        flags: [f64; 2],
-    ) -> std::result::Result<GroupStep, StepError> {
-        let gpu = self.gpu;
-        let classes = self.model.num_classes();
-        let n_local = labels.len();
-        if n_local == 0 && self.sync_bn {
-            // The other ranks wait for this one's batch statistics.
-            return Err(StepError::Gpu(GpuError::Shape(format!(
-                "synchronised batch norm: rank {} has no image in this batch (its share of the global batch is empty or unreadable)",
-                group.rank()
-            ))));
-        }
-        let mut counts = [n_local as f64, flags[0], flags[1]];
-        group.all_reduce_sum_f64(&mut counts);
-        let n = counts[0];
-        let weight = (n_local as f64 / n.max(1.0)) as f32;
-        let buckets = self.bucket_plan();
-        let overlap = self.overlap.take();
-        let step = self.forward_backward_reduced(
-            (images, labels, size),
-            group,
-            overlap.as_deref(),
-            &buckets,
-            weight,
-        );
-        self.overlap = overlap;
-        let (local, reduced, [busy, exposed]) = step?;
-        self.comm_seconds = [busy, exposed];
-        let result = summarise(local.0, local.1, labels, classes);
-        let mut totals = [local.0 as f64 * n_local as f64, result.correct as f64];
-        group.all_reduce_sum_f64(&mut totals);
-        let loss = (totals[0] / n.max(1.0)) as f32;
-
-        // The sums replace each rank's gradients; then the same end as one process.
-        let trainable: Vec<&Param> = self.model.params().iter().filter(|p| p.trainable).collect();
-        for (bucket, values) in buckets.iter().zip(&reduced) {
-            let mut at = 0;
-            for &i in bucket {
-                let grad = &trainable[i].grad;
-                gpu.write(grad, &values[at..at + grad.numel()])?;
-                at += grad.numel();
-            }
-        }
-        self.apply_or_reject(StepLoss::Known(loss))?;
-        Ok(GroupStep {
-            local: result,
-            loss: loss as f64,
-            correct: totals[1] as usize,
-            count: n as usize,
-            flags: [counts[1], counts[2]],
-        })
-    }
-
-    /// Trainable parameters (indices among them) in buckets of about
-    /// [`Trainer::bucket_bytes`], from the last parameter back: the order backward roughly
-    /// produces them in.
-    fn bucket_plan(&self) -> Vec<Vec<usize>> {
-        let trainable: Vec<&Param> = self.model.params().iter().filter(|p| p.trainable).collect();
-        let mut buckets: Vec<Vec<usize>> = vec![Vec::new()];
-        let mut bytes = 0;
-        for i in (0..trainable.len()).rev() {
-            if bytes >= self.bucket_bytes.max(1) {
-                buckets.push(Vec::new());
-                bytes = 0;
-            }
-            buckets.last_mut().unwrap().push(i);
-            bytes += trainable[i].grad.numel() * 4;
-        }
-        buckets
-    }
-
-    /// Forward and backward on this rank's share (none when empty), with every bucket of
-    /// gradients weighted by `weight` and summed over the ranks: on `overlap`'s thread while
-    /// backward runs, or on `group` after it. Returns (local loss, local probabilities),
-    /// the summed buckets, and the seconds spent summing and the seconds waited for the
-    /// sums after backward.
-    #[allow(clippy::type_complexity)]
-    fn forward_backward_reduced(
-        &mut self,
-        (images, labels, size): (&[f32], &[usize], usize),
-        group: &dyn Collective,
-        overlap: Option<&(dyn Collective + Send + Sync)>,
-        buckets: &[Vec<usize>],
-        weight: f32,
-    ) -> Result<((f32, Vec<f32>), Vec<Vec<f32>>, [f64; 2])> {
-        let gpu = self.gpu;
-        let n_local = labels.len();
-        let grads: Vec<Tensor> = self
-            .model
-            .params()
-            .iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.grad.clone())
-            .collect();
-        let x = if n_local > 0 {
-            check_batch(images, labels, size, self.model.num_classes())?;
-            Some(gpu.upload(images, &[n_local, 3, size, size], "images")?)
-        } else {
-            None
-        };
-        let sync = self.sync_bn.then_some(group);
-        let Some(channel) = overlap else {
-            // After backward, on this thread.
-            let local = match x {
-                Some(x) => {
-                    let (loss, probs) =
-                        self.forward_backward(x, labels, sync, &mut |_, _| Ok(()))?;
-                    (gpu.download(&loss)?[0], gpu.download(&probs)?)
-                }
-                None => (0.0, Vec::new()),
-            };
-            let started = std::time::Instant::now();
-            let mut reduced = Vec::with_capacity(buckets.len());
-            for bucket in buckets {
-                let tensors: Vec<&Tensor> = bucket.iter().map(|&i| &grads[i]).collect();
-                let mut values = gpu.download_many(&tensors)?.concat();
-                values.iter_mut().for_each(|v| *v *= weight);
-                group.all_reduce_sum(&mut values);
-                reduced.push(values);
-            }
-            let took = started.elapsed().as_secs_f64();
-            return Ok((local, reduced, [took, took]));
-        };
-
-        // Overlapped: buckets go, in order, to a thread that waits for their read-back and
-        // sums them on the second channel.
-        let index: std::collections::HashMap<String, usize> = self
-            .model
-            .params()
-            .iter()
-            .filter(|p| p.trainable)
-            .enumerate()
-            .map(|(i, p)| (p.name.clone(), i))
-            .collect();
-        let mut bucket_of = vec![0; grads.len()];
-        for (b, bucket) in buckets.iter().enumerate() {
-            for &i in bucket {
-                bucket_of[i] = b;
-            }
-        }
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::channel::<Pending>();
-            let worker = scope.spawn(move || -> Result<(Vec<Vec<f32>>, f64)> {
-                let mut reduced = Vec::new();
-                let mut busy = 0.0;
-                for pending in rx {
-                    let mut values = match pending {
-                        Pending::Staged(staged) => staged.wait(gpu)?.concat(),
-                        Pending::Zeros(len) => vec![0.0; len],
-                    };
-                    let started = std::time::Instant::now();
-                    values.iter_mut().for_each(|v| *v *= weight);
-                    channel.all_reduce_sum(&mut values);
-                    busy += started.elapsed().as_secs_f64();
-                    reduced.push(values);
-                }
-                Ok((reduced, busy))
-            });
-            let mut out = Outbox {
-                gpu,
-                buckets,
-                grads: &grads,
-                empty: n_local == 0,
-                tx,
-                next: 0,
-            };
-            let mut missing: Vec<usize> = buckets.iter().map(Vec::len).collect();
-            let mut local = (0.0, Vec::new());
-            let run = (|| -> Result<()> {
-                if let Some(x) = x {
-                    let mut ready = |tape: &mut Tape, done: &[(String, Tensor)]| -> Result<()> {
-                        for (name, _) in done {
-                            if let Some(&i) = index.get(name) {
-                                missing[bucket_of[i]] -= 1;
-                            }
-                        }
-                        let next = out.next;
-                        let upto = next + missing[next..].iter().take_while(|&&m| m == 0).count();
-                        if upto > next {
-                            // The gradients are recorded, not yet computed: submit them first.
-                            tape.flush()?;
-                            out.send_up_to(upto)?;
-                        }
-                        Ok(())
-                    };
-                    let (loss, probs) = self.forward_backward(x, labels, sync, &mut ready)?;
-                    local = (gpu.download(&loss)?[0], gpu.download(&probs)?);
-                }
-                // Gradients no op produced (a parameter the forward did not use) stay zero.
-                out.send_up_to(buckets.len())
-            })();
-            // On an error the remaining buckets still go out (as zeros) so that the other
-            // ranks' sums complete; the error is reported after.
-            if run.is_err() {
-                out.empty = true;
-                let _ = out.send_up_to(buckets.len());
-            }
-            drop(out);
-            let waited = std::time::Instant::now();
-            let joined = worker.join().expect("the gradient thread panicked");
-            let exposed = waited.elapsed().as_secs_f64();
-            run?;
-            let (reduced, busy) = joined?;
-            Ok((local, reduced, [busy, exposed]))
-        })
     }
 
     /// Inference on a batch (running statistics, nothing recorded, nothing updated).

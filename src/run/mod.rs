@@ -265,7 +265,7 @@ pub struct RunSpec {
     /// on a CPU adapter. The results are the same either way.
     pub overlap: Option<bool>,
     /// The gradient bucket size of a data-parallel run, in bytes (default
-    /// [`crate::train::GRAD_BUCKET_BYTES`]; the sums do not depend on it).
+    /// [`crate::dist::GRAD_BUCKET_BYTES`]; the sums do not depend on it).
     pub bucket_bytes: Option<usize>,
     /// Which adapter to open, and whether kernels may use subgroup operations.
     pub device: DeviceOptions,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::events::{DataParallel, Observer, RankPlace, RunEvent, RunSummary};
 use super::{checkpoint_file, EpochProgress, RunError, RunResult, RunSpec};
 use crate::data::{Batch, Loader, LoaderOptions, Shard};
-use crate::dist::{average_tensors, check_replicas, Collective};
+use crate::dist::{self, average_tensors, check_replicas, Collective};
 use crate::gpu::{Gpu, Tensor};
 use crate::metrics::{self, EpochMetrics};
 use crate::ops::adam::AdamConfig;
@@ -37,6 +37,8 @@ pub struct Run<'a> {
     group: &'a dyn Collective,
     observer: &'a mut dyn Observer,
     trainer: Trainer<'a>,
+    /// How this process takes part in a data-parallel step (unused with one process).
+    parallel: dist::DataParallel,
     shard: Shard,
     steps_per_epoch: usize,
     history: Vec<EpochMetrics>,
@@ -105,6 +107,7 @@ impl<'a> Run<'a> {
         observer.event(&adapter_event(gpu, group));
         super::check_memory(gpu, spec, ranks, observer)?;
         let trainer = build_trainer(gpu, spec, group, observer)?;
+        let parallel = data_parallel(gpu, spec, group);
         let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
         let mut run = Run {
             gpu,
@@ -112,6 +115,7 @@ impl<'a> Run<'a> {
             group,
             observer,
             trainer,
+            parallel,
             shard: Shard {
                 rank: group.rank(),
                 ranks,
@@ -198,7 +202,7 @@ impl<'a> Run<'a> {
                 transport: self.group.transport(),
                 per_rank_batch: spec.batch_size.div_ceil(ranks),
                 sync_bn: spec.sync_bn,
-                overlap: self.trainer.overlap.is_some(),
+                overlap: self.parallel.overlap.is_some(),
             }),
             epochs: spec.epochs,
             lr: spec.lr,
@@ -296,7 +300,7 @@ impl<'a> Run<'a> {
             stop,
             checkpoint_due: by_time,
         } = trained;
-        let comm = self.trainer.comm_seconds;
+        let comm = self.parallel.comm_seconds;
         let e = self.current.as_mut().expect("an epoch in progress");
         e.communication[0] += comm[0];
         e.communication[1] += comm[1];
@@ -357,14 +361,9 @@ impl<'a> Run<'a> {
                 cancelled as u8 as f64,
                 (time_is_up && self.group.is_writer()) as u8 as f64,
             ];
-            self.trainer
-                .train_step_group(
-                    &batch.images,
-                    &batch.labels,
-                    spec.image_size,
-                    self.group,
-                    flags,
-                )
+            let share = (&batch.images[..], &batch.labels[..], spec.image_size);
+            self.parallel
+                .step(&mut self.trainer, self.group, share, flags)
                 .map(|s| Trained {
                     loss: s.loss,
                     correct: s.correct,
@@ -436,7 +435,7 @@ impl<'a> Run<'a> {
     /// The mean over the ranks of every BN running statistic, on every rank (before an
     /// evaluation or a checkpoint; see the `dist` module).
     fn average_buffers(&self) -> RunResult<()> {
-        if self.trainer.sync_bn {
+        if self.parallel.sync_bn {
             // Synchronised statistics are the same on every rank already.
             return Ok(());
         }
@@ -600,7 +599,7 @@ impl<'a> Run<'a> {
 }
 
 /// The model (from `spec.init` when given, frozen features when asked), Adam with the
-/// spec's schedule, and the trainer's data-parallel settings.
+/// spec's schedule.
 fn build_trainer<'a>(
     gpu: &'a Gpu,
     spec: &RunSpec,
@@ -632,20 +631,28 @@ fn build_trainer<'a>(
     let schedule = spec.schedule.schedule(spec.epochs, steps_per_epoch);
     let opt = Adam::new(gpu, model.params(), adam, schedule)?;
     let mut trainer = Trainer::new(gpu, model, opt);
-    trainer.sync_bn = spec.sync_bn;
     trainer.profile = spec.profile;
+    Ok(trainer)
+}
+
+/// The spec's data-parallel settings for this process's steps.
+fn data_parallel(gpu: &Gpu, spec: &RunSpec, group: &dyn Collective) -> dist::DataParallel {
+    let mut parallel = dist::DataParallel {
+        sync_bn: spec.sync_bn,
+        ..dist::DataParallel::default()
+    };
     // Summing during backward hides the all-reduce behind the device's work. A CPU adapter
     // has no idle cores to hide it on: there it costs more than it saves (docs/distributed.md).
     let overlap = spec
         .overlap
         .unwrap_or(gpu.info.device_type != wgpu::DeviceType::Cpu);
     if group.size() > 1 && overlap {
-        trainer.overlap = group.duplicate();
+        parallel.overlap = group.duplicate();
     }
     if let Some(bytes) = spec.bucket_bytes {
-        trainer.bucket_bytes = bytes;
+        parallel.bucket_bytes = bytes;
     }
-    Ok(trainer)
+    parallel
 }
 
 /// The event that says which device a process trains on.
