@@ -68,29 +68,30 @@ struct Slot {
     persistent_grad: bool,
 }
 
-/// What one recorded op keeps for its backward pass.
-///
-/// `vars()[0]` is the op's output. The tape releases a variable's value after the last
-/// (in backward order) op that lists it in `value_reads`, and its gradient after the last
-/// op that lists it in `vars`.
+/// What one recorded op keeps for its backward pass. The tape knows which variables it
+/// touches from [`Tape::record`]: it releases a variable's value after the last (in
+/// backward order) op that reads it, and its gradient after the last op that touches it.
 pub trait Backward {
-    /// The op's name in listings and profiles (`conv2d`, `batch_norm`, ...).
-    fn name(&self) -> &'static str;
-    /// Variables this op's backward touches (values or gradients), output first.
-    fn vars(&self) -> Vec<Var>;
-    /// Variables whose *values* this op's backward reads (the rest of [`Backward::vars`]
-    /// only take part through their gradients).
-    fn value_reads(&self) -> Vec<Var>;
     /// Accumulates the gradients of the op's inputs from `d_y`, the gradient of its output.
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()>;
     /// [`Backward::backward`] when the op's output is the loss itself (its gradient is 1).
-    /// Only a loss op can end the graph: for the others this is an error.
-    fn backward_from_loss(self: Box<Self>, _tape: &mut Tape) -> Result<()> {
-        Err(GpuError::Shape(format!(
-            "tape: the output of {} cannot be the loss",
-            self.name()
-        )))
+    /// Only a loss op can end the graph: the others return `None`.
+    fn backward_from_loss(self: Box<Self>, _tape: &mut Tape) -> Option<Result<()>> {
+        None
     }
+}
+
+/// A recorded op: its backward, and what the tape needs to know of it to schedule that
+/// backward and release memory.
+struct Recorded {
+    /// The op's name in listings and profiles (`conv2d`, `batch_norm`, ...).
+    name: &'static str,
+    /// Variables the op's backward touches (values or gradients), output first.
+    vars: Vec<Var>,
+    /// Variables whose *values* the backward reads (the rest of `vars` only take part
+    /// through their gradients).
+    value_reads: Vec<Var>,
+    backward: Box<dyn Backward>,
 }
 
 /// Called by [`Tape::backward_with`] with the parameters (name, gradient) whose gradients
@@ -106,7 +107,7 @@ pub struct Tape<'g> {
     /// `MemoryStats::allocated_bytes` at the last flush.
     flushed_at: u64,
     slots: Vec<Slot>,
-    ops: Vec<Box<dyn Backward>>,
+    ops: Vec<Recorded>,
     recording: bool,
     backward_done: bool,
     /// Per-op device time when profiling (each op is followed by a device sync).
@@ -117,7 +118,7 @@ pub struct Tape<'g> {
     flops: u64,
     /// Training-mode batch norms compute their statistics over every rank of this group
     /// (synchronised BN; see [`Tape::sync_batch_norm`]).
-    sync: Option<&'g dyn crate::dist::Collective>,
+    sync: Option<&'g dyn crate::collective::Collective>,
 }
 
 /// What [`Tape::probe_relu_inputs`] counted: ReLU inputs so close to zero that float32
@@ -188,12 +189,12 @@ impl<'g> Tape<'g> {
     /// Makes training-mode batch norms on this tape synchronised over `group`: batch
     /// statistics over the global batch in forward, and the matching sums in backward
     /// (PyTorch's SyncBatchNorm). Every rank must record the same ops.
-    pub fn sync_batch_norm(&mut self, group: &'g dyn crate::dist::Collective) {
+    pub fn sync_batch_norm(&mut self, group: &'g dyn crate::collective::Collective) {
         self.sync = (group.size() > 1).then_some(group);
     }
 
     /// The group batch norms synchronise over, if any.
-    pub(crate) fn sync_group(&self) -> Option<&'g dyn crate::dist::Collective> {
+    pub(crate) fn sync_group(&self) -> Option<&'g dyn crate::collective::Collective> {
         self.sync
     }
 
@@ -328,7 +329,7 @@ impl<'g> Tape<'g> {
     }
 
     /// Marks `out` (and every ancestor slice) as needing a gradient when `inputs` do.
-    pub(crate) fn mark(&mut self, out: Var, inputs: &[Var]) {
+    fn mark(&mut self, out: Var, inputs: &[Var]) {
         if self.recording && inputs.iter().any(|v| self.slots[v.0].requires_grad) {
             let mut cur = Some(out);
             while let Some(v) = cur {
@@ -353,16 +354,26 @@ impl<'g> Tape<'g> {
     }
 
     /// Appends an op's backward record (dropped on inference tapes), after its forward
-    /// launches were recorded.
-    pub(crate) fn record(&mut self, op: impl Backward + 'static) -> Result<()> {
-        let key = format!(
-            "forward  {:<15} {:?}",
-            op.name(),
-            self.slots[op.vars()[0].0].shape
-        );
+    /// launches were recorded: its `name`, the variables its backward touches (`vars`,
+    /// output first) and those whose values it reads (`value_reads`). The output needs a
+    /// gradient when an input does.
+    pub(crate) fn record(
+        &mut self,
+        name: &'static str,
+        vars: &[Var],
+        value_reads: &[Var],
+        op: impl Backward + 'static,
+    ) -> Result<()> {
+        self.mark(vars[0], &vars[1..]);
+        let key = format!("forward  {name:<15} {:?}", self.slots[vars[0].0].shape);
         self.profile_mark(key);
         if self.recording {
-            self.ops.push(Box::new(op));
+            self.ops.push(Recorded {
+                name,
+                vars: vars.to_vec(),
+                value_reads: value_reads.to_vec(),
+                backward: Box::new(op),
+            });
         }
         self.flush_if_long()
     }
@@ -523,10 +534,10 @@ impl<'g> Tape<'g> {
         // backward touches it, after which its gradient is no longer needed, and the
         // earliest op whose backward reads its value. A value no backward reads (a max
         // pool's input, a ReLU's output, ...) is released before the first backward op.
-        let earliest = |uses: &dyn Fn(&dyn Backward) -> Vec<Var>| {
+        let earliest = |uses: &dyn Fn(&Recorded) -> &[Var]| {
             let mut first = vec![usize::MAX; self.slots.len()];
             for (i, op) in self.ops.iter().enumerate() {
-                for v in uses(op.as_ref()) {
+                for &v in uses(op) {
                     let mut cur = Some(v);
                     while let Some(c) = cur {
                         first[c.0] = first[c.0].min(i);
@@ -536,8 +547,8 @@ impl<'g> Tape<'g> {
             }
             first
         };
-        let first_use = earliest(&|op| op.vars());
-        let first_read = earliest(&|op| op.value_reads());
+        let first_use = earliest(&|op| &op.vars);
+        let first_read = earliest(&|op| &op.value_reads);
         let mut release_grad: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
         let mut release_value: Vec<Vec<usize>> = vec![Vec::new(); self.ops.len()];
         for (v, (&used, &read)) in first_use.iter().zip(&first_read).enumerate() {
@@ -572,11 +583,7 @@ impl<'g> Tape<'g> {
         let ops = std::mem::take(&mut self.ops);
         for (i, op) in ops.into_iter().enumerate().rev() {
             // Only ops whose output needs a gradient do anything.
-            let key = format!(
-                "backward {:<15} {:?}",
-                op.name(),
-                self.slots[op.vars()[0].0].shape
-            );
+            let key = format!("backward {:<15} {:?}", op.name, self.slots[op.vars[0].0].shape);
             self.backward_op(op, loss)?;
             self.profile_mark(key);
             for &v in &release_value[i] {
@@ -604,16 +611,21 @@ impl<'g> Tape<'g> {
         self.flush()
     }
 
-    fn backward_op(&mut self, op: Box<dyn Backward>, loss: Var) -> Result<()> {
-        let out = op.vars()[0];
+    fn backward_op(&mut self, op: Recorded, loss: Var) -> Result<()> {
+        let out = op.vars[0];
         if !self.slots[out.0].requires_grad {
             return Ok(());
         }
         if out == loss {
-            return op.backward_from_loss(self);
+            return op.backward.backward_from_loss(self).unwrap_or_else(|| {
+                Err(GpuError::Shape(format!(
+                    "tape: the output of {} cannot be the loss",
+                    op.name
+                )))
+            });
         }
         let d_y = self.grad(out)?;
-        op.backward(self, d_y)
+        op.backward.backward(self, d_y)
     }
 
     /// Number of recorded ops.
@@ -638,7 +650,7 @@ impl fmt::Display for Tape<'_> {
     /// One line per recorded op: `#12 conv2d  features.denseblock1.denselayer1.conv2 (8, 12, 8, 8) <- x, weight`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, op) in self.ops.iter().enumerate() {
-            let vars = op.vars();
+            let vars = &op.vars;
             let out = &self.slots[vars[0].0];
             let ins: Vec<&str> = vars[1..]
                 .iter()
@@ -647,7 +659,7 @@ impl fmt::Display for Tape<'_> {
             writeln!(
                 f,
                 "#{i:<4} {:<15} {} {:?} <- {}",
-                op.name(),
+                op.name,
                 out.name,
                 out.shape,
                 ins.join(", ")

@@ -10,7 +10,8 @@
 use std::cell::Cell;
 
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::ops::batch_norm::{BnConfig, BnLayer, RunningStats};
+use crate::ops::batch_norm::tape::BnLayer;
+use crate::ops::batch_norm::{BnConfig, RunningStats};
 use crate::ops::conv2d::Conv2dSpec;
 use crate::rng::Rng;
 use crate::tape::{Param, Tape, Var};

@@ -24,8 +24,11 @@ impl Tape<'_> {
                     .collect())
             })?;
         }
-        self.mark(y, &[a, b]);
-        self.record(AddOp { y, a, b, relu })?;
+        let (op, reads) = match relu {
+            true => ("add_relu", &[y][..]),
+            false => ("add", &[][..]),
+        };
+        self.record(op, &[y, a, b], reads, AddOp { y, a, b, relu })?;
         Ok(y)
     }
 }
@@ -38,23 +41,6 @@ struct AddOp {
 }
 
 impl Backward for AddOp {
-    fn name(&self) -> &'static str {
-        if self.relu {
-            "add_relu"
-        } else {
-            "add"
-        }
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.a, self.b]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        if self.relu {
-            vec![self.y]
-        } else {
-            Vec::new()
-        }
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let (d_a, d_b) = (tape.grad_if(self.a)?, tape.grad_if(self.b)?);
         if d_a.is_none() && d_b.is_none() {

@@ -18,28 +18,17 @@ impl Tape<'_> {
         let y = self.output(out, &[n, c, oh, ow], name)?;
         let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
         forward(self.enc(), &yt, &xt, spec)?;
-        self.mark(y, &[x]);
-        self.record(AvgPoolOp { y, x, spec })?;
+        self.record("avg_pool2d", &[y, x], &[], AvgPoolOp { x, spec })?;
         Ok(y)
     }
 }
 
 struct AvgPoolOp {
-    y: Var,
     x: Var,
     spec: Pool2dSpec,
 }
 
 impl Backward for AvgPoolOp {
-    fn name(&self) -> &'static str {
-        "avg_pool2d"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             backward(tape.enc(), &d_x, &d_y, self.spec)?;

@@ -11,10 +11,8 @@
 //! reference and `tape` the autograd entries.
 
 pub mod reference;
-mod tape;
+pub mod tape;
 
-pub use tape::BnLayer;
-pub(crate) use tape::{pre_activation, BatchNormOp};
 
 use super::{groups, ViewParams};
 use crate::gpu::{

@@ -46,8 +46,7 @@ impl Tape<'_> {
                     pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
                 })?;
             }
-            self.mark(y, &[x, gamma, beta]);
-            self.record(BatchNormOp {
+            let op = BatchNormOp {
                 y,
                 x,
                 gamma,
@@ -56,7 +55,8 @@ impl Tape<'_> {
                 inv_std,
                 cfg,
                 counts,
-            })?;
+            };
+            self.record("batch_norm", &[y, x, gamma, beta], &[x, gamma, beta], op)?;
         }
         Ok(y)
     }
@@ -94,8 +94,7 @@ impl Tape<'_> {
                 self.probe_relu(name, |g| {
                     pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], Some(&rt))
                 })?;
-                self.mark(y, &[x, gamma, beta, residual]);
-                self.record(BatchNormAddReluOp {
+                let op = BatchNormAddReluOp {
                     bn: BatchNormOp {
                         y,
                         x,
@@ -107,7 +106,9 @@ impl Tape<'_> {
                         counts,
                     },
                     residual,
-                })?;
+                };
+                let vars = [y, x, gamma, beta, residual];
+                self.record("batch_norm_add_relu", &vars, &[x, gamma, beta, y], op)?;
             }
             None if self.is_recording() && self.requires_grad(residual) => {
                 return Err(GpuError::Shape(format!(
@@ -360,15 +361,6 @@ impl BatchNormOp {
 }
 
 impl Backward for BatchNormOp {
-    fn name(&self) -> &'static str {
-        "batch_norm"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x, self.gamma, self.beta]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        vec![self.x, self.gamma, self.beta]
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         self.push_grads(tape, &d_y)
     }
@@ -381,19 +373,6 @@ struct BatchNormAddReluOp {
 }
 
 impl Backward for BatchNormAddReluOp {
-    fn name(&self) -> &'static str {
-        "batch_norm_add_relu"
-    }
-    fn vars(&self) -> Vec<Var> {
-        let mut v = self.bn.vars();
-        v.push(self.residual);
-        v
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        let mut v = self.bn.value_reads();
-        v.push(self.bn.y);
-        v
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let yt = tape.value(self.bn.y)?.clone();
         // g = d_y * [y > 0], once: into a transient buffer for BN, and onto the shortcut.

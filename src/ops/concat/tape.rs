@@ -28,33 +28,21 @@ impl Tape<'_> {
             .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = ts.iter().collect();
         forward(self.enc(), &yt, &refs)?;
-        self.mark(y, inputs);
-        self.record(ConcatOp {
-            y,
+        let vars: Vec<Var> = std::iter::once(y).chain(inputs.iter().copied()).collect();
+        let op = ConcatOp {
             inputs: inputs.to_vec(),
-        })?;
+        };
+        self.record("concat", &vars, &[], op)?;
         Ok(y)
     }
 }
 
 /// Backward is slicing: each input gets its channel range of d_y.
 struct ConcatOp {
-    y: Var,
     inputs: Vec<Var>,
 }
 
 impl Backward for ConcatOp {
-    fn name(&self) -> &'static str {
-        "concat"
-    }
-    fn vars(&self) -> Vec<Var> {
-        std::iter::once(self.y)
-            .chain(self.inputs.iter().copied())
-            .collect()
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let mut start = 0;
         for v in self.inputs {

@@ -2,7 +2,8 @@
 
 use super::{backward_data, backward_weight, forward, output_size, BnReluPrologue, Conv2dSpec};
 use crate::gpu::{nchw, Result, Tensor};
-use crate::ops::batch_norm::{self, Affine, BatchNormOp, BatchStats, BnConfig, BnLayer};
+use crate::ops::batch_norm::tape::{pre_activation, BatchNormOp, BnLayer};
+use crate::ops::batch_norm::{self, Affine, BatchStats, BnConfig};
 use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
@@ -28,10 +29,8 @@ impl Tape<'_> {
             self.value(w)?.clone(),
         );
         forward(self.enc(), &yt, &xt, &wt, bt.as_ref(), None, spec)?;
-        let mut ins = vec![x, w];
-        ins.extend(b);
-        self.mark(y, &ins);
-        self.record(Conv2dOp { y, x, w, b, spec })?;
+        let vars: Vec<Var> = [y, x, w].into_iter().chain(b).collect();
+        self.record("conv2d", &vars, &[x, w], Conv2dOp { x, w, b, spec })?;
         Ok(y)
     }
 
@@ -87,11 +86,9 @@ impl Tape<'_> {
         };
         forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
         self.probe_relu(name, |g| {
-            batch_norm::pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
+            pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
         })?;
-        self.mark(y, &[x, gamma, beta, w]);
-        self.record(BnReluConvOp {
-            y,
+        let op = BnReluConvOp {
             w,
             bn: BatchNormOp {
                 y,
@@ -106,13 +103,14 @@ impl Tape<'_> {
             scale,
             shift,
             spec,
-        })?;
+        };
+        let reads = [x, gamma, beta, w];
+        self.record("bn_relu_conv", &[y, x, gamma, beta, w], &reads, op)?;
         Ok(y)
     }
 }
 
 struct Conv2dOp {
-    y: Var,
     x: Var,
     w: Var,
     b: Option<Var>,
@@ -120,18 +118,6 @@ struct Conv2dOp {
 }
 
 impl Backward for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "conv2d"
-    }
-    fn vars(&self) -> Vec<Var> {
-        [Some(self.y), Some(self.x), Some(self.w), self.b]
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        vec![self.x, self.w]
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let xt = tape.value(self.x)?.clone();
         let wt = tape.value(self.w)?.clone();
@@ -151,7 +137,6 @@ impl Backward for Conv2dOp {
 /// BN (batch statistics) → ReLU → conv, with the BN+ReLU output never stored: the conv
 /// applies `max(scale*x + shift, 0)` while reading x, and backward recomputes it.
 struct BnReluConvOp {
-    y: Var,
     w: Var,
     /// The BN (+ReLU) whose output the conv reads; `bn.y` is the conv's output.
     bn: BatchNormOp,
@@ -161,15 +146,6 @@ struct BnReluConvOp {
 }
 
 impl Backward for BnReluConvOp {
-    fn name(&self) -> &'static str {
-        "bn_relu_conv"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.bn.x, self.bn.gamma, self.bn.beta, self.w]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        vec![self.bn.x, self.bn.gamma, self.bn.beta, self.w]
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let (xt, wt) = (tape.value(self.bn.x)?.clone(), tape.value(self.w)?.clone());
         let pro = BnReluPrologue {

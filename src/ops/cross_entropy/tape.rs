@@ -17,44 +17,35 @@ impl Tape<'_> {
         let probs = self.gpu().zeros(&shape, &format!("{name}.probs"))?;
         let (lt, xt) = (self.value(loss)?.clone(), self.value(logits)?.clone());
         forward(self.enc(), &lt, &probs, &xt, labels)?;
-        self.mark(loss, &[logits]);
-        self.record(CrossEntropyOp {
-            loss,
+        let op = CrossEntropyOp {
             logits,
             probs: probs.clone(),
             labels: labels.clone(),
-        })?;
+        };
+        self.record("cross_entropy", &[loss, logits], &[], op)?;
         Ok((loss, probs))
     }
 }
 
 struct CrossEntropyOp {
-    loss: Var,
     logits: Var,
     probs: Tensor,
     labels: Tensor,
 }
 
 impl Backward for CrossEntropyOp {
-    fn name(&self) -> &'static str {
-        "cross_entropy"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.loss, self.logits]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
     /// The loss ends the graph: nothing may be computed from it.
     fn backward(self: Box<Self>, _tape: &mut Tape, _d_y: Tensor) -> Result<()> {
         Err(GpuError::Shape(
             "tape: cross_entropy's output is a loss; backward must start from it".into(),
         ))
     }
-    fn backward_from_loss(self: Box<Self>, tape: &mut Tape) -> Result<()> {
-        if let Some(d) = tape.grad_if(self.logits)? {
-            backward(tape.enc(), &d, &self.probs, &self.labels, 1.0)?;
-        }
-        Ok(())
+    fn backward_from_loss(self: Box<Self>, tape: &mut Tape) -> Option<Result<()>> {
+        Some((|| {
+            if let Some(d) = tape.grad_if(self.logits)? {
+                backward(tape.enc(), &d, &self.probs, &self.labels, 1.0)?;
+            }
+            Ok(())
+        })())
     }
 }

@@ -11,27 +11,16 @@ impl Tape<'_> {
         let y = self.output(None, &[n, c], name)?;
         let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
         forward(self.enc(), &yt, &xt)?;
-        self.mark(y, &[x]);
-        self.record(GlobalAvgPoolOp { y, x })?;
+        self.record("global_avg_pool", &[y, x], &[], GlobalAvgPoolOp { x })?;
         Ok(y)
     }
 }
 
 struct GlobalAvgPoolOp {
-    y: Var,
     x: Var,
 }
 
 impl Backward for GlobalAvgPoolOp {
-    fn name(&self) -> &'static str {
-        "global_avg_pool"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             backward(tape.enc(), &d_x, &d_y)?;

@@ -18,34 +18,19 @@ impl Tape<'_> {
             self.value(w)?.clone(),
         );
         forward(self.enc(), &yt, &xt, &wt, bt.as_ref())?;
-        let mut ins = vec![x, w];
-        ins.extend(b);
-        self.mark(y, &ins);
-        self.record(LinearOp { y, x, w, b })?;
+        let vars: Vec<Var> = [y, x, w].into_iter().chain(b).collect();
+        self.record("linear", &vars, &[x, w], LinearOp { x, w, b })?;
         Ok(y)
     }
 }
 
 struct LinearOp {
-    y: Var,
     x: Var,
     w: Var,
     b: Option<Var>,
 }
 
 impl Backward for LinearOp {
-    fn name(&self) -> &'static str {
-        "linear"
-    }
-    fn vars(&self) -> Vec<Var> {
-        [Some(self.y), Some(self.x), Some(self.w), self.b]
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        vec![self.x, self.w]
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         let (xt, wt) = (tape.value(self.x)?.clone(), tape.value(self.w)?.clone());
         let d_x = tape.grad_if(self.x)?;

@@ -26,13 +26,7 @@ impl Tape<'_> {
             None
         };
         forward(self.enc(), &yt, indices.as_ref(), &xt, spec)?;
-        self.mark(y, &[x]);
-        self.record(MaxPoolOp {
-            y,
-            x,
-            indices,
-            spec,
-        })?;
+        self.record("max_pool2d", &[y, x], &[], MaxPoolOp { x, indices, spec })?;
         Ok(y)
     }
 }
@@ -40,22 +34,12 @@ impl Tape<'_> {
 /// Backward reads the saved argmax of every window ([`indices_shape`]), not x; `None`
 /// only on inference tapes, which record nothing.
 struct MaxPoolOp {
-    y: Var,
     x: Var,
     indices: Option<Tensor>,
     spec: Pool2dSpec,
 }
 
 impl Backward for MaxPoolOp {
-    fn name(&self) -> &'static str {
-        "max_pool2d"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        Vec::new()
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             let indices = self

@@ -13,27 +13,16 @@ impl Tape<'_> {
         self.probe_relu(name, |g| {
             Ok(g.download(&xt)?.into_iter().map(f64::from).collect())
         })?;
-        self.mark(y, &[x]);
-        self.record(ReluOp { y, x })?;
+        self.record("relu", &[y, x], &[x], ReluOp { x })?;
         Ok(y)
     }
 }
 
 struct ReluOp {
-    y: Var,
     x: Var,
 }
 
 impl Backward for ReluOp {
-    fn name(&self) -> &'static str {
-        "relu"
-    }
-    fn vars(&self) -> Vec<Var> {
-        vec![self.y, self.x]
-    }
-    fn value_reads(&self) -> Vec<Var> {
-        vec![self.x]
-    }
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
             let xt = tape.value(self.x)?.clone();
