@@ -7,8 +7,8 @@
 //! MODEL is the preset the weights are for (`densenet121`, `resnet18`, ...; `train --help`
 //! lists them).
 //!
-//! The run writes `finetune-run/` in the current folder (metrics.csv, curves.png,
-//! checkpoint.safetensors, best.safetensors). Images are 224x224, 20 % of the folder is
+//! The run writes `finetune-run/` in the current folder (checkpoint.safetensors,
+//! best.safetensors); each epoch's metrics come as events. Images are 224x224, 20 % of the folder is
 //! held out for validation (seed 123), and it trains for 5 epochs.
 
 use std::path::{Path, PathBuf};

@@ -22,8 +22,9 @@
 //! ## Training from Rust
 //!
 //! A small DenseNet on the embedded dataset of procedural images, for two epochs; the run
-//! writes its folder (metrics.csv, curves.png, checkpoint and best weights) and reports
-//! what happens as events:
+//! writes its folder (checkpoint and best weights) and reports what happens, each epoch's
+//! metrics included, as events (the `train` binary draws metrics.csv and curves.png from
+//! them):
 //!
 //! ```
 //! use std::sync::Arc;

@@ -498,6 +498,8 @@ pub struct Plan {
     pub doc: std::path::PathBuf,
     /// Continue runs that have a checkpoint.
     pub resume: bool,
+    /// With `resume`: each model's metrics so far ([`RunSpec::history`]), by model name.
+    pub histories: std::collections::HashMap<String, Vec<crate::metrics::EpochMetrics>>,
     /// The command line, quoted in the report.
     pub command: String,
 }
@@ -571,6 +573,7 @@ pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
         spec.config = config.clone();
         spec.preset = name.clone();
         spec.resume = plan.resume && spec.out.join("checkpoint.safetensors").exists();
+        spec.history = plan.histories.get(name).cloned().unwrap_or_default();
         observer.event(&RunEvent::ModelTraining {
             model: name.clone(),
         });

@@ -69,7 +69,7 @@ struct Slot {
 }
 
 /// What one recorded op keeps for its backward pass. The tape knows which variables it
-/// touches from [`Tape::record`]: it releases a variable's value after the last (in
+/// touches from `Tape::record`: it releases a variable's value after the last (in
 /// backward order) op that reads it, and its gradient after the last op that touches it.
 pub trait Backward {
     /// Accumulates the gradients of the op's inputs from `d_y`, the gradient of its output.
@@ -583,7 +583,10 @@ impl<'g> Tape<'g> {
         let ops = std::mem::take(&mut self.ops);
         for (i, op) in ops.into_iter().enumerate().rev() {
             // Only ops whose output needs a gradient do anything.
-            let key = format!("backward {:<15} {:?}", op.name, self.slots[op.vars[0].0].shape);
+            let key = format!(
+                "backward {:<15} {:?}",
+                op.name, self.slots[op.vars[0].0].shape
+            );
             self.backward_op(op, loss)?;
             self.profile_mark(key);
             for &v in &release_value[i] {

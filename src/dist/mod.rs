@@ -1,6 +1,6 @@
 //! Data-parallel training across processes: the step that sums gradients over the ranks
-//! ([`DataParallel`]), MPI's [`Collective`] ([`mpi_group`]) and the replicas' agreement
-//! ([`replicas`]). The [`Collective`] trait itself sits low in the crate
+//! ([`DataParallel`]), MPI's [`Collective`] (`mpi_group`, with the `mpi` feature) and the
+//! replicas' agreement ([`replicas`]). The [`Collective`] trait itself sits low in the crate
 //! ([`crate::collective`]), so that synchronised batch norm can take a group.
 //!
 //! [`SingleProcess`] is the group of one process (every operation is the identity). With

@@ -62,6 +62,9 @@ pub enum RunEvent {
         epoch: usize,
         batch: usize,
         step: u32,
+        /// The metrics of the epochs before `epoch` ([`crate::run::RunSpec::history`]
+        /// up to the checkpoint, with the run's epoch count).
+        history: Vec<EpochMetrics>,
     },
     /// Training starts (or goes on after a resume) with these settings.
     Started(Box<RunSummary>),
@@ -106,8 +109,6 @@ pub enum RunEvent {
     ValidationDone,
     /// An epoch ended: its metrics and what happened in it.
     EpochDone(Box<EpochReport>),
-    /// curves.png could not be written (the run goes on).
-    CurvesNotWritten { error: crate::plot::PlotError },
     /// The study measures a model's step time and memory (`steps` steps per block mode).
     CostStarted {
         model: String,
@@ -130,8 +131,6 @@ pub enum RunEvent {
     ReportWritten { report: PathBuf, figures: PathBuf },
     /// The run is over; these are the files it wrote.
     Finished {
-        metrics: PathBuf,
-        curves: PathBuf,
         checkpoint: PathBuf,
         /// The best validation accuracy, with which `best.safetensors` was written.
         best_val_acc: Option<f64>,

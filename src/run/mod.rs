@@ -1,7 +1,8 @@
 //! A training run: [`Run`] drives one step by step, and [`fit`] is the loop over it. A run
-//! writes per-epoch metrics (metrics.csv, curves.png), checkpoints (weights, Adam state and
-//! the position in the epoch) and the best weights, resumes from its checkpoint, and
-//! reports what happens as [`events::RunEvent`]s. Also here: evaluation over a split, and
+//! writes checkpoints (weights, Adam state and the position in the epoch) and the best
+//! weights, resumes from its checkpoint, and reports what happens, each epoch's metrics
+//! included, as [`events::RunEvent`]s: the `train` binary writes metrics.csv and
+//! curves.png from them. Also here: evaluation over a split, and
 //! reading weight files back.
 
 use std::collections::{BTreeMap, HashMap};
@@ -121,8 +122,8 @@ pub enum RunError {
         mismatch: crate::dist::ReplicaMismatch,
         checkpoint: PathBuf,
     },
-    /// A file or folder of the run (metrics.csv, the run folder, a sample image) could not
-    /// be read or written.
+    /// A file or folder of the run (the run folder, a sample image) could not be read or
+    /// written.
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
     /// A figure (the study's) could not be written.
@@ -269,6 +270,12 @@ pub struct RunSpec {
     pub bucket_bytes: Option<usize>,
     /// Which adapter to open, and whether kernels may use subgroup operations.
     pub device: DeviceOptions,
+    /// With [`RunSpec::resume`]: the metrics of the epochs trained before (the `train`
+    /// binary reads them from metrics.csv). The run keeps those up to its checkpoint's
+    /// epoch as its history and takes its best validation accuracy from them, so that
+    /// best.safetensors is replaced only by a better epoch. Empty: the history starts at the
+    /// resumed epoch.
+    pub history: Vec<EpochMetrics>,
     /// Time every op of each step and report it ([`events::RunEvent::StepProfiled`]).
     /// Slows the run down; for finding slow kernels.
     pub profile: bool,
@@ -323,6 +330,7 @@ impl RunSpec {
             overlap: None,
             bucket_bytes: None,
             profile: false,
+            history: Vec::new(),
         })
     }
 

@@ -7,8 +7,8 @@ use super::events::{DataParallel, Observer, RankPlace, RunEvent, RunSummary};
 use super::{checkpoint_file, EpochProgress, RunError, RunResult, RunSpec};
 use crate::data::{Batch, Loader, LoaderOptions, Shard};
 use crate::dist::{self, average_tensors, check_replicas, Collective};
-use crate::gpu::{Gpu, Tensor};
-use crate::metrics::{self, EpochMetrics};
+use crate::gpu::{Gpu, GpuError, Tensor};
+use crate::metrics::EpochMetrics;
 use crate::ops::adam::AdamConfig;
 use crate::optim::Adam;
 use crate::train::{StepError, Trainer};
@@ -132,12 +132,11 @@ impl<'a> Run<'a> {
         Ok(run)
     }
 
-    /// Reads the checkpoint and the metrics so far (rank 0), then gives every rank rank 0's
-    /// state. Without `spec.resume` it starts afresh, removing an old metrics.csv.
+    /// Reads the checkpoint (rank 0) and keeps the history up to its epoch, then gives every
+    /// rank rank 0's state. Without `spec.resume` it starts afresh.
     fn resume(&mut self) -> RunResult<()> {
         let (spec, gpu) = (self.spec, self.gpu);
         let checkpoint = checkpoint_file(spec);
-        let csv = spec.out.join("metrics.csv");
         if spec.resume && self.group.is_writer() {
             if !checkpoint.exists() {
                 return Err(RunError::NoCheckpoint { checkpoint });
@@ -146,11 +145,7 @@ impl<'a> Run<'a> {
             let t = &mut self.trainer;
             t.model.store_mut().load(gpu, &file, &["optim."])?;
             t.opt.load(gpu, t.model.params(), &file)?;
-            let mut history = if csv.exists() {
-                metrics::read_csv(&csv).map_err(RunError::file(&csv))?
-            } else {
-                vec![]
-            };
+            let mut history = spec.history.clone();
             let meta = super::read_metadata(&checkpoint);
             self.epoch = meta
                 .get("epoch")
@@ -161,20 +156,18 @@ impl<'a> Run<'a> {
             for h in &mut history {
                 h.epochs = spec.epochs;
             }
-            metrics::write_csv(&csv, &history).map_err(RunError::file(&csv))?;
             self.best_val = history
                 .iter()
                 .filter_map(|m| m.val_acc)
                 .fold(f64::NEG_INFINITY, f64::max);
-            self.history = history;
             self.observer.event(&RunEvent::Resumed {
                 checkpoint,
                 epoch: self.epoch,
                 batch: self.resume_at.as_ref().map_or(0, |p| p.batches_done),
                 step: self.trainer.opt.step,
+                history: history.clone(),
             });
-        } else if self.group.is_writer() && csv.exists() {
-            std::fs::remove_file(&csv).map_err(RunError::file(&csv))?;
+            self.history = history;
         }
         if self.group.size() > 1 {
             (self.epoch, self.resume_at) = super::share_start(
@@ -404,7 +397,15 @@ impl<'a> Run<'a> {
                 e.progress.batches_done += 1;
                 Ok(None)
             }
-            Err(StepError::Gpu(e)) => Err(super::step_failure(&e, &self.trainer, spec)),
+            Err(StepError::Gpu(e)) => {
+                // A device lost with work in flight may first fail a call that uses it; once
+                // that work has settled, the loss is what is reported.
+                let e = match self.gpu.sync() {
+                    Err(lost @ GpuError::DeviceLost(_)) => lost,
+                    _ => e,
+                };
+                Err(super::step_failure(&e, &self.trainer, spec))
+            }
         }
     }
 
@@ -475,8 +476,8 @@ impl<'a> Run<'a> {
     }
 
     /// Ends the epoch: reports skipped files, evaluates, checks that the replicas agree,
-    /// appends to metrics.csv and curves.png, writes best.safetensors on a new best
-    /// accuracy, then the checkpoint that marks the epoch done.
+    /// reports the epoch's metrics, writes best.safetensors on a new best accuracy, then
+    /// the checkpoint that marks the epoch done.
     pub fn end_epoch(&mut self) -> RunResult<EpochMetrics> {
         let spec = self.spec;
         let Some(mut e) = self.current.take() else {
@@ -564,17 +565,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// metrics.csv, curves.png, best.safetensors on a new best, then the checkpoint. The
-    /// best weights come first: the checkpoint marks the epoch as done, so a run killed in
-    /// between redoes the epoch's end and writes the same best file again.
+    /// best.safetensors on a new best, then the checkpoint. The best weights come first:
+    /// the checkpoint marks the epoch as done, so a run killed in between redoes the
+    /// epoch's end and writes the same best file again.
     fn write_epoch_files(&mut self, m: &EpochMetrics) -> RunResult<()> {
         let (spec, gpu) = (self.spec, self.gpu);
-        let csv = spec.out.join("metrics.csv");
-        metrics::append_csv(&csv, m).map_err(RunError::file(&csv))?;
-        if let Err(e) = crate::plot::write_curves(&spec.out.join("curves.png"), &self.history) {
-            self.observer
-                .event(&RunEvent::CurvesNotWritten { error: e });
-        }
         if let Some(a) = m.val_acc.filter(|&a| a > self.best_val) {
             self.best_val = a;
             let best = spec.out.join("best.safetensors");
@@ -587,10 +582,7 @@ impl<'a> Run<'a> {
 
     /// Ends the run: reports the files written and returns every epoch's metrics.
     pub fn finish(self) -> Vec<EpochMetrics> {
-        let out = &self.spec.out;
         self.observer.event(&RunEvent::Finished {
-            metrics: out.join("metrics.csv"),
-            curves: out.join("curves.png"),
             checkpoint: checkpoint_file(self.spec),
             best_val_acc: self.best_val.is_finite().then_some(self.best_val),
         });

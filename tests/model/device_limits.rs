@@ -257,6 +257,7 @@ fn spec(out: &Path, resume: bool, after_step: Option<StepHook>) -> RunSpec {
         bucket_bytes: None,
         device: DeviceOptions::from_env(),
         profile: false,
+        history: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! unknown or misspelled option, a malformed value) exit with code 2, failures with code 1,
 //! an interrupted run with 130 (SIGINT) or 143 (SIGTERM).
 
+mod files;
 mod render;
 
 use std::path::{Path, PathBuf};
@@ -285,7 +286,7 @@ fn main() -> ExitCode {
         Some(Command::Fit(a)) => {
             let d = fit_defaults(&a.data);
             folder_spec(&a.data, a.val_split, &a.train, d, writer)
-                .and_then(|spec| fit(&spec, group.as_ref()))
+                .and_then(|spec| fit(spec, group.as_ref()))
         }
         Some(Command::Eval(a)) => cmd_eval(&a),
         Some(Command::Predict(a)) => cmd_predict(&a),
@@ -407,9 +408,21 @@ const BUCKET_BYTES_ENV: &str = "DENSENET_WGPU_BUCKET_BYTES";
 const PROFILE_ENV: &str = "DENSENET_WGPU_PROFILE";
 
 /// Trains `spec` as this process's part of `group`, showing the run on the terminal.
-fn fit(spec: &RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
+/// Rank 0 writes metrics.csv and curves.png, and hands the run the metrics so far when it
+/// resumes.
+fn fit(mut spec: RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
     let mut terminal = render::Terminal::new(group.is_writer(), resume_command(group.size()));
-    run::fit_group(spec, group, &mut terminal).map(|_| ExitCode::SUCCESS)
+    if group.is_writer() {
+        if spec.resume {
+            spec.history = files::read_history(&spec.out)?;
+        }
+        terminal.files = Some(files::RunFiles::new(Arc::clone(stop_requested())));
+    }
+    let result = run::fit_group(&spec, group, &mut terminal);
+    match terminal.files.and_then(|f| f.error) {
+        Some(error) => Err(error),
+        None => result.map(|_| ExitCode::SUCCESS),
+    }
 }
 
 /// Opens the adapter (`DENSENET_WGPU_ADAPTER` picks one) and says which it is.
@@ -496,6 +509,7 @@ fn run_spec(
             .ok()
             .and_then(|v| v.parse().ok()),
         profile: std::env::var(PROFILE_ENV).is_ok_and(|v| v == "1"),
+        history: Vec::new(),
     })
 }
 
@@ -530,7 +544,7 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
     if writer {
         run::write_samples(&samples, &val, &spec.out.join("samples"))?;
     }
-    fit(&spec, group)
+    fit(spec, group)
 }
 
 /// A run on an image folder; `d.image_size` applies unless `--image-size` is given.
@@ -592,7 +606,7 @@ fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
     };
     let base = folder_spec(&a.data, 0.2, &opts, defaults, true)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let plan = study::Plan {
+    let mut plan = study::Plan {
         base,
         models: a.models.clone(),
         cost_only: a
@@ -604,10 +618,22 @@ fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
         cost_steps: a.cost_steps,
         doc: a.doc.clone(),
         resume: a.train.resume,
+        histories: Default::default(),
         command: format!("train {}", args.join(" ")),
     };
+    if plan.resume {
+        for name in &plan.models {
+            let history = files::read_history(&plan.base.out.join(name))?;
+            plan.histories.insert(name.clone(), history);
+        }
+    }
     let mut terminal = render::Terminal::new(true, resume_command(1));
-    study::compare(&plan, &mut terminal).map(|_| ExitCode::SUCCESS)
+    terminal.files = Some(files::RunFiles::new(Arc::clone(stop_requested())));
+    let result = study::compare(&plan, &mut terminal);
+    match terminal.files.and_then(|f| f.error) {
+        Some(error) => Err(error),
+        None => result.map(|_| ExitCode::SUCCESS),
+    }
 }
 
 fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {

@@ -133,6 +133,8 @@ use densenet_wgpu::run::events::{EpochReport, Observer, RunEvent, RunSummary};
 use densenet_wgpu::run::RunError;
 use densenet_wgpu::tape::profile_table;
 
+use crate::files::{RunFiles, CURVES, METRICS};
+
 /// Renders a run's events on the terminal, the way the binary always has: rank 0 shows
 /// the run; every rank says which device it uses and which files or batches it skipped.
 pub struct Terminal {
@@ -140,6 +142,8 @@ pub struct Terminal {
     pub writer: bool,
     /// The command that resumes this run, for the interrupted message.
     pub resume_command: String,
+    /// metrics.csv and curves.png, on the process that writes files.
+    pub files: Option<RunFiles>,
     bar: Option<Progress>,
 }
 
@@ -148,6 +152,7 @@ impl Terminal {
         Terminal {
             writer,
             resume_command,
+            files: None,
             bar: None,
         }
     }
@@ -167,6 +172,9 @@ impl Terminal {
 
 impl Observer for Terminal {
     fn event(&mut self, event: &RunEvent) {
+        if let Some(files) = &mut self.files {
+            files.event(event);
+        }
         match event {
             RunEvent::Adapter {
                 description,
@@ -268,6 +276,7 @@ fn writer_text(event: &RunEvent, resume_command: &str) -> Option<String> {
             epoch,
             batch,
             step,
+            ..
         } => format!(
             "resumed from {} at epoch {} batch {batch} (step {step})",
             checkpoint.display(),
@@ -311,19 +320,13 @@ fn writer_text(event: &RunEvent, resume_command: &str) -> Option<String> {
             report.display(),
             figures.display()
         ),
-        RunEvent::CurvesNotWritten { error } => {
-            eprintln!("warning: could not write curves.png: {error}");
-            return None;
-        }
         RunEvent::Finished {
-            metrics,
-            curves,
             checkpoint,
             best_val_acc,
         } => format!(
             "wrote {}, {}, {}{}",
-            metrics.display(),
-            curves.display(),
+            checkpoint.with_file_name(METRICS).display(),
+            checkpoint.with_file_name(CURVES).display(),
             checkpoint.display(),
             best_val_acc.map_or(String::new(), |a| format!(", best.safetensors (val_acc {a:.4})"))
         ),

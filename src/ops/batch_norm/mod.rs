@@ -13,7 +13,6 @@
 pub mod reference;
 pub mod tape;
 
-
 use super::{groups, ViewParams};
 use crate::gpu::{
     check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result,

@@ -1,0 +1,103 @@
+//! The files the binary writes beside a run's checkpoints, from the run's events:
+//! metrics.csv (one row per epoch, appended as each ends) and curves.png (redrawn each
+//! epoch). On `--resume` the rows so far are read back and handed to the run
+//! ([`RunSpec::history`](densenet_wgpu::run::RunSpec::history)), which keeps those up to
+//! its checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use densenet_wgpu::metrics::{self, EpochMetrics};
+use densenet_wgpu::plot;
+use densenet_wgpu::run::events::RunEvent;
+use densenet_wgpu::run::RunError;
+
+pub const METRICS: &str = "metrics.csv";
+pub const CURVES: &str = "curves.png";
+
+/// The metrics of the epochs a run in `out` has finished so far (none without metrics.csv).
+pub fn read_history(out: &Path) -> Result<Vec<EpochMetrics>, RunError> {
+    let csv = out.join(METRICS);
+    if !csv.exists() {
+        return Ok(Vec::new());
+    }
+    metrics::read_csv(&csv).map_err(|e| file_error(&csv, e))
+}
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> RunError {
+    RunError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Writes metrics.csv and curves.png for the runs whose events it sees (rank 0 only). A
+/// file it cannot write stops the run: it keeps the error and sets the run's cancellation
+/// flag, so the run ends at its next step with a checkpoint.
+pub struct RunFiles {
+    cancel: Arc<AtomicBool>,
+    /// The run's folder, once it has started.
+    out: Option<PathBuf>,
+    history: Vec<EpochMetrics>,
+    /// The history a resumed run continues from, until it starts.
+    resumed: Option<Vec<EpochMetrics>>,
+    /// The first file that could not be written.
+    pub error: Option<RunError>,
+}
+
+impl RunFiles {
+    pub fn new(cancel: Arc<AtomicBool>) -> RunFiles {
+        RunFiles {
+            cancel,
+            out: None,
+            history: Vec::new(),
+            resumed: None,
+            error: None,
+        }
+    }
+
+    pub fn event(&mut self, event: &RunEvent) {
+        let written = match event {
+            RunEvent::Resumed { history, .. } => {
+                self.resumed = Some(history.clone());
+                Ok(())
+            }
+            // A fresh run replaces an old metrics.csv; a resumed one rewrites it up to its
+            // checkpoint.
+            RunEvent::Started(summary) => {
+                let csv = summary.out.join(METRICS);
+                self.out = Some(summary.out.clone());
+                self.history = self.resumed.take().unwrap_or_default();
+                if !self.history.is_empty() {
+                    metrics::write_csv(&csv, &self.history).map_err(|e| file_error(&csv, e))
+                } else if csv.exists() {
+                    std::fs::remove_file(&csv).map_err(|e| file_error(&csv, e))
+                } else {
+                    Ok(())
+                }
+            }
+            RunEvent::EpochDone(report) => self.epoch_done(&report.metrics),
+            _ => Ok(()),
+        };
+        if let Err(e) = written {
+            self.error.get_or_insert(e);
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Appends the epoch to metrics.csv and redraws curves.png (a figure that cannot be
+    /// drawn is only a warning).
+    fn epoch_done(&mut self, m: &EpochMetrics) -> Result<(), RunError> {
+        let Some(out) = &self.out else {
+            return Ok(());
+        };
+        let csv = out.join(METRICS);
+        metrics::append_csv(&csv, m).map_err(|e| file_error(&csv, e))?;
+        self.history.push(m.clone());
+        if let Err(e) = plot::write_curves(&out.join(CURVES), &self.history) {
+            eprintln!("warning: could not write {CURVES}: {e}");
+        }
+        Ok(())
+    }
+}
