@@ -264,12 +264,12 @@ fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
     gpu.sync()?;
     gpu.memory().reset_peak();
     let t = Instant::now();
-    trainer.train_step(&images, &labels, case.size)?;
+    pollster::block_on(trainer.train_step(&images, &labels, case.size))?;
     let first_s = t.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for _ in 0..case.steps {
         let t = Instant::now();
-        trainer.train_step(&images, &labels, case.size)?;
+        pollster::block_on(trainer.train_step(&images, &labels, case.size))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         if let Some(ops) = &trainer.last_profile {
             eprint!("{}", densenet_wgpu::tape::profile_table(ops));

@@ -40,18 +40,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     spec.epochs = 5;
     spec.batch_size = 16;
     spec.lr = 1e-3;
-    fit(&spec, &mut |event: &RunEvent| {
+    let mut report = |event: &RunEvent| {
         if let RunEvent::EpochDone(report) = event {
             println!("{}", report.metrics.summary_line());
         }
-    })?;
+    };
+    pollster::block_on(fit(&spec, &mut report))?;
 
     let gpu = Gpu::new()?;
     let (model, info) = run::load_model(&gpu, &out.join("best.safetensors"))?;
     let classes = info.classes.unwrap_or_default();
     for path in &images {
         let image = load_image(path, size)?;
-        let result = evaluate(&gpu, model.as_ref(), &image, &[0], size)?;
+        let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], size))?;
         let best = result.predictions[0];
         let p = result.probabilities[best];
         println!("{}: {} ({:.1} %)", path.display(), classes[best], p * 100.0);

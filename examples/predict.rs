@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     for path in images {
         let image = load_image(path, size)?;
-        let result = evaluate(&gpu, model.as_ref(), &image, &[0], size)?;
+        let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], size))?;
         let mut ranked: Vec<(usize, f32)> =
             result.probabilities.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .augmented(true)
                 .drop_last(),
         ) {
-            let r = trainer.train_step(&b.images, &b.labels, size)?;
+            let r = pollster::block_on(trainer.train_step(&b.images, &b.labels, size))?;
             step += 1;
             if step == 1 || step == steps / 2 || step == steps {
                 gpu.sync()?;

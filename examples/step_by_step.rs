@@ -15,6 +15,11 @@ use densenet_wgpu::run::{Run, RunSpec};
 use densenet_wgpu::Gpu;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The run's calls are async (a web page awaits them); a native program blocks on them.
+    pollster::block_on(train())
+}
+
+async fn train() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let epochs: usize = args.first().map_or(Ok(3), |a| a.parse())?;
     let stop_after: Option<u32> = args.get(1).map(|a| a.parse()).transpose()?;
@@ -26,22 +31,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     spec.epochs = epochs;
     spec.resume = out.join("checkpoint.safetensors").exists();
 
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::request(&Default::default()).await?;
     println!("adapter: {}; run folder: {}", gpu.describe(), out.display());
     let mut events = Silent; // this program prints its own lines
-    let mut run = Run::start(&gpu, &spec, &SingleProcess, &mut events)?;
+    let mut run = Run::start(&gpu, &spec, &SingleProcess, &mut events).await?;
     while run.begin_epoch() {
-        while let Some(step) = run.step()? {
+        while let Some(step) = run.step().await? {
             if step.step % 5 == 0 {
                 println!("step {}: loss {:.4}", step.step, step.loss);
             }
             if stop_after == Some(step.step) {
-                run.checkpoint()?;
+                run.checkpoint().await?;
                 println!("stopped after step {}; run again to resume", step.step);
                 return Ok(());
             }
         }
-        let m = run.end_epoch()?;
+        let m = run.end_epoch().await?;
         println!("{}", m.summary_line());
     }
     let history = run.finish();

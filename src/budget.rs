@@ -9,12 +9,14 @@
 //! batch that does.
 
 use std::fmt;
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
 
 use crate::gpu::{Gpu, GpuError};
 use crate::models::{BlockMode, ModelConfig};
 use crate::ops::adam::AdamConfig;
 use crate::optim::{Adam, Schedule};
-use crate::train::{evaluate_on, StepError, Trainer};
+use crate::train::{evaluate_on, NoReduce, StepError, Trainer};
 
 /// The model side of a run: what is built and trained.
 #[derive(Clone, Debug)]
@@ -128,11 +130,11 @@ fn dry_plans(
             let step = gpu
                 .zeros(&[batch, 3, s, s], "images")
                 .map_err(StepError::from)
-                .and_then(|x| trainer.train_step_on(x, &vec![0; batch]))
+                .and_then(|x| at_once(trainer.step(Some((x, &vec![0; batch])), &mut NoReduce)))
                 .map_err(GpuError::from)
                 .and_then(|_| {
                     let x = gpu.zeros(&[eval, 3, s, s], "images")?;
-                    evaluate_on(gpu, trainer.model.as_ref(), x, &vec![0; eval])
+                    at_once(evaluate_on(gpu, trainer.model.as_ref(), x, &vec![0; eval]))
                 });
             plans.push(match step {
                 Ok(_) => {
@@ -164,6 +166,19 @@ fn dry_plans(
     });
     drop(stats);
     out
+}
+
+/// The output of a future from a dry run, where every read-back is ready at once (no
+/// work reaches the device): one poll completes it, and nothing waits.
+fn at_once<T, E: From<GpuError>>(future: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(out) => out,
+        Poll::Pending => Err(GpuError::Device("a dry run waited for the device".into()).into()),
+    }
 }
 
 impl MemoryPlan {

@@ -24,7 +24,9 @@
 //! A small DenseNet on the embedded dataset of procedural images, for two epochs; the run
 //! writes its folder (checkpoint and best weights) and reports what happens, each epoch's
 //! metrics included, as events (the `train` binary draws metrics.csv and curves.png from
-//! them):
+//! them). Nothing in the library blocks on the device: [`run::fit`] and the other calls
+//! that read results back are async. A web page awaits them; a native program blocks on
+//! them, here with `pollster`:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -37,11 +39,12 @@
 //! let out = std::env::temp_dir().join("densenet-wgpu-doc-run");
 //! let mut spec = RunSpec::new(data, (train, val), "densenet-tiny", &out)?;
 //! spec.epochs = 2;
-//! let history = fit(&spec, &mut |event: &RunEvent| {
+//! let mut report = |event: &RunEvent| {
 //!     if let RunEvent::EpochDone(report) = event {
 //!         println!("{}", report.metrics.summary_line());
 //!     }
-//! })?;
+//! };
+//! let history = pollster::block_on(fit(&spec, &mut report))?;
 //! assert_eq!(history.len(), 2);
 //! assert!(out.join("checkpoint.safetensors").exists());
 //! # Ok(())
@@ -71,7 +74,7 @@
 //! # let mut base = RunSpec::new(Arc::new(Synthetic::new(96, 16, 1)), split(96, 0.2, 1)?,
 //! #     "densenet-tiny", tmp.join("base"))?;
 //! # base.epochs = 1;
-//! # fit(&base, &mut Silent)?;
+//! # pollster::block_on(fit(&base, &mut Silent))?;
 //! # // A folder of 3 classes, photos/<class>/<image>.png.
 //! # let photos = tmp.join("photos");
 //! # Synthetic::new(60, 16, 2).write_folder(&photos, 3, 10)?;
@@ -83,13 +86,14 @@
 //! spec.init = Some(weights);
 //! spec.freeze_features = true;
 //! spec.epochs = 2;
-//! fit(&spec, &mut Silent)?;
+//! pollster::block_on(fit(&spec, &mut Silent))?;
 //!
 //! // One photo, classified with the run's best weights.
 //! let gpu = Gpu::new()?;
 //! let (model, info) = run::load_model(&gpu, &out.join("best.safetensors"))?;
 //! let image = load_image(&photos.join("vertical_stripes/1.png"), 16)?;
-//! let probabilities = evaluate(&gpu, model.as_ref(), &image, &[0], 16)?.probabilities;
+//! let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], 16))?;
+//! let probabilities = result.probabilities;
 //! let classes = info.classes.unwrap_or_default();
 //! assert_eq!((classes.len(), probabilities.len()), (3, 3));
 //! let (best, p) = probabilities.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
@@ -116,14 +120,14 @@
 //! # let data = Synthetic::new(96, 16, 3);
 //! # let mut spec = RunSpec::new(Arc::new(data.clone()), split(96, 0.2, 3)?, "densenet-tiny", &tmp)?;
 //! # spec.epochs = 1;
-//! # fit(&spec, &mut Silent)?;
+//! # pollster::block_on(fit(&spec, &mut Silent))?;
 //! # let (weights, photo) = (tmp.join("best.safetensors"), tmp.join("photo.png"));
 //! # data.image(4).0.save(&photo)?;
 //! let gpu = Gpu::new()?;
 //! let (model, info) = load_model(&gpu, &weights)?;
 //! let size = info.image_size.unwrap_or(224);
 //! let image = load_image(&photo, size)?;
-//! let result = evaluate(&gpu, model.as_ref(), &image, &[0], size)?;
+//! let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], size))?;
 //! let classes = info.classes.unwrap_or_default();
 //! println!("{}", classes[result.predictions[0]]);
 //! assert_eq!(result.probabilities.len(), model.num_classes());
@@ -148,6 +152,7 @@ pub mod run;
 pub mod study;
 pub mod tape;
 pub mod train;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod verify;
 pub mod weights;
 

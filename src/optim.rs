@@ -106,16 +106,16 @@ impl Adam {
     }
 
     /// Optimizer state for a checkpoint (`optim.m.<name>`, `optim.v.<name>`, `optim.step`).
-    pub fn state_dict(&self, gpu: &Gpu, params: &[Param]) -> Result<Vec<(String, Entry)>> {
+    pub async fn state_dict(&self, gpu: &Gpu, params: &[Param]) -> Result<Vec<(String, Entry)>> {
         let mut out = Vec::new();
         for ((p, m), v) in params.iter().zip(&self.m).zip(&self.v) {
             out.push((
                 format!("optim.m.{}", p.name),
-                Entry::F32(m.shape.clone(), gpu.download(m)?),
+                Entry::F32(m.shape.clone(), gpu.read(m).await?),
             ));
             out.push((
                 format!("optim.v.{}", p.name),
-                Entry::F32(v.shape.clone(), gpu.download(v)?),
+                Entry::F32(v.shape.clone(), gpu.read(v).await?),
             ));
         }
         out.push((

@@ -65,7 +65,7 @@ pub struct Cost {
 
 /// Measures `config` on random images of `image_size`: one forward for the FLOPs, then for
 /// each block mode a warm-up step and `steps` timed training steps of `batch` images.
-pub fn measure_cost(
+pub async fn measure_cost(
     gpu: &Gpu,
     name: &str,
     config: &ModelConfig,
@@ -101,13 +101,13 @@ pub fn measure_cost(
             Schedule::Constant,
         )?;
         let mut trainer = Trainer::new(gpu, model, opt);
-        trainer.train_step(&images, &labels, image_size)?;
-        gpu.sync()?;
+        trainer.train_step(&images, &labels, image_size).await?;
+        gpu.finished().await?;
         gpu.memory().reset_peak();
         let mut times = Vec::new();
         for _ in 0..steps {
             let t = Instant::now();
-            trainer.train_step(&images, &labels, image_size)?;
+            trainer.train_step(&images, &labels, image_size).await?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let peak_bytes = gpu.memory().peak_bytes();
@@ -506,7 +506,7 @@ pub struct Plan {
 
 /// The study: costs first (before any training, on a quiet machine), then one training
 /// run per model with identical settings, then the report.
-pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
+pub async fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
     let base = &plan.base;
     let classes = base.dataset.classes().len();
     let preset = |n: &String| {
@@ -526,7 +526,7 @@ pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
         .map(preset)
         .collect::<RunResult<_>>()?;
 
-    let gpu = crate::gpu::Gpu::open(&base.device)?;
+    let gpu = crate::gpu::Gpu::request(&base.device).await?;
     observer.event(&RunEvent::Adapter {
         description: gpu.describe(),
         rank: None,
@@ -548,6 +548,7 @@ pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
             base.batch_size,
             plan.cost_steps,
         )
+        .await
         .map_err(|error| RunError::CostNotMeasured {
             model: name.clone(),
             error,
@@ -577,7 +578,7 @@ pub fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
         observer.event(&RunEvent::ModelTraining {
             model: name.clone(),
         });
-        let history = run::fit(&spec, observer)?;
+        let history = run::fit(&spec, observer).await?;
         let seconds = history.iter().map(|m| m.seconds).sum();
         runs.push(Run {
             name: name.clone(),

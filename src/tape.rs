@@ -103,6 +103,7 @@ pub struct Tape<'g> {
     gpu: &'g Gpu,
     enc: Option<Encoder<'g>>,
     /// The last submission: the next flush waits for it (see [`Tape::flush`]).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     in_flight: Option<Submitted>,
     /// `MemoryStats::allocated_bytes` at the last flush.
     flushed_at: u64,
@@ -134,7 +135,8 @@ pub struct ReluProbe {
     pub tensors: Vec<(String, usize)>,
 }
 
-/// Device time per (pass, op, output shape), for finding the slow kernels.
+/// Device time per (pass, op, output shape), for finding the slow kernels (native only).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 struct Profile {
     mark: std::time::Instant,
     totals: std::collections::BTreeMap<String, (f64, usize)>,
@@ -193,7 +195,8 @@ impl<'g> Tape<'g> {
         self.sync = (group.size() > 1).then_some(group);
     }
 
-    /// The group batch norms synchronise over, if any.
+    /// The group batch norms synchronise over, if any (data-parallel runs: native only).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn sync_group(&self) -> Option<&'g dyn crate::collective::Collective> {
         self.sync
     }
@@ -226,12 +229,19 @@ impl<'g> Tape<'g> {
     /// buffers of a whole pass at once (DenseNet-121 at 224x224 batch 8, memory-efficient,
     /// on lavapipe: 1224 MiB held at the peak with submissions of 256 launches and no wait,
     /// 511 MiB with this bound and an 8 MiB budget).
+    ///
+    /// In a browser, where nothing may wait, it only submits: the browser frees a dropped
+    /// buffer itself once the work that uses it is done, and a step's read-back of its loss
+    /// bounds what one step holds.
     pub fn flush(&mut self) -> Result<()> {
         if let Some(enc) = self.enc.take() {
             let submitted = enc.submit_indexed()?;
+            #[cfg(not(target_arch = "wasm32"))]
             if let Some(previous) = std::mem::replace(&mut self.in_flight, submitted) {
                 self.gpu.wait_for(previous)?;
             }
+            #[cfg(target_arch = "wasm32")]
+            let _ = submitted;
         }
         self.flushed_at = self.gpu.active_memory().allocated_bytes();
         self.enc = Some(self.gpu.encoder("tape"));
@@ -380,7 +390,9 @@ impl<'g> Tape<'g> {
 
     /// Times every op from now on: each op's kernels are submitted and waited for, and
     /// the time is added to its (pass, op, shape) entry of [`Tape::profile`].
-    /// Slows the step down; for finding slow kernels only.
+    /// Slows the step down; for finding slow kernels only. Native only: it waits for the
+    /// device after every op.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn enable_profiling(&mut self) -> Result<()> {
         self.flush()?;
         self.gpu.sync()?;
@@ -392,6 +404,15 @@ impl<'g> Tape<'g> {
     }
 
     fn profile_mark(&mut self, key: String) {
+        #[cfg(target_arch = "wasm32")]
+        let _ = key;
+        #[cfg(not(target_arch = "wasm32"))]
+        self.time_since_mark(key);
+    }
+
+    /// Adds the device time since the last mark to `key`'s entry, when profiling.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn time_since_mark(&mut self, key: String) {
         if self.profile.is_none() {
             return;
         }
@@ -409,6 +430,7 @@ impl<'g> Tape<'g> {
     /// From now on, every op that applies a ReLU in training mode also reads its input
     /// back (a device sync per op) and counts the values within `rel` of zero relative to
     /// the largest magnitude in that tensor. For checks against reference outputs only.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn probe_relu_inputs(&mut self, rel: f64) {
         self.relu_probe = Some(ReluProbe {
             rel,
@@ -433,6 +455,7 @@ impl<'g> Tape<'g> {
 
     /// Counts one ReLU input tensor when probing; `pre` computes its values on the host
     /// after the tape's work so far has been submitted.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn probe_relu(
         &mut self,
         name: &str,

@@ -192,9 +192,11 @@ impl<'g> Trainer<'g> {
         }
     }
 
-    /// One optimisation step on a batch of NCHW images (3 x size x size each). A step
-    /// whose loss or gradients are not finite updates nothing ([`StepError::NonFinite`]).
-    pub fn train_step(
+    /// One optimisation step of this process alone on a batch of NCHW images (3 x size x
+    /// size each): [`Trainer::step`] with [`NoReduce`]. A step whose loss or gradients are
+    /// not finite updates nothing ([`StepError::NonFinite`]). Native programs block on it
+    /// (`pollster::block_on(trainer.train_step(..))`); a web page awaits it.
+    pub async fn train_step(
         &mut self,
         images: &[f32],
         labels: &[usize],
@@ -202,16 +204,7 @@ impl<'g> Trainer<'g> {
     ) -> std::result::Result<BatchResult, StepError> {
         let n = check_batch(images, labels, size, self.model.num_classes())?;
         let x = self.gpu.upload(images, &[n, 3, size, size], "images")?;
-        self.train_step_on(x, labels)
-    }
-
-    /// [`Trainer::train_step`] on images already on the device (N, 3, H, W).
-    pub fn train_step_on(
-        &mut self,
-        x: Tensor,
-        labels: &[usize],
-    ) -> std::result::Result<BatchResult, StepError> {
-        self.step(Some((x, labels)), &mut NoReduce)
+        self.step(Some((x, labels)), &mut NoReduce).await
     }
 
     /// The step: forward and backward on `batch` (none: this process has no image in a
@@ -219,7 +212,7 @@ impl<'g> Trainer<'g> {
     /// for non-finite values and Adam: a step whose loss or gradients are not finite
     /// updates nothing ([`StepError::NonFinite`]). Returns this process's result on its
     /// batch.
-    pub fn step(
+    pub async fn step(
         &mut self,
         mut batch: Option<(Tensor, &[usize])>,
         reduce: &mut dyn GradientReduce,
@@ -233,19 +226,26 @@ impl<'g> Trainer<'g> {
             .filter(|p| p.trainable)
             .map(|p| (p.name.clone(), p.grad.clone()))
             .collect();
-        let mut local = BatchResult::default();
+        // The loss and the probabilities, recorded by the pass and read after it.
+        let mut outputs = None;
         let mut pass = |sync_bn: Option<&dyn Collective>, ready: &mut GradReady<'_>| {
             if let Some((x, labels)) = batch.take() {
                 let (loss, probs) = self.forward_backward(x, labels, sync_bn, ready)?;
-                let mut values = gpu.download_many(&[&loss, &probs])?.into_iter();
-                let (loss, probs) = (values.next().unwrap()[0], values.next().unwrap());
-                local = summarise(loss, probs, labels, classes);
+                outputs = Some((loss, probs, labels));
             }
             Ok(())
         };
         reduce.reduce(&grads, &mut pass)?;
+        let local = match outputs {
+            Some((loss, probs, labels)) => {
+                let mut values = gpu.read_many(&[&loss, &probs]).await?.into_iter();
+                let (loss, probs) = (values.next().unwrap()[0], values.next().unwrap());
+                summarise(loss, probs, labels, classes)
+            }
+            None => BatchResult::default(),
+        };
         let loss = reduce.reduce_loss(&local);
-        self.apply_or_reject(loss)?;
+        self.apply_or_reject(loss).await?;
         Ok(local)
     }
 
@@ -255,7 +255,7 @@ impl<'g> Trainer<'g> {
     /// before Adam may touch the weights: if any, or if the loss is not finite, it clears
     /// the gradients, applies nothing and names the first such parameter (state_dict
     /// order); else Adam on every parameter, which zeroes the gradients.
-    fn apply_or_reject(&mut self, loss: f32) -> std::result::Result<(), StepError> {
+    async fn apply_or_reject(&mut self, loss: f32) -> std::result::Result<(), StepError> {
         let gpu = self.gpu;
         let params = self.model.params();
         let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
@@ -265,7 +265,7 @@ impl<'g> Trainer<'g> {
             finite::count_nonfinite(&mut enc, &flags, slot, &p.grad)?;
         }
         enc.submit()?;
-        let counts = gpu.download(&flags)?;
+        let counts = gpu.read(&flags).await?;
         if !loss.is_finite() || counts.iter().any(|&c| c > 0.0) {
             let mut enc = gpu.encoder("clear gradients");
             for p in params {
@@ -305,6 +305,7 @@ impl<'g> Trainer<'g> {
 
         // Forward: every op launches its kernel and records what backward needs.
         let mut tape = Tape::new(gpu);
+        #[cfg(not(target_arch = "wasm32"))]
         if self.profile {
             tape.enable_profiling()?;
         }
@@ -324,13 +325,18 @@ impl<'g> Trainer<'g> {
     }
 
     /// Inference on a batch (running statistics, nothing recorded, nothing updated).
-    pub fn evaluate(&self, images: &[f32], labels: &[usize], size: usize) -> Result<BatchResult> {
-        evaluate(self.gpu, self.model.as_ref(), images, labels, size)
+    pub async fn evaluate(
+        &self,
+        images: &[f32],
+        labels: &[usize],
+        size: usize,
+    ) -> Result<BatchResult> {
+        evaluate(self.gpu, self.model.as_ref(), images, labels, size).await
     }
 }
 
 /// Inference on a batch with any model.
-pub fn evaluate(
+pub async fn evaluate(
     gpu: &Gpu,
     model: &dyn Model,
     images: &[f32],
@@ -339,11 +345,11 @@ pub fn evaluate(
 ) -> Result<BatchResult> {
     let n = check_batch(images, labels, size, model.num_classes())?;
     let x = gpu.upload(images, &[n, 3, size, size], "images")?;
-    evaluate_on(gpu, model, x, labels)
+    evaluate_on(gpu, model, x, labels).await
 }
 
 /// [`evaluate`] on images already on the device (N, 3, H, W).
-pub fn evaluate_on(
+pub async fn evaluate_on(
     gpu: &Gpu,
     model: &dyn Model,
     x: Tensor,
@@ -359,6 +365,7 @@ pub fn evaluate_on(
     let (loss, probs) = tape.cross_entropy(logits, &y, "loss")?;
     let loss_value = tape.value(loss)?.clone();
     tape.finish()?;
-    let loss = gpu.download(&loss_value)?[0];
-    Ok(summarise(loss, gpu.download(&probs)?, labels, classes))
+    let mut values = gpu.read_many(&[&loss_value, &probs]).await?.into_iter();
+    let (loss, probs) = (values.next().unwrap()[0], values.next().unwrap());
+    Ok(summarise(loss, probs, labels, classes))
 }

@@ -234,16 +234,19 @@ pub fn write(
 
 impl ParamStore {
     /// The model's state_dict: parameters, running statistics and `num_batches_tracked`.
-    pub fn state_dict(&self, gpu: &Gpu) -> Result<Vec<(String, Entry)>, WeightsError> {
+    pub async fn state_dict(&self, gpu: &Gpu) -> Result<Vec<(String, Entry)>, WeightsError> {
         let mut out = Vec::new();
         for p in &self.params {
             out.push((
                 p.name.clone(),
-                Entry::F32(p.value.shape.clone(), gpu.download(&p.value)?),
+                Entry::F32(p.value.shape.clone(), gpu.read(&p.value).await?),
             ));
         }
         for (name, t) in &self.buffers {
-            out.push((name.clone(), Entry::F32(t.shape.clone(), gpu.download(t)?)));
+            out.push((
+                name.clone(),
+                Entry::F32(t.shape.clone(), gpu.read(t).await?),
+            ));
         }
         for (name, n) in &self.batches_tracked {
             out.push((name.clone(), Entry::I64(vec![], vec![n.get()])));

@@ -21,12 +21,14 @@
 #[cfg(feature = "mpi")]
 pub mod mpi_group;
 pub mod replicas;
+#[cfg(not(target_arch = "wasm32"))]
 mod step;
 
 pub use crate::collective::{Collective, SingleProcess, Transport};
 pub use replicas::{
     average_tensors, broadcast_tensors, check_replicas, fingerprint, ReplicaMismatch,
 };
+#[cfg(not(target_arch = "wasm32"))]
 pub use step::{DataParallel, GroupStep, GRAD_BUCKET_BYTES};
 
 /// The group this process belongs to: the MPI job it was started in (`mpi` feature and a

@@ -41,14 +41,14 @@ impl fmt::Display for ReplicaMismatch {
 
 /// Compares every named tensor across the ranks; returns the combined fingerprint, the
 /// same on every rank, or the first tensor that differs.
-pub fn check_replicas(
+pub async fn check_replicas(
     gpu: &Gpu,
     group: &dyn Collective,
     tensors: &[(String, Tensor)],
 ) -> Result<std::result::Result<u64, ReplicaMismatch>> {
     let mut hashes = Vec::with_capacity(tensors.len());
     for (_, t) in tensors {
-        hashes.push(fingerprint(&gpu.download(t)?));
+        hashes.push(fingerprint(&gpu.read(t).await?));
     }
     let combined = hashes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
         (h ^ x).wrapping_mul(0x0000_0100_0000_01b3)
@@ -74,7 +74,7 @@ pub fn check_replicas(
 }
 
 /// Rank 0's value of each tensor, everywhere.
-pub fn broadcast_tensors<'a>(
+pub async fn broadcast_tensors<'a>(
     gpu: &Gpu,
     group: &dyn Collective,
     tensors: impl IntoIterator<Item = &'a Tensor>,
@@ -83,7 +83,7 @@ pub fn broadcast_tensors<'a>(
         return Ok(());
     }
     for t in tensors {
-        let mut values = gpu.download(t)?;
+        let mut values = gpu.read(t).await?;
         group.broadcast(&mut values);
         if group.rank() != 0 {
             gpu.write(t, &values)?;
@@ -93,7 +93,7 @@ pub fn broadcast_tensors<'a>(
 }
 
 /// The mean over the ranks of each tensor, everywhere.
-pub fn average_tensors<'a>(
+pub async fn average_tensors<'a>(
     gpu: &Gpu,
     group: &dyn Collective,
     tensors: impl IntoIterator<Item = &'a Tensor>,
@@ -103,7 +103,7 @@ pub fn average_tensors<'a>(
     }
     let scale = 1.0 / group.size() as f32;
     for t in tensors {
-        let mut values = gpu.download(t)?;
+        let mut values = gpu.read(t).await?;
         group.all_reduce_sum(&mut values);
         for v in &mut values {
             *v *= scale;

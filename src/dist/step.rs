@@ -70,9 +70,9 @@ impl DataParallel {
     /// non-finite values and the Adam step see the same summed gradients on every rank, so
     /// the replicas stay identical. `flags` are summed over the ranks with the image counts
     /// (the run uses them to agree on stopping and checkpointing).
-    pub fn step(
+    pub async fn step(
         &mut self,
-        trainer: &mut Trainer,
+        trainer: &mut Trainer<'_>,
         group: &dyn Collective,
         (images, labels, size): (&[f32], &[usize], usize),
         flags: [f64; 2],
@@ -110,7 +110,7 @@ impl DataParallel {
             loss: 0.0,
             correct: 0.0,
         };
-        let local = trainer.step(batch, &mut reduce)?;
+        let local = trainer.step(batch, &mut reduce).await?;
         self.comm_seconds = reduce.comm_seconds;
         Ok(GroupStep {
             local,

@@ -215,7 +215,8 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// A submission to wait for with [`Gpu::wait_for`].
+/// A submission to wait for with `Gpu::wait_for` (native only).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub struct Submitted {
     index: wgpu::SubmissionIndex,
     seq: u64,
@@ -587,6 +588,17 @@ impl Gpu {
     pub async fn read(&self, tensor: &Tensor) -> Result<Vec<f32>> {
         let mut values = self.read_many(&[tensor]).await?;
         Ok(values.pop().unwrap_or_default())
+    }
+
+    /// Once the work submitted so far has finished; reports device errors, and the loss of
+    /// a device that was lost with work in flight. Natively this is [`Gpu::sync`] (a device
+    /// poll until idle, which also delivers the loss); in a browser, a read-back of nothing
+    /// after that work.
+    pub async fn finished(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.sync();
+        #[cfg(target_arch = "wasm32")]
+        self.read_many(&[]).await.map(|_| ())
     }
 
     /// Several tensors' values with one copy pass into one staging buffer and one wait

@@ -163,7 +163,8 @@ impl Tensor {
         out
     }
 
-    /// Downloads the view's values (convenience for `gpu.download`).
+    /// Downloads the view's values (convenience for `gpu.download`, native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         gpu.download(self)
     }

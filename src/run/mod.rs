@@ -54,6 +54,10 @@ pub enum RunError {
     /// The batch size or the number of epochs is zero.
     #[error("the batch size and the number of epochs must be positive (batch size {batch_size}, {epochs} epochs)")]
     NothingToTrain { batch_size: usize, epochs: usize },
+    /// A group of several processes in a build without data-parallel training (the
+    /// browser's: its gradient sums and synchronised batch norm wait on the device).
+    #[error("data-parallel training over {ranks} processes needs a native build")]
+    DataParallelUnsupported { ranks: usize },
     /// A data-parallel run's global batch has fewer images than there are ranks.
     #[error("the batch size {batch_size} is the global batch: it must be at least the number of ranks ({ranks})")]
     BatchBelowRanks { batch_size: usize, ranks: usize },
@@ -347,8 +351,11 @@ pub type StepHook = Arc<dyn Fn(&Gpu, u32) + Send + Sync>;
 
 /// Trains `spec.config` on `spec.train`, evaluating on `spec.val` after every epoch, and
 /// writes the run folder. Returns the per-epoch metrics (resumed epochs included).
-pub fn fit(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<Vec<EpochMetrics>> {
-    fit_group(spec, &SingleProcess, observer)
+///
+/// Nothing in a run blocks on the device: a native program waits for the returned future
+/// (`pollster::block_on(fit(&spec, &mut observer))`); a web page awaits it.
+pub async fn fit(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<Vec<EpochMetrics>> {
+    fit_group(spec, &SingleProcess, observer).await
 }
 
 /// [`fit`] as one rank of a data-parallel run over `group` (every rank calls it with the
@@ -356,20 +363,20 @@ pub fn fit(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<Vec<EpochMe
 /// and decodes only those images, gradients are summed over the ranks before the same
 /// Adam step everywhere, and only rank 0 writes files. With one rank it is exactly the
 /// single-process run. See docs/distributed.md.
-pub fn fit_group(
+pub async fn fit_group(
     spec: &RunSpec,
     group: &dyn Collective,
     observer: &mut dyn Observer,
 ) -> RunResult<Vec<EpochMetrics>> {
     let gpu = if group.size() > 1 {
-        Gpu::open_for_local_rank(group.local_rank(), &spec.device)?
+        Gpu::request_for_local_rank(group.local_rank(), &spec.device).await?
     } else {
-        Gpu::open(&spec.device)?
+        Gpu::request(&spec.device).await?
     };
-    let mut run = Run::start(&gpu, spec, group, observer)?;
+    let mut run = Run::start(&gpu, spec, group, observer).await?;
     while run.begin_epoch() {
-        while run.step()?.is_some() {}
-        run.end_epoch()?;
+        while run.step().await?.is_some() {}
+        run.end_epoch().await?;
     }
     Ok(run.finish())
 }
@@ -382,6 +389,10 @@ fn check_run(spec: &RunSpec, ranks: usize, observer: &mut dyn Observer) -> RunRe
             batch_size,
             epochs: spec.epochs,
         });
+    }
+    #[cfg(target_arch = "wasm32")]
+    if ranks > 1 {
+        return Err(RunError::DataParallelUnsupported { ranks });
     }
     if batch_size < ranks {
         return Err(RunError::BatchBelowRanks { batch_size, ranks });
@@ -400,9 +411,9 @@ fn checkpoint_file(spec: &RunSpec) -> PathBuf {
 
 /// Rank 0's weights, BN statistics and optimizer state, and where its run starts (epoch
 /// and position in it), on every rank.
-fn share_start(
+async fn share_start(
     gpu: &Gpu,
-    trainer: &mut Trainer,
+    trainer: &mut Trainer<'_>,
     group: &dyn Collective,
     start_epoch: usize,
     partial: Option<EpochProgress>,
@@ -414,7 +425,7 @@ fn share_start(
         .map(|p| &p.value)
         .chain(store.buffers.iter().map(|(_, t)| t))
         .chain(trainer.opt.moments());
-    broadcast_tensors(gpu, group, tensors)?;
+    broadcast_tensors(gpu, group, tensors).await?;
     let p = partial.unwrap_or_default();
     let mut header = vec![
         start_epoch as u64,
@@ -570,14 +581,14 @@ fn check_classes(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<()> {
 }
 
 /// The model's state_dict with the run's metadata (what `best.safetensors` holds).
-pub fn save_weights(
+pub async fn save_weights(
     gpu: &Gpu,
     model: &dyn Model,
     spec: &RunSpec,
     path: &Path,
     epoch: usize,
 ) -> RunResult<()> {
-    let entries = model.store().state_dict(gpu)?;
+    let entries = model.store().state_dict(gpu).await?;
     weights::write(path, entries, run_metadata(spec, epoch)).map_err(RunError::from)
 }
 
@@ -628,15 +639,15 @@ pub fn read_metadata(path: &Path) -> HashMap<String, String> {
 
 /// Weights + optimizer state; `epoch` counts finished epochs, `partial` the progress
 /// through the next one (mid-epoch saves).
-fn save_checkpoint(
+async fn save_checkpoint(
     gpu: &Gpu,
-    t: &Trainer,
+    t: &Trainer<'_>,
     spec: &RunSpec,
     epoch: usize,
     partial: Option<&EpochProgress>,
 ) -> RunResult<()> {
-    let mut entries = t.model.store().state_dict(gpu)?;
-    entries.extend(t.opt.state_dict(gpu, t.model.params())?);
+    let mut entries = t.model.store().state_dict(gpu).await?;
+    entries.extend(t.opt.state_dict(gpu, t.model.params()).await?);
     let mut meta = run_metadata(spec, epoch);
     if let Some(p) = partial {
         p.to_metadata(&mut meta);
@@ -654,7 +665,7 @@ pub struct Evaluation {
 
 /// Mean loss, accuracy and confusion matrix of `model` over `indices` of `dataset`,
 /// reporting progress to `observer`.
-pub fn evaluate_split(
+pub async fn evaluate_split(
     gpu: &Gpu,
     model: &dyn Model,
     dataset: &Arc<dyn Dataset>,
@@ -663,7 +674,7 @@ pub fn evaluate_split(
     observer: &mut dyn Observer,
 ) -> RunResult<Evaluation> {
     let ([loss_sum, correct, seen], confusion) =
-        evaluate_into(gpu, model, dataset, indices, (batch_size, size), observer)?;
+        evaluate_into(gpu, model, dataset, indices, (batch_size, size), observer).await?;
     if seen == 0.0 {
         return Err(RunError::NoValidationImage);
     }
@@ -677,7 +688,7 @@ pub fn evaluate_split(
 /// The summed loss, correct predictions and images, and the confusion matrix (`[label]
 /// [prediction]`), of `model` over `indices` (the sums add up over the ranks' shares of a
 /// split), reporting progress to `observer`.
-fn evaluate_into(
+async fn evaluate_into(
     gpu: &Gpu,
     model: &dyn Model,
     dataset: &Arc<dyn Dataset>,
@@ -697,7 +708,7 @@ fn evaluate_into(
     });
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
     for batch in loader.by_ref() {
-        let r = evaluate(gpu, model, &batch.images, &batch.labels, size)?;
+        let r = evaluate(gpu, model, &batch.images, &batch.labels, size).await?;
         loss_sum += r.loss * r.count as f64;
         correct += r.correct;
         seen += r.count;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::events::{DataParallel, Observer, RankPlace, RunEvent, RunSummary};
 use super::{checkpoint_file, EpochProgress, RunError, RunResult, RunSpec};
 use crate::data::{Batch, Loader, LoaderOptions, Shard};
-use crate::dist::{self, average_tensors, check_replicas, Collective};
+use crate::dist::{average_tensors, check_replicas, Collective};
 use crate::gpu::{Gpu, GpuError, Tensor};
 use crate::metrics::EpochMetrics;
 use crate::ops::adam::AdamConfig;
@@ -21,12 +21,12 @@ use crate::weights::TensorFile;
 /// ```no_run
 /// # use densenet_wgpu::run::{Run, RunSpec, RunResult, events::Silent};
 /// # use densenet_wgpu::dist::SingleProcess;
-/// # fn go(gpu: &densenet_wgpu::gpu::Gpu, spec: &RunSpec) -> RunResult<()> {
+/// # async fn go(gpu: &densenet_wgpu::gpu::Gpu, spec: &RunSpec) -> RunResult<()> {
 /// let mut observer = Silent;
-/// let mut run = Run::start(gpu, spec, &SingleProcess, &mut observer)?;
+/// let mut run = Run::start(gpu, spec, &SingleProcess, &mut observer).await?;
 /// while run.begin_epoch() {
-///     while run.step()?.is_some() {}
-///     let metrics = run.end_epoch()?;
+///     while run.step().await?.is_some() {}
+///     let metrics = run.end_epoch().await?;
 ///     println!("{}", metrics.summary_line());
 /// }
 /// # Ok(()) }
@@ -37,8 +37,10 @@ pub struct Run<'a> {
     group: &'a dyn Collective,
     observer: &'a mut dyn Observer,
     trainer: Trainer<'a>,
-    /// How this process takes part in a data-parallel step (unused with one process).
-    parallel: dist::DataParallel,
+    /// How this process takes part in a data-parallel step (unused with one process;
+    /// data-parallel training is native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    parallel: crate::dist::DataParallel,
     shard: Shard,
     steps_per_epoch: usize,
     history: Vec<EpochMetrics>,
@@ -78,6 +80,8 @@ struct Trained {
     stop: bool,
     /// A timed checkpoint is due (on rank 0's clock).
     checkpoint_due: bool,
+    /// Seconds spent summing gradients over the ranks, and waited for after backward.
+    communication: [f64; 2],
 }
 
 /// One applied optimizer step, as [`Run::step`] reports it.
@@ -93,7 +97,7 @@ impl<'a> Run<'a> {
     /// settings and the data, reports the device, checks the memory, builds the model and
     /// its optimizer, resumes from the checkpoint when `spec.resume`, and reports
     /// [`RunEvent::Started`].
-    pub fn start(
+    pub async fn start(
         gpu: &'a Gpu,
         spec: &'a RunSpec,
         group: &'a dyn Collective,
@@ -107,7 +111,12 @@ impl<'a> Run<'a> {
         observer.event(&adapter_event(gpu, group));
         super::check_memory(gpu, spec, ranks, observer)?;
         let trainer = build_trainer(gpu, spec, group, observer)?;
+        #[cfg(not(target_arch = "wasm32"))]
         let parallel = data_parallel(gpu, spec, group);
+        #[cfg(not(target_arch = "wasm32"))]
+        let overlap = parallel.overlap.is_some();
+        #[cfg(target_arch = "wasm32")]
+        let overlap = false;
         let steps_per_epoch = spec.train.len().div_ceil(spec.batch_size);
         let mut run = Run {
             gpu,
@@ -115,6 +124,7 @@ impl<'a> Run<'a> {
             group,
             observer,
             trainer,
+            #[cfg(not(target_arch = "wasm32"))]
             parallel,
             shard: Shard {
                 rank: group.rank(),
@@ -127,14 +137,14 @@ impl<'a> Run<'a> {
             resume_at: None,
             current: None,
         };
-        run.resume()?;
-        run.report_start();
+        run.resume().await?;
+        run.report_start(overlap);
         Ok(run)
     }
 
     /// Reads the checkpoint (rank 0) and keeps the history up to its epoch, then gives every
     /// rank rank 0's state. Without `spec.resume` it starts afresh.
-    fn resume(&mut self) -> RunResult<()> {
+    async fn resume(&mut self) -> RunResult<()> {
         let (spec, gpu) = (self.spec, self.gpu);
         let checkpoint = checkpoint_file(spec);
         if spec.resume && self.group.is_writer() {
@@ -176,12 +186,14 @@ impl<'a> Run<'a> {
                 self.group,
                 self.epoch,
                 self.resume_at.take(),
-            )?;
+            )
+            .await?;
         }
         Ok(())
     }
 
-    fn report_start(&mut self) {
+    /// Reports the run's settings; `overlap`: gradient buckets are summed during backward.
+    fn report_start(&mut self, overlap: bool) {
         let spec = self.spec;
         let ranks = self.group.size();
         let summary = RunSummary {
@@ -195,7 +207,7 @@ impl<'a> Run<'a> {
                 transport: self.group.transport(),
                 per_rank_batch: spec.batch_size.div_ceil(ranks),
                 sync_bn: spec.sync_bn,
-                overlap: self.parallel.overlap.is_some(),
+                overlap,
             }),
             epochs: spec.epochs,
             lr: spec.lr,
@@ -266,7 +278,7 @@ impl<'a> Run<'a> {
     /// ([`RunError::NoEpochInProgress`] outside an epoch). Writes a
     /// checkpoint when one is due (`spec.checkpoint_steps`, `spec.checkpoint_minutes`) and
     /// stops with one when `spec.cancel` is set (on any rank of a data-parallel run).
-    pub fn step(&mut self) -> RunResult<Option<StepDone>> {
+    pub async fn step(&mut self) -> RunResult<Option<StepDone>> {
         if self.current.is_none() {
             return Err(RunError::NoEpochInProgress);
         }
@@ -275,7 +287,7 @@ impl<'a> Run<'a> {
                 return Ok(None);
             };
             // `None`: a non-finite batch, skipped.
-            if let Some(r) = self.train_on(&batch)? {
+            if let Some(r) = self.train_on(&batch).await? {
                 break (batch, r);
             }
         };
@@ -292,8 +304,8 @@ impl<'a> Run<'a> {
             images,
             stop,
             checkpoint_due: by_time,
+            communication: comm,
         } = trained;
-        let comm = self.parallel.comm_seconds;
         let e = self.current.as_mut().expect("an epoch in progress");
         e.communication[0] += comm[0];
         e.communication[1] += comm[1];
@@ -319,7 +331,7 @@ impl<'a> Run<'a> {
         });
         let by_steps = spec.checkpoint_steps > 0 && p.batches_done % spec.checkpoint_steps == 0;
         if stop || by_time || by_steps {
-            self.checkpoint()?;
+            self.checkpoint().await?;
         }
         if stop {
             let e = self.epoch_mut();
@@ -341,39 +353,47 @@ impl<'a> Run<'a> {
     /// One step on `batch`: the loss, correct predictions and images over every rank, and
     /// whether to stop and whether a timed checkpoint is due (the same on every rank).
     /// `None` for a skipped non-finite batch.
-    fn train_on(&mut self, batch: &Batch) -> RunResult<Option<Trained>> {
+    async fn train_on(&mut self, batch: &Batch) -> RunResult<Option<Trained>> {
         let spec = self.spec;
         let e = self.current.as_ref().expect("an epoch in progress");
         let time_is_up = spec.checkpoint_minutes > 0.0
             && e.last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0;
         let cancelled = spec.is_cancelled();
-        let step = if self.group.size() > 1 {
-            // Every rank stops or checkpoints at the same step: on any rank's request, and
-            // on rank 0's clock.
-            let flags = [
-                cancelled as u8 as f64,
-                (time_is_up && self.group.is_writer()) as u8 as f64,
-            ];
-            let share = (&batch.images[..], &batch.labels[..], spec.image_size);
-            self.parallel
-                .step(&mut self.trainer, self.group, share, flags)
-                .map(|s| Trained {
-                    loss: s.loss,
-                    correct: s.correct,
-                    images: s.count,
-                    stop: s.flags[0] > 0.0,
-                    checkpoint_due: s.flags[1] > 0.0,
-                })
-        } else {
-            self.trainer
+        let step = match () {
+            #[cfg(not(target_arch = "wasm32"))]
+            () if self.group.size() > 1 => {
+                // Every rank stops or checkpoints at the same step: on any rank's request,
+                // and on rank 0's clock.
+                let flags = [
+                    cancelled as u8 as f64,
+                    (time_is_up && self.group.is_writer()) as u8 as f64,
+                ];
+                let share = (&batch.images[..], &batch.labels[..], spec.image_size);
+                let parallel = &mut self.parallel;
+                parallel
+                    .step(&mut self.trainer, self.group, share, flags)
+                    .await
+                    .map(|s| Trained {
+                        loss: s.loss,
+                        correct: s.correct,
+                        images: s.count,
+                        stop: s.flags[0] > 0.0,
+                        checkpoint_due: s.flags[1] > 0.0,
+                        communication: parallel.comm_seconds,
+                    })
+            }
+            () => self
+                .trainer
                 .train_step(&batch.images, &batch.labels, spec.image_size)
+                .await
                 .map(|r| Trained {
                     loss: r.loss,
                     correct: r.correct,
                     images: r.count,
                     stop: cancelled,
                     checkpoint_due: time_is_up,
-                })
+                    communication: [0.0; 2],
+                }),
         };
         match step {
             Ok(r) => Ok(Some(r)),
@@ -400,7 +420,7 @@ impl<'a> Run<'a> {
             Err(StepError::Gpu(e)) => {
                 // A device lost with work in flight may first fail a call that uses it; once
                 // that work has settled, the loss is what is reported.
-                let e = match self.gpu.sync() {
+                let e = match self.gpu.finished().await {
                     Err(lost @ GpuError::DeviceLost(_)) => lost,
                     _ => e,
                 };
@@ -415,9 +435,9 @@ impl<'a> Run<'a> {
 
     /// Writes the checkpoint now (rank 0): weights, optimizer state and, inside an epoch,
     /// the position in it. BN running statistics are first averaged over the ranks.
-    pub fn checkpoint(&mut self) -> RunResult<()> {
+    pub async fn checkpoint(&mut self) -> RunResult<()> {
         let (spec, gpu) = (self.spec, self.gpu);
-        self.average_buffers()?;
+        self.average_buffers().await?;
         let (epoch, partial) = match self.current.as_mut() {
             Some(e) => {
                 e.progress.seconds = e.started.elapsed().as_secs_f64();
@@ -428,6 +448,7 @@ impl<'a> Run<'a> {
         };
         if self.group.is_writer() {
             super::save_checkpoint(gpu, &self.trainer, spec, epoch, partial.as_ref())
+                .await
                 .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
         }
         Ok(())
@@ -435,24 +456,26 @@ impl<'a> Run<'a> {
 
     /// The mean over the ranks of every BN running statistic, on every rank (before an
     /// evaluation or a checkpoint; see the `dist` module).
-    fn average_buffers(&self) -> RunResult<()> {
-        if self.parallel.sync_bn {
+    async fn average_buffers(&self) -> RunResult<()> {
+        if self.spec.sync_bn {
             // Synchronised statistics are the same on every rank already.
             return Ok(());
         }
         let buffers = self.trainer.model.store().buffers.iter().map(|(_, t)| t);
-        average_tensors(self.gpu, self.group, buffers).map_err(RunError::from)
+        average_tensors(self.gpu, self.group, buffers)
+            .await
+            .map_err(RunError::from)
     }
 
     /// Validation loss and accuracy over `spec.val` (each rank evaluates its share);
     /// `None` without a validation split.
-    pub fn evaluate(&mut self) -> RunResult<Option<(f64, f64)>> {
-        self.average_buffers()?;
-        self.evaluate_averaged()
+    pub async fn evaluate(&mut self) -> RunResult<Option<(f64, f64)>> {
+        self.average_buffers().await?;
+        self.evaluate_averaged().await
     }
 
     /// [`Run::evaluate`] once the BN statistics agree over the ranks.
-    fn evaluate_averaged(&mut self) -> RunResult<Option<(f64, f64)>> {
+    async fn evaluate_averaged(&mut self) -> RunResult<Option<(f64, f64)>> {
         let (spec, gpu) = (self.spec, self.gpu);
         if spec.val.is_empty() {
             return Ok(None);
@@ -467,6 +490,7 @@ impl<'a> Run<'a> {
             (batch, spec.image_size),
             &mut *self.observer,
         )
+        .await
         .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
         self.group.all_reduce_sum_f64(&mut sums);
         if sums[2] == 0.0 {
@@ -478,7 +502,7 @@ impl<'a> Run<'a> {
     /// Ends the epoch: reports skipped files, evaluates, checks that the replicas agree,
     /// reports the epoch's metrics, writes best.safetensors on a new best accuracy, then
     /// the checkpoint that marks the epoch done.
-    pub fn end_epoch(&mut self) -> RunResult<EpochMetrics> {
+    pub async fn end_epoch(&mut self) -> RunResult<EpochMetrics> {
         let spec = self.spec;
         let Some(mut e) = self.current.take() else {
             return Err(RunError::NoEpochInProgress);
@@ -512,8 +536,8 @@ impl<'a> Run<'a> {
             });
         }
         // Also before the replica check and the epoch's checkpoint.
-        self.average_buffers()?;
-        let validation = self.evaluate_averaged()?;
+        self.average_buffers().await?;
+        let validation = self.evaluate_averaged().await?;
         let m = EpochMetrics {
             epoch: self.epoch + 1,
             epochs: spec.epochs,
@@ -533,7 +557,7 @@ impl<'a> Run<'a> {
             communication_ms: (distributed && e.steps > 0)
                 .then(|| e.communication.map(|s| 1000.0 * s / e.steps as f64)),
             replicas: if distributed {
-                Some((self.group.size(), self.check_replicas()?))
+                Some((self.group.size(), self.check_replicas().await?))
             } else {
                 None
             },
@@ -541,13 +565,13 @@ impl<'a> Run<'a> {
         self.observer.event(&RunEvent::EpochDone(Box::new(report)));
         self.epoch += 1;
         if self.group.is_writer() {
-            self.write_epoch_files(&m)?;
+            self.write_epoch_files(&m).await?;
         }
         Ok(m)
     }
 
     /// The parameters' and buffers' common hash over the ranks, or which tensor differs.
-    fn check_replicas(&self) -> RunResult<u64> {
+    async fn check_replicas(&self) -> RunResult<u64> {
         let model = &self.trainer.model;
         let mut tensors: Vec<(String, Tensor)> = model
             .params()
@@ -555,7 +579,7 @@ impl<'a> Run<'a> {
             .map(|p| (p.name.clone(), p.value.clone()))
             .collect();
         tensors.extend(model.store().buffers.iter().cloned());
-        match check_replicas(self.gpu, self.group, &tensors)? {
+        match check_replicas(self.gpu, self.group, &tensors).await? {
             Ok(hash) => Ok(hash),
             Err(mismatch) => Err(RunError::ReplicasDiverged {
                 epoch: self.epoch + 1,
@@ -568,15 +592,17 @@ impl<'a> Run<'a> {
     /// best.safetensors on a new best, then the checkpoint. The best weights come first:
     /// the checkpoint marks the epoch as done, so a run killed in between redoes the
     /// epoch's end and writes the same best file again.
-    fn write_epoch_files(&mut self, m: &EpochMetrics) -> RunResult<()> {
+    async fn write_epoch_files(&mut self, m: &EpochMetrics) -> RunResult<()> {
         let (spec, gpu) = (self.spec, self.gpu);
         if let Some(a) = m.val_acc.filter(|&a| a > self.best_val) {
             self.best_val = a;
             let best = spec.out.join("best.safetensors");
             super::save_weights(gpu, self.trainer.model.as_ref(), spec, &best, m.epoch)
+                .await
                 .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
         }
         super::save_checkpoint(gpu, &self.trainer, spec, m.epoch, None)
+            .await
             .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))
     }
 
@@ -628,10 +654,11 @@ fn build_trainer<'a>(
 }
 
 /// The spec's data-parallel settings for this process's steps.
-fn data_parallel(gpu: &Gpu, spec: &RunSpec, group: &dyn Collective) -> dist::DataParallel {
-    let mut parallel = dist::DataParallel {
+#[cfg(not(target_arch = "wasm32"))]
+fn data_parallel(gpu: &Gpu, spec: &RunSpec, group: &dyn Collective) -> crate::dist::DataParallel {
+    let mut parallel = crate::dist::DataParallel {
         sync_bn: spec.sync_bn,
-        ..dist::DataParallel::default()
+        ..crate::dist::DataParallel::default()
     };
     // Summing during backward hides the all-reduce behind the device's work. A CPU adapter
     // has no idle cores to hide it on: there it costs more than it saves (docs/distributed.md).

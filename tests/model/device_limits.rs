@@ -2,6 +2,7 @@
 //! does not fit is refused before the first step (naming the tensor and the largest batch
 //! that fits), and a lost device ends a run with its last checkpoint intact.
 
+use pollster::block_on;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -55,9 +56,9 @@ fn measure(shape: &RunShape, batch: usize) -> (u64, u64, (u64, String)) {
         (images, labels)
     };
     let (images, labels) = batch_of(batch);
-    trainer.train_step(&images, &labels, s).unwrap();
+    block_on(trainer.train_step(&images, &labels, s)).unwrap();
     let (images, labels) = batch_of(eval_batch(batch));
-    trainer.evaluate(&images, &labels, s).unwrap();
+    block_on(trainer.evaluate(&images, &labels, s)).unwrap();
     let step_largest = gpu.memory().largest_buffer().unwrap();
     let largest = if step_largest.0 > state_largest.0 {
         step_largest
@@ -276,7 +277,7 @@ fn lost_device_keeps_the_last_checkpoint() {
             gpu.device.destroy();
         }
     });
-    let err = match fit(&spec(&dir, false, Some(hook)), &mut Silent) {
+    let err = match block_on(fit(&spec(&dir, false, Some(hook)), &mut Silent)) {
         Err(e) => e,
         Ok(_) => panic!("a run on a lost device succeeded"),
     };
@@ -294,7 +295,7 @@ fn lost_device_keeps_the_last_checkpoint() {
         "the checkpoint of step 4 is untouched"
     );
     // It resumes on a working device and finishes the run.
-    let history = fit(&spec(&dir, true, None), &mut Silent).unwrap();
+    let history = block_on(fit(&spec(&dir, true, None), &mut Silent)).unwrap();
     assert_eq!(history.len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -307,11 +308,17 @@ fn a_step_outside_an_epoch_is_a_typed_error() {
     let _ = std::fs::remove_dir_all(&dir);
     let spec = spec(&dir, false, None);
     let mut events = Silent;
-    let mut run = Run::start(crate::gpu(), &spec, &SingleProcess, &mut events).unwrap();
-    assert!(matches!(run.step(), Err(RunError::NoEpochInProgress)));
-    assert!(matches!(run.end_epoch(), Err(RunError::NoEpochInProgress)));
+    let mut run = block_on(Run::start(crate::gpu(), &spec, &SingleProcess, &mut events)).unwrap();
+    assert!(matches!(
+        block_on(run.step()),
+        Err(RunError::NoEpochInProgress)
+    ));
+    assert!(matches!(
+        block_on(run.end_epoch()),
+        Err(RunError::NoEpochInProgress)
+    ));
     assert!(run.begin_epoch());
-    assert!(run.step().unwrap().is_some());
+    assert!(block_on(run.step()).unwrap().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -324,7 +331,13 @@ fn bad_settings_are_typed_errors() {
     let mut events = Silent;
     let mut no_batch = spec(&dir, false, None);
     no_batch.batch_size = 0;
-    let e = Run::start(crate::gpu(), &no_batch, &SingleProcess, &mut events).err();
+    let e = block_on(Run::start(
+        crate::gpu(),
+        &no_batch,
+        &SingleProcess,
+        &mut events,
+    ))
+    .err();
     assert!(
         matches!(
             e,
@@ -336,12 +349,12 @@ fn bad_settings_are_typed_errors() {
         "{e:?}"
     );
     let nothing_to_resume = spec(&dir, true, None);
-    match Run::start(
+    match block_on(Run::start(
         crate::gpu(),
         &nothing_to_resume,
         &SingleProcess,
         &mut events,
-    )
+    ))
     .err()
     {
         Some(e @ RunError::NoCheckpoint { .. }) => {
@@ -367,7 +380,13 @@ fn bad_settings_are_typed_errors() {
         "{e:?}"
     );
     unknown.init = Some(dir.join("no-such-weights.safetensors"));
-    let e = Run::start(crate::gpu(), &unknown, &SingleProcess, &mut events).err();
+    let e = block_on(Run::start(
+        crate::gpu(),
+        &unknown,
+        &SingleProcess,
+        &mut events,
+    ))
+    .err();
     assert!(matches!(e, Some(RunError::Weights(_))), "{e:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -463,13 +463,15 @@ fn the_replica_check_names_the_first_tensor_that_differs() {
             )
         })
         .collect();
-    let same = check_replicas(gpu, &SingleProcess, &tensors).unwrap();
+    let same = pollster::block_on(check_replicas(gpu, &SingleProcess, &tensors)).unwrap();
     assert!(same.is_ok());
     let group = Diverged {
         differs: 2,
         calls: Default::default(),
     };
-    let mismatch = check_replicas(gpu, &group, &tensors).unwrap().unwrap_err();
+    let mismatch = pollster::block_on(check_replicas(gpu, &group, &tensors))
+        .unwrap()
+        .unwrap_err();
     assert_eq!(mismatch.tensor, "layer2.weight");
     let message = mismatch.to_string();
     assert!(

@@ -5,6 +5,7 @@ use densenet_wgpu::models::{DenseNet, DenseNetConfig, Model};
 use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::train::{StepError, Trainer};
+use pollster::block_on;
 
 /// Every image of `data` as one batch: NCHW pixels and labels.
 fn batch(data: &Synthetic) -> (Vec<f32>, Vec<usize>) {
@@ -34,10 +35,10 @@ fn overfits_a_tiny_batch() {
     };
     let opt = Adam::new(g, model.params(), cfg, Schedule::Constant).unwrap();
     let mut t = Trainer::new(g, Box::new(model), opt);
-    let first = t.train_step(&images, &labels, 32).unwrap().loss;
+    let first = block_on(t.train_step(&images, &labels, 32)).unwrap().loss;
     let mut last = first;
     for _ in 0..40 {
-        last = t.train_step(&images, &labels, 32).unwrap().loss;
+        last = block_on(t.train_step(&images, &labels, 32)).unwrap().loss;
     }
     println!("loss {first:.4} -> {last:.4}");
     assert!(last < first / 10.0, "loss only fell from {first} to {last}");
@@ -61,7 +62,7 @@ fn a_non_finite_gradient_with_a_finite_loss_applies_nothing() {
     let mut nan = vec![0.0f32; grad.numel()];
     nan[0] = f32::NAN;
     g.write(&grad, &nan).unwrap();
-    match t.train_step(&images, &labels, 16) {
+    match block_on(t.train_step(&images, &labels, 16)) {
         Err(StepError::NonFinite { step, loss, param }) => {
             assert_eq!(step, 1);
             assert!(loss.is_finite(), "loss {loss}");
@@ -72,6 +73,6 @@ fn a_non_finite_gradient_with_a_finite_loss_applies_nothing() {
     assert_eq!(g.download(&value).unwrap(), before, "a weight changed");
     assert!(g.download(&grad).unwrap().iter().all(|&v| v == 0.0));
     assert_eq!(t.opt.step, 0);
-    t.train_step(&images, &labels, 16).unwrap();
+    block_on(t.train_step(&images, &labels, 16)).unwrap();
     assert_eq!(t.opt.step, 1);
 }

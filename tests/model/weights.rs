@@ -18,7 +18,7 @@ fn save_load_round_trip_and_architecture_inference() {
     let path = dir.join("w.safetensors");
     weights::write(
         &path,
-        model.store.state_dict(g).unwrap(),
+        pollster::block_on(model.store.state_dict(g)).unwrap(),
         Default::default(),
     )
     .unwrap();

@@ -418,7 +418,7 @@ fn fit(mut spec: RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
         }
         terminal.files = Some(files::RunFiles::new(Arc::clone(stop_requested())));
     }
-    let result = run::fit_group(&spec, group, &mut terminal);
+    let result = pollster::block_on(run::fit_group(&spec, group, &mut terminal));
     match terminal.files.and_then(|f| f.error) {
         Some(error) => Err(error),
         None => result.map(|_| ExitCode::SUCCESS),
@@ -629,7 +629,7 @@ fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
     }
     let mut terminal = render::Terminal::new(true, resume_command(1));
     terminal.files = Some(files::RunFiles::new(Arc::clone(stop_requested())));
-    let result = study::compare(&plan, &mut terminal);
+    let result = pollster::block_on(study::compare(&plan, &mut terminal));
     match terminal.files.and_then(|f| f.error) {
         Some(error) => Err(error),
         None => result.map(|_| ExitCode::SUCCESS),
@@ -700,14 +700,14 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
     }
     let names = dataset.classes().to_vec();
     let mut terminal = render::Terminal::new(true, String::new());
-    let e = run::evaluate_split(
+    let e = pollster::block_on(run::evaluate_split(
         &gpu,
         model.as_ref(),
         &dataset,
         &indices,
         (a.batch_size, image_size),
         &mut terminal,
-    )?;
+    ))?;
     println!(
         "{source}: {} images, loss={:.4} accuracy={:.4}",
         indices.len(),
@@ -738,7 +738,7 @@ fn cmd_predict(a: &PredictArgs) -> RunResult<ExitCode> {
                 continue;
             }
         };
-        let r = evaluate(&gpu, model.as_ref(), &image, &[0], image_size)?;
+        let r = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], image_size))?;
         let mut ranked: Vec<(usize, f32)> = r.probabilities.iter().copied().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let shown: Vec<String> = ranked[..top]

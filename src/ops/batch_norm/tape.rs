@@ -1,10 +1,14 @@
 //! Batch norm's tape entries: the forward launches and the backward ops they record.
 
+#[cfg(not(target_arch = "wasm32"))]
+use super::{apply, backward_apply, backward_sums, moments, GlobalSums};
 use super::{
-    apply, backward, backward_apply, backward_sums, forward_eval, forward_train, moments, Affine,
-    AffineGrads, BatchStats, BnConfig, GlobalSums, RunningStats, Saved,
+    backward, forward_eval, forward_train, Affine, AffineGrads, BatchStats, BnConfig, RunningStats,
+    Saved,
 };
-use crate::gpu::{nchw, Gpu, GpuError, Result, Tensor};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::gpu::Gpu;
+use crate::gpu::{nchw, GpuError, Result, Tensor};
 use crate::tape::{Backward, Tape, Var};
 
 /// A batch-norm layer as a tape entry reads it: its parameters, its running statistics and
@@ -40,6 +44,7 @@ impl Tape<'_> {
             counts,
         }) = saved
         {
+            #[cfg(not(target_arch = "wasm32"))]
             if cfg.relu {
                 let [xt, gt, bt] = self.values([x, gamma, beta])?;
                 self.probe_relu(name, |g| {
@@ -90,10 +95,13 @@ impl Tape<'_> {
                 inv_std,
                 counts,
             }) => {
-                let [xt, gt, bt] = self.values([x, gamma, beta])?;
-                self.probe_relu(name, |g| {
-                    pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], Some(&rt))
-                })?;
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    let [xt, gt, bt] = self.values([x, gamma, beta])?;
+                    self.probe_relu(name, |g| {
+                        pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], Some(&rt))
+                    })?;
+                }
                 let op = BatchNormAddReluOp {
                     bn: BatchNormOp {
                         y,
@@ -178,22 +186,42 @@ impl Tape<'_> {
         cfg: BnConfig,
         name: &str,
     ) -> Result<BnStats> {
-        let [n, c, h, w] = nchw(name, "x", x)?;
+        let [_, c, _, _] = nchw(name, "x", x)?;
         let gpu = self.gpu();
         let mean = gpu.zeros(&[c], &format!("{name}.mean"))?;
         let inv_std = gpu.zeros(&[c], &format!("{name}.inv_std"))?;
-        let Some(group) = self.sync_group() else {
-            let stats = BatchStats {
-                mean: &mean,
-                inv_std: &inv_std,
-            };
-            forward_train(self.enc(), y, stats, running, x, affine, cfg)?;
-            return Ok(BnStats {
-                mean,
-                inv_std,
-                counts: None,
-            });
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(group) = self.sync_group() {
+            let input = (x, affine, running);
+            return self.synchronised_statistics(group, (y, mean, inv_std), input, cfg, name);
+        }
+        let stats = BatchStats {
+            mean: &mean,
+            inv_std: &inv_std,
         };
+        forward_train(self.enc(), y, stats, running, x, affine, cfg)?;
+        Ok(BnStats {
+            mean,
+            inv_std,
+            counts: None,
+        })
+    }
+
+    /// [`Tape::bn_statistics`] over the ranks of `group`: each rank's per-channel (count,
+    /// mean, M2) are gathered and merged in rank order (Chan et al., in f64). Reads the
+    /// moments back in the middle of the forward pass, which only a native process can wait
+    /// for; data-parallel training is native only.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn synchronised_statistics(
+        &mut self,
+        group: &dyn crate::collective::Collective,
+        (y, mean, inv_std): (Option<&Tensor>, Tensor, Tensor),
+        (x, affine, running): (&Tensor, Affine, RunningStats),
+        cfg: BnConfig,
+        name: &str,
+    ) -> Result<BnStats> {
+        let [n, c, h, w] = nchw(name, "x", x)?;
+        let gpu = self.gpu();
         let m2 = gpu.zeros(&[c], &format!("{name}.m2"))?;
         moments(self.enc(), &mean, &m2, x, affine, cfg)?;
         self.flush()?;
@@ -257,11 +285,13 @@ pub(crate) struct BnStats {
     pub mean: Tensor,
     pub inv_std: Tensor,
     /// Synchronised BN: this rank's and the global count of values per channel.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub counts: Option<(f32, f32)>,
 }
 
 /// A training-mode BN's output before its ReLU, on the host for [`Tape::probe_relu`]:
 /// `gamma * (x - mean) * inv_std + beta (+ residual)`.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn pre_activation(
     gpu: &Gpu,
     x: &Tensor,
@@ -298,6 +328,7 @@ pub(crate) struct BatchNormOp {
     pub inv_std: Tensor,
     pub cfg: BnConfig,
     /// Synchronised BN: this rank's and the global count of values per channel.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub counts: Option<(f32, f32)>,
 }
 
@@ -332,32 +363,49 @@ impl BatchNormOp {
             d_gamma: &d_g,
             d_beta: &d_b,
         };
-        let (Some(group), Some((local, global))) = (tape.sync_group(), self.counts) else {
-            return backward(tape.enc(), &d_x, d_affine, d_y, saved, cfg);
-        };
-        // Synchronised: the sums over every rank of the global loss's gradient. This rank's
-        // gradients are later weighted by its share w = local/global of the batch, so each
-        // rank contributes w·sums and uses (1/w)·total.
-        let c = xt.shape[1];
-        let sums = tape.gpu().zeros(&[2 * c], "batch_norm sums")?;
-        let enc = tape.enc();
-        backward_sums(enc, &sums, &d_x, d_affine, d_y, saved, cfg)?;
-        tape.flush()?;
-        let gpu = tape.gpu();
-        let share = local / global;
-        let mut totals: Vec<f32> = gpu.download(&sums)?.iter().map(|v| v * share).collect();
-        group.all_reduce_sum(&mut totals);
-        for v in &mut totals {
-            *v /= share;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let (Some(group), Some(counts)) = (tape.sync_group(), self.counts) {
+            let grads = (&d_x, d_affine);
+            return synchronised_backward(tape, group, counts, grads, d_y, saved, cfg);
         }
-        let totals = gpu.upload(&totals, &[2 * c], "batch_norm sums over the ranks")?;
-        let enc = tape.enc();
-        let global = GlobalSums {
-            sums: &totals,
-            count: global,
-        };
-        backward_apply(enc, &d_x, global, d_affine, d_y, saved, cfg)
+        backward(tape.enc(), &d_x, d_affine, d_y, saved, cfg)
     }
+}
+
+/// [`BatchNormOp::push_grads`] over the ranks of `group` (native only, like
+/// [`Tape::bn_statistics`]'s synchronised half).
+#[cfg(not(target_arch = "wasm32"))]
+fn synchronised_backward(
+    tape: &mut Tape,
+    group: &dyn crate::collective::Collective,
+    (local, global): (f32, f32),
+    (d_x, d_affine): (&Tensor, AffineGrads),
+    d_y: &Tensor,
+    saved: Saved,
+    cfg: BnConfig,
+) -> Result<()> {
+    // Synchronised: the sums over every rank of the global loss's gradient. This rank's
+    // gradients are later weighted by its share w = local/global of the batch, so each
+    // rank contributes w·sums and uses (1/w)·total.
+    let c = saved.x.shape[1];
+    let sums = tape.gpu().zeros(&[2 * c], "batch_norm sums")?;
+    let enc = tape.enc();
+    backward_sums(enc, &sums, d_x, d_affine, d_y, saved, cfg)?;
+    tape.flush()?;
+    let gpu = tape.gpu();
+    let share = local / global;
+    let mut totals: Vec<f32> = gpu.download(&sums)?.iter().map(|v| v * share).collect();
+    group.all_reduce_sum(&mut totals);
+    for v in &mut totals {
+        *v /= share;
+    }
+    let totals = gpu.upload(&totals, &[2 * c], "batch_norm sums over the ranks")?;
+    let enc = tape.enc();
+    let global = GlobalSums {
+        sums: &totals,
+        count: global,
+    };
+    backward_apply(enc, d_x, global, d_affine, d_y, saved, cfg)
 }
 
 impl Backward for BatchNormOp {

@@ -2,7 +2,9 @@
 
 use super::{backward_data, backward_weight, forward, output_size, BnReluPrologue, Conv2dSpec};
 use crate::gpu::{nchw, Result, Tensor};
-use crate::ops::batch_norm::tape::{pre_activation, BatchNormOp, BnLayer};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::ops::batch_norm::tape::pre_activation;
+use crate::ops::batch_norm::tape::{BatchNormOp, BnLayer};
 use crate::ops::batch_norm::{self, Affine, BatchStats, BnConfig};
 use crate::tape::{Backward, Tape, Var};
 
@@ -85,6 +87,7 @@ impl Tape<'_> {
             shift: &shift,
         };
         forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
+        #[cfg(not(target_arch = "wasm32"))]
         self.probe_relu(name, |g| {
             pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
         })?;
