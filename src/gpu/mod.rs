@@ -34,6 +34,7 @@ pub enum BindingKind {
 }
 
 /// One buffer bound to a launch, in `@binding` order.
+#[derive(Clone, Copy)]
 pub enum Arg<'a> {
     /// The op's `#[repr(C)]` parameter block, uploaded as a small uniform buffer.
     Uniform(&'a [u8]),
@@ -799,6 +800,27 @@ pub struct Launch<'a> {
     pub workgroups: [u32; 3],
 }
 
+/// The common kind of kernel: an entry point whose only override constant is its workgroup
+/// size `WG`, launched by [`Encoder::launch_threads`] or [`Encoder::launch_grid`].
+#[derive(Clone, Copy)]
+pub struct Kernel<'a> {
+    pub shader: &'a Shader,
+    pub entry: &'a str,
+    /// Invocations per workgroup: the value of the `WG` override.
+    pub wg: u32,
+}
+
+impl<'a> Kernel<'a> {
+    pub fn new(shader: &'a Shader, entry: &'a str, wg: u32) -> Self {
+        Kernel { shader, entry, wg }
+    }
+}
+
+/// Workgroups needed for `n` invocations of `wg` each.
+pub fn groups(n: usize, wg: u32) -> u32 {
+    (n as u64).div_ceil(wg as u64) as u32
+}
+
 impl Encoder<'_> {
     pub fn gpu(&self) -> &Gpu {
         self.gpu
@@ -891,6 +913,40 @@ impl Encoder<'_> {
         drop(pass);
         self.launches += 1;
         Ok(())
+    }
+
+    /// Records `kernel` over a 1-D grid of `threads` invocations (at least one workgroup,
+    /// folded by [`Gpu::grid_1d`]), binding the `#[repr(C)]` uniform `params` first and then
+    /// `tensors` in `@binding` order.
+    pub fn launch_threads<P: bytemuck::Pod>(
+        &mut self,
+        kernel: Kernel<'_>,
+        params: &P,
+        tensors: &[Arg<'_>],
+        threads: usize,
+    ) -> Result<()> {
+        let workgroups = Gpu::grid_1d(groups(threads, kernel.wg));
+        self.launch_grid(kernel, params, tensors, workgroups)
+    }
+
+    /// [`Encoder::launch_threads`] on a grid of the caller's choosing.
+    pub fn launch_grid<P: bytemuck::Pod>(
+        &mut self,
+        kernel: Kernel<'_>,
+        params: &P,
+        tensors: &[Arg<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let mut args = Vec::with_capacity(1 + tensors.len());
+        args.push(Arg::Uniform(bytemuck::bytes_of(params)));
+        args.extend_from_slice(tensors);
+        self.launch(Launch {
+            shader: kernel.shader,
+            entry: kernel.entry,
+            overrides: &[("WG", kernel.wg as f64)],
+            args: &args,
+            workgroups,
+        })
     }
 
     /// Records a copy of `len` f32 values between two buffers.

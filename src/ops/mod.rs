@@ -9,6 +9,7 @@
 //!   (`d_input += …`), because a DenseNet feature map feeds many later layers;
 //! - shapes are checked here and rejected with [`GpuError::Shape`](crate::gpu::GpuError).
 
+pub use crate::gpu::groups;
 use crate::gpu::Tensor;
 
 /// Builds a [`Shader`](crate::gpu::Shader) from `shaders/<name>.wgsl` with the common
@@ -88,9 +89,4 @@ pub fn vectorise(
     }
     *numel /= 4;
     "_v4"
-}
-
-/// Workgroups needed for `n` invocations of `wg` each.
-pub fn groups(n: usize, wg: u32) -> u32 {
-    (n as u64).div_ceil(wg as u64) as u32
 }

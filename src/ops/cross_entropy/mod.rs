@@ -6,10 +6,8 @@
 //! caller guarantees their range ([`check_labels`] checks host labels), and the kernels turn
 //! an invalid label into NaN for its row rather than reading out of bounds.
 
-use super::groups;
 use crate::gpu::{
-    check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
-    Tensor,
+    check_distinct, expect_shape, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -111,19 +109,14 @@ pub fn forward(
         scale: 0.0,
         _pad: 0,
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "forward",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(logits),
-            Arg::Read(labels),
-            Arg::Write(probs),
-            Arg::Write(loss),
-        ],
-        workgroups: [1, 1, 1],
-    })
+    let kernel = Kernel::new(&SHADER, "forward", WG);
+    let args = [
+        Arg::Read(logits),
+        Arg::Read(labels),
+        Arg::Write(probs),
+        Arg::Write(loss),
+    ];
+    enc.launch_grid(kernel, &p, &args, [1, 1, 1])
 }
 
 /// `d_logits += d_loss * (probs - onehot(label)) / N`, with `d_loss` a host f32 (1.0 for a
@@ -159,16 +152,7 @@ pub fn backward(
         scale: d_loss / n.max(1) as f32,
         _pad: 0,
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "backward",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(probs),
-            Arg::Read(labels),
-            Arg::Write(d_logits),
-        ],
-        workgroups: Gpu::grid_1d(groups(n * k, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, "backward", WG);
+    let args = [Arg::Read(probs), Arg::Read(labels), Arg::Write(d_logits)];
+    enc.launch_threads(kernel, &p, &args, n * k)
 }

@@ -11,7 +11,7 @@
 
 use super::groups;
 use crate::gpu::{
-    check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
+    check_distinct, expect_shape, to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Shader,
     Tensor,
 };
 
@@ -210,17 +210,10 @@ fn transposed(enc: &mut Encoder, op: &str, a: &Tensor, m: usize, k: usize) -> Re
     to_u32(op, "a numel", m * k)?;
     // 4 x 4 blocks as vec4 when a's rows allow it (m is already a multiple of 4).
     let blocks = k % 4 == 0 && a.offset % 4 == 0;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: if blocks { "transpose_v4" } else { "transpose" },
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(a),
-            Arg::Write(&a_t),
-        ],
-        workgroups: Gpu::grid_1d(groups(if blocks { m * k / 16 } else { m * k }, WG)),
-    })?;
+    let entry = if blocks { "transpose_v4" } else { "transpose" };
+    let threads = if blocks { m * k / 16 } else { m * k };
+    let kernel = Kernel::new(&SHADER, entry, WG);
+    enc.launch_threads(kernel, &p, &[Arg::Read(a), Arg::Write(&a_t)], threads)?;
     Ok(a_t)
 }
 
@@ -351,17 +344,8 @@ pub fn backward(
             c_off: to_u32(op, "d_bias offset", d_b.offset)?,
             ..Params::default()
         };
-        enc.launch(Launch {
-            shader: &SHADER,
-            entry: "bias_backward",
-            overrides: &[("WG", WG as f64)],
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&p)),
-                Arg::Read(d_y),
-                Arg::Write(d_b),
-            ],
-            workgroups: Gpu::grid_1d(groups(o, WG)),
-        })?;
+        let kernel = Kernel::new(&SHADER, "bias_backward", WG);
+        enc.launch_threads(kernel, &p, &[Arg::Read(d_y), Arg::Write(d_b)], o)?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use super::layout::to_pixel_major;
 use super::tiled::{lanes_for, tile_for_channels, Consts, Tile, WG};
 use super::{ConvDims, WeightPass};
-use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
+use crate::gpu::{to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::SHADER;
 use crate::ops::conv2d::ConvKernel;
 use crate::ops::{groups, ViewParams};
@@ -200,16 +200,7 @@ pub(in crate::ops::conv2d) fn reduce_chunks(
             &dummy
         }
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "backward_weight_reduce",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(part),
-            Arg::Write(d_weight),
-            Arg::Write(d_b),
-        ],
-        workgroups: Gpu::grid_1d(groups(total, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, "backward_weight_reduce", WG);
+    let args = [Arg::Read(part), Arg::Write(d_weight), Arg::Write(d_b)];
+    enc.launch_threads(kernel, &q, &args, total)
 }

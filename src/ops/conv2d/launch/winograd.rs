@@ -3,7 +3,7 @@
 
 use super::tiled::{blocked, Blocked, DataParams};
 use super::{ConvDims, DataPass};
-use crate::gpu::{to_u32, Arg, Encoder, Gpu, Launch, Result, Tensor};
+use crate::gpu::{to_u32, Arg, Encoder, Gpu, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::WINOGRAD_SHADER;
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
 use crate::ops::{groups, ViewParams};
@@ -208,17 +208,9 @@ fn output_block(
     };
     if red_c > 0 {
         q.total = (red_c * ocp) as u32;
-        enc.launch(Launch {
-            shader: &WINOGRAD_SHADER,
-            entry: "winograd_weight",
-            overrides: &[("WG", WINOGRAD_WG as f64)],
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&*q)),
-                Arg::Read(weight),
-                Arg::Write(&scratch.weight),
-            ],
-            workgroups: Gpu::grid_1d(groups(red_c * ocp, WINOGRAD_WG)),
-        })?;
+        let kernel = Kernel::new(&WINOGRAD_SHADER, "winograd_weight", WINOGRAD_WG);
+        let args = [Arg::Read(weight), Arg::Write(&scratch.weight)];
+        enc.launch_threads(kernel, &*q, &args, red_c * ocp)?;
     }
     let product = Geom {
         n: 16,
@@ -258,16 +250,11 @@ fn output_block(
     blocked(enc, op, launch)?;
     q.total = (oc * tiles) as u32;
     let (shader, entry) = ConvKernel::Winograd.entry(false);
-    enc.launch(Launch {
-        shader,
-        entry,
-        overrides: &[("WG", WINOGRAD_WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&*q)),
-            Arg::Read(&scratch.products),
-            Arg::Read(bias.unwrap_or(&scratch.products)),
-            Arg::Write(written),
-        ],
-        workgroups: Gpu::grid_1d(groups(oc * tiles, WINOGRAD_WG)),
-    })
+    let kernel = Kernel::new(shader, entry, WINOGRAD_WG);
+    let args = [
+        Arg::Read(&scratch.products),
+        Arg::Read(bias.unwrap_or(&scratch.products)),
+        Arg::Write(written),
+    ];
+    enc.launch_threads(kernel, &*q, &args, oc * tiles)
 }
