@@ -10,7 +10,7 @@
 //! - shapes are checked here and rejected with [`GpuError::Shape`](crate::gpu::GpuError).
 
 pub use crate::gpu::groups;
-use crate::gpu::Tensor;
+use crate::gpu::{to_u32, Result, Tensor};
 
 /// Builds a [`Shader`](crate::gpu::Shader) from `shaders/<name>.wgsl` with the common
 /// helpers (`shaders/common.wgsl`) prepended. `shader!("name" = ["a", "b"])` names a
@@ -66,6 +66,29 @@ impl ViewParams {
             _pad: 0,
         }
     }
+}
+
+/// [`Gpu::grid_1d`](crate::gpu::Gpu::grid_1d) for `total` workgroups, except that zero
+/// stays zero: the launch then records nothing.
+pub fn grid_1d_or_none(total: u32) -> [u32; 3] {
+    if total == 0 {
+        [0; 3]
+    } else {
+        crate::gpu::Gpu::grid_1d(total)
+    }
+}
+
+/// Workgroups for `per_plane` invocations in each of `planes` planes, folded by
+/// [`grid_1d_or_none`]; returns `(workgroups per plane, grid)`.
+pub(crate) fn plane_grid(
+    op: &str,
+    per_plane: usize,
+    planes: usize,
+    wg: u32,
+) -> Result<(u32, [u32; 3])> {
+    let gx = groups(per_plane, wg);
+    let total = to_u32(op, "workgroups", gx as usize * planes)?;
+    Ok((gx, grid_1d_or_none(total)))
 }
 
 /// For element-wise ops: when every tensor's offset, batch stride and item size are

@@ -3,9 +3,9 @@
 //! `d_x += (1/k²) Σ_{windows ∋ (ih,iw)} d_y`. Also home of [`Pool2dSpec`] and
 //! [`output_size`], shared with [`max_pool2d`](super::max_pool2d).
 
-use super::{groups, ViewParams};
+use super::{plane_grid, ViewParams};
 use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -144,24 +144,16 @@ fn forward_entry(x: &Tensor, y: &Tensor, g: &PoolShape, tw: u32, spec: Pool2dSpe
     }
 }
 
-/// Workgroups for `per_plane` invocations in each of `planes` planes, folded by
-/// [`Gpu::grid_1d`]; returns `(workgroups per plane, grid)`.
-pub(crate) fn plane_grid(
-    op: &str,
-    per_plane: usize,
-    planes: usize,
-    wg: u32,
-) -> Result<(u32, [u32; 3])> {
-    let gx = groups(per_plane, wg);
-    let total = to_u32(op, "workgroups", gx as usize * planes)?;
-    Ok((
-        gx,
-        if total == 0 {
-            [0; 3]
-        } else {
-            Gpu::grid_1d(total)
-        },
-    ))
+/// The override constants of a pool kernel with `wg` invocations per workgroup and `tw`
+/// elements per invocation along a row: those and the window's K, S and P.
+pub(crate) fn window_constants(wg: u32, spec: Pool2dSpec, tw: u32) -> [(&'static str, f64); 5] {
+    [
+        ("WG", wg as f64),
+        ("K", spec.kernel as f64),
+        ("S", spec.stride as f64),
+        ("P", spec.padding as f64),
+        ("TW", tw as f64),
+    ]
 }
 
 /// An entry point and what its pipeline is built with: the window and the elements per
@@ -189,13 +181,7 @@ fn launch(
     enc.launch(Launch {
         shader: &SHADER,
         entry,
-        overrides: &[
-            ("WG", WG as f64),
-            ("K", spec.kernel as f64),
-            ("S", spec.stride as f64),
-            ("P", spec.padding as f64),
-            ("TW", tw as f64),
-        ],
+        overrides: &window_constants(WG, spec, tw),
         args: &[
             Arg::Uniform(bytemuck::bytes_of(&p)),
             Arg::Read(input),

@@ -1,8 +1,7 @@
 //! Global average pooling: `y[n,c] = mean_{h,w} x[n,c,h,w]` (y is contiguous (N, C));
 //! backward `d_x[n,c,h,w] += d_y[n,c] / (H·W)`.
 
-use super::avg_pool2d::plane_grid;
-use super::ViewParams;
+use super::{plane_grid, ViewParams};
 use crate::gpu::{
     check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor,
 };

@@ -4,8 +4,8 @@
 //! one byte (layout: [`indices_shape`]) — and backward routes `d_x += d_y` through the saved
 //! indices without reading `x`.
 
-use super::avg_pool2d::{check_pool, vec4_rows, PoolShape};
-use super::ViewParams;
+use super::avg_pool2d::{check_pool, vec4_rows, window_constants, PoolShape};
+use super::{grid_1d_or_none, ViewParams};
 use crate::gpu::{
     check_distinct, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
 };
@@ -243,23 +243,14 @@ fn launch(
     let mut args = vec![Arg::Uniform(bytemuck::bytes_of(&p))];
     args.extend(reads.iter().map(|t| Arg::Read(t)));
     args.extend(writes.iter().map(|t| Arg::Write(t)));
+    let mut constants = window_constants(WG, spec, tw).to_vec();
+    constants.push(("TH", th as f64));
     enc.launch(Launch {
         shader: &SHADER,
         entry,
-        overrides: &[
-            ("WG", WG as f64),
-            ("K", spec.kernel as f64),
-            ("S", spec.stride as f64),
-            ("P", spec.padding as f64),
-            ("TW", tw as f64),
-            ("TH", th as f64),
-        ],
+        overrides: &constants,
         args: &args,
-        workgroups: if workgroups == 0 {
-            [0; 3]
-        } else {
-            Gpu::grid_1d(workgroups)
-        },
+        workgroups: grid_1d_or_none(workgroups),
     })
 }
 
