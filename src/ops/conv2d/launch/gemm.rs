@@ -3,7 +3,7 @@
 
 use super::layout::pack_weight;
 use super::weight::WeightParams;
-use super::{ConvDims, DataPass, Packing, WeightPass};
+use super::{prologue_bindings, ConvDims, DataPass, Packing, WeightPass};
 use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
 use crate::ops::{groups, ViewParams};
@@ -147,10 +147,7 @@ pub(super) fn data_pass(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
     (q.sc_off, q.sh_off) = (p.sc_off, p.sh_off);
     let tile = GemmTile::for_rows(m);
     let grid = gemm_grid(op, groups(cols, tile.bn), groups(m, tile.bm))?;
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (&packed, &packed),
-    };
+    let (scale, shift) = prologue_bindings(prologue, &packed);
     let kernel = if forward {
         ConvKernel::GemmForward
     } else {
@@ -234,10 +231,7 @@ pub(in crate::ops::conv2d) fn gemm_backward_weight(
             p.chunks
         )));
     }
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (x, x),
-    };
+    let (scale, shift) = prologue_bindings(prologue, x);
     let (shader, entry) = ConvKernel::GemmWeight.entry(false);
     enc.launch(Launch {
         shader,

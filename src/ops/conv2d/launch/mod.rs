@@ -131,6 +131,15 @@ pub(super) struct WeightPass<'a> {
     pub prologue: Option<BnReluPrologue<'a>>,
 }
 
+/// The prologue's scale and shift, as a kernel binds them; without a prologue `unused`
+/// stands in for both (the kernel does not read them then).
+fn prologue_bindings<'a>(
+    prologue: Option<BnReluPrologue<'a>>,
+    unused: &'a Tensor,
+) -> (&'a Tensor, &'a Tensor) {
+    prologue.map_or((unused, unused), |pr| (pr.scale, pr.shift))
+}
+
 /// Runs `pass` on `kernel`.
 pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) -> Result<()> {
     match kernel {

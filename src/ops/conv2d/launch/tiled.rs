@@ -3,7 +3,7 @@
 //! registers and reads its weights from a packed copy (`layout`).
 
 use super::layout::pack_weight;
-use super::{ConvDims, DataPass};
+use super::{prologue_bindings, ConvDims, DataPass};
 use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{BnReluPrologue, ConvKernel, Geom};
 use crate::ops::{groups, ViewParams};
@@ -185,10 +185,7 @@ pub(super) fn blocked(enc: &mut Encoder, op: &str, launch: Blocked) -> Result<()
     let (workgroups, mut consts) = grid_and_constants(op, kernel, g, p.out_c as usize, lanes)?;
     consts.prologue = prologue.is_some();
     let (shader, entry) = kernel.entry(enc.subgroups());
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (packed, packed),
-    };
+    let (scale, shift) = prologue_bindings(prologue, packed);
     enc.launch(Launch {
         shader,
         entry,

@@ -4,7 +4,7 @@
 
 use super::layout::to_pixel_major;
 use super::tiled::{lanes_for, tile_for_channels, Consts, Tile, WG};
-use super::{ConvDims, WeightPass};
+use super::{prologue_bindings, ConvDims, WeightPass};
 use crate::gpu::{to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::SHADER;
 use crate::ops::conv2d::ConvKernel;
@@ -133,10 +133,7 @@ pub(in crate::ops::conv2d) fn weight_partial_sums(
         )));
     }
     let part = partial_sums_scratch(enc, op, p, chunk_len, chunks, g.cout * ncol + g.cout)?;
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (x, x),
-    };
+    let (scale, shift) = prologue_bindings(prologue, x);
     let mut consts = Consts::new(t, prologue.is_some());
     consts.wg = wg_size;
     let (shader, entry) = kernel.entry(enc.subgroups());

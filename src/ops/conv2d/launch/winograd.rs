@@ -2,7 +2,7 @@
 //! transforms, their 16 products on the tiled `conv1x1`, and the output transform.
 
 use super::tiled::{blocked, Blocked, DataParams};
-use super::{ConvDims, DataPass};
+use super::{prologue_bindings, ConvDims, DataPass};
 use crate::gpu::{to_u32, Arg, Encoder, Gpu, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::WINOGRAD_SHADER;
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
@@ -148,10 +148,7 @@ fn input_transform(
 ) -> Result<()> {
     let (read, red_c, tiles) = (pass.read, pass.packing.red_c, q.tiles as usize);
     q.total = (red_c * tiles) as u32;
-    let (scale, shift) = match pass.prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (read, read),
-    };
+    let (scale, shift) = prologue_bindings(pass.prologue, read);
     let prologue_flag = if pass.prologue.is_some() { 1.0 } else { 0.0 };
     enc.launch(Launch {
         shader: &WINOGRAD_SHADER,
