@@ -34,7 +34,6 @@ pub enum BindingKind {
 }
 
 /// One buffer bound to a launch, in `@binding` order.
-#[derive(Clone, Copy)]
 pub enum Arg<'a> {
     /// The op's `#[repr(C)]` parameter block, uploaded as a small uniform buffer.
     Uniform(&'a [u8]),
@@ -916,17 +915,19 @@ impl Encoder<'_> {
     }
 
     /// Records `kernel` over a 1-D grid of `threads` invocations (at least one workgroup,
-    /// folded by [`Gpu::grid_1d`]), binding the `#[repr(C)]` uniform `params` first and then
-    /// `tensors` in `@binding` order.
+    /// folded by [`Gpu::grid_1d`]). Bindings: the `#[repr(C)]` uniform `params`, then
+    /// `reads` (`var<storage, read>`), then `writes` (`var<storage, read_write>`), in
+    /// `@binding` order.
     pub fn launch_threads<P: bytemuck::Pod>(
         &mut self,
         kernel: Kernel<'_>,
         params: &P,
-        tensors: &[Arg<'_>],
+        reads: &[&Tensor],
+        writes: &[&Tensor],
         threads: usize,
     ) -> Result<()> {
         let workgroups = Gpu::grid_1d(groups(threads, kernel.wg));
-        self.launch_grid(kernel, params, tensors, workgroups)
+        self.launch_grid(kernel, params, reads, writes, workgroups)
     }
 
     /// [`Encoder::launch_threads`] on a grid of the caller's choosing.
@@ -934,12 +935,14 @@ impl Encoder<'_> {
         &mut self,
         kernel: Kernel<'_>,
         params: &P,
-        tensors: &[Arg<'_>],
+        reads: &[&Tensor],
+        writes: &[&Tensor],
         workgroups: [u32; 3],
     ) -> Result<()> {
-        let mut args = Vec::with_capacity(1 + tensors.len());
+        let mut args = Vec::with_capacity(1 + reads.len() + writes.len());
         args.push(Arg::Uniform(bytemuck::bytes_of(params)));
-        args.extend_from_slice(tensors);
+        args.extend(reads.iter().map(|t| Arg::Read(t)));
+        args.extend(writes.iter().map(|t| Arg::Write(t)));
         self.launch(Launch {
             shader: kernel.shader,
             entry: kernel.entry,

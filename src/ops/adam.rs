@@ -5,7 +5,7 @@
 //! computed on the host in f64, like PyTorch's Python floats, and travel in the uniform, so
 //! `lr` may change every step without a new pipeline.
 
-use crate::gpu::{check_distinct, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor};
+use crate::gpu::{check_distinct, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
 
 pub const SHADER: Shader = shader!("adam");
 const WG: u32 = 256;
@@ -173,13 +173,7 @@ pub fn step(
         _pad: 0,
     };
     let kernel = Kernel::new(&SHADER, if v4 { "step_v4" } else { "step" }, WG);
-    let args = [
-        Arg::Read(grad),
-        Arg::Write(param),
-        Arg::Write(m),
-        Arg::Write(v),
-    ];
-    enc.launch_threads(kernel, &p, &args, numel / q)
+    enc.launch_threads(kernel, &p, &[grad], &[param, m, v], numel / q)
 }
 
 /// f64 CPU reference: the textbook update in exact arithmetic (scalars widened with

@@ -2,7 +2,7 @@
 //! slot of a flags tensor, so a training step can test all its gradients with one
 //! read-back before the optimizer touches the weights.
 
-use crate::gpu::{check_distinct, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor};
+use crate::gpu::{check_distinct, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
 
 pub const SHADER: Shader = shader!("finite");
 const WG: u32 = 256;
@@ -41,7 +41,7 @@ pub fn count_nonfinite(enc: &mut Encoder, flags: &Tensor, slot: usize, x: &Tenso
     };
     // One workgroup walks the whole tensor.
     let kernel = Kernel::new(&SHADER, "count_nonfinite", WG);
-    enc.launch_grid(kernel, &p, &[Arg::Read(x), Arg::Write(flags)], [1, 1, 1])
+    enc.launch_grid(kernel, &p, &[x], &[flags], [1, 1, 1])
 }
 
 /// f64 CPU reference.

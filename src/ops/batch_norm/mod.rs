@@ -15,8 +15,8 @@ pub mod tape;
 
 use super::ViewParams;
 use crate::gpu::{
-    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Kernel, Result,
-    Shader, Tensor,
+    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Kernel, Launch,
+    Result, Shader, Tensor,
 };
 
 pub const SHADER: Shader = shader!("batch_norm");
@@ -318,20 +318,15 @@ fn launch_train_layout(
     }
     writes.extend(y.map(|y| ("y", y)));
     check_distinct(op, &writes, &reads)?;
-    let mut args = vec![
-        Arg::Read(x),
-        Arg::Read(gamma),
-        Arg::Read(beta),
-        Arg::Write(mean),
-        Arg::Write(inv_std),
-    ];
+    let mut written = vec![mean, inv_std];
     if let Some(r) = running {
-        args.extend([Arg::Write(r.mean), Arg::Write(r.var)]);
+        written.extend([r.mean, r.var]);
     }
-    args.extend(y.map(Arg::Write));
+    written.extend(y);
     let entry = format!("{}_v{vec}", kind.name());
     let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
-    enc.launch_grid(kernel, &p, &args, channel_grid(op, p.channels)?)
+    let grid = channel_grid(op, p.channels)?;
+    enc.launch_grid(kernel, &p, &[x, gamma, beta], &written, grid)
 }
 
 /// Inference forward with running statistics:
@@ -366,15 +361,8 @@ pub fn forward_eval(
     )?;
     let entry = format!("eval_v{vec}");
     let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
-    let args = [
-        Arg::Read(x),
-        Arg::Read(gamma),
-        Arg::Read(beta),
-        Arg::Read(running.mean),
-        Arg::Read(running.var),
-        Arg::Write(y),
-    ];
-    enc.launch_grid(kernel, &p, &args, channel_grid(op, p.channels)?)
+    let reads = [x, gamma, beta, running.mean, running.var];
+    enc.launch_grid(kernel, &p, &reads, &[y], channel_grid(op, p.channels)?)
 }
 
 /// Per-channel `scale = gamma * inv_std`, `shift = beta - mean * scale` (so
@@ -409,15 +397,8 @@ pub fn fold_scale_shift(
         ],
     )?;
     let kernel = Kernel::new(&SHADER, "fold", FOLD_WG);
-    let args = [
-        Arg::Read(gamma),
-        Arg::Read(beta),
-        Arg::Read(mean),
-        Arg::Read(inv_std),
-        Arg::Write(scale),
-        Arg::Write(shift),
-    ];
-    enc.launch_threads(kernel, &p, &args, c)
+    let reads = [gamma, beta, mean, inv_std];
+    enc.launch_threads(kernel, &p, &reads, &[scale, shift], c)
 }
 
 /// Backward from the saved statistics. `d_y` is the gradient w.r.t. the op's output
@@ -584,6 +565,7 @@ fn launch_backward(
         ],
     )?;
     let mut args = vec![
+        Arg::Uniform(bytemuck::bytes_of(&p)),
         Arg::Read(x),
         Arg::Read(d_y),
         Arg::Read(gamma),
@@ -594,8 +576,13 @@ fn launch_backward(
         Arg::Write(d_gamma),
         Arg::Write(d_beta),
     ];
+    // backward_apply reads `sums`, bound after the gradients it writes.
     args.extend(sums);
-    let entry = format!("{name}_v{vec}");
-    let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
-    enc.launch_grid(kernel, &p, &args, channel_grid(op, p.channels)?)
+    enc.launch(Launch {
+        shader: &SHADER,
+        entry: &format!("{name}_v{vec}"),
+        overrides: &[("WG", lanes(&p) as f64)],
+        args: &args,
+        workgroups: channel_grid(op, p.channels)?,
+    })
 }

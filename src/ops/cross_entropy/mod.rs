@@ -7,7 +7,7 @@
 //! an invalid label into NaN for its row rather than reading out of bounds.
 
 use crate::gpu::{
-    check_distinct, expect_shape, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor,
+    check_distinct, expect_shape, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -110,13 +110,7 @@ pub fn forward(
         _pad: 0,
     };
     let kernel = Kernel::new(&SHADER, "forward", WG);
-    let args = [
-        Arg::Read(logits),
-        Arg::Read(labels),
-        Arg::Write(probs),
-        Arg::Write(loss),
-    ];
-    enc.launch_grid(kernel, &p, &args, [1, 1, 1])
+    enc.launch_grid(kernel, &p, &[logits, labels], &[probs, loss], [1, 1, 1])
 }
 
 /// `d_logits += d_loss * (probs - onehot(label)) / N`, with `d_loss` a host f32 (1.0 for a
@@ -153,6 +147,5 @@ pub fn backward(
         _pad: 0,
     };
     let kernel = Kernel::new(&SHADER, "backward", WG);
-    let args = [Arg::Read(probs), Arg::Read(labels), Arg::Write(d_logits)];
-    enc.launch_threads(kernel, &p, &args, n * k)
+    enc.launch_threads(kernel, &p, &[probs, labels], &[d_logits], n * k)
 }

@@ -2,9 +2,7 @@
 //! backward `d_x[n,c,h,w] += d_y[n,c] / (H·W)`.
 
 use super::{plane_grid, ViewParams};
-use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor,
-};
+use crate::gpu::{check_distinct, nchw, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
 
 pub mod reference;
 mod tape;
@@ -55,8 +53,7 @@ fn params(op: &str, y_name: &str, y: &Tensor, x_name: &str, x: &Tensor) -> Resul
 pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor) -> Result<()> {
     let p = params("global_avg_pool forward", "y", y, "x", x)?;
     let kernel = Kernel::new(&SHADER, "forward", WG);
-    let args = [Arg::Read(x), Arg::Write(y)];
-    enc.launch_threads(kernel, &p, &args, p.planes as usize)
+    enc.launch_threads(kernel, &p, &[x], &[y], p.planes as usize)
 }
 
 /// `d_x[n,c,h,w] += d_y[n,c] / (H·W)`. `d_x` (N, C, H, W) may be a channel-slice view;
@@ -72,5 +69,5 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor) -> Result<()> {
     let grid;
     (p.gx, grid) = plane_grid(op, item, d_x.shape[0], WG)?;
     let kernel = Kernel::new(&SHADER, "backward", WG);
-    enc.launch_grid(kernel, &p, &[Arg::Read(d_y), Arg::Write(d_x)], grid)
+    enc.launch_grid(kernel, &p, &[d_y], &[d_x], grid)
 }

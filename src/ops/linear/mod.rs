@@ -212,7 +212,7 @@ fn transposed(enc: &mut Encoder, op: &str, a: &Tensor, m: usize, k: usize) -> Re
     let entry = if blocks { "transpose_v4" } else { "transpose" };
     let threads = if blocks { m * k / 16 } else { m * k };
     let kernel = Kernel::new(&SHADER, entry, WG);
-    enc.launch_threads(kernel, &p, &[Arg::Read(a), Arg::Write(&a_t)], threads)?;
+    enc.launch_threads(kernel, &p, &[a], &[&a_t], threads)?;
     Ok(a_t)
 }
 
@@ -347,7 +347,7 @@ pub fn backward(
             ..Params::default()
         };
         let kernel = Kernel::new(&SHADER, "bias_backward", WG);
-        enc.launch_threads(kernel, &p, &[Arg::Read(d_y), Arg::Write(d_b)], o)?;
+        enc.launch_threads(kernel, &p, &[d_y], &[d_b], o)?;
     }
     Ok(())
 }

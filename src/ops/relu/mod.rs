@@ -1,7 +1,7 @@
 //! ReLU: `y = max(x, 0)`; backward `d_x += d_y * [x > 0]`.
 
 use super::ViewParams;
-use crate::gpu::{Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor};
+use crate::gpu::{Encoder, GpuError, Kernel, Result, Shader, Tensor};
 
 pub mod reference;
 mod tape;
@@ -50,7 +50,7 @@ pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor) -> Result<()> {
     let mut p = params("relu forward", x, y, x)?;
     let entry = format!("forward{}", vectorise(&mut p, &[x, y]));
     let kernel = Kernel::new(&SHADER, &entry, WG);
-    enc.launch_threads(kernel, &p, &[Arg::Read(x), Arg::Write(y)], p.numel as usize)
+    enc.launch_threads(kernel, &p, &[x], &[y], p.numel as usize)
 }
 
 /// `d_x += d_y * [x > 0]`.
@@ -58,6 +58,5 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, x: &Tensor, d_y: &Tensor) -> Re
     let mut p = params("relu backward", x, d_y, d_x)?;
     let entry = format!("backward{}", vectorise(&mut p, &[x, d_y, d_x]));
     let kernel = Kernel::new(&SHADER, &entry, WG);
-    let args = [Arg::Read(x), Arg::Read(d_y), Arg::Write(d_x)];
-    enc.launch_threads(kernel, &p, &args, p.numel as usize)
+    enc.launch_threads(kernel, &p, &[x, d_y], &[d_x], p.numel as usize)
 }

@@ -4,7 +4,7 @@
 
 use super::tiled::WG;
 use super::{Geom, Packing};
-use crate::gpu::{nchw, to_u32, Arg, Encoder, Kernel, Result, Tensor};
+use crate::gpu::{nchw, to_u32, Encoder, Kernel, Result, Tensor};
 use crate::ops::conv2d::shaders::SHADER;
 use crate::ops::ViewParams;
 
@@ -39,8 +39,7 @@ fn layout_launch(
     written: &Tensor,
 ) -> Result<()> {
     let kernel = Kernel::new(&SHADER, entry, WG);
-    let args = [Arg::Read(read), Arg::Write(written)];
-    enc.launch_threads(kernel, q, &args, q.total as usize)
+    enc.launch_threads(kernel, q, &[read], &[written], q.total as usize)
 }
 
 /// Repacks the weight as `[red_c * KH*KW, out_c rounded up to 4]` (taps rotated when

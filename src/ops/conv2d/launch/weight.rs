@@ -198,6 +198,5 @@ pub(in crate::ops::conv2d) fn reduce_chunks(
         }
     };
     let kernel = Kernel::new(&SHADER, "backward_weight_reduce", WG);
-    let args = [Arg::Read(part), Arg::Write(d_weight), Arg::Write(d_b)];
-    enc.launch_threads(kernel, &q, &args, total)
+    enc.launch_threads(kernel, &q, &[part], &[d_weight, d_b], total)
 }

@@ -206,8 +206,7 @@ fn output_block(
     if red_c > 0 {
         q.total = (red_c * ocp) as u32;
         let kernel = Kernel::new(&WINOGRAD_SHADER, "winograd_weight", WINOGRAD_WG);
-        let args = [Arg::Read(weight), Arg::Write(&scratch.weight)];
-        enc.launch_threads(kernel, &*q, &args, red_c * ocp)?;
+        enc.launch_threads(kernel, &*q, &[weight], &[&scratch.weight], red_c * ocp)?;
     }
     let product = Geom {
         n: 16,
@@ -248,10 +247,6 @@ fn output_block(
     q.total = (oc * tiles) as u32;
     let (shader, entry) = ConvKernel::Winograd.entry(false);
     let kernel = Kernel::new(shader, entry, WINOGRAD_WG);
-    let args = [
-        Arg::Read(&scratch.products),
-        Arg::Read(bias.unwrap_or(&scratch.products)),
-        Arg::Write(written),
-    ];
-    enc.launch_threads(kernel, &*q, &args, oc * tiles)
+    let reads = [&scratch.products, bias.unwrap_or(&scratch.products)];
+    enc.launch_threads(kernel, &*q, &reads, &[written], oc * tiles)
 }
