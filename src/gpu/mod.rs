@@ -43,7 +43,21 @@ pub enum Arg<'a> {
     Write(&'a Tensor),
 }
 
-impl Arg<'_> {
+impl<'a> Arg<'a> {
+    /// The bindings of most kernels, in order: the `#[repr(C)]` uniform `params`, then the
+    /// tensors in `reads`, then those in `writes`.
+    pub fn bindings<P: bytemuck::Pod>(
+        params: &'a P,
+        reads: &[&'a Tensor],
+        writes: &[&'a Tensor],
+    ) -> Vec<Arg<'a>> {
+        let mut args = Vec::with_capacity(1 + reads.len() + writes.len());
+        args.push(Arg::Uniform(bytemuck::bytes_of(params)));
+        args.extend(reads.iter().map(|t| Arg::Read(t)));
+        args.extend(writes.iter().map(|t| Arg::Write(t)));
+        args
+    }
+
     fn kind(&self) -> BindingKind {
         match self {
             Arg::Uniform(_) => BindingKind::Uniform,
@@ -939,15 +953,11 @@ impl Encoder<'_> {
         writes: &[&Tensor],
         workgroups: [u32; 3],
     ) -> Result<()> {
-        let mut args = Vec::with_capacity(1 + reads.len() + writes.len());
-        args.push(Arg::Uniform(bytemuck::bytes_of(params)));
-        args.extend(reads.iter().map(|t| Arg::Read(t)));
-        args.extend(writes.iter().map(|t| Arg::Write(t)));
         self.launch(Launch {
             shader: kernel.shader,
             entry: kernel.entry,
             overrides: &[("WG", kernel.wg as f64)],
-            args: &args,
+            args: &Arg::bindings(params, reads, writes),
             workgroups,
         })
     }

@@ -182,11 +182,7 @@ fn launch(
         shader: &SHADER,
         entry,
         overrides: &window_constants(WG, spec, tw),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(input),
-            Arg::Write(output),
-        ],
+        args: &Arg::bindings(&p, &[input], &[output]),
         workgroups,
     })
 }

@@ -564,18 +564,8 @@ fn launch_backward(
             ("inv_std", inv_std),
         ],
     )?;
-    let mut args = vec![
-        Arg::Uniform(bytemuck::bytes_of(&p)),
-        Arg::Read(x),
-        Arg::Read(d_y),
-        Arg::Read(gamma),
-        Arg::Read(beta),
-        Arg::Read(mean),
-        Arg::Read(inv_std),
-        Arg::Write(d_x),
-        Arg::Write(d_gamma),
-        Arg::Write(d_beta),
-    ];
+    let reads = [x, d_y, gamma, beta, mean, inv_std];
+    let mut args = Arg::bindings(&p, &reads, &[d_x, d_gamma, d_beta]);
     // backward_apply reads `sums`, bound after the gradients it writes.
     args.extend(sums);
     enc.launch(Launch {

@@ -95,11 +95,7 @@ fn copy_op(op: &str, enc: &mut Encoder, dst: &Tensor, src: &Tensor, acc: bool) -
         shader: &SHADER,
         entry,
         overrides: &[("WG", WG as f64), ("V", V as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(src),
-            Arg::Write(dst),
-        ],
+        args: &Arg::bindings(&p, &[src], &[dst]),
         workgroups: grid_1d_or_none(to_u32(op, "workgroups", gx * n)?),
     })
 }

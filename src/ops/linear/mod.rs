@@ -182,14 +182,8 @@ fn gemm(
             ("TN", TN as f64),
             ("WG_DOT", WG_DOT as f64),
         ],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(a.t),
-            Arg::Read(b.t),
-            // Without a bias the kernel never reads binding 3; bind A there.
-            Arg::Read(bias.unwrap_or(a.t)),
-            Arg::Write(c),
-        ],
+        // Without a bias the kernel never reads binding 3; bind A there.
+        args: &Arg::bindings(&p, &[a.t, b.t, bias.unwrap_or(a.t)], &[c]),
         workgroups,
     })
 }

@@ -240,16 +240,13 @@ fn launch(
     let total = p.planes as usize * rows * segs;
     let workgroups = to_u32(op, "workgroups", total.div_ceil(WG as usize))?;
     to_u32(op, "invocations", workgroups as usize * WG as usize)?;
-    let mut args = vec![Arg::Uniform(bytemuck::bytes_of(&p))];
-    args.extend(reads.iter().map(|t| Arg::Read(t)));
-    args.extend(writes.iter().map(|t| Arg::Write(t)));
     let mut constants = window_constants(WG, spec, tw).to_vec();
     constants.push(("TH", th as f64));
     enc.launch(Launch {
         shader: &SHADER,
         entry,
         overrides: &constants,
-        args: &args,
+        args: &Arg::bindings(&p, reads, writes),
         workgroups: grid_1d_or_none(workgroups),
     })
 }

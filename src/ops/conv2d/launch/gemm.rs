@@ -3,7 +3,7 @@
 
 use super::layout::pack_weight;
 use super::weight::WeightParams;
-use super::{prologue_bindings, ConvDims, DataPass, Packing, WeightPass};
+use super::{packed_weight_reads, prologue_bindings, ConvDims, DataPass, Packing, WeightPass};
 use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
 use crate::ops::{groups, ViewParams};
@@ -147,7 +147,7 @@ pub(super) fn data_pass(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
     (q.sc_off, q.sh_off) = (p.sc_off, p.sh_off);
     let tile = GemmTile::for_rows(m);
     let grid = gemm_grid(op, groups(cols, tile.bn), groups(m, tile.bm))?;
-    let (scale, shift) = prologue_bindings(prologue, &packed);
+    let reads = packed_weight_reads(read, &packed, bias, prologue);
     let kernel = if forward {
         ConvKernel::GemmForward
     } else {
@@ -158,15 +158,7 @@ pub(super) fn data_pass(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
         shader,
         entry,
         overrides: &tile.overrides(prologue.is_some()),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(read),
-            Arg::Read(&packed),
-            Arg::Read(bias.unwrap_or(&packed)),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(written),
-        ],
+        args: &Arg::bindings(&q, &reads, &[written]),
         workgroups: grid,
     })
 }
@@ -237,14 +229,7 @@ pub(in crate::ops::conv2d) fn gemm_backward_weight(
         shader,
         entry,
         overrides: &tile.overrides(prologue.is_some()),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(d_y),
-            Arg::Read(x),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(part),
-        ],
+        args: &Arg::bindings(&q, &[d_y, x, scale, shift], &[part]),
         workgroups: [col_blocks, row_blocks, p.chunks],
     })
 }

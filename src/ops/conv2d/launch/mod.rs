@@ -140,6 +140,19 @@ fn prologue_bindings<'a>(
     prologue.map_or((unused, unused), |pr| (pr.scale, pr.shift))
 }
 
+/// What the kernels on a packed weight (the blocked and GEMM data kernels) read, in
+/// binding order: `read`, the packed weight, the bias and the prologue's scale and shift.
+/// The packed weight stands in for a bias or prologue the pass does not have.
+fn packed_weight_reads<'a>(
+    read: &'a Tensor,
+    packed: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    prologue: Option<BnReluPrologue<'a>>,
+) -> [&'a Tensor; 5] {
+    let (scale, shift) = prologue_bindings(prologue, packed);
+    [read, packed, bias.unwrap_or(packed), scale, shift]
+}
+
 /// Runs `pass` on `kernel`.
 pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) -> Result<()> {
     match kernel {

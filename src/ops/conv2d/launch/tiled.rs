@@ -3,7 +3,7 @@
 //! registers and reads its weights from a packed copy (`layout`).
 
 use super::layout::pack_weight;
-use super::{prologue_bindings, ConvDims, DataPass};
+use super::{packed_weight_reads, ConvDims, DataPass};
 use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{BnReluPrologue, ConvKernel, Geom};
 use crate::ops::{groups, ViewParams};
@@ -127,12 +127,7 @@ pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) 
             shader,
             entry,
             overrides: &consts.list(),
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&p)),
-                Arg::Read(read),
-                Arg::Read(weight),
-                Arg::Write(written),
-            ],
+            args: &Arg::bindings(&p, &[read, weight], &[written]),
             workgroups,
         });
     }
@@ -185,20 +180,12 @@ pub(super) fn blocked(enc: &mut Encoder, op: &str, launch: Blocked) -> Result<()
     let (workgroups, mut consts) = grid_and_constants(op, kernel, g, p.out_c as usize, lanes)?;
     consts.prologue = prologue.is_some();
     let (shader, entry) = kernel.entry(enc.subgroups());
-    let (scale, shift) = prologue_bindings(prologue, packed);
+    let reads = packed_weight_reads(read, packed, bias, prologue);
     enc.launch(Launch {
         shader,
         entry,
         overrides: &consts.list(),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(p)),
-            Arg::Read(read),
-            Arg::Read(packed),
-            Arg::Read(bias.unwrap_or(packed)),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(written),
-        ],
+        args: &Arg::bindings(p, &reads, &[written]),
         workgroups,
     })
 }

@@ -149,14 +149,7 @@ pub(in crate::ops::conv2d) fn weight_partial_sums(
         shader,
         entry,
         overrides: &consts.list(),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&*p)),
-            Arg::Read(d_y_read),
-            Arg::Read(x),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(&part),
-        ],
+        args: &Arg::bindings(&*p, &[d_y_read, x, scale, shift], &[&part]),
         workgroups: [col_blocks, tiles, chunks as u32],
     })?;
     Ok(part)

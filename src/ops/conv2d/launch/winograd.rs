@@ -154,13 +154,7 @@ fn input_transform(
         shader: &WINOGRAD_SHADER,
         entry: "winograd_input",
         overrides: &[("WG", WINOGRAD_WG as f64), ("PROLOGUE", prologue_flag)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&*q)),
-            Arg::Read(read),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(&scratch.input),
-        ],
+        args: &Arg::bindings(&*q, &[read, scale, shift], &[&scratch.input]),
         workgroups: Gpu::grid_1d(groups(red_c * tiles, WINOGRAD_WG)),
     })
 }
