@@ -63,6 +63,19 @@ pub(crate) struct PoolShape {
     pub ow: usize,
 }
 
+impl PoolShape {
+    /// `[H, W, OH, OW]` as a uniform holds them.
+    pub(crate) fn sizes(&self, op: &str) -> Result<[u32; 4]> {
+        let u = |what: &str, v: usize| to_u32(op, what, v);
+        Ok([
+            u("H", self.h)?,
+            u("W", self.w)?,
+            u("OH", self.oh)?,
+            u("OW", self.ow)?,
+        ])
+    }
+}
+
 /// Validates an input-side tensor `x` (N, C, H, W) against an output-side tensor `y`
 /// (N, C, OH, OW) for `spec`; the names go into the error messages.
 pub(crate) fn check_pool(
@@ -188,19 +201,19 @@ fn launch(
 }
 
 fn params(op: &str, g: &PoolShape, x: &Tensor, y: &Tensor, spec: Pool2dSpec) -> Result<Params> {
-    let u = |what: &str, v: usize| to_u32(op, what, v);
+    let [h, w, oh, ow] = g.sizes(op)?;
     Ok(Params {
         x: ViewParams::of(x),
         y: ViewParams::of(y),
-        h: u("H", g.h)?,
-        w: u("W", g.w)?,
-        oh: u("OH", g.oh)?,
-        ow: u("OW", g.ow)?,
+        h,
+        w,
+        oh,
+        ow,
         segs: 0,
         rows: 0,
         gx: 0,
-        planes: u("N * C", g.n * g.c)?,
-        c: u("C", g.c)?,
+        planes: to_u32(op, "N * C", g.n * g.c)?,
+        c: to_u32(op, "C", g.c)?,
         inv_area: 1.0 / (spec.kernel * spec.kernel) as f32,
         _pad: [0; 2],
     })

@@ -188,22 +188,22 @@ fn backward4_fits(d_x: &Tensor, d_y: &Tensor, g: &PoolShape, spec: Pool2dSpec) -
 }
 
 fn params(op: &str, g: &PoolShape, x: &Tensor, y: &Tensor) -> Result<Params> {
-    let u = |what: &str, v: usize| to_u32(op, what, v);
+    let [h, w, oh, ow] = g.sizes(op)?;
     Ok(Params {
         x: ViewParams::of(x),
         y: ViewParams::of(y),
         d_x: ViewParams::of(x),
-        h: u("H", g.h)?,
-        w: u("W", g.w)?,
-        oh: u("OH", g.oh)?,
-        ow: u("OW", g.ow)?,
-        idx_row: u("OW / 4", g.ow.div_ceil(4))?,
+        h,
+        w,
+        oh,
+        ow,
+        idx_row: to_u32(op, "OW / 4", g.ow.div_ceil(4))?,
         rows: 0,
         segs: 0,
         chunks: 1,
         tiles: 0,
-        planes: u("N * C", g.n * g.c)?,
-        c: u("C", g.c)?,
+        planes: to_u32(op, "N * C", g.n * g.c)?,
+        c: to_u32(op, "C", g.c)?,
         neg_inf: f32::NEG_INFINITY,
     })
 }
