@@ -60,6 +60,17 @@ fn dims(op: &str, logits_or_probs: &Tensor, what: &str, labels: &Tensor) -> Resu
     Ok([n, k])
 }
 
+/// Checks that `t` (named `what`) is a contiguous tensor of `like`'s shape.
+fn expect_contiguous_like(op: &str, what: &str, t: &Tensor, like: &Tensor) -> Result<()> {
+    expect_shape(op, what, &t.shape, &like.shape)?;
+    if !t.is_contiguous() {
+        return Err(GpuError::Shape(format!(
+            "{op}: {what} must be contiguous, got {t:?}"
+        )));
+    }
+    Ok(())
+}
+
 fn offset(op: &str, t: &Tensor) -> Result<u32> {
     to_u32(op, t.label(), t.offset + t.numel())?;
     Ok(t.offset as u32)
@@ -77,12 +88,7 @@ pub fn forward(
 ) -> Result<()> {
     let op = "cross_entropy forward";
     let [n, k] = dims(op, logits, "logits", labels)?;
-    expect_shape(op, "probs", &probs.shape, &logits.shape)?;
-    if !probs.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: probs must be contiguous, got {probs:?}"
-        )));
-    }
+    expect_contiguous_like(op, "probs", probs, logits)?;
     if loss.numel() != 1 {
         return Err(GpuError::Shape(format!(
             "{op}: loss must hold one value, got shape {:?}",
@@ -124,12 +130,7 @@ pub fn backward(
 ) -> Result<()> {
     let op = "cross_entropy backward";
     let [n, k] = dims(op, probs, "probs", labels)?;
-    expect_shape(op, "d_logits", &d_logits.shape, &probs.shape)?;
-    if !d_logits.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: d_logits must be contiguous, got {d_logits:?}"
-        )));
-    }
+    expect_contiguous_like(op, "d_logits", d_logits, probs)?;
     check_distinct(
         op,
         &[("d_logits", d_logits)],
