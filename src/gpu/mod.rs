@@ -940,24 +940,23 @@ impl Encoder<'_> {
         writes: &[&Tensor],
         threads: usize,
     ) -> Result<()> {
-        let workgroups = Gpu::grid_1d(groups(threads, kernel.wg));
-        self.launch_grid(kernel, params, reads, writes, workgroups)
+        let args = Arg::bindings(params, reads, writes);
+        self.launch_grid(kernel, &args, Gpu::grid_1d(groups(threads, kernel.wg)))
     }
 
-    /// [`Encoder::launch_threads`] on a grid of the caller's choosing.
-    pub fn launch_grid<P: bytemuck::Pod>(
+    /// Records `kernel` on the grid `workgroups` with the bindings `args` (most often
+    /// [`Arg::bindings`]).
+    pub fn launch_grid(
         &mut self,
         kernel: Kernel<'_>,
-        params: &P,
-        reads: &[&Tensor],
-        writes: &[&Tensor],
+        args: &[Arg<'_>],
         workgroups: [u32; 3],
     ) -> Result<()> {
         self.launch(Launch {
             shader: kernel.shader,
             entry: kernel.entry,
             overrides: &[("WG", kernel.wg as f64)],
-            args: &Arg::bindings(params, reads, writes),
+            args,
             workgroups,
         })
     }

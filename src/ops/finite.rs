@@ -39,9 +39,9 @@ pub fn count_nonfinite(enc: &mut Encoder, flags: &Tensor, slot: usize, x: &Tenso
         slot: to_u32(op, "slot", flags.offset + slot)?,
         _pad: 0,
     };
-    // One workgroup walks the whole tensor.
+    // One workgroup (WG invocations) walks the whole tensor.
     let kernel = Kernel::new(&SHADER, "count_nonfinite", WG);
-    enc.launch_grid(kernel, &p, &[x], &[flags], [1, 1, 1])
+    enc.launch_threads(kernel, &p, &[x], &[flags], WG as usize)
 }
 
 /// f64 CPU reference.

@@ -15,8 +15,8 @@ pub mod tape;
 
 use super::ViewParams;
 use crate::gpu::{
-    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Kernel, Launch,
-    Result, Shader, Tensor,
+    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Kernel, Result,
+    Shader, Tensor,
 };
 
 pub const SHADER: Shader = shader!("batch_norm");
@@ -325,8 +325,8 @@ fn launch_train_layout(
     written.extend(y);
     let entry = format!("{}_v{vec}", kind.name());
     let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
-    let grid = channel_grid(op, p.channels)?;
-    enc.launch_grid(kernel, &p, &[x, gamma, beta], &written, grid)
+    let args = Arg::bindings(&p, &[x, gamma, beta], &written);
+    enc.launch_grid(kernel, &args, channel_grid(op, p.channels)?)
 }
 
 /// Inference forward with running statistics:
@@ -362,7 +362,8 @@ pub fn forward_eval(
     let entry = format!("eval_v{vec}");
     let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
     let reads = [x, gamma, beta, running.mean, running.var];
-    enc.launch_grid(kernel, &p, &reads, &[y], channel_grid(op, p.channels)?)
+    let args = Arg::bindings(&p, &reads, &[y]);
+    enc.launch_grid(kernel, &args, channel_grid(op, p.channels)?)
 }
 
 /// Per-channel `scale = gamma * inv_std`, `shift = beta - mean * scale` (so
@@ -568,11 +569,7 @@ fn launch_backward(
     let mut args = Arg::bindings(&p, &reads, &[d_x, d_gamma, d_beta]);
     // backward_apply reads `sums`, bound after the gradients it writes.
     args.extend(sums);
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &format!("{name}_v{vec}"),
-        overrides: &[("WG", lanes(&p) as f64)],
-        args: &args,
-        workgroups: channel_grid(op, p.channels)?,
-    })
+    let entry = format!("{name}_v{vec}");
+    let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
+    enc.launch_grid(kernel, &args, channel_grid(op, p.channels)?)
 }

@@ -115,8 +115,9 @@ pub fn forward(
         scale: 0.0,
         _pad: 0,
     };
+    // One workgroup (WG invocations) reduces the whole batch.
     let kernel = Kernel::new(&SHADER, "forward", WG);
-    enc.launch_grid(kernel, &p, &[logits, labels], &[probs, loss], [1, 1, 1])
+    enc.launch_threads(kernel, &p, &[logits, labels], &[probs, loss], WG as usize)
 }
 
 /// `d_logits += d_loss * (probs - onehot(label)) / N`, with `d_loss` a host f32 (1.0 for a

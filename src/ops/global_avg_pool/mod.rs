@@ -2,7 +2,9 @@
 //! backward `d_x[n,c,h,w] += d_y[n,c] / (H·W)`.
 
 use super::{plane_grid, ViewParams};
-use crate::gpu::{check_distinct, nchw, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor,
+};
 
 pub mod reference;
 mod tape;
@@ -69,5 +71,5 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor) -> Result<()> {
     let grid;
     (p.gx, grid) = plane_grid(op, item, d_x.shape[0], WG)?;
     let kernel = Kernel::new(&SHADER, "backward", WG);
-    enc.launch_grid(kernel, &p, &[d_y], &[d_x], grid)
+    enc.launch_grid(kernel, &Arg::bindings(&p, &[d_y], &[d_x]), grid)
 }
