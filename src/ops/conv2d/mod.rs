@@ -18,9 +18,8 @@ pub use plan::{
     ConvKernel, ConvPass, ConvShape, Forced, FORCE_ENV,
 };
 
-use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams, WeightPass};
+use launch::{ConvHead, DataParams, DataPass, Packing, WeightParams, WeightPass};
 
-use super::ViewParams;
 use crate::gpu::Tensor;
 use crate::gpu::{check_distinct, expect_shape, nchw, to_u32, Encoder, GpuError, Result};
 
@@ -134,18 +133,14 @@ fn geometry(
 
 fn data_params(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> DataParams {
     DataParams {
-        inp: ViewParams::of(inp),
-        out: ViewParams::of(out),
-        dims: ConvDims::of(g, spec),
+        head: ConvHead::of(g, spec, inp, out),
         ..bytemuck::Zeroable::zeroed()
     }
 }
 
 fn weight_params(g: &Geom, spec: Conv2dSpec, x: &Tensor, d_y: &Tensor) -> WeightParams {
     WeightParams {
-        inp: ViewParams::of(x),
-        out: ViewParams::of(d_y),
-        dims: ConvDims::of(g, spec),
+        head: ConvHead::of(g, spec, x, d_y),
         ..bytemuck::Zeroable::zeroed()
     }
 }

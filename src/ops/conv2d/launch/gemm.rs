@@ -3,10 +3,10 @@
 
 use super::layout::pack_weight;
 use super::weight::WeightParams;
-use super::{packed_weight_reads, prologue_bindings, ConvDims, DataPass, Packing, WeightPass};
+use super::{packed_weight_reads, prologue_bindings, ConvHead, DataPass, Packing, WeightPass};
 use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
-use crate::ops::{groups, ViewParams};
+use crate::ops::groups;
 
 /// The workgroup tile of the GEMM kernels: a `bm` x `bn` block of the output staged `bk`
 /// reduction steps at a time, `tm` x `tn` outputs per thread.
@@ -70,9 +70,9 @@ impl GemmTile {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct GemmParams {
-    inp: ViewParams,
-    out: ViewParams,
-    dims: ConvDims,
+    /// The views, `inp` and `out` as in `DataParams` (x and d_y for the weight gradient),
+    /// and the geometry.
+    head: ConvHead,
     m: u32,
     m_pad: u32,
     k: u32,
@@ -89,9 +89,7 @@ const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
 fn gemm_params(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> GemmParams {
     GemmParams {
-        inp: ViewParams::of(inp),
-        out: ViewParams::of(out),
-        dims: ConvDims::of(g, spec),
+        head: ConvHead::of(g, spec, inp, out),
         ..bytemuck::Zeroable::zeroed()
     }
 }

@@ -29,6 +29,7 @@ pub(super) use weight::{partial_sums_scratch, reduce_chunks, weight_partial_sums
 
 use super::{BnReluPrologue, Conv2dSpec, ConvKernel, Geom};
 use crate::gpu::{Encoder, Result, Tensor};
+use crate::ops::ViewParams;
 
 /// The geometry of a convolution as the register-tiled kernels' uniforms carry it, after
 /// their two views (the shaders' fields n .. pad).
@@ -62,6 +63,26 @@ impl ConvDims {
             kw: g.kw as u32,
             stride: spec.stride as u32,
             pad: spec.padding as u32,
+        }
+    }
+}
+
+/// What the uniforms of the register-tiled and GEMM kernels start with: the view a pass
+/// reads, the view it writes and the geometry (the shaders' fields inp .. pad).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct ConvHead {
+    pub inp: ViewParams,
+    pub out: ViewParams,
+    pub dims: ConvDims,
+}
+
+impl ConvHead {
+    pub fn of(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> ConvHead {
+        ConvHead {
+            inp: ViewParams::of(inp),
+            out: ViewParams::of(out),
+            dims: ConvDims::of(g, spec),
         }
     }
 }

@@ -3,10 +3,10 @@
 //! registers and reads its weights from a packed copy (`layout`).
 
 use super::layout::pack_weight;
-use super::{packed_weight_reads, ConvDims, DataPass};
+use super::{packed_weight_reads, ConvHead, DataPass};
 use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{BnReluPrologue, ConvKernel, Geom};
-use crate::ops::{groups, ViewParams};
+use crate::ops::groups;
 
 /// Invocations per workgroup.
 pub(super) const WG: u32 = 64;
@@ -35,11 +35,9 @@ const CONV3X3: Tile = Tile { ch: 16, px: 2 };
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(in crate::ops::conv2d) struct DataParams {
-    /// x (forward) or d_y (backward_data).
-    pub inp: ViewParams,
-    /// y (forward) or d_x (backward_data).
-    pub out: ViewParams,
-    pub dims: ConvDims,
+    /// The views, `inp` x (forward) or d_y (backward_data) and `out` y (forward) or d_x
+    /// (backward_data), and the geometry.
+    pub head: ConvHead,
     /// Channels written: Cout (forward) or Cin (backward_data).
     pub out_c: u32,
     /// Channels summed over: Cin (forward) or Cout (backward_data).

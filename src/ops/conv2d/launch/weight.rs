@@ -4,11 +4,11 @@
 
 use super::layout::to_pixel_major;
 use super::tiled::{lanes_for, tile_for_channels, Consts, Tile, WG};
-use super::{prologue_bindings, ConvDims, WeightPass};
+use super::{prologue_bindings, ConvHead, WeightPass};
 use crate::gpu::{to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::SHADER;
 use crate::ops::conv2d::ConvKernel;
-use crate::ops::{groups, ViewParams};
+use crate::ops::groups;
 
 /// `backward_weight_partial` (general): 8 output channels x 2 weight columns.
 const GENERAL_BWD_WEIGHT: Tile = Tile { ch: 8, px: 2 };
@@ -30,11 +30,8 @@ const MIN_CHUNK: usize = 1024;
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(in crate::ops::conv2d) struct WeightParams {
-    /// x.
-    pub inp: ViewParams,
-    /// d_y.
-    pub out: ViewParams,
-    pub dims: ConvDims,
+    /// The views, `inp` x and `out` d_y, and the geometry.
+    pub head: ConvHead,
     pub sc_off: u32,
     pub sh_off: u32,
     pub chunk_len: u32,
@@ -165,7 +162,7 @@ pub(in crate::ops::conv2d) fn reduce_chunks(
     (d_weight, w_off): (&Tensor, u32),
     d_bias: Option<(&Tensor, u32)>,
 ) -> Result<()> {
-    let d = p.dims;
+    let d = p.head.dims;
     let nw = (d.cout * d.cin * d.kh * d.kw) as usize;
     let total = if d_bias.is_some() {
         nw + d.cout as usize

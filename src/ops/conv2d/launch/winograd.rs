@@ -2,7 +2,7 @@
 //! transforms, their 16 products on the tiled `conv1x1`, and the output transform.
 
 use super::tiled::{blocked, Blocked, DataParams};
-use super::{prologue_bindings, ConvDims, DataPass};
+use super::{prologue_bindings, ConvDims, ConvHead, DataPass};
 use crate::gpu::{to_u32, Arg, Encoder, Gpu, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::WINOGRAD_SHADER;
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
@@ -218,9 +218,11 @@ fn output_block(
         padding: 0,
     };
     let products = DataParams {
-        inp: images16(red_c, t_pad),
-        out: images16(oc, t_pad),
-        dims: ConvDims::of(&product, unit),
+        head: ConvHead {
+            inp: images16(red_c, t_pad),
+            out: images16(oc, t_pad),
+            dims: ConvDims::of(&product, unit),
+        },
         out_c: oc as u32,
         red_c: red_c as u32,
         w_image_stride: (red_c * ocp) as u32,
