@@ -27,6 +27,25 @@ pub struct RunShape {
     pub image_size: usize,
 }
 
+impl RunShape {
+    /// A trainer of this model (seed 0) with the default Adam at a constant learning rate:
+    /// the step that [`plan_training`] dry-runs and that the study times.
+    pub fn default_trainer<'g>(&self, gpu: &'g Gpu) -> Result<Trainer<'g>, GpuError> {
+        let mut model = self.config.build(gpu, 0)?;
+        model.set_mode(self.mode);
+        if self.freeze_features {
+            model.freeze_features();
+        }
+        let opt = Adam::new(
+            gpu,
+            model.params(),
+            AdamConfig::default(),
+            Schedule::Constant,
+        )?;
+        Ok(Trainer::new(gpu, model, opt))
+    }
+}
+
 /// The device memory one batch size needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryPlan {
@@ -107,18 +126,7 @@ fn dry_plans(
     batches: &[usize],
 ) -> Result<Vec<Result<MemoryPlan, DoesNotFit>>, GpuError> {
     let (out, stats) = gpu.dry_run(|| {
-        let mut model = shape.config.build(gpu, 0)?;
-        model.set_mode(shape.mode);
-        if shape.freeze_features {
-            model.freeze_features();
-        }
-        let opt = Adam::new(
-            gpu,
-            model.params(),
-            AdamConfig::default(),
-            Schedule::Constant,
-        )?;
-        let mut trainer = Trainer::new(gpu, model, opt);
+        let mut trainer = shape.default_trainer(gpu)?;
         let stats = gpu.active_memory();
         let state_bytes = stats.live_bytes();
         let state_largest = stats.largest_buffer().unwrap_or((0, String::new()));

@@ -7,18 +7,16 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::budget::RunShape;
 use crate::gpu::{Gpu, Result};
 use crate::measure::median;
 use crate::metrics::EpochMetrics;
 use crate::models::{self, BlockMode, ModelConfig, ResNetBlock};
-use crate::ops::adam::AdamConfig;
-use crate::optim::{Adam, Schedule};
 use crate::plot::{write_chart, PlotError, Series};
 use crate::rng::Rng;
 use crate::run::events::{Observer, RunEvent};
 use crate::run::{self, RunError, RunResult, RunSpec};
 use crate::tape::Tape;
-use crate::train::Trainer;
 
 /// Layers with weights on the longest path (convolutions and the classifier): the number
 /// in a model's name (121 for DenseNet-121, 50 for ResNet-50).
@@ -92,15 +90,13 @@ pub async fn measure_cost(
 
     let mut modes = Vec::new();
     for mode in [BlockMode::MemoryEfficient, BlockMode::Plain] {
-        let mut model = config.build(gpu, 0)?;
-        model.set_mode(mode);
-        let opt = Adam::new(
-            gpu,
-            model.params(),
-            AdamConfig::default(),
-            Schedule::Constant,
-        )?;
-        let mut trainer = Trainer::new(gpu, model, opt);
+        let shape = RunShape {
+            config: config.clone(),
+            mode,
+            freeze_features: false,
+            image_size,
+        };
+        let mut trainer = shape.default_trainer(gpu)?;
         trainer.train_step(&images, &labels, image_size).await?;
         gpu.finished().await?;
         gpu.memory().reset_peak();

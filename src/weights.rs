@@ -148,10 +148,26 @@ impl TensorFile {
     }
 
     pub fn get(&self, name: &str) -> Result<&HostTensor, WeightsError> {
-        self.tensors.get(name).ok_or_else(|| WeightsError::Format {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| self.format_error(format!("missing tensor {name:?}")))
+    }
+
+    /// A [`WeightsError::Format`] about this file.
+    fn format_error(&self, message: impl Into<String>) -> WeightsError {
+        WeightsError::Format {
             path: self.path.clone(),
-            message: format!("missing tensor {name:?}"),
-        })
+            message: message.into(),
+        }
+    }
+
+    /// The 2-D tensor `name` (a classifier's weight).
+    fn matrix(&self, name: &str) -> Result<&HostTensor, WeightsError> {
+        let t = self.get(name)?;
+        if t.shape.len() != 2 {
+            return Err(self.format_error(format!("{name} has shape {:?}", t.shape)));
+        }
+        Ok(t)
     }
 }
 
@@ -333,25 +349,16 @@ pub fn infer_config(file: &TensorFile) -> Result<ModelConfig, WeightsError> {
     } else if file.tensors.contains_key("conv1.weight") {
         infer_resnet(file).map(ModelConfig::ResNet)
     } else {
-        Err(WeightsError::Format {
-            path: file.path.clone(),
-            message: "neither features.conv0.weight (DenseNet) nor conv1.weight (ResNet): \
-                      not a torchvision DenseNet or ResNet state_dict"
-                .into(),
-        })
+        Err(file.format_error(
+            "neither features.conv0.weight (DenseNet) nor conv1.weight (ResNet): not a \
+             torchvision DenseNet or ResNet state_dict",
+        ))
     }
 }
 
 fn infer_resnet(file: &TensorFile) -> Result<ResNetConfig, WeightsError> {
-    let fail = |m: String| WeightsError::Format {
-        path: file.path.clone(),
-        message: m,
-    };
     let width = file.get("conv1.weight")?.shape[0];
-    let fc = file.get("fc.weight")?;
-    if fc.shape.len() != 2 {
-        return Err(fail(format!("fc.weight has shape {:?}", fc.shape)));
-    }
+    let fc = file.matrix("fc.weight")?;
     let block = if file.tensors.contains_key("layer1.0.conv3.weight") {
         ResNetBlock::Bottleneck
     } else {
@@ -371,9 +378,9 @@ fn infer_resnet(file: &TensorFile) -> Result<ResNetConfig, WeightsError> {
         layers.push(blocks);
     }
     if layers.is_empty() {
-        return Err(fail(
-            "no layer1.0.conv1.weight: not a torchvision ResNet state_dict".into(),
-        ));
+        return Err(
+            file.format_error("no layer1.0.conv1.weight: not a torchvision ResNet state_dict")
+        );
     }
     Ok(ResNetConfig {
         block,
@@ -384,20 +391,9 @@ fn infer_resnet(file: &TensorFile) -> Result<ResNetConfig, WeightsError> {
 }
 
 fn infer_densenet(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
-    let fail = |m: String| WeightsError::Format {
-        path: file.path.clone(),
-        message: m,
-    };
     let conv0 = file.get("features.conv0.weight")?;
     let num_init_features = conv0.shape[0];
-    let classifier = file.get("classifier.weight")?;
-    if classifier.shape.len() != 2 {
-        return Err(fail(format!(
-            "classifier.weight has shape {:?}",
-            classifier.shape
-        )));
-    }
-    let num_classes = classifier.shape[0];
+    let num_classes = file.matrix("classifier.weight")?.shape[0];
     let mut block_config = Vec::new();
     for b in 1.. {
         let mut layers = 0;
@@ -413,8 +409,8 @@ fn infer_densenet(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
         block_config.push(layers);
     }
     if block_config.is_empty() {
-        return Err(fail(
-            "no features.denseblock1.denselayer1.* tensors: not a DenseNet state_dict".into(),
+        return Err(file.format_error(
+            "no features.denseblock1.denselayer1.* tensors: not a DenseNet state_dict",
         ));
     }
     let conv1 = file.get("features.denseblock1.denselayer1.conv1.weight")?;
@@ -422,7 +418,7 @@ fn infer_densenet(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
     let growth_rate = conv2.shape[0];
     let inner = conv1.shape[0];
     if growth_rate == 0 || inner % growth_rate != 0 {
-        return Err(fail(format!(
+        return Err(file.format_error(format!(
             "conv1 out {inner} is not a multiple of growth rate {growth_rate}"
         )));
     }

@@ -79,17 +79,13 @@ pub async fn broadcast_tensors<'a>(
     group: &dyn Collective,
     tensors: impl IntoIterator<Item = &'a Tensor>,
 ) -> Result<()> {
-    if group.size() == 1 {
-        return Ok(());
-    }
-    for t in tensors {
-        let mut values = gpu.read(t).await?;
-        group.broadcast(&mut values);
-        if group.rank() != 0 {
-            gpu.write(t, &values)?;
-        }
-    }
-    Ok(())
+    // Rank 0 keeps its own values.
+    let keep = group.rank() == 0;
+    exchange(gpu, group, tensors, |values| {
+        group.broadcast(values);
+        !keep
+    })
+    .await
 }
 
 /// The mean over the ranks of each tensor, everywhere.
@@ -98,17 +94,33 @@ pub async fn average_tensors<'a>(
     group: &dyn Collective,
     tensors: impl IntoIterator<Item = &'a Tensor>,
 ) -> Result<()> {
+    let scale = 1.0 / group.size() as f32;
+    exchange(gpu, group, tensors, |values| {
+        group.all_reduce_sum(values);
+        for v in values {
+            *v *= scale;
+        }
+        true
+    })
+    .await
+}
+
+/// Reads each tensor back in turn, lets `combine` replace its values with the group's, and
+/// writes them back where `combine` returns true. Nothing happens in a group of one.
+async fn exchange<'a>(
+    gpu: &Gpu,
+    group: &dyn Collective,
+    tensors: impl IntoIterator<Item = &'a Tensor>,
+    mut combine: impl FnMut(&mut [f32]) -> bool,
+) -> Result<()> {
     if group.size() == 1 {
         return Ok(());
     }
-    let scale = 1.0 / group.size() as f32;
     for t in tensors {
         let mut values = gpu.read(t).await?;
-        group.all_reduce_sum(&mut values);
-        for v in &mut values {
-            *v *= scale;
+        if combine(&mut values) {
+            gpu.write(t, &values)?;
         }
-        gpu.write(t, &values)?;
     }
     Ok(())
 }

@@ -43,7 +43,21 @@ pub enum Arg<'a> {
     Write(&'a Tensor),
 }
 
-impl Arg<'_> {
+impl<'a> Arg<'a> {
+    /// The bindings of most kernels, in order: the `#[repr(C)]` uniform `params`, then the
+    /// tensors in `reads`, then those in `writes`.
+    pub fn bindings<P: bytemuck::Pod>(
+        params: &'a P,
+        reads: &[&'a Tensor],
+        writes: &[&'a Tensor],
+    ) -> Vec<Arg<'a>> {
+        let mut args = Vec::with_capacity(1 + reads.len() + writes.len());
+        args.push(Arg::Uniform(bytemuck::bytes_of(params)));
+        args.extend(reads.iter().map(|t| Arg::Read(t)));
+        args.extend(writes.iter().map(|t| Arg::Write(t)));
+        args
+    }
+
     fn kind(&self) -> BindingKind {
         match self {
             Arg::Uniform(_) => BindingKind::Uniform,
@@ -811,6 +825,27 @@ pub struct Launch<'a> {
     pub workgroups: [u32; 3],
 }
 
+/// The common kind of kernel: an entry point whose only override constant is its workgroup
+/// size `WG`, launched by [`Encoder::launch_threads`] or [`Encoder::launch_grid`].
+#[derive(Clone, Copy)]
+pub struct Kernel<'a> {
+    pub shader: &'a Shader,
+    pub entry: &'a str,
+    /// Invocations per workgroup: the value of the `WG` override.
+    pub wg: u32,
+}
+
+impl<'a> Kernel<'a> {
+    pub fn new(shader: &'a Shader, entry: &'a str, wg: u32) -> Self {
+        Kernel { shader, entry, wg }
+    }
+}
+
+/// Workgroups needed for `n` invocations of `wg` each.
+pub fn groups(n: usize, wg: u32) -> u32 {
+    (n as u64).div_ceil(wg as u64) as u32
+}
+
 impl Encoder<'_> {
     pub fn gpu(&self) -> &Gpu {
         self.gpu
@@ -903,6 +938,39 @@ impl Encoder<'_> {
         drop(pass);
         self.launches += 1;
         Ok(())
+    }
+
+    /// Records `kernel` over a 1-D grid of `threads` invocations (at least one workgroup,
+    /// folded by [`Gpu::grid_1d`]). Bindings: the `#[repr(C)]` uniform `params`, then
+    /// `reads` (`var<storage, read>`), then `writes` (`var<storage, read_write>`), in
+    /// `@binding` order.
+    pub fn launch_threads<P: bytemuck::Pod>(
+        &mut self,
+        kernel: Kernel<'_>,
+        params: &P,
+        reads: &[&Tensor],
+        writes: &[&Tensor],
+        threads: usize,
+    ) -> Result<()> {
+        let args = Arg::bindings(params, reads, writes);
+        self.launch_grid(kernel, &args, Gpu::grid_1d(groups(threads, kernel.wg)))
+    }
+
+    /// Records `kernel` on the grid `workgroups` with the bindings `args` (most often
+    /// [`Arg::bindings`]).
+    pub fn launch_grid(
+        &mut self,
+        kernel: Kernel<'_>,
+        args: &[Arg<'_>],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        self.launch(Launch {
+            shader: kernel.shader,
+            entry: kernel.entry,
+            overrides: &[("WG", kernel.wg as f64)],
+            args,
+            workgroups,
+        })
     }
 
     /// Records a copy of `len` f32 values between two buffers.

@@ -17,7 +17,7 @@
 //!   torchvision's default `memory_efficient=False`.
 
 use super::layers::{BatchNorm2d, Conv2d, FanMode, Init, Linear, ParamStore};
-use super::{BlockMode, Model, ModelConfig};
+use super::{batch_size, BlockMode, Model, ModelConfig};
 use crate::gpu::{Gpu, GpuError, Result};
 use crate::ops::avg_pool2d::Pool2dSpec;
 use crate::ops::conv2d::Conv2dSpec;
@@ -229,13 +229,7 @@ impl Model for DenseNet {
     }
 
     fn forward(&self, tape: &mut Tape, images: Var, training: bool) -> Result<Var> {
-        let s = tape.shape(images).to_vec();
-        if s.len() != 4 || s[1] != 3 {
-            return Err(GpuError::Shape(format!(
-                "densenet: input must be (N, 3, H, W), got {s:?}"
-            )));
-        }
-        let n = s[0];
+        let n = batch_size("densenet", tape, images)?;
         let st = &self.store;
         // One buffer per block (no concatenation copies) in memory-efficient mode; the
         // fused BN+ReLU-in-conv read needs batch statistics, so inference normalises

@@ -223,14 +223,23 @@ impl BatchNorm2d {
         on
     }
 
-    /// The layer as a tape entry reads it, with `cfg`.
-    fn layer<'s>(&self, store: &'s ParamStore, tape: &mut Tape, cfg: BnConfig) -> BnLayer<'s> {
-        BnLayer {
+    /// The layer as a tape entry reads it, with `cfg`, and whether this call uses batch
+    /// statistics ([`BatchNorm2d::batch_stats`], which counts the batch).
+    fn layer<'s>(
+        &self,
+        store: &'s ParamStore,
+        tape: &mut Tape,
+        cfg: BnConfig,
+        training: bool,
+    ) -> (BnLayer<'s>, bool) {
+        let batch = self.batch_stats(store, training);
+        let layer = BnLayer {
             gamma: tape.param(&store.params[self.weight]),
             beta: tape.param(&store.params[self.bias]),
             running: self.stats(store),
             cfg,
-        }
+        };
+        (layer, batch)
     }
 
     /// `BN(x)`, then ReLU when `relu`.
@@ -242,8 +251,7 @@ impl BatchNorm2d {
         relu: bool,
         training: bool,
     ) -> Result<Var> {
-        let batch = self.batch_stats(store, training);
-        let layer = self.layer(store, tape, BnConfig { relu, ..BN });
+        let (layer, batch) = self.layer(store, tape, BnConfig { relu, ..BN }, training);
         let name = format!("{}{}", self.name, if relu { "+relu" } else { "" });
         tape.batch_norm(x, layer, batch, &name)
     }
@@ -257,8 +265,7 @@ impl BatchNorm2d {
         residual: Var,
         training: bool,
     ) -> Result<Var> {
-        let batch = self.batch_stats(store, training);
-        let layer = self.layer(store, tape, BN);
+        let (layer, batch) = self.layer(store, tape, BN, training);
         let name = format!("{}+add+relu", self.name);
         tape.batch_norm_add_relu(x, layer, batch, residual, &name)
     }
@@ -275,8 +282,7 @@ impl BatchNorm2d {
         training: bool,
     ) -> Result<Var> {
         if fused && training && store.params[self.weight].trainable {
-            self.batch_stats(store, training);
-            let layer = self.layer(store, tape, BN);
+            let (layer, _) = self.layer(store, tape, BN, training);
             let w = tape.param(&store.params[conv.weight]);
             return tape.bn_relu_conv(x, layer, w, conv.spec, None, &conv.name);
         }

@@ -12,7 +12,7 @@ pub use densenet::{DenseNet, DenseNetConfig};
 pub use layers::ParamStore;
 pub use resnet::{ResNet, ResNetBlock, ResNetConfig};
 
-use crate::gpu::{Gpu, Result};
+use crate::gpu::{Gpu, GpuError, Result};
 use crate::tape::{Param, Tape, Var};
 
 /// How activations that only feed a convolution are handled.
@@ -60,6 +60,18 @@ pub trait Model {
             p.trainable = p.name.starts_with(head);
         }
     }
+}
+
+/// The N of a batch of images, after checking that it is (N, 3, H, W); `net` names the model
+/// in the error.
+fn batch_size(net: &str, tape: &Tape, images: Var) -> Result<usize> {
+    let s = tape.shape(images);
+    if s.len() != 4 || s[1] != 3 {
+        return Err(GpuError::Shape(format!(
+            "{net}: input must be (N, 3, H, W), got {s:?}"
+        )));
+    }
+    Ok(s[0])
 }
 
 /// The architecture of a model: one variant per family.

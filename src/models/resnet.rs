@@ -19,7 +19,7 @@
 //! torchvision's modules do.
 
 use super::layers::{BatchNorm2d, Conv2d, FanMode, Init, Linear, ParamStore};
-use super::{BlockMode, Model, ModelConfig};
+use super::{batch_size, BlockMode, Model, ModelConfig};
 use crate::gpu::{Gpu, GpuError, Result};
 use crate::ops::avg_pool2d::Pool2dSpec;
 use crate::ops::conv2d::Conv2dSpec;
@@ -259,12 +259,7 @@ impl Model for ResNet {
     }
 
     fn forward(&self, tape: &mut Tape, images: Var, training: bool) -> Result<Var> {
-        let s = tape.shape(images).to_vec();
-        if s.len() != 4 || s[1] != 3 {
-            return Err(GpuError::Shape(format!(
-                "resnet: input must be (N, 3, H, W), got {s:?}"
-            )));
-        }
+        batch_size("resnet", tape, images)?;
         let st = &self.store;
         let x = self.conv1.forward(st, tape, images, None)?;
         let x = self.bn1.forward(st, tape, x, true, training)?;

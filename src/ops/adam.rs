@@ -5,10 +5,7 @@
 //! computed on the host in f64, like PyTorch's Python floats, and travel in the uniform, so
 //! `lr` may change every step without a new pipeline.
 
-use super::groups;
-use crate::gpu::{
-    check_distinct, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
-};
+use crate::gpu::{check_distinct, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
 
 pub const SHADER: Shader = shader!("adam");
 const WG: u32 = 256;
@@ -175,19 +172,8 @@ pub fn step(
         bc2_sqrt: s.bc2_sqrt,
         _pad: 0,
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: if v4 { "step_v4" } else { "step" },
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(grad),
-            Arg::Write(param),
-            Arg::Write(m),
-            Arg::Write(v),
-        ],
-        workgroups: Gpu::grid_1d(groups(numel / q, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, if v4 { "step_v4" } else { "step" }, WG);
+    enc.launch_threads(kernel, &p, &[grad], &[param, m, v], numel / q)
 }
 
 /// f64 CPU reference: the textbook update in exact arithmetic (scalars widened with

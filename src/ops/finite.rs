@@ -2,7 +2,7 @@
 //! slot of a flags tensor, so a training step can test all its gradients with one
 //! read-back before the optimizer touches the weights.
 
-use crate::gpu::{check_distinct, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor};
+use crate::gpu::{check_distinct, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
 
 pub const SHADER: Shader = shader!("finite");
 const WG: u32 = 256;
@@ -39,17 +39,9 @@ pub fn count_nonfinite(enc: &mut Encoder, flags: &Tensor, slot: usize, x: &Tenso
         slot: to_u32(op, "slot", flags.offset + slot)?,
         _pad: 0,
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "count_nonfinite",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Write(flags),
-        ],
-        workgroups: [1, 1, 1],
-    })
+    // One workgroup (WG invocations) walks the whole tensor.
+    let kernel = Kernel::new(&SHADER, "count_nonfinite", WG);
+    enc.launch_threads(kernel, &p, &[x], &[flags], WG as usize)
 }
 
 /// f64 CPU reference.

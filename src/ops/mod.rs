@@ -9,7 +9,8 @@
 //!   (`d_input += …`), because a DenseNet feature map feeds many later layers;
 //! - shapes are checked here and rejected with [`GpuError::Shape`](crate::gpu::GpuError).
 
-use crate::gpu::Tensor;
+pub use crate::gpu::groups;
+use crate::gpu::{to_u32, Result, Tensor};
 
 /// Builds a [`Shader`](crate::gpu::Shader) from `shaders/<name>.wgsl` with the common
 /// helpers (`shaders/common.wgsl`) prepended. `shader!("name" = ["a", "b"])` names a
@@ -67,6 +68,29 @@ impl ViewParams {
     }
 }
 
+/// [`Gpu::grid_1d`](crate::gpu::Gpu::grid_1d) for `total` workgroups, except that zero
+/// stays zero: the launch then records nothing.
+pub fn grid_1d_or_none(total: u32) -> [u32; 3] {
+    if total == 0 {
+        [0; 3]
+    } else {
+        crate::gpu::Gpu::grid_1d(total)
+    }
+}
+
+/// Workgroups for `per_plane` invocations in each of `planes` planes, folded by
+/// [`grid_1d_or_none`]; returns `(workgroups per plane, grid)`.
+pub(crate) fn plane_grid(
+    op: &str,
+    per_plane: usize,
+    planes: usize,
+    wg: u32,
+) -> Result<(u32, [u32; 3])> {
+    let gx = groups(per_plane, wg);
+    let total = to_u32(op, "workgroups", gx as usize * planes)?;
+    Ok((gx, grid_1d_or_none(total)))
+}
+
 /// For element-wise ops: when every tensor's offset, batch stride and item size are
 /// multiples of 4, rewrites `views` and `numel` in vec4 units and returns the entry-point
 /// suffix of the vec4 variants (`"_v4"`); else leaves them and returns `""`.
@@ -88,9 +112,4 @@ pub fn vectorise(
     }
     *numel /= 4;
     "_v4"
-}
-
-/// Workgroups needed for `n` invocations of `wg` each.
-pub fn groups(n: usize, wg: u32) -> u32 {
-    (n as u64).div_ceil(wg as u64) as u32
 }

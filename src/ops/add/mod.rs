@@ -56,14 +56,22 @@ fn vectorise(p: &mut Params, tensors: &[&Tensor]) -> &'static str {
     )
 }
 
-/// `args`: the uniform, then the entry point's storage bindings in order.
-fn launch(enc: &mut Encoder, entry: &str, relu: bool, numel: u32, args: &[Arg]) -> Result<()> {
+/// Records `entry` (with the ReLU when `relu`) over `p.numel` invocations: the uniform `p`,
+/// then the tensors it reads and those it writes.
+fn launch(
+    enc: &mut Encoder,
+    entry: &str,
+    relu: bool,
+    p: &Params,
+    reads: &[&Tensor],
+    writes: &[&Tensor],
+) -> Result<()> {
     enc.launch(Launch {
         shader: &SHADER,
         entry,
         overrides: &[("WG", WG as f64), ("RELU", if relu { 1.0 } else { 0.0 })],
-        args,
-        workgroups: Gpu::grid_1d(groups(numel as usize, WG)),
+        args: &Arg::bindings(p, reads, writes),
+        workgroups: Gpu::grid_1d(groups(p.numel as usize, WG)),
     })
 }
 
@@ -77,14 +85,7 @@ pub fn forward(enc: &mut Encoder, y: &Tensor, a: &Tensor, b: &Tensor, relu: bool
     )?;
     check_distinct(op, &[("y", y)], &[("a", a), ("b", b)])?;
     let entry = format!("forward{}", vectorise(&mut p, &[a, b, y]));
-    let u = Arg::Uniform(bytemuck::bytes_of(&p));
-    launch(
-        enc,
-        &entry,
-        relu,
-        p.numel,
-        &[u, Arg::Read(a), Arg::Read(b), Arg::Write(y)],
-    )
+    launch(enc, &entry, relu, &p, &[a, b], &[y])
 }
 
 /// `y = y + b` in place (then `max(y, 0)` when `relu`).
@@ -97,14 +98,7 @@ pub fn accumulate_forward(enc: &mut Encoder, y: &Tensor, b: &Tensor, relu: bool)
     )?;
     check_distinct(op, &[("y", y)], &[("b", b)])?;
     let entry = format!("accumulate_forward{}", vectorise(&mut p, &[b, y]));
-    let u = Arg::Uniform(bytemuck::bytes_of(&p));
-    launch(
-        enc,
-        &entry,
-        relu,
-        p.numel,
-        &[u, Arg::Read(b), Arg::Write(y)],
-    )
+    launch(enc, &entry, relu, &p, &[b], &[y])
 }
 
 /// `g = d_y * [y > 0 if relu]`; `d_a += g`, `d_b += g`. `y` is the forward's output (its
@@ -134,12 +128,5 @@ pub fn backward(
     check_distinct(op, &[("d_a", d_a)], &read)?;
     check_distinct(op, &[("d_b", d_b)], &read)?;
     let entry = format!("backward{}", vectorise(&mut p, &[d_a, d_b, y, d_y]));
-    let args = [
-        Arg::Uniform(bytemuck::bytes_of(&p)),
-        Arg::Read(y),
-        Arg::Read(d_y),
-        Arg::Write(d_a),
-        Arg::Write(d_b),
-    ];
-    launch(enc, &entry, relu, p.numel, &args)
+    launch(enc, &entry, relu, &p, &[y, d_y], &[d_a, d_b])
 }

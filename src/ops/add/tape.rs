@@ -9,11 +9,7 @@ impl Tape<'_> {
     pub fn add(&mut self, a: Var, b: Var, relu: bool, name: &str) -> Result<Var> {
         let shape = self.shape(a).to_vec();
         let y = self.output(None, &shape, name)?;
-        let (yt, at, bt) = (
-            self.value(y)?.clone(),
-            self.value(a)?.clone(),
-            self.value(b)?.clone(),
-        );
+        let [yt, at, bt] = self.values([y, a, b])?;
         forward(self.enc(), &yt, &at, &bt, relu)?;
         #[cfg(not(target_arch = "wasm32"))]
         if relu {

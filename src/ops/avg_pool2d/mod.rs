@@ -3,9 +3,9 @@
 //! `d_x += (1/k²) Σ_{windows ∋ (ih,iw)} d_y`. Also home of [`Pool2dSpec`] and
 //! [`output_size`], shared with [`max_pool2d`](super::max_pool2d).
 
-use super::{groups, ViewParams};
+use super::{plane_grid, ViewParams};
 use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -61,6 +61,19 @@ pub(crate) struct PoolShape {
     pub w: usize,
     pub oh: usize,
     pub ow: usize,
+}
+
+impl PoolShape {
+    /// `[H, W, OH, OW]` as a uniform holds them.
+    pub(crate) fn sizes(&self, op: &str) -> Result<[u32; 4]> {
+        let u = |what: &str, v: usize| to_u32(op, what, v);
+        Ok([
+            u("H", self.h)?,
+            u("W", self.w)?,
+            u("OH", self.oh)?,
+            u("OW", self.ow)?,
+        ])
+    }
 }
 
 /// Validates an input-side tensor `x` (N, C, H, W) against an output-side tensor `y`
@@ -144,24 +157,16 @@ fn forward_entry(x: &Tensor, y: &Tensor, g: &PoolShape, tw: u32, spec: Pool2dSpe
     }
 }
 
-/// Workgroups for `per_plane` invocations in each of `planes` planes, folded by
-/// [`Gpu::grid_1d`]; returns `(workgroups per plane, grid)`.
-pub(crate) fn plane_grid(
-    op: &str,
-    per_plane: usize,
-    planes: usize,
-    wg: u32,
-) -> Result<(u32, [u32; 3])> {
-    let gx = groups(per_plane, wg);
-    let total = to_u32(op, "workgroups", gx as usize * planes)?;
-    Ok((
-        gx,
-        if total == 0 {
-            [0; 3]
-        } else {
-            Gpu::grid_1d(total)
-        },
-    ))
+/// The override constants of a pool kernel with `wg` invocations per workgroup and `tw`
+/// elements per invocation along a row: those and the window's K, S and P.
+pub(crate) fn window_constants(wg: u32, spec: Pool2dSpec, tw: u32) -> [(&'static str, f64); 5] {
+    [
+        ("WG", wg as f64),
+        ("K", spec.kernel as f64),
+        ("S", spec.stride as f64),
+        ("P", spec.padding as f64),
+        ("TW", tw as f64),
+    ]
 }
 
 /// An entry point and what its pipeline is built with: the window and the elements per
@@ -189,36 +194,26 @@ fn launch(
     enc.launch(Launch {
         shader: &SHADER,
         entry,
-        overrides: &[
-            ("WG", WG as f64),
-            ("K", spec.kernel as f64),
-            ("S", spec.stride as f64),
-            ("P", spec.padding as f64),
-            ("TW", tw as f64),
-        ],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(input),
-            Arg::Write(output),
-        ],
+        overrides: &window_constants(WG, spec, tw),
+        args: &Arg::bindings(&p, &[input], &[output]),
         workgroups,
     })
 }
 
 fn params(op: &str, g: &PoolShape, x: &Tensor, y: &Tensor, spec: Pool2dSpec) -> Result<Params> {
-    let u = |what: &str, v: usize| to_u32(op, what, v);
+    let [h, w, oh, ow] = g.sizes(op)?;
     Ok(Params {
         x: ViewParams::of(x),
         y: ViewParams::of(y),
-        h: u("H", g.h)?,
-        w: u("W", g.w)?,
-        oh: u("OH", g.oh)?,
-        ow: u("OW", g.ow)?,
+        h,
+        w,
+        oh,
+        ow,
         segs: 0,
         rows: 0,
         gx: 0,
-        planes: u("N * C", g.n * g.c)?,
-        c: u("C", g.c)?,
+        planes: to_u32(op, "N * C", g.n * g.c)?,
+        c: to_u32(op, "C", g.c)?,
         inv_area: 1.0 / (spec.kernel * spec.kernel) as f32,
         _pad: [0; 2],
     })

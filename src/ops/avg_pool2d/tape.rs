@@ -13,13 +13,26 @@ impl Tape<'_> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
-        let [n, c, h, w] = nchw(name, "x", self.value(x)?)?;
-        let (oh, ow) = output_size(spec, h, w)?;
-        let y = self.output(out, &[n, c, oh, ow], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        let (y, _) = self.pool_output(x, spec, out, name)?;
+        let [yt, xt] = self.values([y, x])?;
         forward(self.enc(), &yt, &xt, spec)?;
         self.record("avg_pool2d", &[y, x], &[], AvgPoolOp { x, spec })?;
         Ok(y)
+    }
+
+    /// The output variable of a pool of `x` by `spec` (`out` when given) and its shape
+    /// (N, C, OH, OW).
+    pub(crate) fn pool_output(
+        &mut self,
+        x: Var,
+        spec: Pool2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<(Var, [usize; 4])> {
+        let [n, c, h, w] = nchw(name, "x", self.value(x)?)?;
+        let (oh, ow) = output_size(spec, h, w)?;
+        let shape = [n, c, oh, ow];
+        Ok((self.output(out, &shape, name)?, shape))
     }
 }
 

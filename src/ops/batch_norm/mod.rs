@@ -13,9 +13,9 @@
 pub mod reference;
 pub mod tape;
 
-use super::{groups, ViewParams};
+use super::ViewParams;
 use crate::gpu::{
-    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result,
+    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Kernel, Result,
     Shader, Tensor,
 };
 
@@ -26,9 +26,9 @@ const WG: u32 = 256;
 /// Lanes per channel workgroup: 256 for large channels, fewer when a channel has few
 /// values (late DenseNet layers have N*H*W of 8..200), so small launches don't pay for idle
 /// lanes and reduction levels. One pipeline per distinct size (at most four).
-fn lanes(p: &Params) -> f64 {
+fn lanes(p: &Params) -> u32 {
     let units = (p.units as u64).max(1);
-    units.div_ceil(4).next_power_of_two().clamp(32, WG as u64) as f64
+    units.div_ceil(4).next_power_of_two().clamp(32, WG as u64) as u32
 }
 /// Lanes per workgroup of `fold` (one invocation per channel).
 const FOLD_WG: u32 = 64;
@@ -318,25 +318,15 @@ fn launch_train_layout(
     }
     writes.extend(y.map(|y| ("y", y)));
     check_distinct(op, &writes, &reads)?;
-    let mut args = vec![
-        Arg::Uniform(bytemuck::bytes_of(&p)),
-        Arg::Read(x),
-        Arg::Read(gamma),
-        Arg::Read(beta),
-        Arg::Write(mean),
-        Arg::Write(inv_std),
-    ];
+    let mut written = vec![mean, inv_std];
     if let Some(r) = running {
-        args.extend([Arg::Write(r.mean), Arg::Write(r.var)]);
+        written.extend([r.mean, r.var]);
     }
-    args.extend(y.map(Arg::Write));
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &format!("{}_v{vec}", kind.name()),
-        overrides: &[("WG", lanes(&p))],
-        args: &args,
-        workgroups: channel_grid(op, p.channels)?,
-    })
+    written.extend(y);
+    let entry = format!("{}_v{vec}", kind.name());
+    let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
+    let args = Arg::bindings(&p, &[x, gamma, beta], &written);
+    enc.launch_grid(kernel, &args, channel_grid(op, p.channels)?)
 }
 
 /// Inference forward with running statistics:
@@ -369,21 +359,11 @@ pub fn forward_eval(
             ("running_var", running.var),
         ],
     )?;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &format!("eval_v{vec}"),
-        overrides: &[("WG", lanes(&p))],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Read(gamma),
-            Arg::Read(beta),
-            Arg::Read(running.mean),
-            Arg::Read(running.var),
-            Arg::Write(y),
-        ],
-        workgroups: channel_grid(op, p.channels)?,
-    })
+    let entry = format!("eval_v{vec}");
+    let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
+    let reads = [x, gamma, beta, running.mean, running.var];
+    let args = Arg::bindings(&p, &reads, &[y]);
+    enc.launch_grid(kernel, &args, channel_grid(op, p.channels)?)
 }
 
 /// Per-channel `scale = gamma * inv_std`, `shift = beta - mean * scale` (so
@@ -417,21 +397,9 @@ pub fn fold_scale_shift(
             ("inv_std", inv_std),
         ],
     )?;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "fold",
-        overrides: &[("WG", FOLD_WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(gamma),
-            Arg::Read(beta),
-            Arg::Read(mean),
-            Arg::Read(inv_std),
-            Arg::Write(scale),
-            Arg::Write(shift),
-        ],
-        workgroups: Gpu::grid_1d(groups(c, FOLD_WG)),
-    })
+    let kernel = Kernel::new(&SHADER, "fold", FOLD_WG);
+    let reads = [gamma, beta, mean, inv_std];
+    enc.launch_threads(kernel, &p, &reads, &[scale, shift], c)
 }
 
 /// Backward from the saved statistics. `d_y` is the gradient w.r.t. the op's output
@@ -597,24 +565,11 @@ fn launch_backward(
             ("inv_std", inv_std),
         ],
     )?;
-    let mut args = vec![
-        Arg::Uniform(bytemuck::bytes_of(&p)),
-        Arg::Read(x),
-        Arg::Read(d_y),
-        Arg::Read(gamma),
-        Arg::Read(beta),
-        Arg::Read(mean),
-        Arg::Read(inv_std),
-        Arg::Write(d_x),
-        Arg::Write(d_gamma),
-        Arg::Write(d_beta),
-    ];
+    let reads = [x, d_y, gamma, beta, mean, inv_std];
+    let mut args = Arg::bindings(&p, &reads, &[d_x, d_gamma, d_beta]);
+    // backward_apply reads `sums`, bound after the gradients it writes.
     args.extend(sums);
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &format!("{name}_v{vec}"),
-        overrides: &[("WG", lanes(&p))],
-        args: &args,
-        workgroups: channel_grid(op, p.channels)?,
-    })
+    let entry = format!("{name}_v{vec}");
+    let kernel = Kernel::new(&SHADER, &entry, lanes(&p));
+    enc.launch_grid(kernel, &args, channel_grid(op, p.channels)?)
 }

@@ -21,6 +21,14 @@ pub struct BnLayer<'a> {
     pub cfg: BnConfig,
 }
 
+impl BnLayer<'_> {
+    /// The layer with its ReLU on or off.
+    pub(crate) fn with_relu(self, relu: bool) -> Self {
+        let cfg = BnConfig { relu, ..self.cfg };
+        BnLayer { cfg, ..self }
+    }
+}
+
 impl Tape<'_> {
     /// Batch norm (+ReLU when `cfg.relu`). Training mode uses batch statistics and updates
     /// the running ones; inference mode uses the running statistics and has no backward
@@ -32,35 +40,16 @@ impl Tape<'_> {
         training: bool,
         name: &str,
     ) -> Result<Var> {
-        let BnLayer {
-            gamma, beta, cfg, ..
-        } = layer;
+        let (gamma, beta) = (layer.gamma, layer.beta);
         let shape = self.shape(x).to_vec();
         let y = self.output(None, &shape, name)?;
         let saved = self.batch_norm_into(y, x, layer, training, name)?;
-        if let Some(BnStats {
-            mean,
-            inv_std,
-            counts,
-        }) = saved
-        {
+        if let Some(stats) = saved {
+            let op = BatchNormOp::new(y, x, layer, stats);
             #[cfg(not(target_arch = "wasm32"))]
-            if cfg.relu {
-                let [xt, gt, bt] = self.values([x, gamma, beta])?;
-                self.probe_relu(name, |g| {
-                    pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
-                })?;
+            if layer.cfg.relu {
+                self.probe_bn_relu(name, &op, None)?;
             }
-            let op = BatchNormOp {
-                y,
-                x,
-                gamma,
-                beta,
-                mean,
-                inv_std,
-                cfg,
-                counts,
-            };
             self.record("batch_norm", &[y, x, gamma, beta], &[x, gamma, beta], op)?;
         }
         Ok(y)
@@ -80,41 +69,17 @@ impl Tape<'_> {
         let shape = self.shape(x).to_vec();
         crate::gpu::expect_shape(name, "residual", self.shape(residual), &shape)?;
         let y = self.output(None, &shape, name)?;
-        let cfg = BnConfig {
-            relu: false,
-            ..layer.cfg
-        };
-        let layer = BnLayer { cfg, ..layer };
+        let layer = layer.with_relu(false);
         let (gamma, beta) = (layer.gamma, layer.beta);
         let saved = self.batch_norm_into(y, x, layer, training, name)?;
-        let (yt, rt) = (self.value(y)?.clone(), self.value(residual)?.clone());
+        let [yt, rt] = self.values([y, residual])?;
         crate::ops::add::accumulate_forward(self.enc(), &yt, &rt, true)?;
         match saved {
-            Some(BnStats {
-                mean,
-                inv_std,
-                counts,
-            }) => {
+            Some(stats) => {
+                let bn = BatchNormOp::new(y, x, layer, stats);
                 #[cfg(not(target_arch = "wasm32"))]
-                {
-                    let [xt, gt, bt] = self.values([x, gamma, beta])?;
-                    self.probe_relu(name, |g| {
-                        pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], Some(&rt))
-                    })?;
-                }
-                let op = BatchNormAddReluOp {
-                    bn: BatchNormOp {
-                        y,
-                        x,
-                        gamma,
-                        beta,
-                        mean,
-                        inv_std,
-                        cfg,
-                        counts,
-                    },
-                    residual,
-                };
+                self.probe_bn_relu(name, &bn, Some(&rt))?;
+                let op = BatchNormAddReluOp { bn, residual };
                 let vars = [y, x, gamma, beta, residual];
                 self.record("batch_norm_add_relu", &vars, &[x, gamma, beta, y], op)?;
             }
@@ -144,12 +109,7 @@ impl Tape<'_> {
             running,
             cfg,
         } = layer;
-        let (yt, xt, gt, bt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(gamma)?.clone(),
-            self.value(beta)?.clone(),
-        );
+        let [yt, xt, gt, bt] = self.values([y, x, gamma, beta])?;
         if !training {
             if self.is_recording() && [x, gamma, beta].iter().any(|&v| self.requires_grad(v)) {
                 return Err(GpuError::Shape(format!(
@@ -188,34 +148,30 @@ impl Tape<'_> {
     ) -> Result<BnStats> {
         let [_, c, _, _] = nchw(name, "x", x)?;
         let gpu = self.gpu();
-        let mean = gpu.zeros(&[c], &format!("{name}.mean"))?;
-        let inv_std = gpu.zeros(&[c], &format!("{name}.inv_std"))?;
+        let saved = BnStats {
+            mean: gpu.zeros(&[c], &format!("{name}.mean"))?,
+            inv_std: gpu.zeros(&[c], &format!("{name}.inv_std"))?,
+            counts: None,
+        };
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(group) = self.sync_group() {
             let input = (x, affine, running);
-            return self.synchronised_statistics(group, (y, mean, inv_std), input, cfg, name);
+            return self.synchronised_statistics(group, saved, y, input, cfg, name);
         }
-        let stats = BatchStats {
-            mean: &mean,
-            inv_std: &inv_std,
-        };
-        forward_train(self.enc(), y, stats, running, x, affine, cfg)?;
-        Ok(BnStats {
-            mean,
-            inv_std,
-            counts: None,
-        })
+        forward_train(self.enc(), y, saved.batch(), running, x, affine, cfg)?;
+        Ok(saved)
     }
 
     /// [`Tape::bn_statistics`] over the ranks of `group`: each rank's per-channel (count,
-    /// mean, M2) are gathered and merged in rank order (Chan et al., in f64). Reads the
-    /// moments back in the middle of the forward pass, which only a native process can wait
-    /// for; data-parallel training is native only.
+    /// mean, M2) are gathered and merged in rank order (Chan et al., in f64) into `saved`.
+    /// It reads the moments back in the middle of the forward pass, which only a native
+    /// process may wait for: data-parallel training is native only.
     #[cfg(not(target_arch = "wasm32"))]
     fn synchronised_statistics(
         &mut self,
         group: &dyn crate::collective::Collective,
-        (y, mean, inv_std): (Option<&Tensor>, Tensor, Tensor),
+        mut saved: BnStats,
+        y: Option<&Tensor>,
         (x, affine, running): (&Tensor, Affine, RunningStats),
         cfg: BnConfig,
         name: &str,
@@ -223,11 +179,11 @@ impl Tape<'_> {
         let [n, c, h, w] = nchw(name, "x", x)?;
         let gpu = self.gpu();
         let m2 = gpu.zeros(&[c], &format!("{name}.m2"))?;
-        moments(self.enc(), &mean, &m2, x, affine, cfg)?;
+        moments(self.enc(), &saved.mean, &m2, x, affine, cfg)?;
         self.flush()?;
         let local_count = (n * h * w) as f32;
         let mut mine = vec![local_count];
-        mine.extend(gpu.download(&mean)?);
+        mine.extend(gpu.download(&saved.mean)?);
         mine.extend(gpu.download(&m2)?);
         let all = group.all_gather_f32(&mine);
         // Merge (count, mean, M2) per channel in rank order.
@@ -263,20 +219,13 @@ impl Tape<'_> {
         }
         gpu.write(running.mean, &r_mean)?;
         gpu.write(running.var, &r_var)?;
-        gpu.write(&mean, &batch_mean)?;
-        gpu.write(&inv_std, &batch_inv_std)?;
+        gpu.write(&saved.mean, &batch_mean)?;
+        gpu.write(&saved.inv_std, &batch_inv_std)?;
         if let Some(y) = y {
-            let stats = BatchStats {
-                mean: &mean,
-                inv_std: &inv_std,
-            };
-            apply(self.enc(), y, stats, running, x, affine, cfg)?;
+            apply(self.enc(), y, saved.batch(), running, x, affine, cfg)?;
         }
-        Ok(BnStats {
-            mean,
-            inv_std,
-            counts: Some((local_count, count as f32)),
-        })
+        saved.counts = Some((local_count, count as f32));
+        Ok(saved)
     }
 }
 
@@ -289,10 +238,36 @@ pub(crate) struct BnStats {
     pub counts: Option<(f32, f32)>,
 }
 
+impl BnStats {
+    /// The mean and inv_std as the launchers take them.
+    pub(crate) fn batch(&self) -> BatchStats<'_> {
+        BatchStats {
+            mean: &self.mean,
+            inv_std: &self.inv_std,
+        }
+    }
+}
+
+impl Tape<'_> {
+    /// [`Tape::probe_relu`] on the input of the ReLU after the training-mode BN `bn` (plus
+    /// `residual` when given).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn probe_bn_relu(
+        &mut self,
+        name: &str,
+        bn: &BatchNormOp,
+        residual: Option<&Tensor>,
+    ) -> Result<()> {
+        let [xt, gt, bt] = self.values([bn.x, bn.gamma, bn.beta])?;
+        let stats = [&gt, &bt, &bn.stats.mean, &bn.stats.inv_std];
+        self.probe_relu(name, |g| pre_activation(g, &xt, stats, residual))
+    }
+}
+
 /// A training-mode BN's output before its ReLU, on the host for [`Tape::probe_relu`]:
 /// `gamma * (x - mean) * inv_std + beta (+ residual)`.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn pre_activation(
+fn pre_activation(
     gpu: &Gpu,
     x: &Tensor,
     [gamma, beta, mean, inv_std]: [&Tensor; 4],
@@ -324,22 +299,26 @@ pub(crate) struct BatchNormOp {
     pub x: Var,
     pub gamma: Var,
     pub beta: Var,
-    pub mean: Tensor,
-    pub inv_std: Tensor,
     pub cfg: BnConfig,
-    /// Synchronised BN: this rank's and the global count of values per channel.
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub counts: Option<(f32, f32)>,
+    pub stats: BnStats,
 }
 
 impl BatchNormOp {
+    /// The BN `layer` from `x` to `y`, with the batch statistics its forward saved.
+    pub(crate) fn new(y: Var, x: Var, layer: BnLayer, stats: BnStats) -> BatchNormOp {
+        BatchNormOp {
+            y,
+            x,
+            gamma: layer.gamma,
+            beta: layer.beta,
+            cfg: layer.cfg,
+            stats,
+        }
+    }
+
     /// Accumulates the gradients of x, gamma and beta from the output gradient `d_y`.
     pub(crate) fn push_grads(&self, tape: &mut Tape, d_y: &Tensor) -> Result<()> {
-        let (xt, gt, bt) = (
-            tape.value(self.x)?.clone(),
-            tape.value(self.gamma)?.clone(),
-            tape.value(self.beta)?.clone(),
-        );
+        let [xt, gt, bt] = tape.values([self.x, self.gamma, self.beta])?;
         let d_g = tape.grad(self.gamma)?;
         let d_b = tape.grad(self.beta)?;
         let d_x = match tape.grad_if(self.x)? {
@@ -354,17 +333,14 @@ impl BatchNormOp {
                 gamma: &gt,
                 beta: &bt,
             },
-            stats: BatchStats {
-                mean: &self.mean,
-                inv_std: &self.inv_std,
-            },
+            stats: self.stats.batch(),
         };
         let d_affine = AffineGrads {
             d_gamma: &d_g,
             d_beta: &d_b,
         };
         #[cfg(not(target_arch = "wasm32"))]
-        if let (Some(group), Some(counts)) = (tape.sync_group(), self.counts) {
+        if let (Some(group), Some(counts)) = (tape.sync_group(), self.stats.counts) {
             let grads = (&d_x, d_affine);
             return synchronised_backward(tape, group, counts, grads, d_y, saved, cfg);
         }

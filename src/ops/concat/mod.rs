@@ -3,9 +3,9 @@
 //! slice of `d_y` into its `d_input`. In a dense block most concatenation is avoided
 //! altogether by writing straight into channel-slice views; `copy` covers the rest.
 
-use super::ViewParams;
+use super::{grid_1d_or_none, ViewParams};
 use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -95,22 +95,9 @@ fn copy_op(op: &str, enc: &mut Encoder, dst: &Tensor, src: &Tensor, acc: bool) -
         shader: &SHADER,
         entry,
         overrides: &[("WG", WG as f64), ("V", V as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(src),
-            Arg::Write(dst),
-        ],
-        workgroups: grid(to_u32(op, "workgroups", gx * n)?),
+        args: &Arg::bindings(&p, &[src], &[dst]),
+        workgroups: grid_1d_or_none(to_u32(op, "workgroups", gx * n)?),
     })
-}
-
-/// [`Gpu::grid_1d`], or no launch at all for zero workgroups.
-fn grid(total: u32) -> [u32; 3] {
-    if total == 0 {
-        [0; 3]
-    } else {
-        Gpu::grid_1d(total)
-    }
 }
 
 /// Checks that `parts` (N, C_i, H, W) concatenate along channels to `whole` (N, ΣC_i, H, W).

@@ -18,9 +18,8 @@ pub use plan::{
     ConvKernel, ConvPass, ConvShape, Forced, FORCE_ENV,
 };
 
-use launch::{ConvDims, DataParams, DataPass, Packing, WeightParams, WeightPass};
+use launch::{ConvHead, DataParams, DataPass, Packing, WeightParams, WeightPass};
 
-use super::ViewParams;
 use crate::gpu::Tensor;
 use crate::gpu::{check_distinct, expect_shape, nchw, to_u32, Encoder, GpuError, Result};
 
@@ -134,18 +133,14 @@ fn geometry(
 
 fn data_params(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> DataParams {
     DataParams {
-        inp: ViewParams::of(inp),
-        out: ViewParams::of(out),
-        dims: ConvDims::of(g, spec),
+        head: ConvHead::of(g, spec, inp, out),
         ..bytemuck::Zeroable::zeroed()
     }
 }
 
 fn weight_params(g: &Geom, spec: Conv2dSpec, x: &Tensor, d_y: &Tensor) -> WeightParams {
     WeightParams {
-        inp: ViewParams::of(x),
-        out: ViewParams::of(d_y),
-        dims: ConvDims::of(g, spec),
+        head: ConvHead::of(g, spec, x, d_y),
         ..bytemuck::Zeroable::zeroed()
     }
 }
@@ -211,6 +206,25 @@ fn conv_shape(
     }
 }
 
+/// The kernel that runs `pass` on `shape`, and the padded plane ([`padded_plane`]) its
+/// tensors are first copied to when that kernel is one of the fast ones (`conv1x1`,
+/// `conv3x3`, `backward_weight_dot`, `backward_weight_rows`) and the planes break their
+/// vec4 layout.
+fn plan_pass(
+    op: &str,
+    pass: ConvPass,
+    shape: &ConvShape,
+    g: &Geom,
+) -> Result<(ConvKernel, Option<(usize, usize)>)> {
+    let kernel = plan::choose(op, pass, shape)?;
+    let fast = matches!(
+        kernel,
+        ConvKernel::Conv1x1 | ConvKernel::Conv3x3 | ConvKernel::WeightDot | ConvKernel::WeightRows
+    );
+    let padded = padded_plane(g, shape.spec, shape.prologue).filter(|_| fast);
+    Ok((kernel, padded))
+}
+
 /// Validates the optional prologue and returns (scale offset, shift offset).
 fn prologue_offsets(op: &str, pro: Option<BnReluPrologue>, cin: usize) -> Result<(u32, u32)> {
     match pro {
@@ -235,9 +249,8 @@ pub fn forward(
     const OP: &str = "conv2d forward";
     let g = geometry(OP, "x", x, ("weight", weight), "y", y, spec)?;
     let shape = conv_shape(enc, &g, spec, (x, y), y, prologue.is_some());
-    let kernel = plan::choose(OP, ConvPass::Forward, &shape)?;
-    let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
-    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {
+    let (kernel, padded) = plan_pass(OP, ConvPass::Forward, &shape, &g)?;
+    if let Some(hw) = padded {
         check_distinct(OP, &[("y", y)], &[("x", x), ("weight", weight)])?;
         let xp = launch::pad_planes(enc, OP, x, hw)?;
         let yp = enc
@@ -288,9 +301,8 @@ pub fn backward_data(
     const OP: &str = "conv2d backward_data";
     let g = geometry(OP, "d_x", d_x, ("weight", weight), "d_y", d_y, spec)?;
     let shape = conv_shape(enc, &g, spec, (d_y, d_x), d_y, false);
-    let kernel = plan::choose(OP, ConvPass::BackwardData, &shape)?;
-    let fast = matches!(kernel, ConvKernel::Conv1x1 | ConvKernel::Conv3x3);
-    if let Some(hw) = padded_plane(&g, spec, false).filter(|_| fast) {
+    let (kernel, padded) = plan_pass(OP, ConvPass::BackwardData, &shape, &g)?;
+    if let Some(hw) = padded {
         check_distinct(OP, &[("d_x", d_x)], &[("d_y", d_y), ("weight", weight)])?;
         let dyp = launch::pad_planes(enc, OP, d_y, hw)?;
         let dxp = enc
@@ -339,9 +351,8 @@ pub fn backward_weight(
     const OP: &str = "conv2d backward_weight";
     let g = geometry(OP, "x", x, ("d_weight", d_weight), "d_y", d_y, spec)?;
     let shape = conv_shape(enc, &g, spec, (x, d_y), d_y, prologue.is_some());
-    let kernel = plan::choose(OP, ConvPass::BackwardWeight, &shape)?;
-    let fast = matches!(kernel, ConvKernel::WeightDot | ConvKernel::WeightRows);
-    if let Some(hw) = padded_plane(&g, spec, prologue.is_some()).filter(|_| fast) {
+    let (kernel, padded) = plan_pass(OP, ConvPass::BackwardWeight, &shape, &g)?;
+    if let Some(hw) = padded {
         check_distinct(OP, &[("d_weight", d_weight)], &[("x", x), ("d_y", d_y)])?;
         let xp = launch::pad_planes(enc, OP, x, hw)?;
         let dyp = launch::pad_planes(enc, OP, d_y, hw)?;

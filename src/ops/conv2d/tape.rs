@@ -2,10 +2,8 @@
 
 use super::{backward_data, backward_weight, forward, output_size, BnReluPrologue, Conv2dSpec};
 use crate::gpu::{nchw, Result, Tensor};
-#[cfg(not(target_arch = "wasm32"))]
-use crate::ops::batch_norm::tape::pre_activation;
 use crate::ops::batch_norm::tape::{BatchNormOp, BnLayer};
-use crate::ops::batch_norm::{self, Affine, BatchStats, BnConfig};
+use crate::ops::batch_norm::{self, Affine};
 use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
@@ -19,17 +17,9 @@ impl Tape<'_> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
-        let [n, _, h, wd] = nchw(name, "x", self.value(x)?)?;
-        let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
-        let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
-        let y = self.output(out, &[n, co, oh, ow], name)?;
-        self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
+        let y = self.conv_output(x, w, spec, out, name)?;
         let bt = b.map(|b| self.value(b).cloned()).transpose()?;
-        let (yt, xt, wt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(w)?.clone(),
-        );
+        let [yt, xt, wt] = self.values([y, x, w])?;
         forward(self.enc(), &yt, &xt, &wt, bt.as_ref(), None, spec)?;
         let vars: Vec<Var> = [y, x, w].into_iter().chain(b).collect();
         self.record("conv2d", &vars, &[x, w], Conv2dOp { x, w, b, spec })?;
@@ -48,67 +38,56 @@ impl Tape<'_> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
-        let BnLayer {
-            gamma,
-            beta,
-            running,
-            cfg,
-        } = layer;
-        let [n, c, h, wd] = nchw(name, "x", self.value(x)?)?;
-        let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
-        let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
-        let y = self.output(out, &[n, co, oh, ow], name)?;
-        self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
+        let layer = layer.with_relu(true);
+        let (gamma, beta, cfg) = (layer.gamma, layer.beta, layer.cfg);
+        let y = self.conv_output(x, w, spec, out, name)?;
+        let c = self.shape(x)[1];
         let g = self.gpu();
         let scale = g.zeros(&[c], &format!("{name}.scale"))?;
         let shift = g.zeros(&[c], &format!("{name}.shift"))?;
-        let (yt, xt, gt, bt, wt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(gamma)?.clone(),
-            self.value(beta)?.clone(),
-            self.value(w)?.clone(),
-        );
-        let cfg = BnConfig { relu: true, ..cfg };
+        let [yt, xt, gt, bt, wt] = self.values([y, x, gamma, beta, w])?;
         let affine = Affine {
             gamma: &gt,
             beta: &bt,
         };
-        let stats = self.bn_statistics(None, &xt, affine, running, cfg, name)?;
-        let (mean, inv_std, counts) = (stats.mean, stats.inv_std, stats.counts);
+        let stats = self.bn_statistics(None, &xt, affine, layer.running, cfg, name)?;
         let enc = self.enc();
-        let batch = BatchStats {
-            mean: &mean,
-            inv_std: &inv_std,
-        };
-        batch_norm::fold_scale_shift(enc, &scale, &shift, affine, batch)?;
+        batch_norm::fold_scale_shift(enc, &scale, &shift, affine, stats.batch())?;
         let pro = BnReluPrologue {
             scale: &scale,
             shift: &shift,
         };
         forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
+        let bn = BatchNormOp::new(y, x, layer, stats);
         #[cfg(not(target_arch = "wasm32"))]
-        self.probe_relu(name, |g| {
-            pre_activation(g, &xt, [&gt, &bt, &mean, &inv_std], None)
-        })?;
+        self.probe_bn_relu(name, &bn, None)?;
         let op = BnReluConvOp {
             w,
-            bn: BatchNormOp {
-                y,
-                x,
-                gamma,
-                beta,
-                mean,
-                inv_std,
-                cfg,
-                counts,
-            },
+            bn,
             scale,
             shift,
             spec,
         };
         let reads = [x, gamma, beta, w];
         self.record("bn_relu_conv", &[y, x, gamma, beta, w], &reads, op)?;
+        Ok(y)
+    }
+
+    /// The output variable of a convolution of `x` by `w` (into `out` when given), its
+    /// multiply-adds counted.
+    fn conv_output(
+        &mut self,
+        x: Var,
+        w: Var,
+        spec: Conv2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
+        let [n, _, h, wd] = nchw(name, "x", self.value(x)?)?;
+        let [co, ci, kh, kw] = nchw(name, "weight", self.value(w)?)?;
+        let (oh, ow) = output_size(spec, h, wd, kh, kw)?;
+        let y = self.output(out, &[n, co, oh, ow], name)?;
+        self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
         Ok(y)
     }
 }
@@ -122,8 +101,7 @@ struct Conv2dOp {
 
 impl Backward for Conv2dOp {
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
-        let xt = tape.value(self.x)?.clone();
-        let wt = tape.value(self.w)?.clone();
+        let [xt, wt] = tape.values([self.x, self.w])?;
         let d_w = tape.grad_if(self.w)?;
         let d_b = self.b.map(|b| tape.grad_if(b)).transpose()?.flatten();
         let d_x = tape.grad_if(self.x)?;
@@ -150,7 +128,7 @@ struct BnReluConvOp {
 
 impl Backward for BnReluConvOp {
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
-        let (xt, wt) = (tape.value(self.bn.x)?.clone(), tape.value(self.w)?.clone());
+        let [xt, wt] = tape.values([self.bn.x, self.w])?;
         let pro = BnReluPrologue {
             scale: &self.scale,
             shift: &self.shift,

@@ -6,10 +6,8 @@
 //! caller guarantees their range ([`check_labels`] checks host labels), and the kernels turn
 //! an invalid label into NaN for its row rather than reading out of bounds.
 
-use super::groups;
 use crate::gpu::{
-    check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
-    Tensor,
+    check_distinct, expect_shape, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -62,6 +60,17 @@ fn dims(op: &str, logits_or_probs: &Tensor, what: &str, labels: &Tensor) -> Resu
     Ok([n, k])
 }
 
+/// Checks that `t` (named `what`) is a contiguous tensor of `like`'s shape.
+fn expect_contiguous_like(op: &str, what: &str, t: &Tensor, like: &Tensor) -> Result<()> {
+    expect_shape(op, what, &t.shape, &like.shape)?;
+    if !t.is_contiguous() {
+        return Err(GpuError::Shape(format!(
+            "{op}: {what} must be contiguous, got {t:?}"
+        )));
+    }
+    Ok(())
+}
+
 fn offset(op: &str, t: &Tensor) -> Result<u32> {
     to_u32(op, t.label(), t.offset + t.numel())?;
     Ok(t.offset as u32)
@@ -79,12 +88,7 @@ pub fn forward(
 ) -> Result<()> {
     let op = "cross_entropy forward";
     let [n, k] = dims(op, logits, "logits", labels)?;
-    expect_shape(op, "probs", &probs.shape, &logits.shape)?;
-    if !probs.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: probs must be contiguous, got {probs:?}"
-        )));
-    }
+    expect_contiguous_like(op, "probs", probs, logits)?;
     if loss.numel() != 1 {
         return Err(GpuError::Shape(format!(
             "{op}: loss must hold one value, got shape {:?}",
@@ -111,19 +115,9 @@ pub fn forward(
         scale: 0.0,
         _pad: 0,
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "forward",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(logits),
-            Arg::Read(labels),
-            Arg::Write(probs),
-            Arg::Write(loss),
-        ],
-        workgroups: [1, 1, 1],
-    })
+    // One workgroup (WG invocations) reduces the whole batch.
+    let kernel = Kernel::new(&SHADER, "forward", WG);
+    enc.launch_threads(kernel, &p, &[logits, labels], &[probs, loss], WG as usize)
 }
 
 /// `d_logits += d_loss * (probs - onehot(label)) / N`, with `d_loss` a host f32 (1.0 for a
@@ -137,12 +131,7 @@ pub fn backward(
 ) -> Result<()> {
     let op = "cross_entropy backward";
     let [n, k] = dims(op, probs, "probs", labels)?;
-    expect_shape(op, "d_logits", &d_logits.shape, &probs.shape)?;
-    if !d_logits.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: d_logits must be contiguous, got {d_logits:?}"
-        )));
-    }
+    expect_contiguous_like(op, "d_logits", d_logits, probs)?;
     check_distinct(
         op,
         &[("d_logits", d_logits)],
@@ -159,16 +148,6 @@ pub fn backward(
         scale: d_loss / n.max(1) as f32,
         _pad: 0,
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "backward",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(probs),
-            Arg::Read(labels),
-            Arg::Write(d_logits),
-        ],
-        workgroups: Gpu::grid_1d(groups(n * k, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, "backward", WG);
+    enc.launch_threads(kernel, &p, &[probs, labels], &[d_logits], n * k)
 }

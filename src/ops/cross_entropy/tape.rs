@@ -15,7 +15,7 @@ impl Tape<'_> {
         let shape = self.shape(logits).to_vec();
         let loss = self.output(None, &[1], name)?;
         let probs = self.gpu().zeros(&shape, &format!("{name}.probs"))?;
-        let (lt, xt) = (self.value(loss)?.clone(), self.value(logits)?.clone());
+        let [lt, xt] = self.values([loss, logits])?;
         forward(self.enc(), &lt, &probs, &xt, labels)?;
         let op = CrossEntropyOp {
             logits,

@@ -1,9 +1,9 @@
 //! Global average pooling: `y[n,c] = mean_{h,w} x[n,c,h,w]` (y is contiguous (N, C));
 //! backward `d_x[n,c,h,w] += d_y[n,c] / (H·W)`.
 
-use super::{groups, ViewParams};
+use super::{plane_grid, ViewParams};
 use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -54,17 +54,8 @@ fn params(op: &str, y_name: &str, y: &Tensor, x_name: &str, x: &Tensor) -> Resul
 /// channel-slice view; `y` is a contiguous (N, C) tensor.
 pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor) -> Result<()> {
     let p = params("global_avg_pool forward", "y", y, "x", x)?;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "forward",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Write(y),
-        ],
-        workgroups: Gpu::grid_1d(groups(p.planes as usize, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, "forward", WG);
+    enc.launch_threads(kernel, &p, &[x], &[y], p.planes as usize)
 }
 
 /// `d_x[n,c,h,w] += d_y[n,c] / (H·W)`. `d_x` (N, C, H, W) may be a channel-slice view;
@@ -77,21 +68,8 @@ pub fn backward(enc: &mut Encoder, d_x: &Tensor, d_y: &Tensor) -> Result<()> {
     } else {
         d_x.item_numel()
     };
-    p.gx = groups(item, WG);
-    let total = to_u32(op, "workgroups", p.gx as usize * d_x.shape[0])?;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "backward",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(d_y),
-            Arg::Write(d_x),
-        ],
-        workgroups: if total == 0 {
-            [0; 3]
-        } else {
-            Gpu::grid_1d(total)
-        },
-    })
+    let grid;
+    (p.gx, grid) = plane_grid(op, item, d_x.shape[0], WG)?;
+    let kernel = Kernel::new(&SHADER, "backward", WG);
+    enc.launch_grid(kernel, &Arg::bindings(&p, &[d_y], &[d_x]), grid)
 }

@@ -9,7 +9,7 @@ impl Tape<'_> {
     pub fn global_avg_pool(&mut self, x: Var, name: &str) -> Result<Var> {
         let [n, c, _, _] = nchw(name, "x", self.value(x)?)?;
         let y = self.output(None, &[n, c], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        let [yt, xt] = self.values([y, x])?;
         forward(self.enc(), &yt, &xt)?;
         self.record("global_avg_pool", &[y, x], &[], GlobalAvgPoolOp { x })?;
         Ok(y)

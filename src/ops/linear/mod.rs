@@ -11,7 +11,7 @@
 
 use super::groups;
 use crate::gpu::{
-    check_distinct, expect_shape, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader,
+    check_distinct, expect_shape, to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Shader,
     Tensor,
 };
 
@@ -182,19 +182,12 @@ fn gemm(
             ("TN", TN as f64),
             ("WG_DOT", WG_DOT as f64),
         ],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(a.t),
-            Arg::Read(b.t),
-            // Without a bias the kernel never reads binding 3; bind A there.
-            Arg::Read(bias.unwrap_or(a.t)),
-            Arg::Write(c),
-        ],
+        // Without a bias the kernel never reads binding 3; bind A there.
+        args: &Arg::bindings(&p, &[a.t, b.t, bias.unwrap_or(a.t)], &[c]),
         workgroups,
     })
 }
 
-/// The dimensions of a contiguous 2-D tensor.
 /// `aᵀ` (K, M) of the contiguous (M, K) `a` (M a multiple of 4), in a scratch tensor that
 /// stays alive until the recorded work has run: it puts a product's left operand k-major
 /// so that the product can run on `gemm_v4`, or its right operand k-contiguous for
@@ -210,20 +203,14 @@ fn transposed(enc: &mut Encoder, op: &str, a: &Tensor, m: usize, k: usize) -> Re
     to_u32(op, "a numel", m * k)?;
     // 4 x 4 blocks as vec4 when a's rows allow it (m is already a multiple of 4).
     let blocks = k % 4 == 0 && a.offset % 4 == 0;
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: if blocks { "transpose_v4" } else { "transpose" },
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(a),
-            Arg::Write(&a_t),
-        ],
-        workgroups: Gpu::grid_1d(groups(if blocks { m * k / 16 } else { m * k }, WG)),
-    })?;
+    let entry = if blocks { "transpose_v4" } else { "transpose" };
+    let threads = if blocks { m * k / 16 } else { m * k };
+    let kernel = Kernel::new(&SHADER, entry, WG);
+    enc.launch_threads(kernel, &p, &[a], &[&a_t], threads)?;
     Ok(a_t)
 }
 
+/// The dimensions of a contiguous 2-D tensor.
 fn matrix(op: &str, what: &str, t: &Tensor) -> Result<[usize; 2]> {
     match t.shape[..] {
         [r, c] if t.is_contiguous() => Ok([r, c]),
@@ -237,6 +224,26 @@ fn matrix(op: &str, what: &str, t: &Tensor) -> Result<[usize; 2]> {
     }
 }
 
+/// Checks that `t` is a contiguous matrix of shape `shape`.
+fn expect_matrix(op: &str, what: &str, t: &Tensor, shape: [usize; 2]) -> Result<()> {
+    expect_shape(op, what, &t.shape, &shape)?;
+    matrix(op, what, t)?;
+    Ok(())
+}
+
+/// `[N, I, O]` of a layer's input x (N, I) and weight (O, I).
+fn layer_dims(op: &str, x: &Tensor, weight: &Tensor) -> Result<[usize; 3]> {
+    let [n, i] = matrix(op, "x", x)?;
+    let [o, wi] = matrix(op, "weight", weight)?;
+    if wi != i {
+        return Err(GpuError::Shape(format!(
+            "{op}: weight {:?} has {wi} in-features but x {:?} has {i}",
+            weight.shape, x.shape
+        )));
+    }
+    Ok([n, i, o])
+}
+
 /// `y = x · Wᵀ + b` with x (N, I), weight (O, I), bias (O), y (N, O). Overwrites `y`.
 pub fn forward(
     enc: &mut Encoder,
@@ -246,19 +253,11 @@ pub fn forward(
     bias: Option<&Tensor>,
 ) -> Result<()> {
     let op = "linear forward";
-    let [n, i] = matrix(op, "x", x)?;
-    let [o, wi] = matrix(op, "weight", weight)?;
-    if wi != i {
-        return Err(GpuError::Shape(format!(
-            "{op}: weight {:?} has {wi} in-features but x {:?} has {i}",
-            weight.shape, x.shape
-        )));
-    }
+    let [n, i, o] = layer_dims(op, x, weight)?;
     if let Some(b) = bias {
         expect_shape(op, "bias", &b.shape, &[o])?;
     }
-    expect_shape(op, "y", &y.shape, &[n, o])?;
-    matrix(op, "y", y)?;
+    expect_matrix(op, "y", y, [n, o])?;
     check_distinct(op, &[("y", y)], &[("x", x), ("weight", weight)])?;
     if let Some(b) = bias {
         check_distinct(op, &[("y", y)], &[("bias", b)])?;
@@ -290,23 +289,13 @@ pub fn backward(
     weight: &Tensor,
 ) -> Result<()> {
     let op = "linear backward";
-    let [n, i] = matrix(op, "x", x)?;
-    let [o, wi] = matrix(op, "weight", weight)?;
-    if wi != i {
-        return Err(GpuError::Shape(format!(
-            "{op}: weight {:?} has {wi} in-features but x {:?} has {i}",
-            weight.shape, x.shape
-        )));
-    }
-    expect_shape(op, "d_y", &d_y.shape, &[n, o])?;
-    matrix(op, "d_y", d_y)?;
-    expect_shape(op, "d_weight", &d_weight.shape, &[o, i])?;
-    matrix(op, "d_weight", d_weight)?;
+    let [n, i, o] = layer_dims(op, x, weight)?;
+    expect_matrix(op, "d_y", d_y, [n, o])?;
+    expect_matrix(op, "d_weight", d_weight, [o, i])?;
     let read = [("d_y", d_y), ("x", x), ("weight", weight)];
     check_distinct(op, &[("d_weight", d_weight)], &read)?;
     if let Some(d_x) = d_x {
-        expect_shape(op, "d_x", &d_x.shape, &[n, i])?;
-        matrix(op, "d_x", d_x)?;
+        expect_matrix(op, "d_x", d_x, [n, i])?;
         check_distinct(op, &[("d_x", d_x)], &read)?;
     }
     if let Some(d_b) = d_bias {
@@ -351,17 +340,8 @@ pub fn backward(
             c_off: to_u32(op, "d_bias offset", d_b.offset)?,
             ..Params::default()
         };
-        enc.launch(Launch {
-            shader: &SHADER,
-            entry: "bias_backward",
-            overrides: &[("WG", WG as f64)],
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&p)),
-                Arg::Read(d_y),
-                Arg::Write(d_b),
-            ],
-            workgroups: Gpu::grid_1d(groups(o, WG)),
-        })?;
+        let kernel = Kernel::new(&SHADER, "bias_backward", WG);
+        enc.launch_threads(kernel, &p, &[d_y], &[d_b], o)?;
     }
     Ok(())
 }
@@ -382,8 +362,7 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
             a.shape, b.shape
         )));
     }
-    expect_shape(op, "c", &c.shape, &[m, n])?;
-    matrix(op, "c", c)?;
+    expect_matrix(op, "c", c, [m, n])?;
     check_distinct(op, &[("c", c)], &[("a", a), ("b", b)])?;
     let (a_t, b_t);
     let (lhs, rhs) = if k % 4 == 0 && a.offset % 4 == 0 && n >= DOT_MIN_N && k > 0 {

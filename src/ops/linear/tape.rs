@@ -12,11 +12,7 @@ impl Tape<'_> {
         let y = self.output(None, &[n, o], name)?;
         self.count_multiply_adds(n * o * i);
         let bt = b.map(|b| self.value(b).cloned()).transpose()?;
-        let (yt, xt, wt) = (
-            self.value(y)?.clone(),
-            self.value(x)?.clone(),
-            self.value(w)?.clone(),
-        );
+        let [yt, xt, wt] = self.values([y, x, w])?;
         forward(self.enc(), &yt, &xt, &wt, bt.as_ref())?;
         let vars: Vec<Var> = [y, x, w].into_iter().chain(b).collect();
         self.record("linear", &vars, &[x, w], LinearOp { x, w, b })?;
@@ -32,7 +28,7 @@ struct LinearOp {
 
 impl Backward for LinearOp {
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
-        let (xt, wt) = (tape.value(self.x)?.clone(), tape.value(self.w)?.clone());
+        let [xt, wt] = tape.values([self.x, self.w])?;
         let d_x = tape.grad_if(self.x)?;
         let d_b = self.b.map(|b| tape.grad_if(b)).transpose()?.flatten();
         let d_w = match tape.grad_if(self.w)? {

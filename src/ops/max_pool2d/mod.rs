@@ -4,8 +4,8 @@
 //! one byte (layout: [`indices_shape`]) — and backward routes `d_x += d_y` through the saved
 //! indices without reading `x`.
 
-use super::avg_pool2d::{check_pool, vec4_rows, PoolShape};
-use super::ViewParams;
+use super::avg_pool2d::{check_pool, vec4_rows, window_constants, PoolShape};
+use super::{grid_1d_or_none, ViewParams};
 use crate::gpu::{
     check_distinct, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
 };
@@ -188,22 +188,22 @@ fn backward4_fits(d_x: &Tensor, d_y: &Tensor, g: &PoolShape, spec: Pool2dSpec) -
 }
 
 fn params(op: &str, g: &PoolShape, x: &Tensor, y: &Tensor) -> Result<Params> {
-    let u = |what: &str, v: usize| to_u32(op, what, v);
+    let [h, w, oh, ow] = g.sizes(op)?;
     Ok(Params {
         x: ViewParams::of(x),
         y: ViewParams::of(y),
         d_x: ViewParams::of(x),
-        h: u("H", g.h)?,
-        w: u("W", g.w)?,
-        oh: u("OH", g.oh)?,
-        ow: u("OW", g.ow)?,
-        idx_row: u("OW / 4", g.ow.div_ceil(4))?,
+        h,
+        w,
+        oh,
+        ow,
+        idx_row: to_u32(op, "OW / 4", g.ow.div_ceil(4))?,
         rows: 0,
         segs: 0,
         chunks: 1,
         tiles: 0,
-        planes: u("N * C", g.n * g.c)?,
-        c: u("C", g.c)?,
+        planes: to_u32(op, "N * C", g.n * g.c)?,
+        c: to_u32(op, "C", g.c)?,
         neg_inf: f32::NEG_INFINITY,
     })
 }
@@ -240,26 +240,14 @@ fn launch(
     let total = p.planes as usize * rows * segs;
     let workgroups = to_u32(op, "workgroups", total.div_ceil(WG as usize))?;
     to_u32(op, "invocations", workgroups as usize * WG as usize)?;
-    let mut args = vec![Arg::Uniform(bytemuck::bytes_of(&p))];
-    args.extend(reads.iter().map(|t| Arg::Read(t)));
-    args.extend(writes.iter().map(|t| Arg::Write(t)));
+    let mut constants = window_constants(WG, spec, tw).to_vec();
+    constants.push(("TH", th as f64));
     enc.launch(Launch {
         shader: &SHADER,
         entry,
-        overrides: &[
-            ("WG", WG as f64),
-            ("K", spec.kernel as f64),
-            ("S", spec.stride as f64),
-            ("P", spec.padding as f64),
-            ("TW", tw as f64),
-            ("TH", th as f64),
-        ],
-        args: &args,
-        workgroups: if workgroups == 0 {
-            [0; 3]
-        } else {
-            Gpu::grid_1d(workgroups)
-        },
+        overrides: &constants,
+        args: &Arg::bindings(&p, reads, writes),
+        workgroups: grid_1d_or_none(workgroups),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The tape entries of max_pool2d: the forward launches they record and their backward.
 
-use super::{alloc_indices, backward, forward, output_size, Pool2dSpec};
+use super::{alloc_indices, backward, forward, Pool2dSpec};
 use crate::gpu::{GpuError, Result, Tensor};
 use crate::tape::{Backward, Tape, Var};
 
@@ -14,14 +14,12 @@ impl Tape<'_> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
-        let [n, c, h, w] = crate::gpu::nchw(name, "x", self.value(x)?)?;
-        let (oh, ow) = output_size(spec, h, w)?;
-        let y = self.output(out, &[n, c, oh, ow], name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        let (y, y_shape) = self.pool_output(x, spec, out, name)?;
+        let [yt, xt] = self.values([y, x])?;
         // An inference tape never runs backward: no indices.
         let indices = if self.is_recording() {
             let label = format!("{name}.indices");
-            Some(alloc_indices(self.gpu(), [n, c, oh, ow], &label)?)
+            Some(alloc_indices(self.gpu(), y_shape, &label)?)
         } else {
             None
         };

@@ -1,7 +1,7 @@
 //! ReLU: `y = max(x, 0)`; backward `d_x += d_y * [x > 0]`.
 
-use super::{groups, ViewParams};
-use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor};
+use super::ViewParams;
+use crate::gpu::{Encoder, GpuError, Kernel, Result, Shader, Tensor};
 
 pub mod reference;
 mod tape;
@@ -49,33 +49,14 @@ fn vectorise(p: &mut Params, tensors: &[&Tensor]) -> &'static str {
 pub fn forward(enc: &mut Encoder, y: &Tensor, x: &Tensor) -> Result<()> {
     let mut p = params("relu forward", x, y, x)?;
     let entry = format!("forward{}", vectorise(&mut p, &[x, y]));
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &entry,
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Write(y),
-        ],
-        workgroups: Gpu::grid_1d(groups(p.numel as usize, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, &entry, WG);
+    enc.launch_threads(kernel, &p, &[x], &[y], p.numel as usize)
 }
 
 /// `d_x += d_y * [x > 0]`.
 pub fn backward(enc: &mut Encoder, d_x: &Tensor, x: &Tensor, d_y: &Tensor) -> Result<()> {
     let mut p = params("relu backward", x, d_y, d_x)?;
     let entry = format!("backward{}", vectorise(&mut p, &[x, d_y, d_x]));
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: &entry,
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&p)),
-            Arg::Read(x),
-            Arg::Read(d_y),
-            Arg::Write(d_x),
-        ],
-        workgroups: Gpu::grid_1d(groups(p.numel as usize, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, &entry, WG);
+    enc.launch_threads(kernel, &p, &[x, d_y], &[d_x], p.numel as usize)
 }

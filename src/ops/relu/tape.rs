@@ -8,7 +8,7 @@ impl Tape<'_> {
     pub fn relu(&mut self, x: Var, name: &str) -> Result<Var> {
         let shape = self.shape(x).to_vec();
         let y = self.output(None, &shape, name)?;
-        let (yt, xt) = (self.value(y)?.clone(), self.value(x)?.clone());
+        let [yt, xt] = self.values([y, x])?;
         forward(self.enc(), &yt, &xt)?;
         #[cfg(not(target_arch = "wasm32"))]
         self.probe_relu(name, |g| {

@@ -3,10 +3,10 @@
 
 use super::layout::pack_weight;
 use super::weight::WeightParams;
-use super::{ConvDims, DataPass, Packing, WeightPass};
+use super::{packed_weight_reads, prologue_bindings, ConvHead, DataPass, Packing, WeightPass};
 use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
-use crate::ops::{groups, ViewParams};
+use crate::ops::groups;
 
 /// The workgroup tile of the GEMM kernels: a `bm` x `bn` block of the output staged `bk`
 /// reduction steps at a time, `tm` x `tn` outputs per thread.
@@ -70,9 +70,9 @@ impl GemmTile {
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct GemmParams {
-    inp: ViewParams,
-    out: ViewParams,
-    dims: ConvDims,
+    /// The views, `inp` and `out` as in `DataParams` (x and d_y for the weight gradient),
+    /// and the geometry.
+    head: ConvHead,
     m: u32,
     m_pad: u32,
     k: u32,
@@ -89,9 +89,7 @@ const _: () = assert!(std::mem::size_of::<GemmParams>() == 128);
 
 fn gemm_params(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> GemmParams {
     GemmParams {
-        inp: ViewParams::of(inp),
-        out: ViewParams::of(out),
-        dims: ConvDims::of(g, spec),
+        head: ConvHead::of(g, spec, inp, out),
         ..bytemuck::Zeroable::zeroed()
     }
 }
@@ -147,10 +145,7 @@ pub(super) fn data_pass(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
     (q.sc_off, q.sh_off) = (p.sc_off, p.sh_off);
     let tile = GemmTile::for_rows(m);
     let grid = gemm_grid(op, groups(cols, tile.bn), groups(m, tile.bm))?;
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (&packed, &packed),
-    };
+    let reads = packed_weight_reads(read, &packed, bias, prologue);
     let kernel = if forward {
         ConvKernel::GemmForward
     } else {
@@ -161,15 +156,7 @@ pub(super) fn data_pass(enc: &mut Encoder, pass: &DataPass) -> Result<()> {
         shader,
         entry,
         overrides: &tile.overrides(prologue.is_some()),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(read),
-            Arg::Read(&packed),
-            Arg::Read(bias.unwrap_or(&packed)),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(written),
-        ],
+        args: &Arg::bindings(&q, &reads, &[written]),
         workgroups: grid,
     })
 }
@@ -234,23 +221,13 @@ pub(in crate::ops::conv2d) fn gemm_backward_weight(
             p.chunks
         )));
     }
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (x, x),
-    };
+    let (scale, shift) = prologue_bindings(prologue, x);
     let (shader, entry) = ConvKernel::GemmWeight.entry(false);
     enc.launch(Launch {
         shader,
         entry,
         overrides: &tile.overrides(prologue.is_some()),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(d_y),
-            Arg::Read(x),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(part),
-        ],
+        args: &Arg::bindings(&q, &[d_y, x, scale, shift], &[part]),
         workgroups: [col_blocks, row_blocks, p.chunks],
     })
 }

@@ -4,9 +4,9 @@
 
 use super::tiled::WG;
 use super::{Geom, Packing};
-use crate::gpu::{nchw, to_u32, Arg, Encoder, Gpu, Launch, Result, Tensor};
+use crate::gpu::{nchw, to_u32, Encoder, Kernel, Result, Tensor};
 use crate::ops::conv2d::shaders::SHADER;
-use crate::ops::{groups, ViewParams};
+use crate::ops::ViewParams;
 
 /// The uniform of the layout kernels (`pack_weight`, `repad`, `to_pixel_major`).
 #[repr(C)]
@@ -38,17 +38,8 @@ fn layout_launch(
     read: &Tensor,
     written: &Tensor,
 ) -> Result<()> {
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry,
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(q)),
-            Arg::Read(read),
-            Arg::Write(written),
-        ],
-        workgroups: Gpu::grid_1d(groups(q.total as usize, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, entry, WG);
+    enc.launch_threads(kernel, q, &[read], &[written], q.total as usize)
 }
 
 /// Repacks the weight as `[red_c * KH*KW, out_c rounded up to 4]` (taps rotated when

@@ -29,6 +29,7 @@ pub(super) use weight::{partial_sums_scratch, reduce_chunks, weight_partial_sums
 
 use super::{BnReluPrologue, Conv2dSpec, ConvKernel, Geom};
 use crate::gpu::{Encoder, Result, Tensor};
+use crate::ops::ViewParams;
 
 /// The geometry of a convolution as the register-tiled kernels' uniforms carry it, after
 /// their two views (the shaders' fields n .. pad).
@@ -62,6 +63,26 @@ impl ConvDims {
             kw: g.kw as u32,
             stride: spec.stride as u32,
             pad: spec.padding as u32,
+        }
+    }
+}
+
+/// What the uniforms of the register-tiled and GEMM kernels start with: the view a pass
+/// reads, the view it writes and the geometry (the shaders' fields inp .. pad).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(super) struct ConvHead {
+    pub inp: ViewParams,
+    pub out: ViewParams,
+    pub dims: ConvDims,
+}
+
+impl ConvHead {
+    pub fn of(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> ConvHead {
+        ConvHead {
+            inp: ViewParams::of(inp),
+            out: ViewParams::of(out),
+            dims: ConvDims::of(g, spec),
         }
     }
 }
@@ -129,6 +150,28 @@ pub(super) struct WeightPass<'a> {
     pub d_y: &'a Tensor,
     pub x: &'a Tensor,
     pub prologue: Option<BnReluPrologue<'a>>,
+}
+
+/// The prologue's scale and shift, as a kernel binds them; without a prologue `unused`
+/// stands in for both (the kernel does not read them then).
+fn prologue_bindings<'a>(
+    prologue: Option<BnReluPrologue<'a>>,
+    unused: &'a Tensor,
+) -> (&'a Tensor, &'a Tensor) {
+    prologue.map_or((unused, unused), |pr| (pr.scale, pr.shift))
+}
+
+/// What the kernels on a packed weight (the blocked and GEMM data kernels) read, in
+/// binding order: `read`, the packed weight, the bias and the prologue's scale and shift.
+/// The packed weight stands in for a bias or prologue the pass does not have.
+fn packed_weight_reads<'a>(
+    read: &'a Tensor,
+    packed: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    prologue: Option<BnReluPrologue<'a>>,
+) -> [&'a Tensor; 5] {
+    let (scale, shift) = prologue_bindings(prologue, packed);
+    [read, packed, bias.unwrap_or(packed), scale, shift]
 }
 
 /// Runs `pass` on `kernel`.

@@ -3,10 +3,10 @@
 //! registers and reads its weights from a packed copy (`layout`).
 
 use super::layout::pack_weight;
-use super::{ConvDims, DataPass};
+use super::{packed_weight_reads, ConvHead, DataPass};
 use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
 use crate::ops::conv2d::{BnReluPrologue, ConvKernel, Geom};
-use crate::ops::{groups, ViewParams};
+use crate::ops::groups;
 
 /// Invocations per workgroup.
 pub(super) const WG: u32 = 64;
@@ -35,11 +35,9 @@ const CONV3X3: Tile = Tile { ch: 16, px: 2 };
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(in crate::ops::conv2d) struct DataParams {
-    /// x (forward) or d_y (backward_data).
-    pub inp: ViewParams,
-    /// y (forward) or d_x (backward_data).
-    pub out: ViewParams,
-    pub dims: ConvDims,
+    /// The views, `inp` x (forward) or d_y (backward_data) and `out` y (forward) or d_x
+    /// (backward_data), and the geometry.
+    pub head: ConvHead,
     /// Channels written: Cout (forward) or Cin (backward_data).
     pub out_c: u32,
     /// Channels summed over: Cin (forward) or Cout (backward_data).
@@ -127,12 +125,7 @@ pub(super) fn data_pass(enc: &mut Encoder, kernel: ConvKernel, pass: &DataPass) 
             shader,
             entry,
             overrides: &consts.list(),
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&p)),
-                Arg::Read(read),
-                Arg::Read(weight),
-                Arg::Write(written),
-            ],
+            args: &Arg::bindings(&p, &[read, weight], &[written]),
             workgroups,
         });
     }
@@ -185,23 +178,12 @@ pub(super) fn blocked(enc: &mut Encoder, op: &str, launch: Blocked) -> Result<()
     let (workgroups, mut consts) = grid_and_constants(op, kernel, g, p.out_c as usize, lanes)?;
     consts.prologue = prologue.is_some();
     let (shader, entry) = kernel.entry(enc.subgroups());
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (packed, packed),
-    };
+    let reads = packed_weight_reads(read, packed, bias, prologue);
     enc.launch(Launch {
         shader,
         entry,
         overrides: &consts.list(),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(p)),
-            Arg::Read(read),
-            Arg::Read(packed),
-            Arg::Read(bias.unwrap_or(packed)),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(written),
-        ],
+        args: &Arg::bindings(p, &reads, &[written]),
         workgroups,
     })
 }

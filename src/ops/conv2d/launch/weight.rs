@@ -4,11 +4,11 @@
 
 use super::layout::to_pixel_major;
 use super::tiled::{lanes_for, tile_for_channels, Consts, Tile, WG};
-use super::{ConvDims, WeightPass};
-use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
+use super::{prologue_bindings, ConvHead, WeightPass};
+use crate::gpu::{to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::SHADER;
 use crate::ops::conv2d::ConvKernel;
-use crate::ops::{groups, ViewParams};
+use crate::ops::groups;
 
 /// `backward_weight_partial` (general): 8 output channels x 2 weight columns.
 const GENERAL_BWD_WEIGHT: Tile = Tile { ch: 8, px: 2 };
@@ -30,11 +30,8 @@ const MIN_CHUNK: usize = 1024;
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 pub(in crate::ops::conv2d) struct WeightParams {
-    /// x.
-    pub inp: ViewParams,
-    /// d_y.
-    pub out: ViewParams,
-    pub dims: ConvDims,
+    /// The views, `inp` x and `out` d_y, and the geometry.
+    pub head: ConvHead,
     pub sc_off: u32,
     pub sh_off: u32,
     pub chunk_len: u32,
@@ -133,10 +130,7 @@ pub(in crate::ops::conv2d) fn weight_partial_sums(
         )));
     }
     let part = partial_sums_scratch(enc, op, p, chunk_len, chunks, g.cout * ncol + g.cout)?;
-    let (scale, shift) = match prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (x, x),
-    };
+    let (scale, shift) = prologue_bindings(prologue, x);
     let mut consts = Consts::new(t, prologue.is_some());
     consts.wg = wg_size;
     let (shader, entry) = kernel.entry(enc.subgroups());
@@ -152,14 +146,7 @@ pub(in crate::ops::conv2d) fn weight_partial_sums(
         shader,
         entry,
         overrides: &consts.list(),
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&*p)),
-            Arg::Read(d_y_read),
-            Arg::Read(x),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(&part),
-        ],
+        args: &Arg::bindings(&*p, &[d_y_read, x, scale, shift], &[&part]),
         workgroups: [col_blocks, tiles, chunks as u32],
     })?;
     Ok(part)
@@ -175,7 +162,7 @@ pub(in crate::ops::conv2d) fn reduce_chunks(
     (d_weight, w_off): (&Tensor, u32),
     d_bias: Option<(&Tensor, u32)>,
 ) -> Result<()> {
-    let d = p.dims;
+    let d = p.head.dims;
     let nw = (d.cout * d.cin * d.kh * d.kw) as usize;
     let total = if d_bias.is_some() {
         nw + d.cout as usize
@@ -200,16 +187,6 @@ pub(in crate::ops::conv2d) fn reduce_chunks(
             &dummy
         }
     };
-    enc.launch(Launch {
-        shader: &SHADER,
-        entry: "backward_weight_reduce",
-        overrides: &[("WG", WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&q)),
-            Arg::Read(part),
-            Arg::Write(d_weight),
-            Arg::Write(d_b),
-        ],
-        workgroups: Gpu::grid_1d(groups(total, WG)),
-    })
+    let kernel = Kernel::new(&SHADER, "backward_weight_reduce", WG);
+    enc.launch_threads(kernel, &q, &[part], &[d_weight, d_b], total)
 }

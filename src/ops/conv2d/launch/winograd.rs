@@ -2,8 +2,8 @@
 //! transforms, their 16 products on the tiled `conv1x1`, and the output transform.
 
 use super::tiled::{blocked, Blocked, DataParams};
-use super::{ConvDims, DataPass};
-use crate::gpu::{to_u32, Arg, Encoder, Gpu, Launch, Result, Tensor};
+use super::{prologue_bindings, ConvDims, ConvHead, DataPass};
+use crate::gpu::{to_u32, Arg, Encoder, Gpu, Kernel, Launch, Result, Tensor};
 use crate::ops::conv2d::shaders::WINOGRAD_SHADER;
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
 use crate::ops::{groups, ViewParams};
@@ -148,22 +148,13 @@ fn input_transform(
 ) -> Result<()> {
     let (read, red_c, tiles) = (pass.read, pass.packing.red_c, q.tiles as usize);
     q.total = (red_c * tiles) as u32;
-    let (scale, shift) = match pass.prologue {
-        Some(pr) => (pr.scale, pr.shift),
-        None => (read, read),
-    };
+    let (scale, shift) = prologue_bindings(pass.prologue, read);
     let prologue_flag = if pass.prologue.is_some() { 1.0 } else { 0.0 };
     enc.launch(Launch {
         shader: &WINOGRAD_SHADER,
         entry: "winograd_input",
         overrides: &[("WG", WINOGRAD_WG as f64), ("PROLOGUE", prologue_flag)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&*q)),
-            Arg::Read(read),
-            Arg::Read(scale),
-            Arg::Read(shift),
-            Arg::Write(&scratch.input),
-        ],
+        args: &Arg::bindings(&*q, &[read, scale, shift], &[&scratch.input]),
         workgroups: Gpu::grid_1d(groups(red_c * tiles, WINOGRAD_WG)),
     })
 }
@@ -208,17 +199,8 @@ fn output_block(
     };
     if red_c > 0 {
         q.total = (red_c * ocp) as u32;
-        enc.launch(Launch {
-            shader: &WINOGRAD_SHADER,
-            entry: "winograd_weight",
-            overrides: &[("WG", WINOGRAD_WG as f64)],
-            args: &[
-                Arg::Uniform(bytemuck::bytes_of(&*q)),
-                Arg::Read(weight),
-                Arg::Write(&scratch.weight),
-            ],
-            workgroups: Gpu::grid_1d(groups(red_c * ocp, WINOGRAD_WG)),
-        })?;
+        let kernel = Kernel::new(&WINOGRAD_SHADER, "winograd_weight", WINOGRAD_WG);
+        enc.launch_threads(kernel, &*q, &[weight], &[&scratch.weight], red_c * ocp)?;
     }
     let product = Geom {
         n: 16,
@@ -236,9 +218,11 @@ fn output_block(
         padding: 0,
     };
     let products = DataParams {
-        inp: images16(red_c, t_pad),
-        out: images16(oc, t_pad),
-        dims: ConvDims::of(&product, unit),
+        head: ConvHead {
+            inp: images16(red_c, t_pad),
+            out: images16(oc, t_pad),
+            dims: ConvDims::of(&product, unit),
+        },
         out_c: oc as u32,
         red_c: red_c as u32,
         w_image_stride: (red_c * ocp) as u32,
@@ -258,16 +242,7 @@ fn output_block(
     blocked(enc, op, launch)?;
     q.total = (oc * tiles) as u32;
     let (shader, entry) = ConvKernel::Winograd.entry(false);
-    enc.launch(Launch {
-        shader,
-        entry,
-        overrides: &[("WG", WINOGRAD_WG as f64)],
-        args: &[
-            Arg::Uniform(bytemuck::bytes_of(&*q)),
-            Arg::Read(&scratch.products),
-            Arg::Read(bias.unwrap_or(&scratch.products)),
-            Arg::Write(written),
-        ],
-        workgroups: Gpu::grid_1d(groups(oc * tiles, WINOGRAD_WG)),
-    })
+    let kernel = Kernel::new(shader, entry, WINOGRAD_WG);
+    let reads = [&scratch.products, bias.unwrap_or(&scratch.products)];
+    enc.launch_threads(kernel, &*q, &reads, &[written], oc * tiles)
 }
