@@ -8,7 +8,7 @@
 //! -n N`) through rsmpi; without mpirun, or with one rank, a run is exactly a single-process
 //! run.
 //!
-//! How a run uses them ([`crate::run::fit_group`], docs/distributed.md):
+//! How a run uses them ([`crate::run::fit_as_rank`], docs/distributed.md):
 //! - rank 0's weights, buffers and optimizer state are broadcast before the first step;
 //! - each rank trains on its share of every global batch, and gradients are summed over the
 //!   ranks, each weighted by its share of the batch, before the same Adam step everywhere

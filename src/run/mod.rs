@@ -355,7 +355,7 @@ pub type StepHook = Arc<dyn Fn(&Gpu, u32) + Send + Sync>;
 /// Nothing in a run blocks on the device: a native program waits for the returned future
 /// (`pollster::block_on(fit(&spec, &mut observer))`); a web page awaits it.
 pub async fn fit(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<Vec<EpochMetrics>> {
-    fit_group(spec, &SingleProcess, observer).await
+    fit_as_rank(spec, &SingleProcess, observer).await
 }
 
 /// [`fit`] as one rank of a data-parallel run over `group` (every rank calls it with the
@@ -363,7 +363,7 @@ pub async fn fit(spec: &RunSpec, observer: &mut dyn Observer) -> RunResult<Vec<E
 /// and decodes only those images, gradients are summed over the ranks before the same
 /// Adam step everywhere, and only rank 0 writes files. With one rank it is exactly the
 /// single-process run. See docs/distributed.md.
-pub async fn fit_group(
+pub async fn fit_as_rank(
     spec: &RunSpec,
     group: &dyn Collective,
     observer: &mut dyn Observer,
@@ -517,7 +517,7 @@ fn step_failure(error: &GpuError, trainer: &Trainer, spec: &RunSpec) -> RunError
 
 /// A failed checkpoint write or evaluation: the lost device when the device is gone, else
 /// the failure as it is.
-fn lost_or(gpu: &Gpu, failure: RunError, trainer: &Trainer, spec: &RunSpec) -> RunError {
+fn device_lost_or(gpu: &Gpu, failure: RunError, trainer: &Trainer, spec: &RunSpec) -> RunError {
     match gpu.check_device_error() {
         Err(e @ GpuError::DeviceLost(_)) => step_failure(&e, trainer, spec),
         _ => failure,

@@ -93,7 +93,7 @@ pub struct StepDone {
 }
 
 impl<'a> Run<'a> {
-    /// Sets a run up on `gpu` as one rank of `group` (see [`super::fit_group`]): checks the
+    /// Sets a run up on `gpu` as one rank of `group` (see [`super::fit_as_rank`]): checks the
     /// settings and the data, reports the device, checks the memory, builds the model and
     /// its optimizer, resumes from the checkpoint when `spec.resume`, and reports
     /// [`RunEvent::Started`].
@@ -449,7 +449,7 @@ impl<'a> Run<'a> {
         if self.group.is_writer() {
             super::save_checkpoint(gpu, &self.trainer, spec, epoch, partial.as_ref())
                 .await
-                .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
+                .map_err(|e| super::device_lost_or(gpu, e, &self.trainer, spec))?;
         }
         Ok(())
     }
@@ -491,7 +491,7 @@ impl<'a> Run<'a> {
             &mut *self.observer,
         )
         .await
-        .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
+        .map_err(|e| super::device_lost_or(gpu, e, &self.trainer, spec))?;
         self.group.all_reduce_sum_f64(&mut sums);
         if sums[2] == 0.0 {
             return Err(RunError::NoValidationImage);
@@ -599,11 +599,11 @@ impl<'a> Run<'a> {
             let best = spec.out.join("best.safetensors");
             super::save_weights(gpu, self.trainer.model.as_ref(), spec, &best, m.epoch)
                 .await
-                .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))?;
+                .map_err(|e| super::device_lost_or(gpu, e, &self.trainer, spec))?;
         }
         super::save_checkpoint(gpu, &self.trainer, spec, m.epoch, None)
             .await
-            .map_err(|e| super::lost_or(gpu, e, &self.trainer, spec))
+            .map_err(|e| super::device_lost_or(gpu, e, &self.trainer, spec))
     }
 
     /// Ends the run: reports the files written and returns every epoch's metrics.

@@ -418,7 +418,7 @@ fn fit(mut spec: RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
         }
         terminal.files = Some(files::RunFiles::new(Arc::clone(stop_requested())));
     }
-    let result = pollster::block_on(run::fit_group(&spec, group, &mut terminal));
+    let result = pollster::block_on(run::fit_as_rank(&spec, group, &mut terminal));
     match terminal.files.and_then(|f| f.error) {
         Some(error) => Err(error),
         None => result.map(|_| ExitCode::SUCCESS),
