@@ -11,14 +11,12 @@ use std::time::Instant;
 
 mod support;
 
+use densenet_wgpu::budget::RunShape;
 use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError, Result};
 use densenet_wgpu::measure::{median, peak_rss_bytes};
 use densenet_wgpu::models::{self, BlockMode};
-use densenet_wgpu::ops::adam::AdamConfig;
 use densenet_wgpu::ops::conv2d;
-use densenet_wgpu::optim::{Adam, Schedule};
 use densenet_wgpu::rng::Rng;
-use densenet_wgpu::train::Trainer;
 use support::{json_num, json_str, write_jsonl};
 
 struct Case {
@@ -244,16 +242,14 @@ struct Measured {
 fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
     let classes = 4;
     let config = models::preset(case.preset, classes).expect("preset");
-    let mut model = config.build(gpu, 0)?;
-    model.set_mode(mode);
-    let opt = Adam::new(
-        gpu,
-        model.params(),
-        AdamConfig::default(),
-        Schedule::Constant,
-    )?;
-    let param_state = 16 * model.num_parameters() as u64;
-    let mut trainer = Trainer::new(gpu, model, opt);
+    let shape = RunShape {
+        config,
+        mode,
+        freeze_features: false,
+        image_size: case.size,
+    };
+    let mut trainer = shape.default_trainer(gpu)?;
+    let param_state = 16 * trainer.model.num_parameters() as u64;
     // `DENSENET_WGPU_PROFILE=1`: the device time of every op, after each step.
     trainer.profile = std::env::var("DENSENET_WGPU_PROFILE").is_ok_and(|v| v == "1");
     let mut rng = Rng::new(1);

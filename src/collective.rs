@@ -85,3 +85,22 @@ impl Collective for SingleProcess {
         Transport::SingleProcess
     }
 }
+
+/// Time a data-parallel step spent on summing gradients over the ranks, in the unit its
+/// holder names.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Communication {
+    /// Reading the gradient buckets back and all-reducing them (when they are summed while
+    /// backward runs: the all-reduces alone).
+    pub summing: f64,
+    /// Waiting for the sums after backward (when they are summed while backward runs: what
+    /// backward did not hide).
+    pub waited: f64,
+}
+
+impl std::ops::AddAssign for Communication {
+    fn add_assign(&mut self, other: Communication) {
+        self.summing += other.summing;
+        self.waited += other.waited;
+    }
+}

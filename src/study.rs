@@ -185,10 +185,7 @@ pub fn write_report(
     costs: &[Cost],
     runs: &[Run],
 ) -> RunResult<()> {
-    std::fs::create_dir_all(img_dir).map_err(|e| RunError::File {
-        path: img_dir.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    std::fs::create_dir_all(img_dir).map_err(RunError::file(img_dir))?;
     let figures = write_figures(img_dir, costs, runs)?;
     let rel = |p: &Path| -> String {
         let doc_dir = doc.parent().unwrap_or(Path::new("."));
@@ -282,10 +279,7 @@ pub fn write_report(
         let _ = writeln!(w, "![{title}]({})\n", rel(path));
     }
     discussion(w, costs, runs);
-    std::fs::write(doc, md).map_err(|e| RunError::File {
-        path: doc.to_path_buf(),
-        message: e.to_string(),
-    })
+    std::fs::write(doc, md).map_err(RunError::file(doc))
 }
 
 fn write_figures(
@@ -524,7 +518,7 @@ pub async fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> 
 
     let gpu = crate::gpu::Gpu::request(&base.device).await?;
     observer.event(&RunEvent::Adapter {
-        description: gpu.describe(),
+        adapter: Box::new(gpu.info.clone()),
         rank: None,
     });
     let adapter = gpu.describe();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use crate::collective::Collective;
+use crate::collective::{Collective, Communication};
 use crate::gpu::{Gpu, GpuError, Result, Staged, Tensor};
 use crate::tape::Tape;
 use crate::train::{check_batch, BatchResult, GradientReduce, Pass, StepError, Trainer};
@@ -24,10 +24,9 @@ pub struct DataParallel {
     pub overlap: Option<Box<dyn Collective + Send + Sync>>,
     /// Size of the gradient buckets in bytes ([`GRAD_BUCKET_BYTES`] unless changed).
     pub bucket_bytes: usize,
-    /// Seconds the last step spent summing gradients over the ranks (read-back and
-    /// all-reduce; with [`DataParallel::overlap`], the all-reduces alone), and the seconds
-    /// it waited for them after backward (with overlap: what backward did not hide).
-    pub comm_seconds: [f64; 2],
+    /// Seconds the last step spent summing gradients over the ranks, and waiting for the
+    /// sums after backward.
+    pub comm_seconds: Communication,
 }
 
 impl Default for DataParallel {
@@ -36,7 +35,7 @@ impl Default for DataParallel {
             sync_bn: false,
             overlap: None,
             bucket_bytes: GRAD_BUCKET_BYTES,
-            comm_seconds: [0.0; 2],
+            comm_seconds: Communication::default(),
         }
     }
 }
@@ -106,7 +105,7 @@ impl DataParallel {
             weight: (n_local as f64 / n.max(1.0)) as f32,
             empty: n_local == 0,
             images: n,
-            comm_seconds: [0.0; 2],
+            comm_seconds: Communication::default(),
             loss: 0.0,
             correct: 0.0,
         };
@@ -135,7 +134,7 @@ struct BucketReduce<'a> {
     empty: bool,
     /// Images in the global batch.
     images: f64,
-    comm_seconds: [f64; 2],
+    comm_seconds: Communication,
     /// The mean loss and the correct predictions over the global batch (once
     /// [`GradientReduce::reduce_loss`] has run).
     loss: f32,
@@ -196,7 +195,10 @@ impl BucketReduce<'_> {
             reduced.push(values);
         }
         let took = started.elapsed().as_secs_f64();
-        self.comm_seconds = [took, took];
+        self.comm_seconds = Communication {
+            summing: took,
+            waited: took,
+        };
         Ok(reduced)
     }
 
@@ -279,7 +281,10 @@ impl BucketReduce<'_> {
         });
         run?;
         let (reduced, busy) = joined?;
-        self.comm_seconds = [busy, exposed];
+        self.comm_seconds = Communication {
+            summing: busy,
+            waited: exposed,
+        };
         Ok(reduced)
     }
 }

@@ -229,6 +229,16 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// An adapter in one line: `name [type, backend] driver driver_info`.
+pub fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} [{:?}, {:?}] {} {}",
+        info.name, info.device_type, info.backend, info.driver, info.driver_info
+    )
+    .trim_end()
+    .to_string()
+}
+
 /// A submission to wait for with `Gpu::wait_for` (native only).
 #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub struct Submitted {
@@ -457,16 +467,7 @@ impl Gpu {
     /// One line naming the adapter and its driver, e.g.
     /// `llvmpipe (LLVM 15.0.6, 256 bits) [Cpu, Vulkan] Mesa 25.0.7`.
     pub fn describe(&self) -> String {
-        format!(
-            "{} [{:?}, {:?}] {} {}",
-            self.info.name,
-            self.info.device_type,
-            self.info.backend,
-            self.info.driver,
-            self.info.driver_info
-        )
-        .trim_end()
-        .to_string()
+        describe_adapter(&self.info)
     }
 
     /// The crate's own accounting of device memory.

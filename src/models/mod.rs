@@ -207,10 +207,6 @@ pub fn preset(name: &str, num_classes: usize) -> Option<ModelConfig> {
 }
 
 /// The preset names, comma-separated (for messages).
-pub fn preset_names() -> String {
-    PRESETS
-        .iter()
-        .map(|p| p.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.name).collect()
 }

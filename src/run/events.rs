@@ -36,7 +36,8 @@ impl Observer for Silent {
 pub enum RunEvent {
     /// The device this process trains on.
     Adapter {
-        description: String,
+        /// What wgpu says of the adapter ([`crate::gpu::describe_adapter`] in one line).
+        adapter: Box<wgpu::AdapterInfo>,
         /// This process's place in a data-parallel run (`None` for one process).
         rank: Option<RankPlace>,
     },
@@ -209,7 +210,7 @@ pub struct EpochReport {
     pub nonfinite_skipped: usize,
     /// Mean all-reduce and exposed communication time per step, in milliseconds, of a
     /// data-parallel run.
-    pub communication_ms: Option<[f64; 2]>,
+    pub communication_ms: Option<crate::collective::Communication>,
     /// A data-parallel run's replica check: the ranks and the parameters' common hash.
     pub replicas: Option<(usize, u64)>,
 }

@@ -102,8 +102,11 @@ pub enum RunError {
     #[error(transparent)]
     Device(#[from] GpuError),
     /// No model preset has this name; `choices` are the presets there are.
-    #[error("unknown model {name:?}; choose among {choices}")]
-    UnknownModel { name: String, choices: String },
+    #[error("unknown model {name:?}; choose among {}", choices.join(", "))]
+    UnknownModel {
+        name: String,
+        choices: Vec<&'static str>,
+    },
     /// Measuring a model's step time and memory for the study failed on the device.
     #[error("{model}: {error}")]
     CostNotMeasured { model: String, error: GpuError },
@@ -128,8 +131,11 @@ pub enum RunError {
     },
     /// A file or folder of the run (the run folder, a sample image) could not be read or
     /// written.
-    #[error("{}: {message}", path.display())]
-    File { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// A figure (the study's) could not be written.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
@@ -148,10 +154,12 @@ pub enum RunError {
 
 impl RunError {
     /// A [`RunError::File`] for `path`.
-    fn file<E: fmt::Display>(path: &Path) -> impl FnOnce(E) -> RunError + '_ {
+    pub fn file<E: std::error::Error + Send + Sync + 'static>(
+        path: &Path,
+    ) -> impl FnOnce(E) -> RunError + '_ {
         move |e| RunError::File {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source: Arc::new(e),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::events::{DataParallel, Observer, RankPlace, RunEvent, RunSummary};
 use super::{checkpoint_file, EpochProgress, RunError, RunResult, RunSpec};
+use crate::collective::Communication;
 use crate::data::{Batch, Loader, LoaderOptions, Shard};
 use crate::dist::{average_tensors, check_replicas, Collective};
 use crate::gpu::{Gpu, GpuError, Tensor};
@@ -63,8 +64,8 @@ struct Epoch {
     /// Images loaded per class on this rank (a class with none cannot be learnt).
     loaded: Vec<f64>,
     nonfinite_skipped: usize,
-    /// All-reduce and exposed communication seconds, summed over `steps`.
-    communication: [f64; 2],
+    /// Seconds spent summing gradients and waiting for the sums, over `steps`.
+    communication: Communication,
     steps: usize,
     lr: f64,
     started: Instant,
@@ -81,7 +82,7 @@ struct Trained {
     /// A timed checkpoint is due (on rank 0's clock).
     checkpoint_due: bool,
     /// Seconds spent summing gradients over the ranks, and waited for after backward.
-    communication: [f64; 2],
+    communication: Communication,
 }
 
 /// One applied optimizer step, as [`Run::step`] reports it.
@@ -265,7 +266,7 @@ impl<'a> Run<'a> {
             progress,
             loaded: vec![0.0; spec.dataset.classes().len()],
             nonfinite_skipped: 0,
-            communication: [0.0; 2],
+            communication: Communication::default(),
             steps: 0,
             // The rate at the epoch's first step, also when resuming in the middle of it.
             lr: opt.schedule.lr(opt.base_lr, epoch * self.steps_per_epoch),
@@ -307,8 +308,7 @@ impl<'a> Run<'a> {
             communication: comm,
         } = trained;
         let e = self.current.as_mut().expect("an epoch in progress");
-        e.communication[0] += comm[0];
-        e.communication[1] += comm[1];
+        e.communication += comm;
         e.steps += 1;
         let p = &mut e.progress;
         p.loss_sum += loss * images as f64;
@@ -392,7 +392,7 @@ impl<'a> Run<'a> {
                     images: r.count,
                     stop: cancelled,
                     checkpoint_due: time_is_up,
-                    communication: [0.0; 2],
+                    communication: Communication::default(),
                 }),
         };
         match step {
@@ -554,8 +554,10 @@ impl<'a> Run<'a> {
             metrics: m.clone(),
             files_skipped,
             nonfinite_skipped: e.nonfinite_skipped,
-            communication_ms: (distributed && e.steps > 0)
-                .then(|| e.communication.map(|s| 1000.0 * s / e.steps as f64)),
+            communication_ms: (distributed && e.steps > 0).then(|| Communication {
+                summing: 1000.0 * e.communication.summing / e.steps as f64,
+                waited: 1000.0 * e.communication.waited / e.steps as f64,
+            }),
             replicas: if distributed {
                 Some((self.group.size(), self.check_replicas().await?))
             } else {
@@ -677,7 +679,7 @@ fn data_parallel(gpu: &Gpu, spec: &RunSpec, group: &dyn Collective) -> crate::di
 /// The event that says which device a process trains on.
 fn adapter_event(gpu: &Gpu, group: &dyn Collective) -> RunEvent {
     RunEvent::Adapter {
-        description: gpu.describe(),
+        adapter: Box::new(gpu.info.clone()),
         rank: (group.size() > 1).then(|| RankPlace {
             rank: group.rank(),
             ranks: group.size(),

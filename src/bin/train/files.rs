@@ -22,14 +22,7 @@ pub fn read_history(out: &Path) -> Result<Vec<EpochMetrics>, RunError> {
     if !csv.exists() {
         return Ok(Vec::new());
     }
-    metrics::read_csv(&csv).map_err(|e| file_error(&csv, e))
-}
-
-fn file_error(path: &Path, e: impl std::fmt::Display) -> RunError {
-    RunError::File {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
+    metrics::read_csv(&csv).map_err(RunError::file(&csv))
 }
 
 /// Writes metrics.csv and curves.png for the runs whose events it sees (rank 0 only). A
@@ -70,9 +63,9 @@ impl RunFiles {
                 self.out = Some(summary.out.clone());
                 self.history = self.resumed.take().unwrap_or_default();
                 if !self.history.is_empty() {
-                    metrics::write_csv(&csv, &self.history).map_err(|e| file_error(&csv, e))
+                    metrics::write_csv(&csv, &self.history).map_err(RunError::file(&csv))
                 } else if csv.exists() {
-                    std::fs::remove_file(&csv).map_err(|e| file_error(&csv, e))
+                    std::fs::remove_file(&csv).map_err(RunError::file(&csv))
                 } else {
                     Ok(())
                 }
@@ -93,7 +86,7 @@ impl RunFiles {
             return Ok(());
         };
         let csv = out.join(METRICS);
-        metrics::append_csv(&csv, m).map_err(|e| file_error(&csv, e))?;
+        metrics::append_csv(&csv, m).map_err(RunError::file(&csv))?;
         self.history.push(m.clone());
         if let Err(e) = plot::write_curves(&out.join(CURVES), &self.history) {
             eprintln!("warning: could not write {CURVES}: {e}");

@@ -127,7 +127,7 @@ impl Drop for Progress {
 
 use densenet_wgpu::budget::mib;
 use densenet_wgpu::dist::Transport;
-use densenet_wgpu::gpu::{GpuError, ADAPTER_ENV};
+use densenet_wgpu::gpu::{describe_adapter, GpuError, ADAPTER_ENV};
 use densenet_wgpu::progress::render_resumed;
 use densenet_wgpu::run::events::{EpochReport, Observer, RunEvent, RunSummary};
 use densenet_wgpu::run::RunError;
@@ -177,15 +177,19 @@ impl Observer for Terminal {
         }
         match event {
             RunEvent::Adapter {
-                description,
+                adapter,
                 rank: None,
-            } => eprintln!("adapter: {description}"),
+            } => eprintln!("adapter: {}", describe_adapter(adapter)),
             RunEvent::Adapter {
-                description,
+                adapter,
                 rank: Some(r),
             } => eprintln!(
-                "rank {}/{} (local rank {}, pid {}): adapter {description}",
-                r.rank, r.ranks, r.local_rank, r.pid
+                "rank {}/{} (local rank {}, pid {}): adapter {}",
+                r.rank,
+                r.ranks,
+                r.local_rank,
+                r.pid,
+                describe_adapter(adapter)
             ),
             RunEvent::BatchSkipped { error, files } => {
                 eprintln!("warning: skipped {error}; batch: {}", files.join(", "))
@@ -381,8 +385,11 @@ fn epoch_line(r: &EpochReport) -> String {
     if r.nonfinite_skipped > 0 {
         line += &format!(" nonfinite_skipped={}", r.nonfinite_skipped);
     }
-    if let Some([all_reduce, exposed]) = r.communication_ms {
-        line += &format!(" allreduce={all_reduce:.1}ms/step exposed={exposed:.1}ms/step");
+    if let Some(c) = r.communication_ms {
+        line += &format!(
+            " allreduce={:.1}ms/step exposed={:.1}ms/step",
+            c.summing, c.waited
+        );
     }
     if let Some((ranks, hash)) = r.replicas {
         line += &format!("\nreplicas: {ranks} ranks, parameters identical (hash {hash:016x})");
@@ -395,7 +402,10 @@ fn epoch_line(r: &EpochReport) -> String {
 pub fn error(e: &RunError) -> String {
     match e {
         RunError::UnknownModel { name, choices } => {
-            format!("unknown --model {name:?}; choose one of {choices}")
+            format!(
+                "unknown --model {name:?}; choose one of {}",
+                choices.join(", ")
+            )
         }
         RunError::NothingToTrain { .. } => "--batch-size and --epochs must be positive".into(),
         RunError::BatchBelowRanks { batch_size, ranks } => format!(
