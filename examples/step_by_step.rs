@@ -10,6 +10,7 @@ use std::sync::Arc;
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset};
 use densenet_wgpu::dist::SingleProcess;
+use densenet_wgpu::metrics;
 use densenet_wgpu::run::events::Silent;
 use densenet_wgpu::run::{Run, RunSpec};
 use densenet_wgpu::Gpu;
@@ -30,11 +31,17 @@ async fn train() -> Result<(), Box<dyn std::error::Error>> {
     let mut spec = RunSpec::new(data, (train, val), "densenet-tiny", &out)?;
     spec.epochs = epochs;
     spec.resume = out.join("checkpoint.safetensors").exists();
+    // The epochs' metrics, kept here so that a resumed run knows its best accuracy so far.
+    let csv = out.join("metrics.csv");
+    if spec.resume && csv.exists() {
+        spec.history = metrics::read_csv(&csv)?;
+    }
 
     let gpu = Gpu::request(&Default::default()).await?;
     println!("adapter: {}; run folder: {}", gpu.describe(), out.display());
     let mut events = Silent; // this program prints its own lines
     let mut run = Run::start(&gpu, &spec, &SingleProcess, &mut events).await?;
+    metrics::write_csv(&csv, run.history())?; // the epochs up to the checkpoint
     while run.begin_epoch() {
         while let Some(step) = run.step().await? {
             if step.step % 5 == 0 {
@@ -47,6 +54,7 @@ async fn train() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let m = run.end_epoch().await?;
+        metrics::append_csv(&csv, &m)?;
         println!("{}", m.summary_line());
     }
     let history = run.finish();

@@ -10,7 +10,8 @@
 #   7 run (run)
 #   8 study and checks against PyTorch (study, verify)
 # The binary (src/bin) sits on top. Data may import only the RNG. Doc comments may link
-# anywhere: only code lines count.
+# anywhere: only code lines count. Paths through `super::` stay inside a module's own
+# folder, which has one layer (but ops/<op>/tape.rs, checked as a tape entry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,9 +59,16 @@ while IFS= read -r file; do
         | awk '/^[0-9]+:$/ { line = substr($0, 1, length($0) - 1); next } { sub(/^crate::/, ""); print line ":" $0 }')
 done < <(find src -name '*.rs' -not -path 'src/bin/*' | sort)
 
-# An op's launcher never names its tape entry (ops/<op>/mod.rs may declare `mod tape;`).
-if grep -nE '(^|[^a-z_])tape::' src/ops/*/mod.rs src/ops/mod.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then
-    echo "check-layers: an op launcher above uses its tape entry"
+# An op's launchers and references never name a tape entry (`mod tape;` declares one).
+launchers=$(find src/ops -name '*.rs' ! -name tape.rs | sort)
+if grep -nE '(^|[^a-z_])tape::' $launchers | grep -vE '^[^:]+:[0-9]+:\s*//'; then
+    echo "check-layers: an op launcher above uses a tape entry"
+    status=1
+fi
+
+# Grouped paths (`use crate::{a, b}`) would hide their modules from the check above.
+if grep -rnE 'crate::\{' src --include='*.rs' --exclude-dir=bin | grep -vE '^[^:]+:[0-9]+:\s*//'; then
+    echo "check-layers: name each module (use crate::a::X; use crate::b::Y) so its layer can be checked"
     status=1
 fi
 exit $status

@@ -24,9 +24,9 @@
 //! A small DenseNet on the embedded dataset of procedural images, for two epochs; the run
 //! writes its folder (checkpoint and best weights) and reports what happens, each epoch's
 //! metrics included, as events (the `train` binary draws metrics.csv and curves.png from
-//! them). Nothing in the library blocks on the device: [`run::fit`] and the other calls
-//! that read results back are async. A web page awaits them; a native program blocks on
-//! them, here with `pollster`:
+//! them). [`run::fit`] and the other calls that wait for the device are async: in a
+//! browser nothing blocks, and a web page awaits them; a native program blocks on them at
+//! its edge, here with `pollster` (natively they poll the device until it is done):
 //!
 //! ```
 //! use std::sync::Arc;

@@ -191,6 +191,7 @@ impl<'g> Tape<'g> {
     /// Makes training-mode batch norms on this tape synchronised over `group`: batch
     /// statistics over the global batch in forward, and the matching sums in backward
     /// (PyTorch's SyncBatchNorm). Every rank must record the same ops.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn sync_batch_norm(&mut self, group: &'g dyn crate::collective::Collective) {
         self.sync = (group.size() > 1).then_some(group);
     }

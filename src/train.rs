@@ -227,6 +227,7 @@ impl<'g> Trainer<'g> {
             .map(|p| (p.name.clone(), p.grad.clone()))
             .collect();
         // The loss and the probabilities, recorded by the pass and read after it.
+        let given = batch.is_some();
         let mut outputs = None;
         let mut pass = |sync_bn: Option<&dyn Collective>, ready: &mut GradReady<'_>| {
             if let Some((x, labels)) = batch.take() {
@@ -236,6 +237,12 @@ impl<'g> Trainer<'g> {
             Ok(())
         };
         reduce.reduce(&grads, &mut pass)?;
+        if given && outputs.is_none() {
+            // Adam would apply gradients no backward produced.
+            return Err(StepError::Gpu(GpuError::Shape(
+                "Trainer::step: the gradient-reduce hook did not run the pass".into(),
+            )));
+        }
         let local = match outputs {
             Some((loss, probs, labels)) => {
                 let mut values = gpu.read_many(&[&loss, &probs]).await?.into_iter();
@@ -306,11 +313,20 @@ impl<'g> Trainer<'g> {
         // Forward: every op launches its kernel and records what backward needs.
         let mut tape = Tape::new(gpu);
         #[cfg(not(target_arch = "wasm32"))]
-        if self.profile {
-            tape.enable_profiling()?;
+        {
+            if self.profile {
+                tape.enable_profiling()?;
+            }
+            if let Some(group) = sync_bn {
+                tape.sync_batch_norm(group);
+            }
         }
-        if let Some(group) = sync_bn {
-            tape.sync_batch_norm(group);
+        // Both wait for the device in the middle of the pass, which a browser cannot.
+        #[cfg(target_arch = "wasm32")]
+        if self.profile || sync_bn.is_some() {
+            return Err(GpuError::Shape(
+                "per-op profiling and synchronised batch norm need a native build".into(),
+            ));
         }
         let images = tape.input(x, "images");
         let logits = self.model.forward(&mut tape, images, true)?;

@@ -14,6 +14,13 @@ use crate::train::StepError;
 /// Receives a run's events, in the order they happen.
 pub trait Observer {
     fn event(&mut self, event: &RunEvent);
+    /// A failure of the observer's own that ends the run (the `train` binary: a
+    /// metrics.csv it could not write). The run asks after it reports its start and after
+    /// each [`RunEvent::EpochDone`], before it writes that epoch's best weights and
+    /// checkpoint, and returns the failure.
+    fn failure(&mut self) -> Option<super::RunError> {
+        None
+    }
 }
 
 /// Any `FnMut(&RunEvent)` is an observer.

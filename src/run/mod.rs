@@ -129,8 +129,8 @@ pub enum RunError {
         mismatch: crate::dist::ReplicaMismatch,
         checkpoint: PathBuf,
     },
-    /// A file or folder of the run (the run folder, a sample image) could not be read or
-    /// written.
+    /// A file or folder of the run (the run folder, a sample image, the `train` binary's
+    /// metrics.csv) could not be read or written.
     #[error("{}: {source}", path.display())]
     File {
         path: PathBuf,
@@ -286,7 +286,8 @@ pub struct RunSpec {
     /// binary reads them from metrics.csv). The run keeps those up to its checkpoint's
     /// epoch as its history and takes its best validation accuracy from them, so that
     /// best.safetensors is replaced only by a better epoch. Empty: the history starts at the
-    /// resumed epoch.
+    /// resumed epoch and so does the best accuracy, so the first epoch after the resume
+    /// writes best.safetensors whatever its accuracy.
     pub history: Vec<EpochMetrics>,
     /// Time every op of each step and report it ([`events::RunEvent::StepProfiled`]).
     /// Slows the run down; for finding slow kernels.

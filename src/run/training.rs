@@ -140,6 +140,9 @@ impl<'a> Run<'a> {
         };
         run.resume().await?;
         run.report_start(overlap);
+        if let Some(failure) = run.observer.failure() {
+            return Err(failure);
+        }
         Ok(run)
     }
 
@@ -565,6 +568,9 @@ impl<'a> Run<'a> {
             },
         };
         self.observer.event(&RunEvent::EpochDone(Box::new(report)));
+        if let Some(failure) = self.observer.failure() {
+            return Err(failure);
+        }
         self.epoch += 1;
         if self.group.is_writer() {
             self.write_epoch_files(&m).await?;

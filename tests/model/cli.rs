@@ -125,6 +125,33 @@ fn bad_input_is_one_clear_error() {
     assert!(!Path::new("missing.safetensors").exists());
 }
 
+/// A metrics.csv the binary cannot replace ends the run with the file's error before any
+/// step, and no checkpoint is written.
+#[test]
+fn a_metrics_file_that_cannot_be_written_stops_the_run() {
+    let dir = std::env::temp_dir().join(format!("densenet-wgpu-cli-csv-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // A folder where the file goes: it can be neither removed as a file nor replaced.
+    std::fs::create_dir_all(dir.join("metrics.csv/inside")).unwrap();
+    let o = train(&[
+        "--epochs",
+        "1",
+        "--images",
+        "120",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let log = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("error: ") && log.contains("metrics.csv"),
+        "{log}"
+    );
+    assert!(!log.contains("epoch 1/1 "), "{log}");
+    assert!(!dir.join("checkpoint.safetensors").exists(), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Reads a safetensors file's string metadata value (None while absent or mid-rename).
 fn metadata_value(path: &Path, key: &str) -> Option<String> {
     let bytes = std::fs::read(path).ok()?;

@@ -5,8 +5,6 @@
 //! its checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use densenet_wgpu::metrics::{self, EpochMetrics};
 use densenet_wgpu::plot;
@@ -16,40 +14,32 @@ use densenet_wgpu::run::RunError;
 pub const METRICS: &str = "metrics.csv";
 pub const CURVES: &str = "curves.png";
 
-/// The metrics of the epochs a run in `out` has finished so far (none without metrics.csv).
-pub fn read_history(out: &Path) -> Result<Vec<EpochMetrics>, RunError> {
+/// The metrics of the epochs a run in `out` has finished so far, when it resumes from a
+/// checkpoint there (none without one, or without metrics.csv).
+pub fn history_to_resume(out: &Path, resume: bool) -> Result<Vec<EpochMetrics>, RunError> {
     let csv = out.join(METRICS);
-    if !csv.exists() {
+    if !resume || !out.join("checkpoint.safetensors").exists() || !csv.exists() {
         return Ok(Vec::new());
     }
     metrics::read_csv(&csv).map_err(RunError::file(&csv))
 }
 
 /// Writes metrics.csv and curves.png for the runs whose events it sees (rank 0 only). A
-/// file it cannot write stops the run: it keeps the error and sets the run's cancellation
-/// flag, so the run ends at its next step with a checkpoint.
+/// file it cannot write ends the run before that epoch's best weights and checkpoint (the
+/// run asks [`RunFiles::failure`] through its observer), so `--resume` redoes the epoch's
+/// end.
+#[derive(Default)]
 pub struct RunFiles {
-    cancel: Arc<AtomicBool>,
     /// The run's folder, once it has started.
     out: Option<PathBuf>,
     history: Vec<EpochMetrics>,
     /// The history a resumed run continues from, until it starts.
     resumed: Option<Vec<EpochMetrics>>,
-    /// The first file that could not be written.
-    pub error: Option<RunError>,
+    /// The first file that could not be written, until the run takes it.
+    error: Option<RunError>,
 }
 
 impl RunFiles {
-    pub fn new(cancel: Arc<AtomicBool>) -> RunFiles {
-        RunFiles {
-            cancel,
-            out: None,
-            history: Vec::new(),
-            resumed: None,
-            error: None,
-        }
-    }
-
     pub fn event(&mut self, event: &RunEvent) {
         let written = match event {
             RunEvent::Resumed { history, .. } => {
@@ -61,13 +51,19 @@ impl RunFiles {
             RunEvent::Started(summary) => {
                 let csv = summary.out.join(METRICS);
                 self.out = Some(summary.out.clone());
-                self.history = self.resumed.take().unwrap_or_default();
-                if !self.history.is_empty() {
-                    metrics::write_csv(&csv, &self.history).map_err(RunError::file(&csv))
-                } else if csv.exists() {
-                    std::fs::remove_file(&csv).map_err(RunError::file(&csv))
-                } else {
-                    Ok(())
+                match self.resumed.take() {
+                    Some(history) => {
+                        self.history = history;
+                        metrics::write_csv(&csv, &self.history).map_err(RunError::file(&csv))
+                    }
+                    None if csv.exists() => {
+                        self.history.clear();
+                        std::fs::remove_file(&csv).map_err(RunError::file(&csv))
+                    }
+                    None => {
+                        self.history.clear();
+                        Ok(())
+                    }
                 }
             }
             RunEvent::EpochDone(report) => self.epoch_done(&report.metrics),
@@ -75,8 +71,12 @@ impl RunFiles {
         };
         if let Err(e) = written {
             self.error.get_or_insert(e);
-            self.cancel.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// The first file that could not be written since the last call.
+    pub fn failure(&mut self) -> Option<RunError> {
+        self.error.take()
     }
 
     /// Appends the epoch to metrics.csv and redraws curves.png (a figure that cannot be

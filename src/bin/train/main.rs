@@ -413,16 +413,10 @@ const PROFILE_ENV: &str = "DENSENET_WGPU_PROFILE";
 fn fit(mut spec: RunSpec, group: &dyn Collective) -> RunResult<ExitCode> {
     let mut terminal = render::Terminal::new(group.is_writer(), resume_command(group.size()));
     if group.is_writer() {
-        if spec.resume {
-            spec.history = files::read_history(&spec.out)?;
-        }
-        terminal.files = Some(files::RunFiles::new(Arc::clone(stop_requested())));
+        spec.history = files::history_to_resume(&spec.out, spec.resume)?;
+        terminal.files = Some(files::RunFiles::default());
     }
-    let result = pollster::block_on(run::fit_as_rank(&spec, group, &mut terminal));
-    match terminal.files.and_then(|f| f.error) {
-        Some(error) => Err(error),
-        None => result.map(|_| ExitCode::SUCCESS),
-    }
+    pollster::block_on(run::fit_as_rank(&spec, group, &mut terminal)).map(|_| ExitCode::SUCCESS)
 }
 
 /// Opens the adapter (`DENSENET_WGPU_ADAPTER` picks one) and says which it is.
@@ -621,19 +615,13 @@ fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
         histories: Default::default(),
         command: format!("train {}", args.join(" ")),
     };
-    if plan.resume {
-        for name in &plan.models {
-            let history = files::read_history(&plan.base.out.join(name))?;
-            plan.histories.insert(name.clone(), history);
-        }
+    for name in &plan.models {
+        let history = files::history_to_resume(&plan.base.out.join(name), plan.resume)?;
+        plan.histories.insert(name.clone(), history);
     }
     let mut terminal = render::Terminal::new(true, resume_command(1));
-    terminal.files = Some(files::RunFiles::new(Arc::clone(stop_requested())));
-    let result = pollster::block_on(study::compare(&plan, &mut terminal));
-    match terminal.files.and_then(|f| f.error) {
-        Some(error) => Err(error),
-        None => result.map(|_| ExitCode::SUCCESS),
-    }
+    terminal.files = Some(files::RunFiles::default());
+    pollster::block_on(study::compare(&plan, &mut terminal)).map(|_| ExitCode::SUCCESS)
 }
 
 fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {

@@ -171,10 +171,21 @@ impl Terminal {
 }
 
 impl Observer for Terminal {
+    fn failure(&mut self) -> Option<RunError> {
+        self.files.as_mut().and_then(RunFiles::failure)
+    }
+
     fn event(&mut self, event: &RunEvent) {
+        self.show(event);
+        // After the terminal's line: the epoch's line comes before a warning about its files.
         if let Some(files) = &mut self.files {
             files.event(event);
         }
+    }
+}
+
+impl Terminal {
+    fn show(&mut self, event: &RunEvent) {
         match event {
             RunEvent::Adapter {
                 adapter,
