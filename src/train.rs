@@ -115,12 +115,20 @@ impl GradientReduce for NoReduce {
     }
 }
 
-pub(crate) fn check_batch(
+/// A batch of NCHW images (3 x size x size each) on the device, once the number of values
+/// and every label check out.
+pub(crate) fn upload_batch(
+    gpu: &Gpu,
     images: &[f32],
     labels: &[usize],
     size: usize,
     classes: usize,
-) -> Result<usize> {
+) -> Result<Tensor> {
+    let n = check_batch(images, labels, size, classes)?;
+    gpu.upload(images, &[n, 3, size, size], "images")
+}
+
+fn check_batch(images: &[f32], labels: &[usize], size: usize, classes: usize) -> Result<usize> {
     let n = labels.len();
     if n == 0 || images.len() != n * 3 * size * size {
         return Err(GpuError::Shape(format!(
@@ -202,8 +210,7 @@ impl<'g> Trainer<'g> {
         labels: &[usize],
         size: usize,
     ) -> std::result::Result<BatchResult, StepError> {
-        let n = check_batch(images, labels, size, self.model.num_classes())?;
-        let x = self.gpu.upload(images, &[n, 3, size, size], "images")?;
+        let x = upload_batch(self.gpu, images, labels, size, self.model.num_classes())?;
         self.step(Some((x, labels)), &mut NoReduce).await
     }
 
@@ -359,8 +366,7 @@ pub async fn evaluate(
     labels: &[usize],
     size: usize,
 ) -> Result<BatchResult> {
-    let n = check_batch(images, labels, size, model.num_classes())?;
-    let x = gpu.upload(images, &[n, 3, size, size], "images")?;
+    let x = upload_batch(gpu, images, labels, size, model.num_classes())?;
     evaluate_on(gpu, model, x, labels).await
 }
 

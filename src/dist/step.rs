@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::collective::{Collective, Communication};
 use crate::gpu::{Gpu, GpuError, Result, Staged, Tensor};
 use crate::tape::Tape;
-use crate::train::{check_batch, BatchResult, GradientReduce, Pass, StepError, Trainer};
+use crate::train::{upload_batch, BatchResult, GradientReduce, Pass, StepError, Trainer};
 
 /// Gradients are summed over the ranks in buckets of about this many bytes (PyTorch DDP's
 /// default bucket size).
@@ -88,10 +88,8 @@ impl DataParallel {
         group.all_reduce_sum_f64(&mut counts);
         let n = counts[0];
         let batch = if n_local > 0 {
-            check_batch(images, labels, size, trainer.model.num_classes())?;
-            let x = trainer
-                .gpu
-                .upload(images, &[n_local, 3, size, size], "images")?;
+            let classes = trainer.model.num_classes();
+            let x = upload_batch(trainer.gpu, images, labels, size, classes)?;
             Some((x, labels))
         } else {
             None
