@@ -521,7 +521,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<()> {
+fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     // BENCH_PLANNED_ONLY=1: only the planner's convolution kernels (for before/after runs).
     let planned_only = std::env::var("BENCH_PLANNED_ONLY").is_ok_and(|v| v == "1");
@@ -559,8 +559,8 @@ fn run() -> Result<()> {
                 let _guard = forced.map(|k| conv2d::force(&[k]));
                 let secs = match time(&gpu, 7, |e| f(e)) {
                     Ok(secs) => secs,
-                    Err(densenet_wgpu::GpuError::KernelNotApplicable { .. }) => continue,
-                    Err(e) => return Err(e),
+                    Err(densenet_wgpu::GpuError::KernelNotApplicable(_)) => continue,
+                    Err(e) => return Err(e.into()),
                 };
                 let ran = conv_pass(&name, pass).and_then(conv2d::last_kernel);
                 if forced.is_none() {
@@ -580,8 +580,7 @@ fn run() -> Result<()> {
         }
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/kernels.jsonl");
-    write_jsonl(&path, &rows)
-        .map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
+    write_jsonl(&path, &rows).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("\nwrote {}", path.display());
     println!(
         "* the planner's kernel; the other rows force a kernel ({})",

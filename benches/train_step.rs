@@ -12,7 +12,7 @@ use std::time::Instant;
 mod support;
 
 use densenet_wgpu::budget::RunShape;
-use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError, Result};
+use densenet_wgpu::gpu::{DeviceOptions, Gpu};
 use densenet_wgpu::measure::{median, peak_rss_bytes};
 use densenet_wgpu::models::{self, BlockMode};
 use densenet_wgpu::ops::conv2d;
@@ -111,7 +111,7 @@ fn parse_mode(s: &str) -> BlockMode {
     }
 }
 
-fn run() -> Result<()> {
+fn run() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let steps: usize = std::env::var("BENCH_STEPS")
         .ok()
@@ -125,11 +125,7 @@ fn run() -> Result<()> {
             .find(|c| c.name == name)
             .expect("case");
         let gpu = Gpu::open(&DeviceOptions::from_env())?;
-        let kernels =
-            conv2d::kernels_from_env().map_err(|reason| GpuError::KernelNotApplicable {
-                kernel: conv2d::FORCE_ENV.into(),
-                reason,
-            })?;
+        let kernels = conv2d::kernels_from_env()?;
         let _forced = conv2d::force(&kernels);
         let r = measure(&gpu, &case, mode)?;
         println!(
@@ -153,8 +149,7 @@ fn run() -> Result<()> {
     let gpu = Gpu::open(&DeviceOptions::from_env())?;
     println!("adapter: {}\n", gpu.describe());
     drop(gpu);
-    let exe =
-        std::env::current_exe().map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
+    let exe = std::env::current_exe()?;
     println!(
         "{:<26} {:<16} {:>10} {:>9} {:>13} {:>17} {:>13} {:>11}",
         "config",
@@ -177,8 +172,7 @@ fn run() -> Result<()> {
         for mode in [BlockMode::MemoryEfficient, BlockMode::Plain] {
             let out = std::process::Command::new(&exe)
                 .args(["--child", case.name, &format!("{mode:?}")])
-                .output()
-                .map_err(|e| densenet_wgpu::GpuError::Device(e.to_string()))?;
+                .output()?;
             let line = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .last()
@@ -223,8 +217,7 @@ fn run() -> Result<()> {
     }
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/train_step.jsonl");
-    write_jsonl(&path, &lines)
-        .map_err(|e| densenet_wgpu::GpuError::Device(format!("{}: {e}", path.display())))?;
+    write_jsonl(&path, &lines).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("\nwrote {}", path.display());
     Ok(())
 }
@@ -239,7 +232,11 @@ struct Measured {
     peak_rss: u64,
 }
 
-fn measure(gpu: &Gpu, case: &Case, mode: BlockMode) -> Result<Measured> {
+fn measure(
+    gpu: &Gpu,
+    case: &Case,
+    mode: BlockMode,
+) -> std::result::Result<Measured, Box<dyn std::error::Error>> {
     let classes = 4;
     let config = models::preset(case.preset, classes).expect("preset");
     let shape = RunShape {

@@ -124,8 +124,8 @@ fn dry_plans(
     gpu: &Gpu,
     shape: &RunShape,
     batches: &[usize],
-) -> Result<Vec<Result<MemoryPlan, DoesNotFit>>, GpuError> {
-    let (out, stats) = gpu.dry_run(|| {
+) -> Result<Vec<Result<MemoryPlan, DoesNotFit>>, StepError> {
+    let (out, stats) = gpu.dry_run(|| -> Result<_, StepError> {
         let mut trainer = shape.default_trainer(gpu)?;
         let stats = gpu.active_memory();
         let state_bytes = stats.live_bytes();
@@ -139,10 +139,10 @@ fn dry_plans(
                 .zeros(&[batch, 3, s, s], "images")
                 .map_err(StepError::from)
                 .and_then(|x| at_once(trainer.step(Some((x, &vec![0; batch])), &mut NoReduce)))
-                .map_err(GpuError::from)
                 .and_then(|_| {
                     let x = gpu.zeros(&[eval, 3, s, s], "images")?;
                     at_once(evaluate_on(gpu, trainer.model.as_ref(), x, &vec![0; eval]))
+                        .map_err(StepError::from)
                 });
             plans.push(match step {
                 Ok(_) => {
@@ -158,11 +158,11 @@ fn dry_plans(
                         largest,
                     })
                 }
-                Err(GpuError::BufferTooLarge {
+                Err(StepError::Gpu(GpuError::BufferTooLarge {
                     tensor,
                     bytes,
                     limit,
-                }) => Err(DoesNotFit::Buffer {
+                })) => Err(DoesNotFit::Buffer {
                     tensor,
                     bytes,
                     limit,
@@ -185,7 +185,7 @@ fn at_once<T, E: From<GpuError>>(future: impl Future<Output = Result<T, E>>) -> 
         .poll(&mut Context::from_waker(Waker::noop()))
     {
         Poll::Ready(out) => out,
-        Poll::Pending => Err(GpuError::Device("a dry run waited for the device".into()).into()),
+        Poll::Pending => Err(GpuError::DryRunWaited.into()),
     }
 }
 
@@ -209,7 +209,7 @@ pub fn plan_training(
     shape: &RunShape,
     batch: usize,
     memory: Option<u64>,
-) -> Result<Result<MemoryPlan, DoesNotFit>, GpuError> {
+) -> Result<Result<MemoryPlan, DoesNotFit>, StepError> {
     let plan = dry_plans(gpu, shape, &[batch])?.remove(0);
     Ok(plan.and_then(|p| p.check(memory).map(|_| p)))
 }
@@ -220,9 +220,9 @@ pub fn largest_fitting_batch(
     shape: &RunShape,
     limit: usize,
     memory: Option<u64>,
-) -> Result<Option<usize>, GpuError> {
+) -> Result<Option<usize>, StepError> {
     let fits =
-        |b: usize| -> Result<bool, GpuError> { Ok(plan_training(gpu, shape, b, memory)?.is_ok()) };
+        |b: usize| -> Result<bool, StepError> { Ok(plan_training(gpu, shape, b, memory)?.is_ok()) };
     if limit <= 1 || !fits(1)? {
         return Ok(None);
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::budget::RunShape;
-use crate::gpu::{Gpu, Result};
+use crate::gpu::Gpu;
 use crate::measure::median;
 use crate::metrics::EpochMetrics;
 use crate::models::{self, BlockMode, ModelConfig, ResNetBlock};
@@ -17,6 +17,7 @@ use crate::rng::Rng;
 use crate::run::events::{Observer, RunEvent};
 use crate::run::{self, RunError, RunResult, RunSpec};
 use crate::tape::Tape;
+use crate::train::StepError;
 
 /// Layers with weights on the longest path (convolutions and the classifier): the number
 /// in a model's name (121 for DenseNet-121, 50 for ResNet-50).
@@ -70,7 +71,7 @@ pub async fn measure_cost(
     image_size: usize,
     batch: usize,
     steps: usize,
-) -> Result<Cost> {
+) -> std::result::Result<Cost, StepError> {
     let classes = config.num_classes();
     let mut rng = Rng::new(1);
     let images: Vec<f32> = (0..batch * 3 * image_size * image_size)

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::gpu::{Encoder, Gpu, GpuError, Result, Storage, Submitted, Tensor};
+use crate::gpu::{Encoder, Gpu, GpuError, Result, Storage, Submitted, TapeError, Tensor};
 
 /// The tape submits its encoder once it holds this many launches, or once this many bytes
 /// were allocated since the last submission (see [`Tape::flush`]).
@@ -310,10 +310,9 @@ impl<'g> Tape<'g> {
     /// The current value of a variable.
     pub fn value(&self, v: Var) -> Result<&Tensor> {
         self.slots[v.0].value.as_ref().ok_or_else(|| {
-            GpuError::Shape(format!(
-                "tape: value of {} was released by backward",
-                self.slots[v.0].name
-            ))
+            GpuError::Tape(TapeError::Released {
+                value: self.slots[v.0].name.clone(),
+            })
         })
     }
 
@@ -537,21 +536,16 @@ impl<'g> Tape<'g> {
     /// bucket of gradients over the ranks there). `ready` may flush the tape.
     pub fn backward_with(&mut self, loss: Var, ready: &mut GradReady<'_>) -> Result<()> {
         if !self.recording {
-            return Err(GpuError::Shape(
-                "tape: backward on an inference tape".into(),
-            ));
+            return Err(GpuError::Tape(TapeError::NotRecording));
         }
         if self.backward_done {
-            return Err(GpuError::Shape(
-                "tape: backward called twice; values were released after the first call — record a new tape".into(),
-            ));
+            return Err(GpuError::Tape(TapeError::BackwardTwice));
         }
         if self.shape(loss).iter().product::<usize>() != 1 {
-            return Err(GpuError::Shape(format!(
-                "tape: backward needs a scalar loss, {} has shape {:?}",
-                self.name(loss),
-                self.shape(loss)
-            )));
+            return Err(GpuError::Tape(TapeError::LossNotScalar {
+                value: self.name(loss).to_string(),
+                shape: self.shape(loss).to_vec(),
+            }));
         }
         self.backward_done = true;
         // For each variable (and, through slices, its parents): the earliest op whose
@@ -645,10 +639,9 @@ impl<'g> Tape<'g> {
         }
         if out == loss {
             return op.backward.backward_from_loss(self).unwrap_or_else(|| {
-                Err(GpuError::Shape(format!(
-                    "tape: the output of {} cannot be the loss",
-                    op.name
-                )))
+                Err(GpuError::Tape(TapeError::NotALoss {
+                    op: op.name.to_string(),
+                }))
             });
         }
         let d_y = self.grad(out)?;

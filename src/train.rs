@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::collective::Collective;
-use crate::gpu::{Gpu, GpuError, Result, Tensor};
+use crate::gpu::{Gpu, GpuError, Result, ShapeProblem, Tensor};
 use crate::models::Model;
 use crate::ops::finite;
 use crate::optim::Adam;
@@ -27,6 +27,15 @@ pub enum StepError {
         /// The first parameter, in state_dict order, with a non-finite gradient.
         param: Option<String>,
     },
+    /// A data-parallel step with synchronised batch norm on a rank whose share of the
+    /// global batch is empty (or unreadable): the other ranks would wait for its batch
+    /// statistics.
+    EmptyShare {
+        rank: usize,
+    },
+    /// The [`GradientReduce`] hook returned without running the pass, so Adam would apply
+    /// gradients that no backward produced.
+    PassNotRun,
 }
 
 impl From<GpuError> for StepError {
@@ -44,20 +53,19 @@ impl fmt::Display for StepError {
                 "non-finite values at step {step}: loss {loss}, first parameter with a non-finite gradient: {}",
                 param.as_deref().unwrap_or("none")
             ),
+            StepError::EmptyShare { rank } => write!(
+                f,
+                "synchronised batch norm: rank {rank} has no image in this batch (its share of \
+                 the global batch is empty or unreadable)"
+            ),
+            StepError::PassNotRun => {
+                f.write_str("the gradient-reduce hook did not run the forward and backward pass")
+            }
         }
     }
 }
 
 impl std::error::Error for StepError {}
-
-impl From<StepError> for GpuError {
-    fn from(e: StepError) -> Self {
-        match e {
-            StepError::Gpu(e) => e,
-            other => GpuError::Device(other.to_string()),
-        }
-    }
-}
 
 /// A model and its optimizer on one device.
 pub struct Trainer<'g> {
@@ -131,20 +139,27 @@ pub(crate) fn upload_batch(
 fn check_batch(images: &[f32], labels: &[usize], size: usize, classes: usize) -> Result<usize> {
     let n = labels.len();
     if n == 0 || images.len() != n * 3 * size * size {
-        return Err(GpuError::Shape(format!(
-            "batch: {} image values for {n} labels of 3x{size}x{size}",
-            images.len()
-        )));
+        let problem = ShapeProblem::ValueCount {
+            tensor: "images".into(),
+            values: images.len(),
+            shape: vec![n, 3, size, size],
+        };
+        return Err(GpuError::shape("batch", problem));
     }
     check_label_range(labels, classes)?;
     Ok(n)
 }
 
 fn check_label_range(labels: &[usize], classes: usize) -> Result<()> {
-    match labels.iter().find(|&&l| l >= classes) {
-        Some(&bad) => Err(GpuError::Shape(format!(
-            "batch: label {bad} but the model has {classes} classes"
-        ))),
+    match labels.iter().position(|&l| l >= classes) {
+        Some(position) => Err(GpuError::shape(
+            "batch",
+            ShapeProblem::Label {
+                label: labels[position],
+                position,
+                classes,
+            },
+        )),
         None => Ok(()),
     }
 }
@@ -153,12 +168,14 @@ fn check_label_range(labels: &[usize], classes: usize) -> Result<()> {
 fn check_labels(x: &Tensor, labels: &[usize], classes: usize) -> Result<()> {
     match x.shape[..] {
         [n, 3, _, _] if n == labels.len() && n > 0 => check_label_range(labels, classes),
-        _ => Err(GpuError::Shape(format!(
-            "batch: images of shape {:?} for {} labels; expected (N, 3, H, W) with N = {}",
-            x.shape,
-            labels.len(),
-            labels.len()
-        ))),
+        _ => Err(GpuError::shape(
+            "batch",
+            ShapeProblem::Layout {
+                tensor: "images".into(),
+                shape: x.shape.clone(),
+                layout: "(N, 3, H, W) with N the number of labels",
+            },
+        )),
     }
 }
 
@@ -246,9 +263,7 @@ impl<'g> Trainer<'g> {
         reduce.reduce(&grads, &mut pass)?;
         if given && outputs.is_none() {
             // Adam would apply gradients no backward produced.
-            return Err(StepError::Gpu(GpuError::Shape(
-                "Trainer::step: the gradient-reduce hook did not run the pass".into(),
-            )));
+            return Err(StepError::PassNotRun);
         }
         let local = match outputs {
             Some((loss, probs, labels)) => {
@@ -330,9 +345,13 @@ impl<'g> Trainer<'g> {
         }
         // Both wait for the device in the middle of the pass, which a browser cannot.
         #[cfg(target_arch = "wasm32")]
-        if self.profile || sync_bn.is_some() {
-            return Err(GpuError::Shape(
-                "per-op profiling and synchronised batch norm need a native build".into(),
+        if self.profile {
+            return Err(GpuError::NeedsNative(crate::gpu::NativeFeature::Profiling));
+        }
+        #[cfg(target_arch = "wasm32")]
+        if sync_bn.is_some() {
+            return Err(GpuError::NeedsNative(
+                crate::gpu::NativeFeature::SyncBatchNorm,
             ));
         }
         let images = tape.input(x, "images");

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use densenet_wgpu::data::{
-    load_image, split, DataError, Dataset, ImageFolder, Loader, LoaderOptions, SkipReason,
-    Synthetic, IMAGENET_MEAN, IMAGENET_STD,
+    load_image, split, DataError, Dataset, FolderSkip, ImageFolder, Loader, LoaderOptions,
+    SkipReason, Synthetic, IMAGENET_MEAN, IMAGENET_STD,
 };
 use densenet_wgpu::metrics::{
     append_csv, confusion_matrix_table, read_csv, write_csv, EpochMetrics,
@@ -175,10 +175,8 @@ fn non_image_files_are_skipped_with_a_warning_naming_them() {
     let (folder, warnings) = ImageFolder::open(tmp.path(), S).unwrap();
     assert_eq!(folder.len(), 1);
     assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(warnings
-        .iter()
-        .any(|w| w.contains(&dir.join("notes.txt").display().to_string())));
-    assert!(warnings.iter().any(|w| w.contains("README")));
+    assert!(warnings.contains(&FolderSkip::NotAnImage(dir.join("notes.txt"))));
+    assert!(warnings.contains(&FolderSkip::OutsideClasses(tmp.path().join("README"))));
 }
 
 #[test]
@@ -302,7 +300,7 @@ fn split_is_deterministic_disjoint_and_complete() {
     for bad in [1.0, -0.1, f64::NAN] {
         assert!(matches!(
             split(10, bad, 1),
-            Err(DataError::InvalidArgument(_))
+            Err(DataError::ValidationFraction(_))
         ));
     }
     assert!(matches!(
@@ -758,7 +756,11 @@ fn synthetic_images_write_an_image_folder() {
     assert_eq!(folder.class_counts(), vec![3, 3, 3]);
     assert!(matches!(
         data.write_folder(&dir, 3, 4),
-        Err(DataError::InvalidArgument(_))
+        Err(DataError::NotEnoughSynthetic {
+            per_class: 4,
+            classes: 3,
+            ..
+        })
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,6 +18,50 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 
 use super::{normalize_rgb8, DataError, Dataset};
+
+/// A path [`ImageFolder::open`] leaves out of the dataset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FolderSkip {
+    /// A folder whose name starts with a dot.
+    HiddenFolder(PathBuf),
+    /// A file directly in the dataset folder, where only class folders belong.
+    OutsideClasses(PathBuf),
+    /// A linked folder inside a class folder (not followed: a link cycle would never end).
+    LinkedFolder(PathBuf),
+    /// A file without one of the [`IMAGE_EXTENSIONS`].
+    NotAnImage(PathBuf),
+}
+
+impl FolderSkip {
+    /// The path left out.
+    pub fn path(&self) -> &Path {
+        match self {
+            FolderSkip::HiddenFolder(p)
+            | FolderSkip::OutsideClasses(p)
+            | FolderSkip::LinkedFolder(p)
+            | FolderSkip::NotAnImage(p) => p,
+        }
+    }
+}
+
+impl std::fmt::Display for FolderSkip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.path().display();
+        match self {
+            FolderSkip::HiddenFolder(_) => write!(f, "skipped hidden folder {path}"),
+            FolderSkip::OutsideClasses(_) => write!(
+                f,
+                "skipped {path}: files directly in the dataset folder belong to no class"
+            ),
+            FolderSkip::LinkedFolder(_) => write!(f, "skipped linked folder {path}"),
+            FolderSkip::NotAnImage(_) => write!(
+                f,
+                "skipped {path}: not an image file (extensions: {})",
+                IMAGE_EXTENSIONS.join(", ")
+            ),
+        }
+    }
+}
 use crate::rng::Rng;
 
 /// File extensions read as images (compared case-insensitively).
@@ -60,11 +104,12 @@ impl ImageFolder {
     /// Scans `dir`. Returns the dataset and warnings about files that were skipped (each
     /// naming the file). Errors name the folder at fault: missing or unreadable `dir`, no
     /// class folders, or a class folder without images.
-    pub fn open(dir: &Path, image_size: usize) -> Result<(ImageFolder, Vec<String>), DataError> {
+    pub fn open(
+        dir: &Path,
+        image_size: usize,
+    ) -> Result<(ImageFolder, Vec<FolderSkip>), DataError> {
         if image_size == 0 {
-            return Err(DataError::InvalidArgument(
-                "image size must be positive".into(),
-            ));
+            return Err(DataError::ZeroImageSize);
         }
         let meta = match fs::metadata(dir) {
             Ok(meta) => meta,
@@ -83,15 +128,12 @@ impl ImageFolder {
             let name = file_name(&path);
             if path.is_dir() {
                 if name.starts_with('.') {
-                    warnings.push(format!("skipped hidden folder {}", path.display()));
+                    warnings.push(FolderSkip::HiddenFolder(path));
                 } else {
                     class_dirs.push((name, path));
                 }
             } else {
-                warnings.push(format!(
-                    "skipped {}: files directly in the dataset folder belong to no class",
-                    path.display()
-                ));
+                warnings.push(FolderSkip::OutsideClasses(path));
             }
         }
         if class_dirs.is_empty() {
@@ -231,9 +273,7 @@ impl Dataset for ImageFolder {
 /// the same preprocessing `ImageFolder::get` applies without augmentation.
 pub fn load_image(path: &Path, image_size: usize) -> Result<Vec<f32>, DataError> {
     if image_size == 0 {
-        return Err(DataError::InvalidArgument(
-            "image size must be positive".into(),
-        ));
+        return Err(DataError::ZeroImageSize);
     }
     let rgb = decode_rgb8(path)?;
     let size = image_size as u32;
@@ -328,23 +368,19 @@ fn is_image_file(path: &Path) -> bool {
 fn collect_images(
     dir: &Path,
     out: &mut Vec<PathBuf>,
-    warnings: &mut Vec<String>,
+    warnings: &mut Vec<FolderSkip>,
 ) -> Result<(), DataError> {
     for path in sorted_entries(dir)? {
         if path.is_dir() {
             if path.is_symlink() {
-                warnings.push(format!("skipped linked folder {}", path.display()));
+                warnings.push(FolderSkip::LinkedFolder(path));
             } else {
                 collect_images(&path, out, warnings)?;
             }
         } else if is_image_file(&path) {
             out.push(path);
         } else {
-            warnings.push(format!(
-                "skipped {}: not an image file (extensions: {})",
-                path.display(),
-                IMAGE_EXTENSIONS.join(", ")
-            ));
+            warnings.push(FolderSkip::NotAnImage(path));
         }
     }
     Ok(())

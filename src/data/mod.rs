@@ -17,7 +17,7 @@ pub mod folder;
 pub mod loader;
 pub mod synthetic;
 
-pub use folder::{load_image, ImageFolder, IMAGE_EXTENSIONS};
+pub use folder::{load_image, FolderSkip, ImageFolder, IMAGE_EXTENSIONS};
 pub use loader::{Batch, Loader, LoaderOptions, Shard, SkipReason, Skipped};
 pub use synthetic::Synthetic;
 
@@ -42,17 +42,26 @@ pub enum DataError {
     Decode { path: PathBuf, message: String },
     /// A file or folder could not be read.
     Io { path: PathBuf, message: String },
-    /// Fewer images than an operation needs (for example a split that would leave the
-    /// training set empty).
+    /// Too few images for a split with `validation_fraction` held out: it would leave the
+    /// training set empty.
     TooFewImages {
         found: usize,
         needed: usize,
-        context: String,
+        validation_fraction: f64,
     },
     /// An item index past the end of a dataset.
     IndexOutOfRange { index: usize, len: usize },
-    /// A bad argument (validation fraction outside [0, 1), image size 0, ...).
-    InvalidArgument(String),
+    /// An image size of 0.
+    ZeroImageSize,
+    /// A validation fraction outside [0, 1).
+    ValidationFraction(f64),
+    /// More images per class, or more classes, than a synthetic dataset holds.
+    NotEnoughSynthetic {
+        per_class: usize,
+        classes: usize,
+        images: usize,
+        available_classes: usize,
+    },
     /// A file or folder could not be written.
     Write { path: PathBuf, message: String },
 }
@@ -83,11 +92,12 @@ impl fmt::Display for DataError {
             DataError::TooFewImages {
                 found,
                 needed,
-                context,
+                validation_fraction,
             } => {
                 write!(
                     f,
-                    "too few images for {context}: found {found}, need at least {needed}"
+                    "too few images for a split with validation fraction {validation_fraction}: \
+                     found {found}, need at least {needed}"
                 )
             }
             DataError::IndexOutOfRange { index, len } => {
@@ -96,7 +106,25 @@ impl fmt::Display for DataError {
                     "item index {index} out of range for a dataset of {len} items"
                 )
             }
-            DataError::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
+            DataError::ZeroImageSize => {
+                f.write_str("invalid argument: image size must be positive")
+            }
+            DataError::ValidationFraction(v) => {
+                write!(
+                    f,
+                    "invalid argument: validation fraction {v} is not in [0, 1)"
+                )
+            }
+            DataError::NotEnoughSynthetic {
+                per_class,
+                classes,
+                images,
+                available_classes,
+            } => write!(
+                f,
+                "invalid argument: {per_class} images of {classes} classes from a synthetic \
+                 dataset of {images} images of {available_classes} classes"
+            ),
             DataError::Write { path, message } => {
                 write!(f, "cannot write {}: {message}", path.display())
             }
@@ -158,16 +186,14 @@ pub fn split(
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>), DataError> {
     if !(0.0..1.0).contains(&val_fraction) {
-        return Err(DataError::InvalidArgument(format!(
-            "validation fraction {val_fraction} is not in [0, 1)"
-        )));
+        return Err(DataError::ValidationFraction(val_fraction));
     }
     let n_val = (n as f64 * val_fraction).round() as usize;
     if n_val >= n {
         return Err(DataError::TooFewImages {
             found: n,
             needed: n_val + 1,
-            context: format!("a split with validation fraction {val_fraction}"),
+            validation_fraction: val_fraction,
         });
     }
     let mut order: Vec<usize> = (0..n).collect();

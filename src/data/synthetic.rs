@@ -198,11 +198,12 @@ impl Synthetic {
         // The last image needed: the per_class-th of class classes - 1.
         let last = (classes.max(1) - 1) + all * (per_class.max(1) - 1);
         if classes > all || (classes > 0 && per_class > 0 && last >= self.len) {
-            return Err(DataError::InvalidArgument(format!(
-                "{per_class} images of {classes} classes from a synthetic dataset of {} images \
-                 of {all} classes",
-                self.len
-            )));
+            return Err(DataError::NotEnoughSynthetic {
+                per_class,
+                classes,
+                images: self.len,
+                available_classes: all,
+            });
         }
         let mut written = Vec::with_capacity(classes * per_class);
         for (label, class) in self.classes.iter().enumerate().take(classes) {

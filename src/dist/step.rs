@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::collective::{Collective, Communication};
-use crate::gpu::{Gpu, GpuError, Result, Staged, Tensor};
+use crate::gpu::{Gpu, Result, Staged, Tensor};
 use crate::tape::Tape;
 use crate::train::{upload_batch, BatchResult, GradientReduce, Pass, StepError, Trainer};
 
@@ -79,10 +79,7 @@ impl DataParallel {
         let n_local = labels.len();
         if n_local == 0 && self.sync_bn {
             // The other ranks wait for this one's batch statistics.
-            return Err(StepError::Gpu(GpuError::Shape(format!(
-                "synchronised batch norm: rank {} has no image in this batch (its share of the global batch is empty or unreadable)",
-                group.rank()
-            ))));
+            return Err(StepError::EmptyShare { rank: group.rank() });
         }
         let mut counts = [n_local as f64, flags[0], flags[1]];
         group.all_reduce_sum_f64(&mut counts);

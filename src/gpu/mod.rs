@@ -9,10 +9,14 @@ mod error;
 mod native;
 mod tensor;
 
-pub use error::{GpuError, Result};
+pub use error::{
+    Bound, DeviceWork, ForcedKernelError, GpuError, GradientTo, KernelNeeds, Limit, LimitError,
+    NativeFeature, Result, ShapeError, ShapeProblem, TapeError,
+};
 pub use tensor::{Storage, Tensor};
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -201,13 +205,13 @@ impl Staged {
             let _ = index;
             mapped.await
         };
-        mapped.map_err(|e| gpu.device_failure(format!("mapping a read-back: {e}")))?;
+        mapped.map_err(|e| gpu.device_failure(DeviceWork::Mapping, e))?;
         gpu.check_lost()?;
         let mut out = Vec::with_capacity(views.len());
         {
             let view = staging
                 .get_mapped_range(..)
-                .map_err(|e| gpu.device_failure(e.to_string()))?;
+                .map_err(|e| gpu.device_failure(DeviceWork::Reading, e))?;
             let all: &[f32] = bytemuck::cast_slice(&view);
             let mut at = 0usize;
             for t in &views {
@@ -324,11 +328,6 @@ impl DeviceOptions {
     }
 }
 
-const NO_ADAPTER_HINT: &str = "no WebGPU adapter found. On a machine without a GPU install Mesa's \
-software Vulkan driver (lavapipe): on Debian 12, run `sudo scripts/setup-lavapipe.sh` from \
-the repository (Mesa 25 from bookworm-backports; `vulkaninfo --summary` then lists \
-`llvmpipe`).";
-
 fn new_instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
@@ -371,7 +370,7 @@ impl Gpu {
                 // GL adapters lack compute features we rely on; prefer Vulkan/Metal/DX12.
                 .filter(|a| a.get_info().backend != wgpu::Backend::Gl)
                 .min_by_key(|a| rank(a.get_info().device_type))
-                .ok_or(GpuError::NoAdapter(NO_ADAPTER_HINT))?,
+                .ok_or(GpuError::NoAdapter)?,
         };
         Self::request_on(adapter, options).await
     }
@@ -415,7 +414,10 @@ impl Gpu {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| GpuError::RequestDevice(format!("{}: {e}", adapter.get_info().name)))?;
+            .map_err(|e| GpuError::RequestDevice {
+                adapter: adapter.get_info().name,
+                message: e.to_string(),
+            })?;
         Ok(Self::from_device(&adapter, device, queue, options))
     }
 
@@ -493,18 +495,28 @@ impl Gpu {
                 // failed calls may come first. Ask, so that the loss is what is reported.
                 let _ = self.device.poll(wgpu::PollType::Poll);
                 self.check_lost()?;
-                Err(GpuError::Device(e))
+                Err(GpuError::Device {
+                    during: DeviceWork::Running,
+                    message: e,
+                })
             }
             None => Ok(()),
         }
     }
 
-    /// A device error, or [`GpuError::DeviceLost`] when the device is lost (a lost device
-    /// makes every later wait and mapping fail; the loss is the error worth reporting).
-    fn device_failure(&self, message: String) -> GpuError {
+    /// The device's error `message` during `during`, or [`GpuError::DeviceLost`] when the
+    /// device is lost.
+    fn device_failure(&self, during: DeviceWork, message: impl fmt::Display) -> GpuError {
+        let message = message.to_string();
+        self.unless_lost(GpuError::Device { during, message })
+    }
+
+    /// `error`, or [`GpuError::DeviceLost`] when the device is lost (a lost device makes
+    /// every later wait and mapping fail; the loss is the error worth reporting).
+    fn unless_lost(&self, error: GpuError) -> GpuError {
         match self.lost.lock().unwrap().clone() {
             Some(reason) => GpuError::DeviceLost(reason),
-            None => GpuError::Device(message),
+            None => error,
         }
     }
 
@@ -547,7 +559,10 @@ impl Gpu {
     /// skipped, and read-backs return zeros. The counts follow the same rules as
     /// [`Gpu::memory`], so a training step run dry reports the peak the real step reaches.
     /// Tensors made inside must not outlive it.
-    pub fn dry_run<T>(&self, work: impl FnOnce() -> Result<T>) -> (Result<T>, Arc<MemoryStats>) {
+    pub fn dry_run<T, E>(
+        &self,
+        work: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> (std::result::Result<T, E>, Arc<MemoryStats>) {
         let stats = Arc::new(MemoryStats::default());
         let previous = DRY_RUN.with(|d| d.borrow_mut().replace((self.id, stats.clone())));
         let out = work();
@@ -566,10 +581,14 @@ impl Gpu {
     pub fn upload(&self, data: &[f32], shape: &[usize], label: &str) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
-            return Err(GpuError::Shape(format!(
-                "{label}: {} values for shape {shape:?} ({numel} elements)",
-                data.len()
-            )));
+            return Err(GpuError::shape(
+                "upload",
+                ShapeProblem::ValueCount {
+                    tensor: label.to_string(),
+                    values: data.len(),
+                    shape: shape.to_vec(),
+                },
+            ));
         }
         let t = self.zeros(shape, label)?;
         if !data.is_empty() && !self.is_dry() {
@@ -582,12 +601,21 @@ impl Gpu {
     /// Overwrites a whole contiguous tensor with `data`.
     pub fn write(&self, tensor: &Tensor, data: &[f32]) -> Result<()> {
         if !tensor.is_contiguous() || tensor.numel() != data.len() {
-            return Err(GpuError::Shape(format!(
-                "write into {}: {} values for shape {:?}",
-                tensor.label(),
-                data.len(),
-                tensor.shape
-            )));
+            return Err(GpuError::shape(
+                "write",
+                if tensor.is_contiguous() {
+                    ShapeProblem::ValueCount {
+                        tensor: tensor.label().to_string(),
+                        values: data.len(),
+                        shape: tensor.shape.clone(),
+                    }
+                } else {
+                    ShapeProblem::NotContiguous {
+                        tensor: tensor.label().to_string(),
+                        shape: tensor.shape.clone(),
+                    }
+                },
+            ));
         }
         if self.is_dry() {
             return Ok(());
@@ -870,10 +898,12 @@ impl Encoder<'_> {
         // A lost device makes wgpu's buffer helpers panic: stop at the first launch.
         gpu.check_lost()?;
         if l.workgroups.iter().any(|&w| w > MAX_WORKGROUPS_PER_DIM) {
-            return Err(GpuError::Limit(format!(
-                "{}::{}: grid {:?} exceeds {} workgroups per dimension",
-                l.shader.name, l.entry, l.workgroups, MAX_WORKGROUPS_PER_DIM
-            )));
+            return Err(GpuError::limit(
+                &format!("{}::{}", l.shader.name, l.entry),
+                Limit::Workgroups {
+                    grid: l.workgroups.map(|w| w as usize),
+                },
+            ));
         }
         if l.workgroups.contains(&0) {
             return Ok(());
@@ -882,10 +912,13 @@ impl Encoder<'_> {
         let max_storage = gpu.limits.max_storage_buffers_per_shader_stage as usize;
         let n_storage = kinds.iter().filter(|k| **k != BindingKind::Uniform).count();
         if n_storage > max_storage {
-            return Err(GpuError::Limit(format!(
-                "{}::{}: {n_storage} storage buffers, the adapter allows {max_storage}",
-                l.shader.name, l.entry
-            )));
+            return Err(GpuError::limit(
+                &format!("{}::{}", l.shader.name, l.entry),
+                Limit::StorageBuffers {
+                    count: n_storage,
+                    max: max_storage,
+                },
+            ));
         }
         let pipeline = gpu.pipeline(l.shader, l.entry, l.overrides, &kinds)?;
         if gpu.is_dry() {
@@ -1032,11 +1065,29 @@ pub fn check_distinct(
     for (i, (name, w)) in written.iter().enumerate() {
         let mut others = written[i + 1..].iter().chain(read);
         if let Some((other, _)) = others.find(|(_, t)| w.same_storage(t)) {
-            return Err(GpuError::Shape(format!(
-                "{op}: {name} shares its buffer {:?} with {other}",
-                w.label()
-            )));
+            return Err(GpuError::shape(
+                op,
+                ShapeProblem::Aliased {
+                    tensor: name.to_string(),
+                    other: other.to_string(),
+                    buffer: w.label().to_string(),
+                },
+            ));
         }
+    }
+    Ok(())
+}
+
+/// Checks that `t` (named `what`) is a contiguous view.
+pub fn expect_contiguous(op: &str, what: &str, t: &Tensor) -> Result<()> {
+    if !t.is_contiguous() {
+        return Err(GpuError::shape(
+            op,
+            ShapeProblem::NotContiguous {
+                tensor: what.to_string(),
+                shape: t.shape.clone(),
+            },
+        ));
     }
     Ok(())
 }
@@ -1044,9 +1095,14 @@ pub fn check_distinct(
 /// Checks a shape against an expectation; the error names the op and the tensor.
 pub fn expect_shape(op: &str, what: &str, got: &[usize], want: &[usize]) -> Result<()> {
     if got != want {
-        return Err(GpuError::Shape(format!(
-            "{op}: {what} has shape {got:?}, expected {want:?}"
-        )));
+        return Err(GpuError::shape(
+            op,
+            ShapeProblem::Expected {
+                tensor: what.to_string(),
+                shape: got.to_vec(),
+                expected: want.to_vec(),
+            },
+        ));
     }
     Ok(())
 }
@@ -1055,16 +1111,28 @@ pub fn expect_shape(op: &str, what: &str, got: &[usize], want: &[usize]) -> Resu
 pub fn nchw(op: &str, what: &str, t: &Tensor) -> Result<[usize; 4]> {
     match t.shape[..] {
         [n, c, h, w] => Ok([n, c, h, w]),
-        _ => Err(GpuError::Shape(format!(
-            "{op}: {what} must be 4-D (N, C, H, W), got shape {:?}",
-            t.shape
-        ))),
+        _ => Err(GpuError::shape(
+            op,
+            ShapeProblem::Layout {
+                tensor: what.to_string(),
+                shape: t.shape.clone(),
+                layout: "4-D (N, C, H, W)",
+            },
+        )),
     }
 }
 
 /// Converts a size to the u32 a uniform holds, with a typed error on overflow.
 pub fn to_u32(op: &str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| GpuError::Limit(format!("{op}: {what} = {v} exceeds u32")))
+    u32::try_from(v).map_err(|_| {
+        GpuError::limit(
+            op,
+            Limit::U32 {
+                quantity: what.to_string(),
+                value: v,
+            },
+        )
+    })
 }
 
 /// `VK_MEMORY_HEAP_DEVICE_LOCAL_BIT`: a heap a GPU reads at full speed.

@@ -2,7 +2,7 @@
 //! block, awaits [`Gpu::request`], [`Gpu::read`] and [`Staged::read`] instead. `.ci/run`
 //! keeps `pollster` and `PollType::Wait` in this file and in `src/bin/`.
 
-use super::{DeviceOptions, Gpu, GpuError, Result, Staged, Submitted, Tensor};
+use super::{DeviceOptions, DeviceWork, Gpu, GpuError, Result, Staged, Submitted, Tensor};
 
 impl Gpu {
     /// Opens the preferred adapter with the default options (see [`Gpu::open`]).
@@ -35,7 +35,7 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| self.device_failure(e.to_string()))?;
+            .map_err(|e| self.device_failure(DeviceWork::Waiting, e))?;
         self.active_memory().finished(None);
         self.check_device_error()
     }
@@ -57,7 +57,7 @@ impl Gpu {
                 timeout: None,
             })
             .map(|_| ())
-            .map_err(|e| self.device_failure(e.to_string()))
+            .map_err(|e| self.device_failure(DeviceWork::Waiting, e))
     }
 }
 
@@ -76,5 +76,5 @@ pub(super) fn pipeline_error(scope: wgpu::ErrorScopeGuard) -> Option<wgpu::Error
 
 /// A read-back whose mapping did not complete although its copy has finished.
 pub(super) fn not_mapped(gpu: &Gpu) -> GpuError {
-    gpu.device_failure("a read-back's staging buffer was not mapped after its copy finished".into())
+    gpu.unless_lost(GpuError::ReadBackNotMapped)
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Gpu, GpuError, MemoryStats, Result};
+use super::{Gpu, GpuError, MemoryStats, Result, ShapeProblem};
 
 /// One device allocation. Dropping the last handle frees it (and its accounting).
 pub struct Storage {
@@ -109,22 +109,18 @@ impl Tensor {
 
     /// Channels `[start, start + len)` of an NCHW tensor, sharing its storage.
     pub fn channels(&self, start: usize, len: usize) -> Result<Tensor> {
-        let [n, c, h, w] = match self.shape[..] {
-            [n, c, h, w] => [n, c, h, w],
-            _ => {
-                return Err(GpuError::Shape(format!(
-                    "channel slice of {}: needs a 4-D tensor, got {:?}",
-                    self.label(),
-                    self.shape
-                )))
-            }
-        };
+        let [n, c, h, w] = super::nchw("channel slice", self.label(), self)?;
         if start + len > c {
-            return Err(GpuError::Shape(format!(
-                "channel slice [{start}, {}) of {} which has {c} channels",
-                start + len,
-                self.label()
-            )));
+            return Err(GpuError::shape(
+                "channel slice",
+                ShapeProblem::OutOfRange {
+                    tensor: self.label().to_string(),
+                    dim: "channels",
+                    start,
+                    end: start + len,
+                    size: c,
+                },
+            ));
         }
         Ok(Tensor {
             storage: self.storage.clone(),
@@ -136,12 +132,22 @@ impl Tensor {
 
     /// The same elements under another shape (contiguous views only).
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        if !self.is_contiguous() || shape.iter().product::<usize>() != self.numel() {
-            return Err(GpuError::Shape(format!(
-                "cannot view {} {:?} as {shape:?}",
-                self.label(),
-                self.shape
-            )));
+        let tensor = || self.label().to_string();
+        if !self.is_contiguous() {
+            let shape = self.shape.clone();
+            let problem = ShapeProblem::NotContiguous {
+                tensor: tensor(),
+                shape,
+            };
+            return Err(GpuError::shape("reshape", problem));
+        }
+        if shape.iter().product::<usize>() != self.numel() {
+            let problem = ShapeProblem::ValueCount {
+                tensor: tensor(),
+                values: self.numel(),
+                shape: shape.to_vec(),
+            };
+            return Err(GpuError::shape("reshape", problem));
         }
         let mut t = Tensor::contiguous(self.storage.clone(), shape);
         t.offset = self.offset;

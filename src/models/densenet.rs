@@ -18,7 +18,7 @@
 
 use super::layers::{BatchNorm2d, Conv2d, FanMode, Init, Linear, ParamStore};
 use super::{batch_size, BlockMode, Model, ModelConfig};
-use crate::gpu::{Gpu, GpuError, Result};
+use crate::gpu::{Gpu, Result};
 use crate::ops::avg_pool2d::Pool2dSpec;
 use crate::ops::conv2d::Conv2dSpec;
 use crate::tape::{Tape, Var};
@@ -130,11 +130,14 @@ const ONE: Conv2dSpec = Conv2dSpec {
 impl DenseNet {
     /// Builds a DenseNet with torchvision's initialisation, seeded.
     pub fn new(gpu: &Gpu, config: DenseNetConfig, seed: u64) -> Result<DenseNet> {
-        if config.block_config.is_empty() || config.growth_rate == 0 || config.num_classes == 0 {
-            return Err(GpuError::Shape(format!(
-                "densenet: invalid configuration {config:?}"
-            )));
-        }
+        super::check_config(
+            "densenet",
+            &[
+                ("dense blocks", config.block_config.len()),
+                ("growth_rate", config.growth_rate),
+                ("num_classes", config.num_classes),
+            ],
+        )?;
         let mut b = Init::new(gpu, seed, FanMode::FanIn);
         let k = config.growth_rate;
         let inner = config.bn_size * k;

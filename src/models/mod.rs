@@ -12,7 +12,7 @@ pub use densenet::{DenseNet, DenseNetConfig};
 pub use layers::ParamStore;
 pub use resnet::{ResNet, ResNetBlock, ResNetConfig};
 
-use crate::gpu::{Gpu, GpuError, Result};
+use crate::gpu::{Bound, Gpu, GpuError, Result, ShapeProblem};
 use crate::tape::{Param, Tape, Var};
 
 /// How activations that only feed a convolution are handled.
@@ -67,11 +67,28 @@ pub trait Model {
 fn batch_size(net: &str, tape: &Tape, images: Var) -> Result<usize> {
     let s = tape.shape(images);
     if s.len() != 4 || s[1] != 3 {
-        return Err(GpuError::Shape(format!(
-            "{net}: input must be (N, 3, H, W), got {s:?}"
-        )));
+        let problem = ShapeProblem::Layout {
+            tensor: "images".into(),
+            shape: s.to_vec(),
+            layout: "(N, 3, H, W)",
+        };
+        return Err(GpuError::shape(net, problem));
     }
     Ok(s[0])
+}
+
+/// Checks that each of a configuration's `sizes` (name, value) is at least 1.
+fn check_config(net: &str, sizes: &[(&'static str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, value)| *value == 0) {
+        Some(&(name, value)) => {
+            let bound = Bound::AtLeast(1);
+            Err(GpuError::shape(
+                net,
+                ShapeProblem::Parameter { name, value, bound },
+            ))
+        }
+        None => Ok(()),
+    }
 }
 
 /// The architecture of a model: one variant per family.

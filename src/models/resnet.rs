@@ -20,7 +20,7 @@
 
 use super::layers::{BatchNorm2d, Conv2d, FanMode, Init, Linear, ParamStore};
 use super::{batch_size, BlockMode, Model, ModelConfig};
-use crate::gpu::{Gpu, GpuError, Result};
+use crate::gpu::{Gpu, Result};
 use crate::ops::avg_pool2d::Pool2dSpec;
 use crate::ops::conv2d::Conv2dSpec;
 use crate::tape::{Tape, Var};
@@ -119,15 +119,18 @@ const fn spec(stride: usize, padding: usize) -> Conv2dSpec {
 impl ResNet {
     /// Builds a ResNet with torchvision's initialisation, seeded.
     pub fn new(gpu: &Gpu, config: ResNetConfig, seed: u64) -> Result<ResNet> {
-        if config.layers.is_empty()
-            || config.layers.contains(&0)
-            || config.width == 0
-            || config.num_classes == 0
-        {
-            return Err(GpuError::Shape(format!(
-                "resnet: invalid configuration {config:?}"
-            )));
-        }
+        super::check_config(
+            "resnet",
+            &[
+                ("stages", config.layers.len()),
+                (
+                    "blocks in a stage",
+                    config.layers.iter().copied().min().unwrap_or(0),
+                ),
+                ("width", config.width),
+                ("num_classes", config.num_classes),
+            ],
+        )?;
         let mut b = Init::new(gpu, seed, FanMode::FanOut);
         let conv1 = b.conv2d("conv1", config.width, 3, 7, spec(2, 3))?;
         let bn1 = b.batch_norm("bn1", config.width)?;

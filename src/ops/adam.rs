@@ -5,7 +5,10 @@
 //! computed on the host in f64, like PyTorch's Python floats, and travel in the uniform, so
 //! `lr` may change every step without a new pipeline.
 
-use crate::gpu::{check_distinct, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, expect_contiguous, to_u32, Bound, Encoder, GpuError, Kernel, Result, Shader,
+    ShapeProblem, Tensor,
+};
 
 pub const SHADER: Shader = shader!("adam");
 const WG: u32 = 256;
@@ -115,25 +118,27 @@ pub fn step(
 ) -> Result<()> {
     let op = "adam step";
     if step == 0 {
-        return Err(GpuError::Shape(format!("{op}: step is 1-based, got 0")));
+        let problem = ShapeProblem::Parameter {
+            name: "step",
+            value: 0,
+            bound: Bound::AtLeast(1),
+        };
+        return Err(GpuError::shape(op, problem));
     }
     let numel = param.numel();
     let named = [(param, "param"), (m, "m"), (v, "v"), (grad, "grad")];
     for (t, name) in named {
         if t.numel() != numel {
-            return Err(GpuError::Shape(format!(
-                "{op}: {name} ({}) has shape {:?} ({} elements) but param {:?} has {numel}",
-                t.label(),
-                t.shape,
-                t.numel(),
-                param.shape
-            )));
+            let problem = ShapeProblem::Mismatch {
+                tensor: format!("{name} ({})", t.label()),
+                shape: t.shape.clone(),
+                dim: "element count",
+                other: "param".into(),
+                other_shape: param.shape.clone(),
+            };
+            return Err(GpuError::shape(op, problem));
         }
-        if !t.is_contiguous() {
-            return Err(GpuError::Shape(format!(
-                "{op}: {name} must be contiguous, got {t:?}"
-            )));
-        }
+        expect_contiguous(op, name, t)?;
         to_u32(op, name, t.offset + numel)?;
     }
     check_distinct(

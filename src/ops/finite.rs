@@ -2,7 +2,10 @@
 //! slot of a flags tensor, so a training step can test all its gradients with one
 //! read-back before the optimizer touches the weights.
 
-use crate::gpu::{check_distinct, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor};
+use crate::gpu::{
+    check_distinct, expect_contiguous, to_u32, Encoder, GpuError, Kernel, Result, Shader,
+    ShapeProblem, Tensor,
+};
 
 pub const SHADER: Shader = shader!("finite");
 const WG: u32 = 256;
@@ -20,17 +23,17 @@ const _: () = assert!(std::mem::size_of::<Params>() == 16);
 /// `flags[slot] = count of non-finite elements of x` (x contiguous; overwrites the slot).
 pub fn count_nonfinite(enc: &mut Encoder, flags: &Tensor, slot: usize, x: &Tensor) -> Result<()> {
     let op = "count_nonfinite";
-    if !x.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: {} must be contiguous",
-            x.label()
-        )));
-    }
-    if !flags.is_contiguous() || slot >= flags.numel() {
-        return Err(GpuError::Shape(format!(
-            "{op}: slot {slot} outside flags {:?}",
-            flags.shape
-        )));
+    expect_contiguous(op, x.label(), x)?;
+    expect_contiguous(op, "flags", flags)?;
+    if slot >= flags.numel() {
+        let problem = ShapeProblem::OutOfRange {
+            tensor: "flags".into(),
+            dim: "slot",
+            start: slot,
+            end: slot + 1,
+            size: flags.numel(),
+        };
+        return Err(GpuError::shape(op, problem));
     }
     check_distinct(op, &[("flags", flags)], &[("x", x)])?;
     let p = Params {

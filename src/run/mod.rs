@@ -97,6 +97,10 @@ pub enum RunError {
         files: Vec<String>,
         checkpoint: PathBuf,
     },
+    /// A step that could not run: a data-parallel rank without an image under
+    /// synchronised batch norm, or a gradient-reduce hook that skipped the pass.
+    #[error(transparent)]
+    Step(#[from] crate::train::StepError),
     /// The device could not be opened, or refused an op (a shape, a limit, a forced
     /// kernel that cannot run).
     #[error(transparent)]
@@ -109,7 +113,10 @@ pub enum RunError {
     },
     /// Measuring a model's step time and memory for the study failed on the device.
     #[error("{model}: {error}")]
-    CostNotMeasured { model: String, error: GpuError },
+    CostNotMeasured {
+        model: String,
+        error: crate::train::StepError,
+    },
     /// The dataset has fewer than two classes.
     #[error("{data}: {} class ({}); a classifier needs at least two", classes.len(), classes.join(", "))]
     TooFewClasses { data: String, classes: Vec<String> },
@@ -146,10 +153,6 @@ pub enum RunError {
     /// The data could not be read (it names the file or the folder).
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
-    /// A failure a program built on the library reports in its own words (the `train`
-    /// binary's checks of its arguments). The library itself never returns it.
-    #[error("{0}")]
-    Other(String),
 }
 
 impl RunError {

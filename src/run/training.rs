@@ -429,6 +429,9 @@ impl<'a> Run<'a> {
                 };
                 Err(super::step_failure(&e, &self.trainer, spec))
             }
+            Err(e @ (StepError::EmptyShare { .. } | StepError::PassNotRun)) => {
+                Err(RunError::Step(e))
+            }
         }
     }
 

@@ -165,7 +165,10 @@ fn errors_are_typed() {
     adam::step(&mut enc, &p, &m, &v, &g, cfg, 1).unwrap();
     let is_shape = |r: densenet_wgpu::gpu::Result<()>, needle: &str| match r {
         Err(GpuError::Shape(msg)) => {
-            assert!(msg.contains(needle), "{msg:?} should mention {needle:?}")
+            assert!(
+                msg.to_string().contains(needle),
+                "{msg:?} should mention {needle:?}"
+            )
         }
         other => panic!("expected a shape error mentioning {needle:?}, got {other:?}"),
     };

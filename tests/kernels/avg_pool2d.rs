@@ -221,7 +221,9 @@ fn repeated_runs_are_bit_identical() {
 
 fn expect_shape_error(r: Result<(), GpuError>, needle: &str) {
     match r {
-        Err(GpuError::Shape(m)) => assert!(m.contains(needle), "{needle:?} not in {m:?}"),
+        Err(GpuError::Shape(m)) => {
+            assert!(m.to_string().contains(needle), "{needle:?} not in {m:?}")
+        }
         other => panic!("expected a shape error mentioning {needle:?}, got {other:?}"),
     }
 }

@@ -709,7 +709,10 @@ fn shape_errors_are_typed() {
     let c5 = zeros(&[5], "wrong C");
     let (g, b, m, s, rm, rv) = (c4(), c4(), c4(), c4(), c4(), c4());
     let expect = |r: Result<(), GpuError>, needle: &str| match r {
-        Err(GpuError::Shape(msg)) => assert!(msg.contains(needle), "{msg} does not name {needle}"),
+        Err(GpuError::Shape(msg)) => assert!(
+            msg.to_string().contains(needle),
+            "{msg} does not name {needle}"
+        ),
         other => panic!("expected a shape error naming {needle}, got {other:?}"),
     };
     let mut e = gpu().encoder("bad");

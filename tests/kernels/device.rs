@@ -1,5 +1,7 @@
 use crate::common::*;
-use densenet_wgpu::gpu::{DeviceOptions, Gpu, GpuError, MAX_WORKGROUPS_PER_DIM, NO_SUBGROUPS_ENV};
+use densenet_wgpu::gpu::{
+    DeviceOptions, Gpu, GpuError, ShapeProblem, MAX_WORKGROUPS_PER_DIM, NO_SUBGROUPS_ENV,
+};
 use densenet_wgpu::ops::relu;
 
 #[test]
@@ -69,7 +71,19 @@ fn unknown_adapter_name_is_typed_error() {
 #[test]
 fn channel_slice_out_of_range_is_typed_error() {
     let t = gpu().zeros(&[2, 4, 3, 3], "t").unwrap();
-    assert!(matches!(t.channels(3, 2), Err(GpuError::Shape(_))));
+    match t.channels(3, 2) {
+        Err(GpuError::Shape(e)) => assert_eq!(
+            e.problem,
+            ShapeProblem::OutOfRange {
+                tensor: "t".into(),
+                dim: "channels",
+                start: 3,
+                end: 5,
+                size: 4
+            }
+        ),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
 }
 
 #[test]

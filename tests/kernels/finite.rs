@@ -1,5 +1,5 @@
 use crate::common::*;
-use densenet_wgpu::gpu::GpuError;
+use densenet_wgpu::gpu::{GpuError, ShapeProblem};
 use densenet_wgpu::ops::finite;
 
 #[test]
@@ -33,7 +33,16 @@ fn slot_outside_the_flags_is_a_typed_error() {
     let flags = gpu().zeros(&[2], "flags").unwrap();
     let mut enc = gpu().encoder("bad");
     match finite::count_nonfinite(&mut enc, &flags, 2, &x) {
-        Err(GpuError::Shape(m)) => assert!(m.contains("slot 2"), "{m}"),
+        Err(GpuError::Shape(e)) => assert_eq!(
+            e.problem,
+            ShapeProblem::OutOfRange {
+                tensor: "flags".into(),
+                dim: "slot",
+                start: 2,
+                end: 3,
+                size: 2
+            }
+        ),
         other => panic!("expected a shape error, got {other:?}"),
     }
 }

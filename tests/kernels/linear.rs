@@ -294,7 +294,10 @@ fn operands_at_offsets() {
 fn expect_shape_error(r: densenet_wgpu::gpu::Result<()>, needle: &str) {
     match r {
         Err(GpuError::Shape(msg)) => {
-            assert!(msg.contains(needle), "{msg:?} should mention {needle:?}")
+            assert!(
+                msg.to_string().contains(needle),
+                "{msg:?} should mention {needle:?}"
+            )
         }
         other => panic!("expected a shape error mentioning {needle:?}, got {other:?}"),
     }

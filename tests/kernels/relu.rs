@@ -78,7 +78,7 @@ fn shape_mismatch_is_typed_error() {
     let y = gpu().zeros(&[2, 3, 4, 4], "y").unwrap();
     let mut enc = gpu().encoder("bad");
     match relu::forward(&mut enc, &y, &x) {
-        Err(GpuError::Shape(m)) => assert!(m.contains("y"), "{m}"),
+        Err(GpuError::Shape(m)) => assert!(m.to_string().contains("y"), "{m}"),
         other => panic!("expected a shape error, got {other:?}"),
     }
 }

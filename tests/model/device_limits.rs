@@ -400,7 +400,7 @@ fn a_dry_run_leaves_other_threads_alone() {
     let done = std::sync::Barrier::new(2);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let (r, stats) = gpu.dry_run(|| {
+            let (r, stats) = gpu.dry_run(|| -> densenet_wgpu::gpu::Result<usize> {
                 let t = gpu.zeros(&[1 << 20], "dry")?;
                 inside.wait();
                 done.wait();

@@ -278,21 +278,22 @@ fn main() -> ExitCode {
     };
     let parallel = training && !matches!(cli.command, Some(Command::Compare(_)));
     let result = match cli.command {
-        _ if group.size() > 1 && !parallel => Err(RunError::Other(
+        _ if group.size() > 1 && !parallel => Err(Failure::Usage(
             "only `fit` and the default run train data-parallel; run other commands without mpirun"
                 .into(),
         )),
-        None => cmd_default(&cli.default, group.as_ref()),
+        None => cmd_default(&cli.default, group.as_ref()).map_err(Failure::Run),
         Some(Command::Fit(a)) => {
             let d = fit_defaults(&a.data);
             folder_spec(&a.data, a.val_split, &a.train, d, writer)
                 .and_then(|spec| fit(spec, group.as_ref()))
+                .map_err(Failure::Run)
         }
         Some(Command::Eval(a)) => cmd_eval(&a),
-        Some(Command::Predict(a)) => cmd_predict(&a),
-        Some(Command::VerifyTorch(a)) => cmd_verify(&a),
+        Some(Command::Predict(a)) => cmd_predict(&a).map_err(Failure::Run),
+        Some(Command::VerifyTorch(a)) => cmd_verify(&a).map_err(Failure::Run),
         Some(Command::Compare(a)) => cmd_compare(&a),
-        Some(Command::Info) => open_gpu().map(|gpu| {
+        Some(Command::Info) => open_gpu().map_err(Failure::Run).map(|gpu| {
             println!("{}", gpu.describe());
             let on = if gpu.subgroups() { "on" } else { "off" };
             println!("subgroup kernel variants: {on}");
@@ -305,7 +306,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
     };
-    result.unwrap_or_else(|e| match interrupt_exit_code(&e) {
+    let e = match result {
+        Ok(code) => return code,
+        Err(Failure::Usage(message)) if group.size() > 1 => {
+            eprintln!("error: rank {}: {message}", group.rank());
+            group.abort(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+        Err(Failure::Run(e)) => e,
+    };
+    match interrupt_exit_code(&e) {
         // The run said what it saved and how to resume.
         Some(code) => ExitCode::from(code),
         None if group.size() > 1 => {
@@ -321,7 +334,24 @@ fn main() -> ExitCode {
             eprintln!("error: {}", render::error(&e));
             ExitCode::FAILURE
         }
-    })
+    }
+}
+
+/// Why a command failed: the library's error, or one of this program's own checks of its
+/// arguments, in its words.
+#[derive(Debug)]
+enum Failure {
+    Run(RunError),
+    Usage(String),
+}
+
+impl<E> From<E> for Failure
+where
+    RunError: From<E>,
+{
+    fn from(e: E) -> Self {
+        Failure::Run(e.into())
+    }
 }
 
 /// Which of SIGINT and SIGTERM arrived (see [`handle_interrupts`]).
@@ -577,9 +607,9 @@ fn folder_spec(
     Ok(spec)
 }
 
-fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
+fn cmd_compare(a: &CompareArgs) -> Result<ExitCode, Failure> {
     if a.train.model.is_some() {
-        return Err(RunError::Other(
+        return Err(Failure::Usage(
             "compare takes --models A,B,... (not --model)".into(),
         ));
     }
@@ -621,10 +651,11 @@ fn cmd_compare(a: &CompareArgs) -> RunResult<ExitCode> {
     }
     let mut terminal = render::Terminal::new(true, resume_command(1));
     terminal.files = Some(files::RunFiles::default());
-    pollster::block_on(study::compare(&plan, &mut terminal)).map(|_| ExitCode::SUCCESS)
+    pollster::block_on(study::compare(&plan, &mut terminal))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
+fn cmd_eval(a: &EvalArgs) -> Result<ExitCode, Failure> {
     let gpu = open_gpu()?;
     let (model, info) = run::load_model(&gpu, &a.weights)?;
     let image_size = a.image_size.or(info.image_size).unwrap_or(224);
@@ -642,7 +673,7 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
                 .split_once(':')
                 .and_then(|(l, s)| Some((l.parse().ok()?, s.parse().ok()?)))
                 .ok_or_else(|| {
-                    RunError::Other(format!(
+                    Failure::Usage(format!(
                         "{}: bad data metadata {spec:?}",
                         a.weights.display()
                     ))
@@ -652,7 +683,7 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
             (Arc::new(Synthetic::new(len, image_size, seed)), val, source)
         }
         (None, None) => {
-            return Err(RunError::Other(format!(
+            return Err(Failure::Usage(format!(
                 "--data is required: {} was not trained on the embedded dataset",
                 a.weights.display()
             )))
@@ -679,7 +710,7 @@ fn cmd_eval(a: &EvalArgs) -> RunResult<ExitCode> {
         }
     };
     if dataset.classes().len() != model.num_classes() {
-        return Err(RunError::Other(format!(
+        return Err(Failure::Usage(format!(
             "{source} has {} classes but {} was trained for {}",
             dataset.classes().len(),
             a.weights.display(),

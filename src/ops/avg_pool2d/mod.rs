@@ -5,7 +5,8 @@
 
 use super::{plane_grid, ViewParams};
 use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, nchw, to_u32, Arg, Bound, Encoder, GpuError, Launch, Limit, Result, Shader,
+    ShapeProblem, Tensor,
 };
 
 pub mod reference;
@@ -26,31 +27,46 @@ pub struct Pool2dSpec {
 /// `OH = (h + 2p − k) / s + 1`. Rejects a zero kernel or stride, `padding > kernel / 2`
 /// (PyTorch's rule) and inputs smaller than the window (empty output).
 pub fn output_size(spec: Pool2dSpec, h: usize, w: usize) -> Result<(usize, usize)> {
+    output_size_of("pool2d", "input", spec, h, w)
+}
+
+/// [`output_size`], with the op and the input tensor's name for the error.
+fn output_size_of(
+    op: &str,
+    tensor: &str,
+    spec: Pool2dSpec,
+    h: usize,
+    w: usize,
+) -> Result<(usize, usize)> {
     let Pool2dSpec {
         kernel: k,
         stride: s,
         padding: p,
     } = spec;
-    if k == 0 || s == 0 {
-        return Err(GpuError::Shape(format!(
-            "pool2d: kernel and stride must be positive, got {spec:?}"
-        )));
-    }
-    if p > k / 2 {
-        return Err(GpuError::Shape(format!(
-            "pool2d: padding {p} must be at most half the kernel size {k}"
-        )));
-    }
-    if h == 0 || w == 0 {
-        return Err(GpuError::Shape(format!("pool2d: empty input {h}x{w}")));
-    }
-    if h + 2 * p < k || w + 2 * p < k {
-        return Err(GpuError::Shape(format!(
-            "pool2d: input {h}x{w} with padding {p} is smaller than the {k}x{k} window \
-             (empty output)"
-        )));
-    }
-    Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1))
+    let parameter = |name, value, bound| ShapeProblem::Parameter { name, value, bound };
+    let problem = if k == 0 {
+        parameter("kernel", k, Bound::AtLeast(1))
+    } else if s == 0 {
+        parameter("stride", s, Bound::AtLeast(1))
+    } else if p > k / 2 {
+        parameter("padding", p, Bound::AtMost(k / 2))
+    } else if h == 0 || w == 0 {
+        let shape = vec![h, w];
+        ShapeProblem::Empty {
+            tensor: tensor.into(),
+            shape,
+        }
+    } else if h + 2 * p < k || w + 2 * p < k {
+        ShapeProblem::WindowTooLarge {
+            tensor: tensor.into(),
+            input: [h, w],
+            kernel: [k, k],
+            padding: p,
+        }
+    } else {
+        return Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1));
+    };
+    Err(GpuError::shape(op, problem))
 }
 
 /// Checked geometry of one pooling call.
@@ -88,10 +104,7 @@ pub(crate) fn check_pool(
 ) -> Result<PoolShape> {
     let [n, c, h, w] = nchw(op, x_name, x)?;
     nchw(op, y_name, y)?;
-    let (oh, ow) = output_size(spec, h, w).map_err(|e| match e {
-        GpuError::Shape(m) => GpuError::Shape(format!("{op}: {x_name} {:?}: {m}", x.shape)),
-        e => e,
-    })?;
+    let (oh, ow) = output_size_of(op, x_name, spec, h, w)?;
     crate::gpu::expect_shape(op, y_name, &y.shape, &[n, c, oh, ow])?;
     for (name, t) in [(x_name, x), (y_name, y)] {
         to_u32(op, name, t.storage.numel)?;
@@ -130,9 +143,11 @@ pub(crate) fn forward_tw(op: &str, spec: Pool2dSpec) -> Result<u32> {
         ..
     } = spec;
     if k > MAX_SPAN {
-        return Err(GpuError::Limit(format!(
-            "{op}: kernel {k} exceeds {MAX_SPAN}"
-        )));
+        let limit = Limit::KernelSize {
+            size: k,
+            max: MAX_SPAN,
+        };
+        return Err(GpuError::limit(op, limit));
     }
     Ok(((MAX_SPAN - k) / s + 1).min(8) as u32)
 }

@@ -15,8 +15,8 @@ pub mod tape;
 
 use super::ViewParams;
 use crate::gpu::{
-    check_distinct, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError, Kernel, Result,
-    Shader, Tensor,
+    check_distinct, expect_contiguous, expect_shape, nchw, to_u32, Arg, Encoder, Gpu, GpuError,
+    Kernel, Limit, Result, Shader, ShapeProblem, Tensor,
 };
 
 pub const SHADER: Shader = shader!("batch_norm");
@@ -150,7 +150,8 @@ fn per_channel(op: &str, what: &str, t: &Tensor, c: usize) -> Result<u32> {
 fn channel_grid(op: &str, c: u32) -> Result<[u32; 3]> {
     let g = Gpu::grid_1d(c);
     if g[1] > crate::gpu::MAX_WORKGROUPS_PER_DIM {
-        return Err(GpuError::Limit(format!("{op}: {c} channels")));
+        let grid = [g[0] as usize, g[1] as usize, g[2] as usize];
+        return Err(GpuError::limit(op, Limit::Workgroups { grid }));
     }
     Ok(g)
 }
@@ -288,10 +289,12 @@ fn launch_train_layout(
     );
     let (mut p, vec) = geometry(op, x, y.map(|t| ("y", t)), None, cfg)?;
     if p.units == 0 {
-        return Err(GpuError::Shape(format!(
-            "{op}: x has shape {:?}; training needs at least one value per channel",
-            x.shape
-        )));
+        // Training needs at least one value per channel.
+        let problem = ShapeProblem::Empty {
+            tensor: "x".into(),
+            shape: x.shape.clone(),
+        };
+        return Err(GpuError::shape(op, problem));
     }
     let c = x.shape[1];
     let stat_names = if kind == TrainLayout::Moments {
@@ -541,13 +544,8 @@ fn launch_backward(
     p.d_beta_off = per_channel(op, "d_beta", d_beta, c)?;
     let mut writes = vec![("d_x", d_x), ("d_gamma", d_gamma), ("d_beta", d_beta)];
     if let Some(Arg::Read(s) | Arg::Write(s)) = &sums {
-        if s.shape != [2 * c] || !s.is_contiguous() {
-            return Err(GpuError::Shape(format!(
-                "{op}: sums has shape {:?}, expected [{}]",
-                s.shape,
-                2 * c
-            )));
-        }
+        expect_shape(op, "sums", &s.shape, &[2 * c])?;
+        expect_contiguous(op, "sums", s)?;
         writes.push(("sums", s));
     }
     if let Some(n) = count {

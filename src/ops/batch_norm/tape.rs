@@ -8,7 +8,7 @@ use super::{
 };
 #[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::Gpu;
-use crate::gpu::{nchw, GpuError, Result, Tensor};
+use crate::gpu::{nchw, GpuError, GradientTo, Result, TapeError, Tensor};
 use crate::tape::{Backward, Tape, Var};
 
 /// A batch-norm layer as a tape entry reads it: its parameters, its running statistics and
@@ -84,10 +84,10 @@ impl Tape<'_> {
                 self.record("batch_norm_add_relu", &vars, &[x, gamma, beta, y], op)?;
             }
             None if self.is_recording() && self.requires_grad(residual) => {
-                return Err(GpuError::Shape(format!(
-                    "{name}: inference-mode batch norm has no backward, but the shortcut \
-                     needs a gradient"
-                )));
+                return Err(GpuError::Tape(TapeError::InferenceBatchNorm {
+                    layer: name.into(),
+                    to: GradientTo::Residual,
+                }));
             }
             None => {}
         }
@@ -112,10 +112,10 @@ impl Tape<'_> {
         let [yt, xt, gt, bt] = self.values([y, x, gamma, beta])?;
         if !training {
             if self.is_recording() && [x, gamma, beta].iter().any(|&v| self.requires_grad(v)) {
-                return Err(GpuError::Shape(format!(
-                    "{name}: inference-mode batch norm has no backward, but its input or \
-                     parameters need a gradient (freeze everything before it, or train it)"
-                )));
+                return Err(GpuError::Tape(TapeError::InferenceBatchNorm {
+                    layer: name.into(),
+                    to: GradientTo::InputOrParameters,
+                }));
             }
             let affine = Affine {
                 gamma: &gt,

@@ -5,7 +5,8 @@
 
 use super::{grid_1d_or_none, ViewParams};
 use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Launch, Result, Shader, ShapeProblem,
+    Tensor,
 };
 
 pub mod reference;
@@ -110,26 +111,36 @@ fn check(
 ) -> Result<()> {
     let [n, c, h, w] = nchw(op, whole_name, whole)?;
     if parts.is_empty() {
-        return Err(GpuError::Shape(format!(
-            "{op}: no {part_name} tensors to concatenate"
-        )));
+        let problem = ShapeProblem::Empty {
+            tensor: part_name.into(),
+            shape: vec![0],
+        };
+        return Err(GpuError::shape(op, problem));
     }
     let mut total = 0;
     for (i, t) in parts.iter().enumerate() {
         let what = format!("{part_name}[{i}]");
         let [tn, tc, th, tw] = nchw(op, &what, t)?;
         if (tn, th, tw) != (n, h, w) {
-            return Err(GpuError::Shape(format!(
-                "{op}: {what} has shape {:?} but {whole_name} has N, H, W = {n}, {h}, {w}",
-                t.shape
-            )));
+            let problem = ShapeProblem::Mismatch {
+                tensor: what,
+                shape: t.shape.clone(),
+                dim: "N, H or W",
+                other: whole_name.into(),
+                other_shape: whole.shape.clone(),
+            };
+            return Err(GpuError::shape(op, problem));
         }
         total += tc;
     }
     if total != c {
-        return Err(GpuError::Shape(format!(
-            "{op}: {part_name} channels sum to {total} but {whole_name} has {c} channels"
-        )));
+        let problem = ShapeProblem::ChannelSum {
+            parts: part_name.into(),
+            total,
+            tensor: whole_name.into(),
+            channels: c,
+        };
+        return Err(GpuError::shape(op, problem));
     }
     Ok(())
 }

@@ -1,21 +1,20 @@
 //! The tape entries of concat: the forward launches they record and their backward.
 
 use super::{copy, forward};
-use crate::gpu::{GpuError, Result, Tensor};
+use crate::gpu::{nchw, GpuError, Result, ShapeProblem, Tensor};
 use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
     /// Channel concatenation into a new buffer (the plain, copying DenseNet).
     pub fn concat(&mut self, inputs: &[Var], name: &str) -> Result<Var> {
-        let first = inputs
-            .first()
-            .ok_or_else(|| GpuError::Shape(format!("{name}: no inputs")))?;
-        let mut shape = self.shape(*first).to_vec();
-        if shape.len() != 4 {
-            return Err(GpuError::Shape(format!(
-                "{name}: inputs must be 4-D, got {shape:?}"
-            )));
-        }
+        let Some(first) = inputs.first() else {
+            let problem = ShapeProblem::Empty {
+                tensor: "inputs".into(),
+                shape: vec![0],
+            };
+            return Err(GpuError::shape(name, problem));
+        };
+        let mut shape = nchw(name, "inputs[0]", self.value(*first)?)?.to_vec();
         shape[1] = inputs
             .iter()
             .map(|v| self.shape(*v).get(1).copied().unwrap_or(0))

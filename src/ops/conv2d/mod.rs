@@ -15,13 +15,16 @@ mod tape;
 pub use launch::GemmTile;
 pub use plan::{
     force, kernels_from_env, last_kernel, not_applicable, parse_forced, plan, AdapterClass,
-    ConvKernel, ConvPass, ConvShape, Forced, FORCE_ENV,
+    ConvKernel, ConvPass, ConvShape, Forced, UnknownKernel, FORCE_ENV,
 };
 
 use launch::{ConvHead, DataParams, DataPass, Packing, WeightParams, WeightPass};
 
 use crate::gpu::Tensor;
-use crate::gpu::{check_distinct, expect_shape, nchw, to_u32, Encoder, GpuError, Result};
+use crate::gpu::{
+    check_distinct, expect_contiguous, expect_shape, nchw, to_u32, Bound, Encoder, GpuError,
+    Result, ShapeProblem,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dSpec {
@@ -47,21 +50,35 @@ pub fn output_size(
     kh: usize,
     kw: usize,
 ) -> Result<(usize, usize)> {
-    if spec.stride == 0 {
-        return Err(GpuError::Shape("conv2d: stride must be at least 1".into()));
-    }
-    if kh == 0 || kw == 0 {
-        return Err(GpuError::Shape(format!("conv2d: empty kernel {kh}x{kw}")));
-    }
+    output_size_of("conv2d", "input", spec, [h, w], [kh, kw])
+}
+
+/// [`output_size`], with the op and the input tensor's name for the error.
+fn output_size_of(
+    op: &str,
+    tensor: &str,
+    spec: Conv2dSpec,
+    [h, w]: [usize; 2],
+    [kh, kw]: [usize; 2],
+) -> Result<(usize, usize)> {
     let (ph, pw) = (h + 2 * spec.padding, w + 2 * spec.padding);
-    if kh > ph || kw > pw {
-        return Err(GpuError::Shape(format!(
-            "conv2d: kernel {kh}x{kw} is larger than the padded input {ph}x{pw} \
-             ({h}x{w} with padding {})",
-            spec.padding
-        )));
-    }
-    Ok(((ph - kh) / spec.stride + 1, (pw - kw) / spec.stride + 1))
+    let problem = if spec.stride == 0 {
+        let (name, value, bound) = ("stride", 0, Bound::AtLeast(1));
+        ShapeProblem::Parameter { name, value, bound }
+    } else if kh == 0 || kw == 0 {
+        let (name, value, bound) = ("kernel size", kh.min(kw), Bound::AtLeast(1));
+        ShapeProblem::Parameter { name, value, bound }
+    } else if kh > ph || kw > pw {
+        ShapeProblem::WindowTooLarge {
+            tensor: tensor.into(),
+            input: [h, w],
+            kernel: [kh, kw],
+            padding: spec.padding,
+        }
+    } else {
+        return Ok(((ph - kh) / spec.stride + 1, (pw - kw) / spec.stride + 1));
+    };
+    Err(GpuError::shape(op, problem))
 }
 
 /// Checked geometry of one convolution.
@@ -80,12 +97,7 @@ struct Geom {
 /// A parameter-like tensor (weight, bias, prologue vectors): exact shape, one dense run.
 fn contiguous_offset(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<u32> {
     expect_shape(op, what, &t.shape, want)?;
-    if !t.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: {what} ({}) must be contiguous",
-            t.label()
-        )));
-    }
+    expect_contiguous(op, what, t)?;
     to_u32(op, what, t.offset + t.numel())?;
     Ok(t.offset as u32)
 }
@@ -103,13 +115,16 @@ fn geometry(
     let [n, cin, h, w] = nchw(op, x_name, x)?;
     let [cout, wcin, kh, kw] = nchw(op, weight.0, weight.1)?;
     if wcin != cin {
-        return Err(GpuError::Shape(format!(
-            "{op}: {} {:?} expects {wcin} input channels but {x_name} {:?} has {cin}",
-            weight.0, weight.1.shape, x.shape
-        )));
+        let problem = ShapeProblem::Mismatch {
+            tensor: weight.0.into(),
+            shape: weight.1.shape.clone(),
+            dim: "input channels",
+            other: x_name.into(),
+            other_shape: x.shape.clone(),
+        };
+        return Err(GpuError::shape(op, problem));
     }
-    let (oh, ow) = output_size(spec, h, w, kh, kw)
-        .map_err(|e| GpuError::Shape(format!("{op}: {x_name} {:?}: {e}", x.shape)))?;
+    let (oh, ow) = output_size_of(op, x_name, spec, [h, w], [kh, kw])?;
     expect_shape(op, y_name, &y.shape, &[n, cout, oh, ow])?;
     for (name, t) in [(x_name, x), (y_name, y)] {
         to_u32(op, name, t.offset + t.batch_stride * n.max(1))?;

@@ -11,7 +11,7 @@ use std::fmt;
 
 use super::shaders::{GEMM_SHADER, SHADER, SUBGROUP_SHADER, WINOGRAD_SHADER};
 use super::Conv2dSpec;
-use crate::gpu::{GpuError, Result, Shader};
+use crate::gpu::{ForcedKernelError, GpuError, KernelNeeds, Result, Shader};
 
 /// Environment variable read by [`kernels_from_env`]: kernels to force, comma-separated
 /// (e.g. `DENSENET_WGPU_CONV=forward_tiled,backward_weight_partial`). The crate reads it
@@ -24,6 +24,17 @@ pub enum ConvPass {
     Forward,
     BackwardData,
     BackwardWeight,
+}
+
+impl ConvPass {
+    /// The pass as the error messages and docs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvPass::Forward => "forward",
+            ConvPass::BackwardData => "backward-data",
+            ConvPass::BackwardWeight => "backward-weight",
+        }
+    }
 }
 
 /// The kernels of the convolution passes (docs/kernels.md, conv2d).
@@ -220,11 +231,15 @@ impl ConvShape {
     }
 }
 
-/// Why `kernel` cannot run `pass` on `shape`, or `None` when it can.
-pub fn not_applicable(kernel: ConvKernel, pass: ConvPass, shape: &ConvShape) -> Option<String> {
+/// What `kernel` needs to run `pass` on `shape` that it lacks, or `None` when it can.
+pub fn not_applicable(
+    kernel: ConvKernel,
+    pass: ConvPass,
+    shape: &ConvShape,
+) -> Option<KernelNeeds> {
     use ConvKernel::*;
     if !kernel.serves(pass) {
-        return Some(format!("it does not serve the {pass:?} pass"));
+        return Some(KernelNeeds::Pass(pass.name()));
     }
     // Backward-data reads d_y: a prologue on x does not concern it.
     let shape = &ConvShape {
@@ -233,21 +248,12 @@ pub fn not_applicable(kernel: ConvKernel, pass: ConvPass, shape: &ConvShape) -> 
     };
     let fast = |k: usize| shape.same(k) && (shape.padded() || shape.vec4_layout());
     match kernel {
-        Conv1x1 | WeightDot if !fast(1) => Some(
-            "it needs a 1x1 kernel, stride 1, padding 0 and views with offsets and batch strides \
-             that are multiples of 4"
-                .into(),
-        ),
-        Conv3x3 | WeightRows if !fast(3) => Some(
-            "it needs a 3x3 kernel, stride 1, padding 1, W >= 4, and either H*W % 4 == 0 with \
-             views aligned to 4, or no BN+ReLU prologue"
-                .into(),
-        ),
-        Winograd if !shape.same(3) => Some("it needs a 3x3 kernel, stride 1 and padding 1".into()),
+        Conv1x1 | WeightDot if !fast(1) => Some(KernelNeeds::Pointwise),
+        Conv3x3 | WeightRows if !fast(3) => Some(KernelNeeds::Same3x3Aligned),
+        Winograd if !shape.same(3) => Some(KernelNeeds::Same3x3),
         WeightStrided => {
             let (oh, ow) = shape.out_hw();
-            ((oh * ow) % 4 != 0 || !shape.out_aligned)
-                .then(|| "it needs OH*OW % 4 == 0 and d_y aligned to 4".into())
+            ((oh * ow) % 4 != 0 || !shape.out_aligned).then_some(KernelNeeds::OutputAligned)
         }
         _ => None,
     }
@@ -324,26 +330,36 @@ impl Drop for Forced {
 }
 
 /// Parses a [`FORCE_ENV`] value.
-pub fn parse_forced(value: &str) -> std::result::Result<Vec<ConvKernel>, String> {
+pub fn parse_forced(value: &str) -> std::result::Result<Vec<ConvKernel>, UnknownKernel> {
     value
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|name| {
-            ConvKernel::from_name(name).ok_or_else(|| {
-                let all: Vec<&str> = ConvKernel::ALL.iter().map(|k| k.name()).collect();
-                format!(
-                    "{FORCE_ENV}: unknown conv2d kernel {name:?}; the kernels are {}",
-                    all.join(", ")
-                )
-            })
-        })
+        .map(|name| ConvKernel::from_name(name).ok_or_else(|| UnknownKernel(name.into())))
         .collect()
 }
 
+/// A name in [`FORCE_ENV`] that is not a [`ConvKernel::name`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownKernel(pub String);
+
+impl fmt::Display for UnknownKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<&str> = ConvKernel::ALL.iter().map(|k| k.name()).collect();
+        write!(
+            f,
+            "{FORCE_ENV}: unknown conv2d kernel {:?}; the kernels are {}",
+            self.0,
+            all.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownKernel {}
+
 /// The kernels [`FORCE_ENV`] names (none when it is unset), for a program that offers it:
 /// hold `force(&kernels_from_env()?)` on the thread that launches the convolutions.
-pub fn kernels_from_env() -> std::result::Result<Vec<ConvKernel>, String> {
+pub fn kernels_from_env() -> std::result::Result<Vec<ConvKernel>, UnknownKernel> {
     parse_forced(&std::env::var(FORCE_ENV).unwrap_or_default())
 }
 
@@ -353,14 +369,13 @@ pub fn choose(op: &str, pass: ConvPass, shape: &ConvShape) -> Result<ConvKernel>
     let forced = FORCED.with(|f| f.borrow().iter().copied().find(|k| k.serves(pass)));
     let kernel = match forced {
         Some(k) => {
-            if let Some(reason) = not_applicable(k, pass, shape) {
-                return Err(GpuError::KernelNotApplicable {
-                    kernel: k.name().into(),
-                    reason: format!(
-                        "{op} of x {:?}: {reason}",
-                        [shape.n, shape.cin, shape.h, shape.w]
-                    ),
-                });
+            if let Some(needs) = not_applicable(k, pass, shape) {
+                return Err(GpuError::KernelNotApplicable(Box::new(ForcedKernelError {
+                    kernel: k.name(),
+                    op: op.into(),
+                    x: [shape.n, shape.cin, shape.h, shape.w],
+                    needs,
+                })));
             }
             k
         }

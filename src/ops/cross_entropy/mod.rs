@@ -7,7 +7,8 @@
 //! an invalid label into NaN for its row rather than reading out of bounds.
 
 use crate::gpu::{
-    check_distinct, expect_shape, to_u32, Encoder, GpuError, Kernel, Result, Shader, Tensor,
+    check_distinct, expect_contiguous, expect_shape, to_u32, Encoder, GpuError, Kernel, Result,
+    Shader, ShapeProblem, Tensor,
 };
 
 pub mod reference;
@@ -34,26 +35,40 @@ const _: () = assert!(std::mem::size_of::<Params>() == 32);
 /// Checks host-side labels before they are uploaded: each must be below `classes`.
 pub fn check_labels(labels: &[usize], classes: usize) -> Result<()> {
     match labels.iter().position(|&l| l >= classes) {
-        Some(i) => Err(GpuError::Shape(format!(
-            "cross_entropy: label {} at position {i} is out of range for {classes} classes",
-            labels[i]
-        ))),
+        Some(position) => Err(GpuError::shape(
+            "cross_entropy",
+            ShapeProblem::Label {
+                label: labels[position],
+                position,
+                classes,
+            },
+        )),
         None => Ok(()),
     }
 }
 
 /// (N, K) of the logits, after checking that `probs` matches and `labels` is (N).
 fn dims(op: &str, logits_or_probs: &Tensor, what: &str, labels: &Tensor) -> Result<[usize; 2]> {
+    let shape = || logits_or_probs.shape.clone();
     let [n, k] = match logits_or_probs.shape[..] {
-        [n, k] if logits_or_probs.is_contiguous() => [n, k],
+        [n, k] => [n, k],
         _ => {
-            return Err(GpuError::Shape(format!(
-                "{op}: {what} must be a contiguous (N, K) matrix, got {logits_or_probs:?}"
-            )))
+            let (tensor, layout) = (what.to_string(), "an (N, K) matrix");
+            let problem = ShapeProblem::Layout {
+                tensor,
+                shape: shape(),
+                layout,
+            };
+            return Err(GpuError::shape(op, problem));
         }
     };
+    expect_contiguous(op, what, logits_or_probs)?;
     if k == 0 {
-        return Err(GpuError::Shape(format!("{op}: {what} has no classes")));
+        let problem = ShapeProblem::Empty {
+            tensor: what.to_string(),
+            shape: shape(),
+        };
+        return Err(GpuError::shape(op, problem));
     }
     expect_shape(op, "labels", &labels.shape, &[n])?;
     to_u32(op, "N * K", n * k)?;
@@ -63,12 +78,7 @@ fn dims(op: &str, logits_or_probs: &Tensor, what: &str, labels: &Tensor) -> Resu
 /// Checks that `t` (named `what`) is a contiguous tensor of `like`'s shape.
 fn expect_contiguous_like(op: &str, what: &str, t: &Tensor, like: &Tensor) -> Result<()> {
     expect_shape(op, what, &t.shape, &like.shape)?;
-    if !t.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: {what} must be contiguous, got {t:?}"
-        )));
-    }
-    Ok(())
+    expect_contiguous(op, what, t)
 }
 
 fn offset(op: &str, t: &Tensor) -> Result<u32> {
@@ -90,15 +100,19 @@ pub fn forward(
     let [n, k] = dims(op, logits, "logits", labels)?;
     expect_contiguous_like(op, "probs", probs, logits)?;
     if loss.numel() != 1 {
-        return Err(GpuError::Shape(format!(
-            "{op}: loss must hold one value, got shape {:?}",
-            loss.shape
-        )));
+        let problem = ShapeProblem::ValueCount {
+            tensor: "loss".into(),
+            values: 1,
+            shape: loss.shape.clone(),
+        };
+        return Err(GpuError::shape(op, problem));
     }
     if n == 0 {
-        return Err(GpuError::Shape(format!(
-            "{op}: empty batch (mean over 0 rows)"
-        )));
+        let problem = ShapeProblem::Empty {
+            tensor: "logits".into(),
+            shape: logits.shape.clone(),
+        };
+        return Err(GpuError::shape(op, problem));
     }
     check_distinct(
         op,

@@ -1,7 +1,7 @@
 //! The tape entries of cross_entropy: the forward launches they record and their backward.
 
 use super::{backward, forward};
-use crate::gpu::{GpuError, Result, Tensor};
+use crate::gpu::{GpuError, Result, TapeError, Tensor};
 use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
@@ -36,9 +36,9 @@ struct CrossEntropyOp {
 impl Backward for CrossEntropyOp {
     /// The loss ends the graph: nothing may be computed from it.
     fn backward(self: Box<Self>, _tape: &mut Tape, _d_y: Tensor) -> Result<()> {
-        Err(GpuError::Shape(
-            "tape: cross_entropy's output is a loss; backward must start from it".into(),
-        ))
+        Err(GpuError::Tape(TapeError::LossInsideGraph {
+            op: "cross_entropy".into(),
+        }))
     }
     fn backward_from_loss(self: Box<Self>, tape: &mut Tape) -> Option<Result<()>> {
         Some((|| {

@@ -3,7 +3,7 @@
 
 use super::{plane_grid, ViewParams};
 use crate::gpu::{
-    check_distinct, nchw, to_u32, Arg, Encoder, GpuError, Kernel, Result, Shader, Tensor,
+    check_distinct, expect_contiguous, nchw, to_u32, Arg, Encoder, Kernel, Result, Shader, Tensor,
 };
 
 pub mod reference;
@@ -30,11 +30,7 @@ const _: () = assert!(std::mem::size_of::<Params>() == 48);
 fn params(op: &str, y_name: &str, y: &Tensor, x_name: &str, x: &Tensor) -> Result<Params> {
     let [n, c, h, w] = nchw(op, x_name, x)?;
     crate::gpu::expect_shape(op, y_name, &y.shape, &[n, c])?;
-    if !y.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: {y_name} must be a contiguous (N, C) tensor"
-        )));
-    }
+    expect_contiguous(op, y_name, y)?;
     check_distinct(op, &[(y_name, y)], &[(x_name, x)])?;
     to_u32(op, x_name, x.storage.numel)?;
     to_u32(op, y_name, y.storage.numel)?;

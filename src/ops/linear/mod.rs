@@ -11,8 +11,8 @@
 
 use super::groups;
 use crate::gpu::{
-    check_distinct, expect_shape, to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Shader,
-    Tensor,
+    check_distinct, expect_contiguous, expect_shape, to_u32, Arg, Encoder, GpuError, Kernel,
+    Launch, Result, Shader, ShapeProblem, Tensor,
 };
 
 pub mod reference;
@@ -212,16 +212,28 @@ fn transposed(enc: &mut Encoder, op: &str, a: &Tensor, m: usize, k: usize) -> Re
 
 /// The dimensions of a contiguous 2-D tensor.
 fn matrix(op: &str, what: &str, t: &Tensor) -> Result<[usize; 2]> {
-    match t.shape[..] {
-        [r, c] if t.is_contiguous() => Ok([r, c]),
-        [_, _] => Err(GpuError::Shape(format!(
-            "{op}: {what} must be contiguous, got {t:?}"
-        ))),
-        _ => Err(GpuError::Shape(format!(
-            "{op}: {what} must be 2-D, got shape {:?}",
-            t.shape
-        ))),
-    }
+    let [r, c] = t.shape[..] else {
+        let problem = ShapeProblem::Layout {
+            tensor: what.into(),
+            shape: t.shape.clone(),
+            layout: "2-D",
+        };
+        return Err(GpuError::shape(op, problem));
+    };
+    expect_contiguous(op, what, t)?;
+    Ok([r, c])
+}
+
+/// Two matrices that disagree in `dim`.
+fn mismatch(op: &str, t: (&str, &Tensor), dim: &'static str, other: (&str, &Tensor)) -> GpuError {
+    let problem = ShapeProblem::Mismatch {
+        tensor: t.0.into(),
+        shape: t.1.shape.clone(),
+        dim,
+        other: other.0.into(),
+        other_shape: other.1.shape.clone(),
+    };
+    GpuError::shape(op, problem)
 }
 
 /// Checks that `t` is a contiguous matrix of shape `shape`.
@@ -236,10 +248,7 @@ fn layer_dims(op: &str, x: &Tensor, weight: &Tensor) -> Result<[usize; 3]> {
     let [n, i] = matrix(op, "x", x)?;
     let [o, wi] = matrix(op, "weight", weight)?;
     if wi != i {
-        return Err(GpuError::Shape(format!(
-            "{op}: weight {:?} has {wi} in-features but x {:?} has {i}",
-            weight.shape, x.shape
-        )));
+        return Err(mismatch(op, ("weight", weight), "in-features", ("x", x)));
     }
     Ok([n, i, o])
 }
@@ -357,10 +366,7 @@ pub fn matmul(enc: &mut Encoder, c: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
     let [m, k] = matrix(op, "a", a)?;
     let [kb, n] = matrix(op, "b", b)?;
     if kb != k {
-        return Err(GpuError::Shape(format!(
-            "{op}: a {:?} and b {:?} have different inner sizes",
-            a.shape, b.shape
-        )));
+        return Err(mismatch(op, ("b", b), "inner size", ("a", a)));
     }
     expect_matrix(op, "c", c, [m, n])?;
     check_distinct(op, &[("c", c)], &[("a", a), ("b", b)])?;

@@ -7,7 +7,8 @@
 use super::avg_pool2d::{check_pool, vec4_rows, window_constants, PoolShape};
 use super::{grid_1d_or_none, ViewParams};
 use crate::gpu::{
-    check_distinct, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Shader, Tensor,
+    check_distinct, to_u32, Arg, Encoder, Gpu, GpuError, Launch, Limit, Result, Shader,
+    ShapeProblem, Tensor,
 };
 
 pub mod reference;
@@ -80,12 +81,20 @@ pub fn unpack_indices(words: &[f32], y_shape: [usize; 4]) -> Vec<u8> {
 
 /// Validates the kernel and stride against what the kernels support.
 fn check_spec(op: &str, spec: Pool2dSpec) -> Result<()> {
-    if spec.kernel > MAX_KERNEL || spec.stride > MAX_STRIDE {
-        return Err(GpuError::Limit(format!(
-            "{op}: kernel {} / stride {} exceed {MAX_KERNEL} / {MAX_STRIDE} (the argmax is \
-             stored in a byte)",
-            spec.kernel, spec.stride
-        )));
+    // The argmax within a window is stored in a byte.
+    if spec.kernel > MAX_KERNEL {
+        let limit = Limit::KernelSize {
+            size: spec.kernel,
+            max: MAX_KERNEL,
+        };
+        return Err(GpuError::limit(op, limit));
+    }
+    if spec.stride > MAX_STRIDE {
+        let limit = Limit::Stride {
+            size: spec.stride,
+            max: MAX_STRIDE,
+        };
+        return Err(GpuError::limit(op, limit));
     }
     Ok(())
 }
@@ -100,9 +109,11 @@ fn check_indices(op: &str, idx: &Tensor, g: &PoolShape, others: &[(&str, &Tensor
         &indices_shape([g.n, g.c, g.oh, g.ow]),
     )?;
     if idx.offset != 0 || !idx.is_contiguous() {
-        return Err(GpuError::Shape(format!(
-            "{op}: indices {idx:?} must be a whole contiguous tensor"
-        )));
+        let problem = ShapeProblem::NotWhole {
+            tensor: "indices".into(),
+            shape: idx.shape.clone(),
+        };
+        return Err(GpuError::shape(op, problem));
     }
     to_u32(op, "indices", idx.storage.numel)?;
     check_distinct(op, &[("indices", idx)], others)?;

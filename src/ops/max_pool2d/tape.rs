@@ -1,7 +1,7 @@
 //! The tape entries of max_pool2d: the forward launches they record and their backward.
 
 use super::{alloc_indices, backward, forward, Pool2dSpec};
-use crate::gpu::{GpuError, Result, Tensor};
+use crate::gpu::{GpuError, Result, TapeError, Tensor};
 use crate::tape::{Backward, Tape, Var};
 
 impl Tape<'_> {
@@ -40,9 +40,12 @@ struct MaxPoolOp {
 impl Backward for MaxPoolOp {
     fn backward(self: Box<Self>, tape: &mut Tape, d_y: Tensor) -> Result<()> {
         if let Some(d_x) = tape.grad_if(self.x)? {
-            let indices = self
-                .indices
-                .ok_or_else(|| GpuError::Shape("tape: max_pool2d indices were not saved".into()))?;
+            let indices = self.indices.ok_or_else(|| {
+                GpuError::Tape(TapeError::NotSaved {
+                    op: "max_pool2d".into(),
+                    value: "argmax indices",
+                })
+            })?;
             backward(tape.enc(), &d_x, &d_y, &indices, self.spec)?;
         }
         Ok(())

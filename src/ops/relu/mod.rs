@@ -1,7 +1,7 @@
 //! ReLU: `y = max(x, 0)`; backward `d_x += d_y * [x > 0]`.
 
 use super::ViewParams;
-use crate::gpu::{Encoder, GpuError, Kernel, Result, Shader, Tensor};
+use crate::gpu::{Encoder, Kernel, Result, Shader, Tensor};
 
 pub mod reference;
 mod tape;
@@ -22,15 +22,7 @@ const _: () = assert!(std::mem::size_of::<Params>() == 64);
 
 fn params(op: &str, x: &Tensor, y: &Tensor, d_x: &Tensor) -> Result<Params> {
     crate::gpu::expect_shape(op, "d_x", &d_x.shape, &x.shape)?;
-    if x.shape != y.shape {
-        return Err(GpuError::Shape(format!(
-            "{op}: {} has shape {:?} but {} has {:?}",
-            x.label(),
-            x.shape,
-            y.label(),
-            y.shape
-        )));
-    }
+    crate::gpu::expect_shape(op, y.label(), &y.shape, &x.shape)?;
     Ok(Params {
         x: ViewParams::of(x),
         y: ViewParams::of(y),

@@ -4,7 +4,7 @@
 use super::layout::pack_weight;
 use super::weight::WeightParams;
 use super::{packed_weight_reads, prologue_bindings, ConvHead, DataPass, Packing, WeightPass};
-use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
+use crate::gpu::{to_u32, Arg, Encoder, Gpu, GpuError, Launch, Limit, Result, Tensor};
 use crate::ops::conv2d::{Conv2dSpec, ConvKernel, Geom};
 use crate::ops::groups;
 
@@ -98,9 +98,8 @@ fn gemm_params(g: &Geom, spec: Conv2dSpec, inp: &Tensor, out: &Tensor) -> GemmPa
 fn gemm_grid(op: &str, col_blocks: u32, row_blocks: u32) -> Result<[u32; 3]> {
     let [gx, gz, _] = Gpu::grid_1d(col_blocks);
     if row_blocks > crate::gpu::MAX_WORKGROUPS_PER_DIM {
-        return Err(GpuError::Limit(format!(
-            "{op}: {row_blocks} row blocks in one grid dimension"
-        )));
+        let (what, count) = ("row blocks", row_blocks as usize);
+        return Err(GpuError::limit(op, Limit::GridDimension { what, count }));
     }
     Ok([gx, row_blocks, gz])
 }
@@ -216,10 +215,8 @@ pub(in crate::ops::conv2d) fn gemm_backward_weight(
     let row_blocks = groups(g.cout, tile.bm);
     let max = crate::gpu::MAX_WORKGROUPS_PER_DIM;
     if col_blocks > max || row_blocks > max || p.chunks > max {
-        return Err(GpuError::Limit(format!(
-            "{op}: grid [{col_blocks}, {row_blocks}, {}] exceeds 65,535 workgroups per dimension",
-            p.chunks
-        )));
+        let grid = [col_blocks, row_blocks, p.chunks].map(|g| g as usize);
+        return Err(GpuError::limit(op, Limit::Workgroups { grid }));
     }
     let (scale, shift) = prologue_bindings(prologue, x);
     let (shader, entry) = ConvKernel::GemmWeight.entry(false);

@@ -4,7 +4,7 @@
 
 use super::layout::pack_weight;
 use super::{packed_weight_reads, ConvHead, DataPass};
-use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Result, Tensor};
+use crate::gpu::{Arg, Encoder, Gpu, GpuError, Launch, Limit, Result, Tensor};
 use crate::ops::conv2d::{BnReluPrologue, ConvKernel, Geom};
 use crate::ops::groups;
 
@@ -59,9 +59,8 @@ const _: () = assert!(std::mem::size_of::<DataParams>() == 112);
 fn pixel_grid(op: &str, blocks: u32, tiles: u32) -> Result<[u32; 3]> {
     let [gx, gz, _] = Gpu::grid_1d(blocks);
     if tiles > crate::gpu::MAX_WORKGROUPS_PER_DIM {
-        return Err(GpuError::Limit(format!(
-            "{op}: {tiles} channel tiles in one grid dimension"
-        )));
+        let (what, count) = ("channel tiles", tiles as usize);
+        return Err(GpuError::limit(op, Limit::GridDimension { what, count }));
     }
     Ok([tiles, if blocks == 0 { 0 } else { gx }, gz])
 }

@@ -5,7 +5,7 @@
 use super::layout::to_pixel_major;
 use super::tiled::{lanes_for, tile_for_channels, Consts, Tile, WG};
 use super::{prologue_bindings, ConvHead, WeightPass};
-use crate::gpu::{to_u32, Arg, Encoder, GpuError, Kernel, Launch, Result, Tensor};
+use crate::gpu::{to_u32, Arg, Encoder, GpuError, Kernel, Launch, Limit, Result, Tensor};
 use crate::ops::conv2d::shaders::SHADER;
 use crate::ops::conv2d::ConvKernel;
 use crate::ops::groups;
@@ -69,9 +69,8 @@ pub(in crate::ops::conv2d) fn partial_sums_scratch(
     p.part_stride = to_u32(op, "partial sums", part_stride)?;
     to_u32(op, "partial sums", chunks * part_stride)?;
     if chunks > crate::gpu::MAX_WORKGROUPS_PER_DIM as usize {
-        return Err(GpuError::Limit(format!(
-            "{op}: {chunks} reduction chunks exceed 65,535 workgroups per dimension"
-        )));
+        let (what, count) = ("reduction chunks", chunks);
+        return Err(GpuError::limit(op, Limit::GridDimension { what, count }));
     }
     enc.gpu()
         .zeros(&[chunks, part_stride], "conv2d d_weight partial sums")
@@ -125,9 +124,8 @@ pub(in crate::ops::conv2d) fn weight_partial_sums(
     let chunks = npix.div_ceil(chunk_len).max(1);
     if tiles > crate::gpu::MAX_WORKGROUPS_PER_DIM || col_blocks > crate::gpu::MAX_WORKGROUPS_PER_DIM
     {
-        return Err(GpuError::Limit(format!(
-            "{op}: grid [{col_blocks}, {tiles}, {chunks}] exceeds 65,535 workgroups per dimension"
-        )));
+        let grid = [col_blocks as usize, tiles as usize, chunks];
+        return Err(GpuError::limit(op, Limit::Workgroups { grid }));
     }
     let part = partial_sums_scratch(enc, op, p, chunk_len, chunks, g.cout * ncol + g.cout)?;
     let (scale, shift) = prologue_bindings(prologue, x);
