@@ -265,27 +265,8 @@ impl<'g> Trainer<'g> {
             // Adam would apply gradients no backward produced.
             return Err(StepError::PassNotRun);
         }
-        let local = match outputs {
-            Some((loss, probs, labels)) => {
-                let mut values = gpu.read_many(&[&loss, &probs]).await?.into_iter();
-                let (loss, probs) = (values.next().unwrap()[0], values.next().unwrap());
-                summarise(loss, probs, labels, classes)
-            }
-            None => BatchResult::default(),
-        };
-        let loss = reduce.reduce_loss(&local);
-        self.apply_or_reject(loss).await?;
-        Ok(local)
-    }
-
-    /// The end of every step, once each trainable gradient holds the batch's gradient
-    /// (summed over the ranks in a data-parallel step) and `loss` is the batch's loss.
-    /// Counts the non-finite values of every gradient on the device and reads them back
-    /// before Adam may touch the weights: if any, or if the loss is not finite, it clears
-    /// the gradients, applies nothing and names the first such parameter (state_dict
-    /// order); else Adam on every parameter, which zeroes the gradients.
-    async fn apply_or_reject(&mut self, loss: f32) -> std::result::Result<(), StepError> {
-        let gpu = self.gpu;
+        // The gradients are final: count their non-finite values, and read the counts with
+        // the loss and the probabilities in one wait.
         let params = self.model.params();
         let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
         let flags = gpu.zeros(&[trainable.len().max(1)], "non-finite gradient counts")?;
@@ -294,16 +275,43 @@ impl<'g> Trainer<'g> {
             finite::count_nonfinite(&mut enc, &flags, slot, &p.grad)?;
         }
         enc.submit()?;
-        let counts = gpu.read(&flags).await?;
+        let (local, counts) = match outputs {
+            Some((loss, probs, labels)) => {
+                let mut values = gpu.read_many(&[&flags, &loss, &probs]).await?.into_iter();
+                let counts = values.next().unwrap();
+                let (loss, probs) = (values.next().unwrap()[0], values.next().unwrap());
+                (summarise(loss, probs, labels, classes), counts)
+            }
+            None => (BatchResult::default(), gpu.read(&flags).await?),
+        };
+        let loss = reduce.reduce_loss(&local);
+        self.apply_or_reject(loss, &counts)?;
+        // The step ends with the update done: left in flight, it runs beside the next
+        // step's recording, which on a CPU adapter (the same cores) made steps slower
+        // (docs/performance.md).
+        gpu.finished().await?;
+        Ok(local)
+    }
+
+    /// The end of every step, once each trainable gradient holds the batch's gradient
+    /// (summed over the ranks in a data-parallel step), `loss` is the batch's loss and
+    /// `counts` the number of non-finite values of each trainable gradient, read back
+    /// before Adam may touch the weights: if any, or if the loss is not finite, it clears
+    /// the gradients, applies nothing and names the first such parameter (state_dict
+    /// order); else Adam on every parameter, which zeroes the gradients.
+    fn apply_or_reject(&mut self, loss: f32, counts: &[f32]) -> std::result::Result<(), StepError> {
+        let gpu = self.gpu;
+        let params = self.model.params();
         if !loss.is_finite() || counts.iter().any(|&c| c > 0.0) {
             let mut enc = gpu.encoder("clear gradients");
             for p in params {
                 enc.clear(&p.grad);
             }
             enc.submit()?;
-            let param = trainable
+            let param = params
                 .iter()
-                .zip(&counts)
+                .filter(|p| p.trainable)
+                .zip(counts)
                 .find(|(_, &c)| c > 0.0)
                 .map(|(p, _)| p.name.clone());
             return Err(StepError::NonFinite {
