@@ -4,7 +4,7 @@
 use crate::gpu::{Encoder, Gpu, Result, Tensor};
 use crate::ops::adam::{self, AdamConfig};
 use crate::tape::Param;
-use crate::weights::{Entry, TensorFile, WeightsError};
+use crate::weights::{Entry, TensorFile, TensorMismatch, WeightsError};
 
 /// Learning rate as a function of the step (0-based step count before the update).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -139,10 +139,11 @@ impl Adam {
                 if h.shape != t.shape {
                     return Err(WeightsError::Mismatch {
                         path: file.path.clone(),
-                        problems: vec![format!(
-                            "{name}: file has shape {:?}, model needs {:?}",
-                            h.shape, t.shape
-                        )],
+                        problems: vec![TensorMismatch::Shape {
+                            name,
+                            file: h.shape.clone(),
+                            model: t.shape.clone(),
+                        }],
                         total: 1,
                     });
                 }

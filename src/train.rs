@@ -10,7 +10,7 @@ use std::fmt;
 use crate::collective::Collective;
 use crate::gpu::{Gpu, GpuError, Result, ShapeProblem, Tensor};
 use crate::models::Model;
-use crate::ops::finite;
+use crate::ops::{cross_entropy, finite};
 use crate::optim::Adam;
 use crate::tape::{GradReady, Tape};
 
@@ -146,28 +146,14 @@ fn check_batch(images: &[f32], labels: &[usize], size: usize, classes: usize) ->
         };
         return Err(GpuError::shape("batch", problem));
     }
-    check_label_range(labels, classes)?;
+    cross_entropy::check_labels(labels, classes)?;
     Ok(n)
-}
-
-fn check_label_range(labels: &[usize], classes: usize) -> Result<()> {
-    match labels.iter().position(|&l| l >= classes) {
-        Some(position) => Err(GpuError::shape(
-            "batch",
-            ShapeProblem::Label {
-                label: labels[position],
-                position,
-                classes,
-            },
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Images on the device must be (N, 3, H, W) with one label per image.
 fn check_labels(x: &Tensor, labels: &[usize], classes: usize) -> Result<()> {
     match x.shape[..] {
-        [n, 3, _, _] if n == labels.len() && n > 0 => check_label_range(labels, classes),
+        [n, 3, _, _] if n == labels.len() && n > 0 => cross_entropy::check_labels(labels, classes),
         _ => Err(GpuError::shape(
             "batch",
             ShapeProblem::Layout {

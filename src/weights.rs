@@ -21,14 +21,52 @@ pub enum WeightsError {
         path: PathBuf,
         message: String,
     },
+    /// The file is not valid safetensors: the parser's message.
     Format {
         path: PathBuf,
         message: String,
     },
+    /// A tensor of a type other than F32, F64 and I64.
+    UnsupportedDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: Dtype,
+    },
+    /// A tensor given twice to [`write`].
+    DuplicateTensor {
+        path: PathBuf,
+        tensor: String,
+    },
+    /// A tensor the file must hold to describe a model.
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+    },
+    /// A tensor of another rank than the model's (a classifier's weight that is not 2-D).
+    TensorShape {
+        path: PathBuf,
+        tensor: String,
+        shape: Vec<usize>,
+    },
+    /// Neither a DenseNet nor a ResNet state_dict.
+    UnknownArchitecture {
+        path: PathBuf,
+    },
+    /// A DenseNet or ResNet state_dict whose first block is missing (`family` names it).
+    NoBlocks {
+        path: PathBuf,
+        family: &'static str,
+    },
+    /// A DenseNet whose bottleneck width is not a multiple of its growth rate.
+    GrowthRate {
+        path: PathBuf,
+        bottleneck: usize,
+        growth_rate: usize,
+    },
     /// Names or shapes that do not fit the model: the first few mismatches.
     Mismatch {
         path: PathBuf,
-        problems: Vec<String>,
+        problems: Vec<TensorMismatch>,
         total: usize,
     },
     Gpu(GpuError),
@@ -45,6 +83,53 @@ impl fmt::Display for WeightsError {
                     path.display()
                 )
             }
+            WeightsError::UnsupportedDtype {
+                path,
+                tensor,
+                dtype,
+            } => write!(
+                f,
+                "{}: not a usable safetensors file: tensor {tensor} has dtype {dtype:?}; \
+                 expected F32, F64 or I64",
+                path.display()
+            ),
+            WeightsError::DuplicateTensor { path, tensor } => {
+                write!(f, "{}: tensor {tensor} given twice", path.display())
+            }
+            WeightsError::MissingTensor { path, tensor } => write!(
+                f,
+                "{}: not a usable safetensors file: missing tensor {tensor:?}",
+                path.display()
+            ),
+            WeightsError::TensorShape {
+                path,
+                tensor,
+                shape,
+            } => write!(
+                f,
+                "{}: not a usable safetensors file: {tensor} has shape {shape:?}",
+                path.display()
+            ),
+            WeightsError::UnknownArchitecture { path } => write!(
+                f,
+                "{}: neither features.conv0.weight (DenseNet) nor conv1.weight (ResNet): not a \
+                 torchvision DenseNet or ResNet state_dict",
+                path.display()
+            ),
+            WeightsError::NoBlocks { path, family } => write!(
+                f,
+                "{}: no first block: not a {family} state_dict",
+                path.display()
+            ),
+            WeightsError::GrowthRate {
+                path,
+                bottleneck,
+                growth_rate,
+            } => write!(
+                f,
+                "{}: conv1 out {bottleneck} is not a multiple of growth rate {growth_rate}",
+                path.display()
+            ),
             WeightsError::Mismatch {
                 path,
                 problems,
@@ -70,6 +155,33 @@ impl fmt::Display for WeightsError {
 }
 
 impl std::error::Error for WeightsError {}
+
+/// One way a file's tensors do not fit a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TensorMismatch {
+    /// The model has `name` (of `shape`); the file does not.
+    Missing { name: String, shape: Vec<usize> },
+    /// Both have `name`, in other shapes.
+    Shape {
+        name: String,
+        file: Vec<usize>,
+        model: Vec<usize>,
+    },
+    /// The file has `name`; the model does not.
+    Unexpected { name: String },
+}
+
+impl fmt::Display for TensorMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TensorMismatch::Missing { name, shape } => write!(f, "missing {name} {shape:?}"),
+            TensorMismatch::Shape { name, file, model } => {
+                write!(f, "{name}: file has shape {file:?}, model needs {model:?}")
+            }
+            TensorMismatch::Unexpected { name } => write!(f, "unexpected {name}"),
+        }
+    }
+}
 
 impl From<GpuError> for WeightsError {
     fn from(e: GpuError) -> Self {
@@ -123,12 +235,11 @@ impl TensorFile {
                     .chunks_exact(8)
                     .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
                     .collect(),
-                other => {
-                    return Err(WeightsError::Format {
+                dtype => {
+                    return Err(WeightsError::UnsupportedDtype {
                         path: path.to_path_buf(),
-                        message: format!(
-                            "tensor {name} has dtype {other:?}; expected F32, F64 or I64"
-                        ),
+                        tensor: name,
+                        dtype,
                     })
                 }
             };
@@ -150,22 +261,21 @@ impl TensorFile {
     pub fn get(&self, name: &str) -> Result<&HostTensor, WeightsError> {
         self.tensors
             .get(name)
-            .ok_or_else(|| self.format_error(format!("missing tensor {name:?}")))
-    }
-
-    /// A [`WeightsError::Format`] about this file.
-    fn format_error(&self, message: impl Into<String>) -> WeightsError {
-        WeightsError::Format {
-            path: self.path.clone(),
-            message: message.into(),
-        }
+            .ok_or_else(|| WeightsError::MissingTensor {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })
     }
 
     /// The 2-D tensor `name` (a classifier's weight).
     fn matrix(&self, name: &str) -> Result<&HostTensor, WeightsError> {
         let t = self.get(name)?;
         if t.shape.len() != 2 {
-            return Err(self.format_error(format!("{name} has shape {:?}", t.shape)));
+            return Err(WeightsError::TensorShape {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+                shape: t.shape.clone(),
+            });
         }
         Ok(t)
     }
@@ -212,9 +322,9 @@ pub fn write(
         let info =
             serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, end]});
         if header.insert(name.clone(), info).is_some() {
-            return Err(WeightsError::Format {
+            return Err(WeightsError::DuplicateTensor {
                 path: path.to_path_buf(),
-                message: format!("tensor {name} given twice"),
+                tensor: name.clone(),
             });
         }
         offset = end;
@@ -300,12 +410,16 @@ impl ParamStore {
             expected.iter().map(|(n, _)| n.as_str()).collect();
         for (name, shape) in &expected {
             match file.tensors.get(name) {
-                None => problems.push(format!("missing {name} {shape:?}")),
+                None => problems.push(TensorMismatch::Missing {
+                    name: name.clone(),
+                    shape: shape.clone(),
+                }),
                 Some(t) if t.shape != *shape && !(shape.is_empty() && t.data.len() == 1) => {
-                    problems.push(format!(
-                        "{name}: file has shape {:?}, model needs {shape:?}",
-                        t.shape
-                    ))
+                    problems.push(TensorMismatch::Shape {
+                        name: name.clone(),
+                        file: t.shape.clone(),
+                        model: shape.clone(),
+                    })
                 }
                 Some(_) => {}
             }
@@ -315,7 +429,7 @@ impl ParamStore {
                 && !kept(name)
                 && !ignore_prefixes.iter().any(|p| name.starts_with(p))
             {
-                problems.push(format!("unexpected {name}"));
+                problems.push(TensorMismatch::Unexpected { name: name.clone() });
             }
         }
         if !problems.is_empty() {
@@ -349,10 +463,9 @@ pub fn infer_config(file: &TensorFile) -> Result<ModelConfig, WeightsError> {
     } else if file.tensors.contains_key("conv1.weight") {
         infer_resnet(file).map(ModelConfig::ResNet)
     } else {
-        Err(file.format_error(
-            "neither features.conv0.weight (DenseNet) nor conv1.weight (ResNet): not a \
-             torchvision DenseNet or ResNet state_dict",
-        ))
+        Err(WeightsError::UnknownArchitecture {
+            path: file.path.clone(),
+        })
     }
 }
 
@@ -378,9 +491,10 @@ fn infer_resnet(file: &TensorFile) -> Result<ResNetConfig, WeightsError> {
         layers.push(blocks);
     }
     if layers.is_empty() {
-        return Err(
-            file.format_error("no layer1.0.conv1.weight: not a torchvision ResNet state_dict")
-        );
+        return Err(WeightsError::NoBlocks {
+            path: file.path.clone(),
+            family: "torchvision ResNet (layer1.0.conv1.weight)",
+        });
     }
     Ok(ResNetConfig {
         block,
@@ -409,18 +523,21 @@ fn infer_densenet(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {
         block_config.push(layers);
     }
     if block_config.is_empty() {
-        return Err(file.format_error(
-            "no features.denseblock1.denselayer1.* tensors: not a DenseNet state_dict",
-        ));
+        return Err(WeightsError::NoBlocks {
+            path: file.path.clone(),
+            family: "DenseNet (features.denseblock1.denselayer1.*)",
+        });
     }
     let conv1 = file.get("features.denseblock1.denselayer1.conv1.weight")?;
     let conv2 = file.get("features.denseblock1.denselayer1.conv2.weight")?;
     let growth_rate = conv2.shape[0];
     let inner = conv1.shape[0];
     if growth_rate == 0 || inner % growth_rate != 0 {
-        return Err(file.format_error(format!(
-            "conv1 out {inner} is not a multiple of growth rate {growth_rate}"
-        )));
+        return Err(WeightsError::GrowthRate {
+            path: file.path.clone(),
+            bottleneck: inner,
+            growth_rate,
+        });
     }
     Ok(DenseNetConfig {
         growth_rate,
