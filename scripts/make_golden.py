@@ -6,8 +6,14 @@ input/output shape of every leaf module).
 
 usage: python3 scripts/make_golden.py OUT_DIR MODEL [--input N,C,H,W] [--classes K]
 
-MODEL is a torchvision constructor (densenet121, resnet18, resnet50, ...) or one of the
-small models of tests/data: densenet_bc_small, resnet_basic_small, resnet_bottleneck_small.
+MODEL is a torchvision constructor (densenet121, resnet18, resnet50, ...), a timm
+pre-activation ResNet (resnetv2_18, resnetv2_34, resnetv2_50, resnetv2_101), or one of the
+small models of tests/data: densenet_bc_small, resnet_basic_small, resnet_bottleneck_small,
+resnetv2_basic_small, resnetv2_bottleneck_small.
+
+Its dependencies, pinned (timm only for the resnetv2 models):
+    python3 -m venv .venv-golden
+    .venv-golden/bin/pip install -r scripts/golden-requirements.txt
 The recipe: torch.manual_seed(0), build the model; torch.manual_seed(1), x = randn(input);
 labels 1, 4, 7, ... mod K; train-mode forward, mean cross-entropy, backward, one step of
 Adam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)."""
@@ -52,18 +58,47 @@ class NarrowResNet(torchvision.models.ResNet):
                 nn.init.constant_(m.bias, 0)
 
 
+def narrow_resnetv2(layers, channels, width, basic, classes):
+    """timm's ResNetV2 as resnetv2_18 / resnetv2_50 build it (BatchNormAct2d, create_conv2d,
+    7x7 stem), with stem width `width` and stage channels `channels` instead of 64 and
+    64..512 / 256..2048. Channels are multiples of 8, which timm's rounding keeps."""
+    from timm.layers import BatchNormAct2d, create_conv2d
+    from timm.models.resnetv2 import ResNetV2
+
+    return ResNetV2(
+        layers,
+        channels=channels,
+        stem_chs=width,
+        basic=basic,
+        bottle_ratio=1.0 if basic else 0.25,
+        conv_layer=create_conv2d,
+        norm_layer=BatchNormAct2d,
+        num_classes=classes,
+    )
+
+
 SMALL = {
     "densenet_bc_small": lambda k: torchvision.models.DenseNet(
         growth_rate=12, block_config=(6, 6, 6), num_init_features=24, bn_size=4, num_classes=k
     ),
     "resnet_basic_small": lambda k: NarrowResNet(BasicBlock, [2, 1, 1, 2], 8, k),
     "resnet_bottleneck_small": lambda k: NarrowResNet(Bottleneck, [1, 2, 1, 1], 8, k),
+    # Stage 0's first basic block keeps the raw shortcut (8 -> 8, stride 1); every
+    # bottleneck stage starts with a 1x1 shortcut convolution, strided from stage 1 on.
+    "resnetv2_basic_small": lambda k: narrow_resnetv2([2, 1, 1, 2], (8, 16, 32, 64), 8, True, k),
+    "resnetv2_bottleneck_small": lambda k: narrow_resnetv2(
+        [1, 2, 1, 1], (32, 64, 128, 256), 8, False, k
+    ),
 }
 
 
 def build(name, classes):
     if name in SMALL:
         return SMALL[name](classes)
+    if name.startswith("resnetv2_"):
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=classes)
     return getattr(torchvision.models, name)(num_classes=classes)
 
 

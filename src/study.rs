@@ -26,13 +26,17 @@ pub fn depth(config: &ModelConfig) -> usize {
         ModelConfig::DenseNet(c) => {
             1 + 2 * c.block_config.iter().sum::<usize>() + (c.block_config.len() - 1) + 1
         }
-        ModelConfig::ResNet(c) => {
-            let per_block = match c.block {
-                ResNetBlock::Basic => 2,
-                ResNetBlock::Bottleneck => 3,
-            };
-            1 + per_block * c.layers.iter().sum::<usize>() + 1
+        ModelConfig::ResNet(c) => 1 + convs_per_block(c.block) * c.layers.iter().sum::<usize>() + 1,
+        ModelConfig::ResNetV2(c) => {
+            1 + convs_per_block(c.block) * c.layers.iter().sum::<usize>() + 1
         }
+    }
+}
+
+fn convs_per_block(block: ResNetBlock) -> usize {
+    match block {
+        ResNetBlock::Basic => 2,
+        ResNetBlock::Bottleneck => 3,
     }
 }
 

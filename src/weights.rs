@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::gpu::{Gpu, GpuError};
-use crate::models::{DenseNetConfig, ModelConfig, ParamStore, ResNetBlock, ResNetConfig};
+use crate::models::{
+    DenseNetConfig, ModelConfig, ParamStore, ResNetBlock, ResNetConfig, ResNetV2Config,
+};
 
 /// Errors reading, writing or applying a weight file. Messages name the file.
 #[derive(Debug)]
@@ -48,7 +50,7 @@ pub enum WeightsError {
         tensor: String,
         shape: Vec<usize>,
     },
-    /// Neither a DenseNet nor a ResNet state_dict.
+    /// Neither a DenseNet, a ResNet nor a pre-activation ResNet state_dict.
     UnknownArchitecture {
         path: PathBuf,
     },
@@ -112,8 +114,8 @@ impl fmt::Display for WeightsError {
             ),
             WeightsError::UnknownArchitecture { path } => write!(
                 f,
-                "{}: neither features.conv0.weight (DenseNet) nor conv1.weight (ResNet): not a \
-                 torchvision DenseNet or ResNet state_dict",
+                "{}: neither features.conv0.weight (DenseNet), conv1.weight (ResNet) nor \
+                 stem.conv.weight (pre-activation ResNet): not a torchvision or timm state_dict",
                 path.display()
             ),
             WeightsError::NoBlocks { path, family } => write!(
@@ -454,14 +456,16 @@ impl ParamStore {
     }
 }
 
-/// Infers the architecture from torchvision state_dict names and shapes: a DenseNet
-/// (`features.conv0.weight`, `features.denseblock*`) or a ResNet (`conv1.weight`,
-/// `layer*.*`).
+/// Infers the architecture from torchvision or timm state_dict names and shapes: a DenseNet
+/// (`features.conv0.weight`, `features.denseblock*`), a ResNet (`conv1.weight`,
+/// `layer*.*`) or a pre-activation ResNet (`stem.conv.weight`, `stages.*`).
 pub fn infer_config(file: &TensorFile) -> Result<ModelConfig, WeightsError> {
     if file.tensors.contains_key("features.conv0.weight") {
         infer_densenet(file).map(ModelConfig::DenseNet)
     } else if file.tensors.contains_key("conv1.weight") {
         infer_resnet(file).map(ModelConfig::ResNet)
+    } else if file.tensors.contains_key("stem.conv.weight") {
+        infer_resnet_v2(file).map(ModelConfig::ResNetV2)
     } else {
         Err(WeightsError::UnknownArchitecture {
             path: file.path.clone(),
@@ -501,6 +505,46 @@ fn infer_resnet(file: &TensorFile) -> Result<ResNetConfig, WeightsError> {
         layers,
         width,
         num_classes: fc.shape[0],
+    })
+}
+
+fn infer_resnet_v2(file: &TensorFile) -> Result<ResNetV2Config, WeightsError> {
+    let width = file.get("stem.conv.weight")?.shape[0];
+    let head = file.get("head.fc.weight")?;
+    if head.shape.len() != 4 {
+        return Err(WeightsError::TensorShape {
+            path: file.path.clone(),
+            tensor: "head.fc.weight".into(),
+            shape: head.shape.clone(),
+        });
+    }
+    let block = if file.tensors.contains_key("stages.0.blocks.0.conv3.weight") {
+        ResNetBlock::Bottleneck
+    } else {
+        ResNetBlock::Basic
+    };
+    let layers: Vec<usize> = (0..)
+        .map(|stage| {
+            (0..)
+                .take_while(|b| {
+                    file.tensors
+                        .contains_key(&format!("stages.{stage}.blocks.{b}.conv1.weight"))
+                })
+                .count()
+        })
+        .take_while(|&blocks| blocks > 0)
+        .collect();
+    if layers.is_empty() {
+        return Err(WeightsError::NoBlocks {
+            path: file.path.clone(),
+            family: "timm ResNetV2 (stages.0.blocks.0.conv1.weight)",
+        });
+    }
+    Ok(ResNetV2Config {
+        block,
+        layers,
+        width,
+        num_classes: head.shape[0],
     })
 }
 

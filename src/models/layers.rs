@@ -1,5 +1,6 @@
-//! The layers DenseNet and ResNet are built from, with torchvision's initialisation and
-//! state_dict names: [`Conv2d`] (no bias), [`BatchNorm2d`] and [`Linear`].
+//! The layers DenseNet and ResNet are built from, with torchvision's (and, for the
+//! pre-activation ResNet, timm's) initialisation and state_dict names: [`Conv2d`] (no
+//! bias), [`BatchNorm2d`], [`Linear`] and [`PointwiseHead`].
 //!
 //! A model's tensors live in one [`ParamStore`], in torchvision's `state_dict()` order
 //! (parameters in registration order, then BN buffers); layers hold indices into it.
@@ -12,6 +13,7 @@ use std::cell::Cell;
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::ops::batch_norm::tape::BnLayer;
 use crate::ops::batch_norm::{BnConfig, RunningStats};
+use crate::ops::conv2d::tape::BnRelu;
 use crate::ops::conv2d::Conv2dSpec;
 use crate::rng::Rng;
 use crate::tape::{Param, Tape, Var};
@@ -171,6 +173,23 @@ impl<'a> Init<'a> {
     }
 }
 
+impl Init<'_> {
+    /// timm's classifier on pooled features, a 1x1 convolution with bias (`head.fc` with
+    /// `use_conv=True`): weight `[out, inp, 1, 1]` drawn from N(0, 0.01²), bias 0.
+    pub fn head_conv(&mut self, name: &str, out: usize, inp: usize) -> Result<PointwiseHead> {
+        let data: Vec<f32> = (0..out * inp)
+            .map(|_| (self.rng.normal() * 0.01) as f32)
+            .collect();
+        let weight = self.param(&format!("{name}.weight"), &data, &[out, inp, 1, 1])?;
+        let bias = self.param(&format!("{name}.bias"), &vec![0.0; out], &[out])?;
+        Ok(PointwiseHead {
+            weight,
+            bias,
+            name: name.to_string(),
+        })
+    }
+}
+
 /// A bias-free convolution (`<name>.weight`, OIHW).
 pub struct Conv2d {
     weight: usize,
@@ -189,6 +208,18 @@ impl Conv2d {
     ) -> Result<Var> {
         let w = tape.param(&store.params[self.weight]);
         tape.conv2d(x, w, None, self.spec, out, &self.name)
+    }
+
+    /// `conv(ReLU(BN(x)))`, applying `bn_relu` ([`BatchNorm2d::relu_statistics`]) while
+    /// reading its input.
+    pub fn forward_bn_relu(
+        &self,
+        store: &ParamStore,
+        tape: &mut Tape,
+        bn_relu: &BnRelu,
+    ) -> Result<Var> {
+        let w = tape.param(&store.params[self.weight]);
+        tape.conv_of_bn_relu(bn_relu, w, self.spec, None, &self.name)
     }
 }
 
@@ -270,6 +301,23 @@ impl BatchNorm2d {
         tape.batch_norm_add_relu(x, layer, batch, residual, &name)
     }
 
+    /// The batch statistics of `ReLU(BN(x))` for convolutions that apply it while reading x
+    /// ([`Conv2d::forward_bn_relu`]), or `None` where it must be materialised: in
+    /// inference, or with frozen parameters (running statistics).
+    pub fn relu_statistics(
+        &self,
+        store: &ParamStore,
+        tape: &mut Tape,
+        x: Var,
+        training: bool,
+    ) -> Result<Option<BnRelu>> {
+        if !(training && store.params[self.weight].trainable) {
+            return Ok(None);
+        }
+        let (layer, _) = self.layer(store, tape, BN, training);
+        tape.bn_relu_statistics(x, layer, &self.name).map(Some)
+    }
+
     /// `conv(ReLU(BN(x)))`. With `fused` (and batch statistics) the BN+ReLU output is never
     /// stored: the convolution applies it while reading x and backward recomputes it.
     pub fn relu_conv(
@@ -288,6 +336,31 @@ impl BatchNorm2d {
         }
         let a = self.forward(store, tape, x, true, training)?;
         conv.forward(store, tape, a, None)
+    }
+}
+
+/// A 1x1 convolution with bias on pooled features (N, C) (`<name>.weight` [out, in, 1, 1],
+/// `<name>.bias`): on a 1x1 plane it is a fully connected layer, and runs as one.
+pub struct PointwiseHead {
+    weight: usize,
+    bias: usize,
+    pub name: String,
+}
+
+impl PointwiseHead {
+    pub fn forward(&self, store: &ParamStore, tape: &mut Tape, x: Var) -> Result<Var> {
+        let p = &store.params[self.weight];
+        let [out, inp] = [p.value.shape[0], p.value.shape[1]];
+        // The same storage, viewed as [out, in]: the gradient lands in the 4-D parameter.
+        let matrix = Param {
+            name: p.name.clone(),
+            value: p.value.reshape(&[out, inp])?,
+            grad: p.grad.reshape(&[out, inp])?,
+            trainable: p.trainable,
+        };
+        let w = tape.param(&matrix);
+        let b = tape.param(&store.params[self.bias]);
+        tape.linear(x, w, Some(b), &self.name)
     }
 }
 

@@ -5,12 +5,14 @@
 pub mod densenet;
 pub mod layers;
 pub mod resnet;
+pub mod resnet_v2;
 
 use std::fmt;
 
 pub use densenet::{DenseNet, DenseNetConfig};
 pub use layers::ParamStore;
 pub use resnet::{ResNet, ResNetBlock, ResNetConfig};
+pub use resnet_v2::{ResNetV2, ResNetV2Config};
 
 use crate::gpu::{Bound, Gpu, GpuError, Result, ShapeProblem};
 use crate::tape::{Param, Tape, Var};
@@ -96,6 +98,8 @@ fn check_config(net: &str, sizes: &[(&'static str, usize)]) -> Result<()> {
 pub enum ModelConfig {
     DenseNet(DenseNetConfig),
     ResNet(ResNetConfig),
+    /// The pre-activation ResNet of timm.
+    ResNetV2(ResNetV2Config),
 }
 
 impl ModelConfig {
@@ -104,6 +108,7 @@ impl ModelConfig {
         Ok(match self {
             ModelConfig::DenseNet(c) => Box::new(DenseNet::new(gpu, c.clone(), seed)?),
             ModelConfig::ResNet(c) => Box::new(ResNet::new(gpu, c.clone(), seed)?),
+            ModelConfig::ResNetV2(c) => Box::new(ResNetV2::new(gpu, c.clone(), seed)?),
         })
     }
 
@@ -111,6 +116,7 @@ impl ModelConfig {
         match self {
             ModelConfig::DenseNet(c) => c.num_classes,
             ModelConfig::ResNet(c) => c.num_classes,
+            ModelConfig::ResNetV2(c) => c.num_classes,
         }
     }
 
@@ -120,13 +126,14 @@ impl ModelConfig {
         match &mut c {
             ModelConfig::DenseNet(d) => d.num_classes = num_classes,
             ModelConfig::ResNet(r) => r.num_classes = num_classes,
+            ModelConfig::ResNetV2(r) => r.num_classes = num_classes,
         }
         c
     }
 }
 
 impl fmt::Display for ModelConfig {
-    /// The torchvision constructor call that builds the same architecture.
+    /// The torchvision (or timm) call that builds the same architecture.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ModelConfig::DenseNet(c) => write!(
@@ -149,6 +156,7 @@ impl fmt::Display for ModelConfig {
                 }
                 Ok(())
             }
+            ModelConfig::ResNetV2(c) => f.write_str(&c.timm_constructor()),
         }
     }
 }
@@ -161,7 +169,7 @@ pub struct Preset {
     pub about: &'static str,
 }
 
-/// Every preset, DenseNets then ResNets.
+/// Every preset: DenseNets, ResNets, then pre-activation ResNets.
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "densenet121",
@@ -212,6 +220,26 @@ pub const PRESETS: &[Preset] = &[
         name: "resnet152",
         config: |k| ModelConfig::ResNet(ResNetConfig::resnet152(k)),
         about: "torchvision resnet152 (Bottleneck, 3-8-36-3)",
+    },
+    Preset {
+        name: "resnetv2_18",
+        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_18(k)),
+        about: "timm resnetv2_18 (pre-activation basic blocks, 2-2-2-2)",
+    },
+    Preset {
+        name: "resnetv2_34",
+        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_34(k)),
+        about: "timm resnetv2_34 (pre-activation basic blocks, 3-4-6-3)",
+    },
+    Preset {
+        name: "resnetv2_50",
+        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_50(k)),
+        about: "timm resnetv2_50 (pre-activation bottlenecks, 3-4-6-3)",
+    },
+    Preset {
+        name: "resnetv2_101",
+        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_101(k)),
+        about: "timm resnetv2_101 (pre-activation bottlenecks, 3-4-23-3)",
     },
 ];
 

@@ -51,6 +51,64 @@ fn resnet_bottleneck_blocks_match_pytorch_in_both_modes() {
     }
 }
 
+// timm's pre-activation ResNet (resnetv2_18 / resnetv2_50 blocks) at stem width 8 on
+// non-square 96x120 / 80x128 inputs, batch 3: stage 0's basic block keeps the raw shortcut,
+// the others start with a 1x1 shortcut convolution of the pre-activated input (strided from
+// stage 1 on), which in the memory-efficient mode shares norm1 with conv1.
+
+#[test]
+fn resnet_v2_basic_blocks_match_timm_in_both_modes() {
+    for mode in [BlockMode::MemoryEfficient, BlockMode::Plain] {
+        check("resnetv2_basic_small_golden.safetensors", mode, 122_112);
+    }
+}
+
+#[test]
+fn resnet_v2_bottleneck_blocks_match_timm_in_both_modes() {
+    for mode in [BlockMode::MemoryEfficient, BlockMode::Plain] {
+        check(
+            "resnetv2_bottleneck_small_golden.safetensors",
+            mode,
+            276_480,
+        );
+    }
+}
+
+/// The memory-efficient mode stores no BN+ReLU output that feeds only convolutions: a
+/// training step's peak above the parameter state drops by at least the plain mode's
+/// pre-activations of the first stage (norm1, norm2 and norm3 of its one block, batch 8 at
+/// 64x64: 16x16 planes of 8, 8 and 8 channels).
+#[test]
+fn resnet_v2_memory_efficient_mode_stores_no_pre_activation() {
+    use densenet_wgpu::budget::{plan_training, RunShape};
+    use densenet_wgpu::models::{ModelConfig, ResNetBlock, ResNetV2Config};
+    let config = ModelConfig::ResNetV2(ResNetV2Config {
+        block: ResNetBlock::Bottleneck,
+        layers: vec![1, 1, 1, 1],
+        width: 8,
+        num_classes: 5,
+    });
+    let step_bytes = |mode| {
+        let shape = RunShape {
+            config: config.clone(),
+            mode,
+            freeze_features: false,
+            image_size: 64,
+        };
+        let plan = plan_training(gpu(), &shape, 8, None).unwrap().unwrap();
+        plan.peak_bytes - plan.state_bytes
+    };
+    let (efficient, plain) = (
+        step_bytes(BlockMode::MemoryEfficient),
+        step_bytes(BlockMode::Plain),
+    );
+    let first_stage = 3 * 8 * 8 * 16 * 16 * 4;
+    assert!(
+        efficient + first_stage <= plain,
+        "memory-efficient {efficient} B, plain {plain} B"
+    );
+}
+
 #[test]
 fn gradient_tolerance_loosens_only_with_relu_inputs_near_zero() {
     // At 1e-5 of each tensor's maximum, DenseNet-BC has six ReLU inputs "near zero":
@@ -75,6 +133,10 @@ fn verify_torch_command_passes_and_fails_correctly() {
         (
             "resnet_basic_small_golden.safetensors",
             "resnet.BasicBlock, [2, 1, 1, 2]",
+        ),
+        (
+            "resnetv2_bottleneck_small_golden.safetensors",
+            "ResNetV2([1, 2, 1, 1], channels=[32, 64, 128, 256], stem_chs=8, basic=False",
         ),
     ] {
         let out = std::process::Command::new(exe)

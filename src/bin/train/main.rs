@@ -186,6 +186,9 @@ struct PredictArgs {
     /// Classes shown per image.
     #[arg(long, value_name = "K", default_value_t = 3)]
     top: usize,
+    /// Decimal places of the percentages.
+    #[arg(long, value_name = "D", default_value_t = 1)]
+    digits: usize,
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
 }
@@ -764,8 +767,9 @@ fn cmd_predict(a: &PredictArgs) -> RunResult<ExitCode> {
             .iter()
             .map(|(i, p)| {
                 format!(
-                    "{} {:.1}%",
+                    "{} {:.*}%",
                     names.get(*i).map(String::as_str).unwrap_or("?"),
+                    a.digits,
                     p * 100.0
                 )
             })

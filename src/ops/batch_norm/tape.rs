@@ -48,7 +48,7 @@ impl Tape<'_> {
             let op = BatchNormOp::new(y, x, layer, stats);
             #[cfg(not(target_arch = "wasm32"))]
             if layer.cfg.relu {
-                self.probe_bn_relu(name, &op, None)?;
+                self.probe_bn_relu(name, [x, gamma, beta], &op.stats, None)?;
             }
             self.record("batch_norm", &[y, x, gamma, beta], &[x, gamma, beta], op)?;
         }
@@ -78,7 +78,7 @@ impl Tape<'_> {
             Some(stats) => {
                 let bn = BatchNormOp::new(y, x, layer, stats);
                 #[cfg(not(target_arch = "wasm32"))]
-                self.probe_bn_relu(name, &bn, Some(&rt))?;
+                self.probe_bn_relu(name, [x, bn.gamma, bn.beta], &bn.stats, Some(&rt))?;
                 let op = BatchNormAddReluOp { bn, residual };
                 let vars = [y, x, gamma, beta, residual];
                 self.record("batch_norm_add_relu", &vars, &[x, gamma, beta, y], op)?;
@@ -230,6 +230,7 @@ impl Tape<'_> {
 }
 
 /// Batch statistics saved for backward.
+#[derive(Clone)]
 pub(crate) struct BnStats {
     pub mean: Tensor,
     pub inv_std: Tensor,
@@ -249,17 +250,18 @@ impl BnStats {
 }
 
 impl Tape<'_> {
-    /// [`Tape::probe_relu`] on the input of the ReLU after the training-mode BN `bn` (plus
-    /// `residual` when given).
+    /// [`Tape::probe_relu`] on the input of the ReLU after the training-mode BN of `x` with
+    /// `gamma`, `beta` and batch statistics `stats` (plus `residual` when given).
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn probe_bn_relu(
         &mut self,
         name: &str,
-        bn: &BatchNormOp,
+        [x, gamma, beta]: [Var; 3],
+        stats: &BnStats,
         residual: Option<&Tensor>,
     ) -> Result<()> {
-        let [xt, gt, bt] = self.values([bn.x, bn.gamma, bn.beta])?;
-        let stats = [&gt, &bt, &bn.stats.mean, &bn.stats.inv_std];
+        let [xt, gt, bt] = self.values([x, gamma, beta])?;
+        let stats = [&gt, &bt, &stats.mean, &stats.inv_std];
         self.probe_relu(name, |g| pre_activation(g, &xt, stats, residual))
     }
 }

@@ -10,7 +10,7 @@ mod launch;
 mod plan;
 pub mod reference;
 pub mod shaders;
-mod tape;
+pub mod tape;
 
 pub use launch::GemmTile;
 pub use plan::{

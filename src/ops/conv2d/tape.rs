@@ -2,7 +2,7 @@
 
 use super::{backward_data, backward_weight, forward, output_size, BnReluPrologue, Conv2dSpec};
 use crate::gpu::{nchw, Result, Tensor};
-use crate::ops::batch_norm::tape::{BatchNormOp, BnLayer};
+use crate::ops::batch_norm::tape::{BatchNormOp, BnLayer, BnStats};
 use crate::ops::batch_norm::{self, Affine};
 use crate::tape::{Backward, Tape, Var};
 
@@ -38,36 +38,76 @@ impl Tape<'_> {
         out: Option<Var>,
         name: &str,
     ) -> Result<Var> {
+        let bn_relu = self.bn_relu_statistics(x, layer, name)?;
+        self.conv_of_bn_relu(&bn_relu, w, spec, out, name)
+    }
+
+    /// The batch statistics of a training-mode BN+ReLU of `x`, and the per-channel scale
+    /// and shift they fold into, for convolutions that apply it while reading `x`
+    /// ([`Tape::conv_of_bn_relu`]): one BN+ReLU that feeds several convolutions (a
+    /// pre-activation block's `norm1` feeds `conv1` and the shortcut's) is computed once
+    /// and never stored. Updates the running statistics once.
+    pub fn bn_relu_statistics(&mut self, x: Var, layer: BnLayer, name: &str) -> Result<BnRelu> {
         let layer = layer.with_relu(true);
-        let (gamma, beta, cfg) = (layer.gamma, layer.beta, layer.cfg);
-        let y = self.conv_output(x, w, spec, out, name)?;
         let c = self.shape(x)[1];
         let g = self.gpu();
         let scale = g.zeros(&[c], &format!("{name}.scale"))?;
         let shift = g.zeros(&[c], &format!("{name}.shift"))?;
-        let [yt, xt, gt, bt, wt] = self.values([y, x, gamma, beta, w])?;
+        let [xt, gt, bt] = self.values([x, layer.gamma, layer.beta])?;
         let affine = Affine {
             gamma: &gt,
             beta: &bt,
         };
-        let stats = self.bn_statistics(None, &xt, affine, layer.running, cfg, name)?;
-        let enc = self.enc();
-        batch_norm::fold_scale_shift(enc, &scale, &shift, affine, stats.batch())?;
-        let pro = BnReluPrologue {
-            scale: &scale,
-            shift: &shift,
-        };
-        forward(enc, &yt, &xt, &wt, None, Some(pro), spec)?;
-        let bn = BatchNormOp::new(y, x, layer, stats);
+        let stats = self.bn_statistics(None, &xt, affine, layer.running, layer.cfg, name)?;
+        batch_norm::fold_scale_shift(self.enc(), &scale, &shift, affine, stats.batch())?;
         #[cfg(not(target_arch = "wasm32"))]
-        self.probe_bn_relu(name, &bn, None)?;
+        self.probe_bn_relu(name, [x, layer.gamma, layer.beta], &stats, None)?;
+        Ok(BnRelu {
+            x,
+            gamma: layer.gamma,
+            beta: layer.beta,
+            cfg: layer.cfg,
+            stats,
+            scale,
+            shift,
+        })
+    }
+
+    /// `conv(ReLU(BN(x)))` with the BN+ReLU of `bn_relu` applied while reading its `x`.
+    /// Backward recomputes it and adds this convolution's share of the gradient into x,
+    /// gamma and beta (each convolution reading one BN+ReLU adds its own).
+    pub fn conv_of_bn_relu(
+        &mut self,
+        bn_relu: &BnRelu,
+        w: Var,
+        spec: Conv2dSpec,
+        out: Option<Var>,
+        name: &str,
+    ) -> Result<Var> {
+        let x = bn_relu.x;
+        let y = self.conv_output(x, w, spec, out, name)?;
+        let [yt, xt, wt] = self.values([y, x, w])?;
+        let pro = BnReluPrologue {
+            scale: &bn_relu.scale,
+            shift: &bn_relu.shift,
+        };
+        forward(self.enc(), &yt, &xt, &wt, None, Some(pro), spec)?;
+        let bn = BatchNormOp {
+            y,
+            x,
+            gamma: bn_relu.gamma,
+            beta: bn_relu.beta,
+            cfg: bn_relu.cfg,
+            stats: bn_relu.stats.clone(),
+        };
         let op = BnReluConvOp {
             w,
             bn,
-            scale,
-            shift,
+            scale: bn_relu.scale.clone(),
+            shift: bn_relu.shift.clone(),
             spec,
         };
+        let (gamma, beta) = (bn_relu.gamma, bn_relu.beta);
         let reads = [x, gamma, beta, w];
         self.record("bn_relu_conv", &[y, x, gamma, beta, w], &reads, op)?;
         Ok(y)
@@ -90,6 +130,19 @@ impl Tape<'_> {
         self.count_multiply_adds(n * co * oh * ow * ci * kh * kw);
         Ok(y)
     }
+}
+
+/// A training-mode BN+ReLU that convolutions apply while reading its input
+/// ([`Tape::bn_relu_statistics`]): its input, parameters, batch statistics and the scale
+/// and shift they fold into.
+pub struct BnRelu {
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    cfg: crate::ops::batch_norm::BnConfig,
+    stats: BnStats,
+    scale: Tensor,
+    shift: Tensor,
 }
 
 struct Conv2dOp {
