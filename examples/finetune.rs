@@ -32,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &skipped {
         eprintln!("skipped: {file}");
     }
+    // Inputs normalised as the weights were trained on them.
+    let folder = folder.with_normalization(run::weights_normalization(Path::new(&weights))?);
     let (train, val) = split(folder.len(), 0.2, 123)?;
     let out = PathBuf::from("finetune-run");
     let mut spec = RunSpec::new(Arc::new(folder), (train, val), &model, &out)?;
@@ -51,7 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (model, info) = run::load_model(&gpu, &out.join("best.safetensors"))?;
     let classes = info.classes.unwrap_or_default();
     for path in &images {
-        let image = load_image(path, size)?;
+        let image = load_image(path, size, &info.normalization)?;
         let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], size))?;
         let best = result.predictions[0];
         let p = result.probabilities[best];

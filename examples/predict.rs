@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect()
     });
     for path in images {
-        let image = load_image(path, size)?;
+        let image = load_image(path, size, &info.normalization)?;
         let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], size))?;
         let mut ranked: Vec<(usize, f32)> =
             result.probabilities.iter().copied().enumerate().collect();

@@ -81,6 +81,8 @@
 //! # let (weights, out) = (tmp.join("base/best.safetensors"), tmp.join("tuned"));
 //! let (folder, skipped) = ImageFolder::open(&photos, 16)?; // 16x16 images
 //! assert!(skipped.is_empty(), "files that are not images: {skipped:?}");
+//! // Inputs normalised as the weights were trained on them.
+//! let folder = folder.with_normalization(run::weights_normalization(&weights)?);
 //! let (train, val) = split(folder.len(), 0.2, 123)?;
 //! let mut spec = RunSpec::new(Arc::new(folder), (train, val), "densenet-tiny", &out)?;
 //! spec.init = Some(weights);
@@ -91,7 +93,7 @@
 //! // One photo, classified with the run's best weights.
 //! let gpu = Gpu::new()?;
 //! let (model, info) = run::load_model(&gpu, &out.join("best.safetensors"))?;
-//! let image = load_image(&photos.join("vertical_stripes/1.png"), 16)?;
+//! let image = load_image(&photos.join("vertical_stripes/1.png"), 16, &info.normalization)?;
 //! let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], 16))?;
 //! let probabilities = result.probabilities;
 //! let classes = info.classes.unwrap_or_default();
@@ -126,7 +128,7 @@
 //! let gpu = Gpu::new()?;
 //! let (model, info) = load_model(&gpu, &weights)?;
 //! let size = info.image_size.unwrap_or(224);
-//! let image = load_image(&photo, size)?;
+//! let image = load_image(&photo, size, &info.normalization)?;
 //! let result = pollster::block_on(evaluate(&gpu, model.as_ref(), &image, &[0], size))?;
 //! let classes = info.classes.unwrap_or_default();
 //! println!("{}", classes[result.predictions[0]]);

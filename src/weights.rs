@@ -34,7 +34,7 @@ pub enum WeightsError {
         tensor: String,
         dtype: Dtype,
     },
-    /// A tensor given twice to [`write`].
+    /// A tensor given twice to [`write()`].
     DuplicateTensor {
         path: PathBuf,
         tensor: String,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use densenet_wgpu::data::{
     load_image, split, DataError, Dataset, FolderSkip, ImageFolder, Loader, LoaderOptions,
-    SkipReason, Synthetic, IMAGENET_MEAN, IMAGENET_STD,
+    Normalization, SkipReason, Synthetic, IMAGENET_MEAN, IMAGENET_STD,
 };
 use densenet_wgpu::metrics::{
     append_csv, confusion_matrix_table, read_csv, write_csv, EpochMetrics,
@@ -141,7 +141,10 @@ fn images_of_any_mode_and_size_load_as_3_by_s_by_s() {
         assert!(plain.iter().all(|v| v.is_finite()));
         let (augmented, _) = folder.get(i, Some(&mut rng)).unwrap();
         assert_eq!(augmented.len(), 3 * S * S);
-        assert_eq!(load_image(folder.path(i), S).unwrap(), plain);
+        assert_eq!(
+            load_image(folder.path(i), S, &Normalization::IMAGENET).unwrap(),
+            plain
+        );
     }
 }
 
@@ -162,6 +165,62 @@ fn pixels_are_normalised_with_imagenet_statistics_in_chw_order() {
                 "channel {c}: {v} vs {expected}"
             );
         }
+    }
+}
+
+#[test]
+fn a_folder_normalises_with_the_normalisation_it_is_given() {
+    let tmp = TempDir::new("norm-half");
+    let dir = tmp.sub("red");
+    RgbImage::from_pixel(5, 7, Rgb([255, 0, 51]))
+        .save(dir.join("red.png"))
+        .unwrap();
+    let (folder, _) = ImageFolder::open(tmp.path(), 4).unwrap();
+    let folder = folder.with_normalization(Normalization::HALF);
+    assert_eq!(folder.normalization(), Normalization::HALF);
+    let (pixels, _) = folder.get(0, None).unwrap();
+    for (c, expected) in [1.0f32, -1.0, -0.6].into_iter().enumerate() {
+        for v in &pixels[c * 16..(c + 1) * 16] {
+            assert!(
+                (v - expected).abs() < 1e-6,
+                "channel {c}: {v} vs {expected}"
+            );
+        }
+    }
+    let path = dir.join("red.png");
+    assert_eq!(load_image(&path, 4, &Normalization::HALF).unwrap(), pixels);
+    let synthetic = Synthetic::new(4, 8, 1);
+    let half = synthetic.clone().with_normalization(Normalization::HALF);
+    let (a, b) = (
+        synthetic.get(2, None).unwrap().0,
+        half.get(2, None).unwrap().0,
+    );
+    for (c, (a, b)) in a.chunks(64).zip(b.chunks(64)).enumerate() {
+        for (a, b) in a.iter().zip(b) {
+            // The same pixel value v under both: (v - mean) / std.
+            let v = a * IMAGENET_STD[c] + IMAGENET_MEAN[c];
+            assert!((b - (v - 0.5) / 0.5).abs() < 1e-5, "{a} {b}");
+        }
+    }
+}
+
+#[test]
+fn a_normalisation_is_recorded_as_text_and_read_back() {
+    for n in [Normalization::IMAGENET, Normalization::HALF] {
+        assert_eq!(Normalization::from_metadata(&n.to_metadata()), Some(n));
+    }
+    assert_eq!(
+        Normalization::HALF.to_metadata(),
+        "mean=0.5,0.5,0.5 std=0.5,0.5,0.5"
+    );
+    for bad in [
+        "",
+        "mean=0.5 std=0.5",
+        "mean=0,0,0 std=1,0,1",
+        "std=1,1,1 mean=0,0,0",
+        "mean=a,0,0 std=1,1,1",
+    ] {
+        assert_eq!(Normalization::from_metadata(bad), None, "{bad:?}");
     }
 }
 
@@ -221,7 +280,7 @@ fn missing_file_and_classless_paths_are_errors_naming_them() {
     assert_eq!(err, DataError::NoClasses(bare.clone()));
     assert!(err.to_string().contains(&bare.display().to_string()));
 
-    let err = load_image(&tmp.path().join("gone.png"), S).unwrap_err();
+    let err = load_image(&tmp.path().join("gone.png"), S, &Normalization::IMAGENET).unwrap_err();
     assert!(
         matches!(err, DataError::Io { .. }) && err.to_string().contains("gone.png"),
         "{err}"

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 
-use super::{normalize_rgb8, DataError, Dataset};
+use super::{normalize_rgb8, DataError, Dataset, Normalization};
 
 /// A path [`ImageFolder::open`] leaves out of the dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +94,7 @@ pub struct ImageFolder {
     items: Vec<(PathBuf, usize)>,
     image_size: usize,
     augmentation: Augmentation,
+    normalization: Normalization,
     /// Decoded RGB images (decoding a JPEG costs more than the rest of the pipeline), kept
     /// while the total stays under [`DECODE_CACHE_BYTES`].
     cache: Vec<OnceLock<Arc<RgbImage>>>,
@@ -163,6 +164,7 @@ impl ImageFolder {
             items,
             image_size,
             augmentation: Augmentation::default(),
+            normalization: Normalization::IMAGENET,
             cached_bytes: AtomicUsize::new(0),
         };
         Ok((folder, warnings))
@@ -171,6 +173,12 @@ impl ImageFolder {
     /// Chooses the training augmentation.
     pub fn with_augmentation(mut self, augmentation: Augmentation) -> ImageFolder {
         self.augmentation = augmentation;
+        self
+    }
+
+    /// Chooses the normalisation of every image (ImageNet's unless set).
+    pub fn with_normalization(mut self, normalization: Normalization) -> ImageFolder {
+        self.normalization = normalization;
         self
     }
 
@@ -258,7 +266,11 @@ impl Dataset for ImageFolder {
                 out
             }
         };
-        Ok((normalize_rgb8(&resized), *label))
+        Ok((normalize_rgb8(&resized, &self.normalization), *label))
+    }
+
+    fn normalization(&self) -> Normalization {
+        self.normalization
     }
 
     fn describe(&self, index: usize) -> String {
@@ -271,18 +283,18 @@ impl Dataset for ImageFolder {
 
 /// Decodes one image file, resizes it to `image_size x image_size` and normalises it:
 /// the same preprocessing `ImageFolder::get` applies without augmentation.
-pub fn load_image(path: &Path, image_size: usize) -> Result<Vec<f32>, DataError> {
+pub fn load_image(
+    path: &Path,
+    image_size: usize,
+    normalization: &Normalization,
+) -> Result<Vec<f32>, DataError> {
     if image_size == 0 {
         return Err(DataError::ZeroImageSize);
     }
     let rgb = decode_rgb8(path)?;
     let size = image_size as u32;
-    Ok(normalize_rgb8(&imageops::resize(
-        &rgb,
-        size,
-        size,
-        FilterType::Triangle,
-    )))
+    let resized = imageops::resize(&rgb, size, size, FilterType::Triangle);
+    Ok(normalize_rgb8(&resized, normalization))
 }
 
 /// Decodes a file of any supported format and mode into RGB8. The format is guessed from

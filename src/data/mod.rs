@@ -26,6 +26,58 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// Per-channel standard deviation of ImageNet in RGB order, on pixel values scaled to [0, 1].
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// How a channel value `v` in [0, 1] becomes a network input: `(v - mean) / std`, per RGB
+/// channel. A model family has its own (torchvision's DenseNet and ResNet ImageNet's,
+/// timm's pre-activation ResNet 0.5 everywhere); weight files record the one they were
+/// trained with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// ImageNet's statistics ([`IMAGENET_MEAN`], [`IMAGENET_STD`]): torchvision's models.
+    pub const IMAGENET: Normalization = Normalization {
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+    /// Mean and standard deviation 0.5 (timm's `IMAGENET_INCEPTION_MEAN/STD`): the
+    /// configs of timm's `resnetv2_*`.
+    pub const HALF: Normalization = Normalization {
+        mean: [0.5; 3],
+        std: [0.5; 3],
+    };
+
+    /// `(v - mean[c]) / std[c]`.
+    pub fn apply(&self, channel: usize, v: f32) -> f32 {
+        (v - self.mean[channel]) / self.std[channel]
+    }
+
+    /// The form weight files record: `mean=0.485,0.456,0.406 std=0.229,0.224,0.225`.
+    pub fn to_metadata(&self) -> String {
+        let list = |v: &[f32; 3]| v.map(|x| x.to_string()).join(",");
+        format!("mean={} std={}", list(&self.mean), list(&self.std))
+    }
+
+    /// Reads [`Normalization::to_metadata`]'s form; `None` for anything else.
+    pub fn from_metadata(text: &str) -> Option<Normalization> {
+        let triple = |part: &str, key: &str| -> Option<[f32; 3]> {
+            let values: Vec<f32> = part
+                .strip_prefix(key)?
+                .split(',')
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            values.try_into().ok()
+        };
+        let (mean, std) = text.split_once(' ')?;
+        let (mean, std) = (triple(mean, "mean=")?, triple(std, "std=")?);
+        std.iter()
+            .all(|&s| s > 0.0)
+            .then_some(Normalization { mean, std })
+    }
+}
+
 /// What can go wrong while finding, reading or splitting data. Every variant about a file or
 /// folder names it.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,7 +199,8 @@ impl DataError {
 }
 
 /// A labelled image source. `get` returns one image as CHW `f32` (3 x size x size),
-/// normalised with [`IMAGENET_MEAN`] and [`IMAGENET_STD`], and its label.
+/// normalised with the dataset's [`Normalization`] (ImageNet's unless it was given
+/// another), and its label.
 pub trait Dataset: Send + Sync {
     /// Number of items.
     fn len(&self) -> usize;
@@ -171,6 +224,11 @@ pub trait Dataset: Send + Sync {
 
     /// Human name of item `index` (the file path for folders), for messages.
     fn describe(&self, index: usize) -> String;
+
+    /// How `get` normalises the images.
+    fn normalization(&self) -> Normalization {
+        Normalization::IMAGENET
+    }
 
     /// Label of item `index` without loading it (`None` past the end).
     fn label(&self, index: usize) -> Option<usize>;
@@ -210,13 +268,13 @@ pub fn derive_seed(seed: u64, stream: u64) -> u64 {
 }
 
 /// Normalises an RGB8 image into CHW `f32`: `(pixel / 255 - mean) / std` per channel.
-pub fn normalize_rgb8(image: &image::RgbImage) -> Vec<f32> {
+pub fn normalize_rgb8(image: &image::RgbImage, normalization: &Normalization) -> Vec<f32> {
     let (w, h) = image.dimensions();
     let plane = (w * h) as usize;
     let mut out = vec![0.0f32; 3 * plane];
     for (i, pixel) in image.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = (pixel[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            out[c * plane + i] = normalization.apply(c, pixel[c] as f32 / 255.0);
         }
     }
     out

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{derive_seed, DataError, Dataset, IMAGENET_MEAN, IMAGENET_STD};
+use super::{derive_seed, DataError, Dataset, Normalization};
 use crate::rng::Rng;
 
 /// Class names, in label order.
@@ -39,6 +39,7 @@ pub struct Synthetic {
     image_size: usize,
     seed: u64,
     classes: Vec<String>,
+    normalization: Normalization,
 }
 
 /// One drawn pattern, in pixel units of the image being drawn.
@@ -164,7 +165,14 @@ impl Synthetic {
             image_size,
             seed,
             classes,
+            normalization: Normalization::IMAGENET,
         }
+    }
+
+    /// Chooses the normalisation of every image (ImageNet's unless set).
+    pub fn with_normalization(mut self, normalization: Normalization) -> Synthetic {
+        self.normalization = normalization;
+        self
     }
 
     /// Label of item `index`, without drawing it.
@@ -305,10 +313,14 @@ impl Dataset for Synthetic {
         let plane = s * s;
         for (c, channel) in pixels.chunks_mut(plane).enumerate() {
             for v in channel {
-                *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                *v = self.normalization.apply(c, *v);
             }
         }
         Ok((pixels, label))
+    }
+
+    fn normalization(&self) -> Normalization {
+        self.normalization
     }
 
     fn describe(&self, index: usize) -> String {

@@ -14,6 +14,7 @@ pub use layers::ParamStore;
 pub use resnet::{ResNet, ResNetBlock, ResNetConfig};
 pub use resnet_v2::{ResNetV2, ResNetV2Config};
 
+use crate::data::Normalization;
 use crate::gpu::{Bound, Gpu, GpuError, Result, ShapeProblem};
 use crate::tape::{Param, Tape, Var};
 
@@ -117,6 +118,15 @@ impl ModelConfig {
             ModelConfig::DenseNet(c) => c.num_classes,
             ModelConfig::ResNet(c) => c.num_classes,
             ModelConfig::ResNetV2(c) => c.num_classes,
+        }
+    }
+
+    /// The input normalisation of the family: ImageNet's for torchvision's DenseNet and
+    /// ResNet, mean = std = 0.5 for timm's pre-activation ResNet (its configs').
+    pub fn normalization(&self) -> Normalization {
+        match self {
+            ModelConfig::DenseNet(_) | ModelConfig::ResNet(_) => Normalization::IMAGENET,
+            ModelConfig::ResNetV2(_) => Normalization::HALF,
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::data::synthetic::Synthetic;
-use crate::data::Dataset;
+use crate::data::{Dataset, Normalization};
 use crate::data::{Loader, LoaderOptions};
 use crate::dist::{broadcast_tensors, Collective, SingleProcess};
 use crate::gpu::{DeviceOptions, Gpu, GpuError};
@@ -84,6 +84,14 @@ pub enum RunError {
         path: PathBuf,
         file_model: String,
         model: String,
+    },
+    /// The weights to start from were trained on inputs normalised otherwise than the
+    /// dataset normalises them (give the dataset [`weights_normalization`]'s).
+    #[error("{}: the weights were trained on inputs normalised with {}, but the data is normalised with {}", path.display(), weights.to_metadata(), data.to_metadata())]
+    NormalizationMismatch {
+        path: PathBuf,
+        weights: Normalization,
+        data: Normalization,
     },
     /// [`RunSpec::resume`] was set, but the run folder has no checkpoint.
     #[error("nothing to resume: {} does not exist", checkpoint.display())]
@@ -545,6 +553,8 @@ fn run_metadata(spec: &RunSpec, epoch: usize) -> BTreeMap<String, String> {
     meta.insert("epoch".into(), epoch.to_string());
     meta.insert("format".into(), "pt".into());
     meta.insert("data".into(), spec.data.clone());
+    let normalization = spec.dataset.normalization().to_metadata();
+    meta.insert("normalization".into(), normalization);
     meta
 }
 
@@ -742,6 +752,9 @@ pub struct RunInfo {
     pub image_size: Option<usize>,
     /// `embedded:<images>:<seed>` for the built-in dataset, else the data folder.
     pub data: Option<String>,
+    /// The input normalisation the weights were trained with: the recorded one, else the
+    /// family's ([`ModelConfig::normalization`]).
+    pub normalization: Normalization,
 }
 
 /// Loads a weights or checkpoint file: the architecture comes from the tensor names and
@@ -758,8 +771,23 @@ pub fn load_model(gpu: &Gpu, path: &Path) -> RunResult<(Box<dyn Model>, RunInfo)
             .map(|c| c.lines().map(String::from).collect()),
         image_size: meta.get("image_size").and_then(|s| s.parse().ok()),
         data: meta.get("data").cloned(),
+        normalization: recorded_normalization(&meta).unwrap_or(config.normalization()),
     };
     Ok((model, info))
+}
+
+/// The input normalisation of the weights in `path` ([`RunInfo::normalization`]): what
+/// `--init` trains with, so fine-tuning sees inputs as the weights were trained on them.
+pub fn weights_normalization(path: &Path) -> RunResult<Normalization> {
+    match recorded_normalization(&read_metadata(path)) {
+        Some(n) => Ok(n),
+        None => Ok(infer_config(&TensorFile::read(path)?)?.normalization()),
+    }
+}
+
+fn recorded_normalization(meta: &HashMap<String, String>) -> Option<Normalization> {
+    meta.get("normalization")
+        .and_then(|n| Normalization::from_metadata(n))
 }
 
 /// [`RunSpec::init`]: loads weights of the same architecture into `model`. When the file's

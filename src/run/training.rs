@@ -637,6 +637,17 @@ fn build_trainer<'a>(
 ) -> RunResult<Trainer<'a>> {
     let mut model = spec.config.build(gpu, spec.seed)?;
     model.set_mode(spec.mode);
+    if let Some(init) = &spec.init {
+        let weights = super::weights_normalization(init)?;
+        let data = spec.dataset.normalization();
+        if weights != data {
+            return Err(RunError::NormalizationMismatch {
+                path: init.clone(),
+                weights,
+                data,
+            });
+        }
+    }
     if let Some(init) = spec.init.as_ref().filter(|_| group.is_writer()) {
         observer.event(&super::init_from(gpu, model.as_mut(), init)?);
     }

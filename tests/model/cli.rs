@@ -4,21 +4,32 @@
 use std::path::Path;
 use std::process::Command;
 
+use densenet_wgpu::data::Normalization;
+
 use crate::process::{with_more_work, Background};
 
 use crate::{text, train};
 
 #[test]
 fn default_run_writes_files_that_eval_and_predict_read_back() {
-    default_run_reads_back(&[]);
+    default_run_reads_back(&[], Normalization::IMAGENET);
 }
 
 #[test]
 fn default_run_with_resnet18_reads_back() {
-    default_run_reads_back(&["--model", "resnet18"]);
+    default_run_reads_back(&["--model", "resnet18"], Normalization::IMAGENET);
 }
 
-fn default_run_reads_back(model: &[&str]) {
+/// timm's pre-activation ResNet trains on inputs normalised with mean = std = 0.5, records
+/// it, and eval and predict read it back (eval's loss is the run's only if they do).
+#[test]
+fn default_run_with_resnetv2_18_reads_back() {
+    default_run_reads_back(&["--model", "resnetv2_18"], Normalization::HALF);
+}
+
+/// A run of `model` on the embedded data: its files, the normalisation they record (the
+/// model family's), and eval and predict on them.
+fn default_run_reads_back(model: &[&str], normalization: Normalization) {
     let tag = model.last().unwrap_or(&"default");
     let dir = std::env::temp_dir().join(format!("densenet-wgpu-cli-{tag}-{}", std::process::id()));
     let out = dir.to_str().unwrap();
@@ -45,6 +56,14 @@ fn default_run_reads_back(model: &[&str]) {
     }
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
+    for f in ["checkpoint.safetensors", "best.safetensors"] {
+        let meta = densenet_wgpu::run::read_metadata(&dir.join(f));
+        assert_eq!(
+            meta.get("normalization"),
+            Some(&normalization.to_metadata()),
+            "{f}"
+        );
+    }
 
     // eval without --data uses the embedded validation split the run used, and gets the
     // same validation loss the run printed.

@@ -88,3 +88,66 @@ fn fine_tuning_with_frozen_features_replaces_the_classifier_and_keeps_the_rest()
     );
     std::fs::remove_dir_all(&base).ok();
 }
+
+/// Weights trained on inputs normalised one way do not start a run whose data is normalised
+/// another way: the run stops before training, naming the file and both normalisations.
+/// With the recorded normalisation (`run::weights_normalization`) it starts.
+#[test]
+fn init_weights_must_share_the_datas_normalisation() {
+    use std::sync::Arc;
+
+    use densenet_wgpu::data::synthetic::Synthetic;
+    use densenet_wgpu::data::{split, Normalization};
+    use densenet_wgpu::run::{self, events::Silent, fit, RunError, RunSpec};
+
+    let base = std::env::temp_dir().join(format!("densenet-wgpu-init-norm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let data = Synthetic::new(48, 16, 4);
+    let half = Arc::new(data.clone().with_normalization(Normalization::HALF));
+    let mut spec = RunSpec::new(
+        half,
+        split(48, 0.25, 4).unwrap(),
+        "densenet-tiny",
+        base.join("a"),
+    )
+    .unwrap();
+    spec.epochs = 1;
+    pollster::block_on(fit(&spec, &mut Silent)).unwrap();
+    let weights = base.join("a/best.safetensors");
+    assert_eq!(
+        run::weights_normalization(&weights).unwrap(),
+        Normalization::HALF
+    );
+
+    let mut tuned = RunSpec::new(
+        Arc::new(data.clone()),
+        split(48, 0.25, 4).unwrap(),
+        "densenet-tiny",
+        base.join("b"),
+    )
+    .unwrap();
+    tuned.init = Some(weights.clone());
+    tuned.epochs = 1;
+    match pollster::block_on(fit(&tuned, &mut Silent)) {
+        Err(RunError::NormalizationMismatch {
+            path,
+            weights: w,
+            data: d,
+        }) => {
+            assert_eq!(
+                (path, w, d),
+                (
+                    weights.clone(),
+                    Normalization::HALF,
+                    Normalization::IMAGENET
+                )
+            );
+        }
+        other => panic!("expected a normalisation mismatch, got {other:?}"),
+    }
+    assert!(!base.join("b/checkpoint.safetensors").exists());
+    tuned.dataset =
+        Arc::new(data.with_normalization(run::weights_normalization(&weights).unwrap()));
+    pollster::block_on(fit(&tuned, &mut Silent)).unwrap();
+    let _ = std::fs::remove_dir_all(&base);
+}

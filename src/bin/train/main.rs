@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 
 use densenet_wgpu::data::folder::{load_image, Augmentation, ImageFolder};
 use densenet_wgpu::data::synthetic::Synthetic;
-use densenet_wgpu::data::{split, Dataset};
+use densenet_wgpu::data::{split, Dataset, Normalization};
 use densenet_wgpu::dist::{self, Collective};
 use densenet_wgpu::gpu::{DeviceOptions, Gpu};
 use densenet_wgpu::metrics;
@@ -545,7 +545,18 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
     let o = &a.train;
     let image_size = o.image_size.map_or(32, |v| v as usize);
     let (len, seed) = (a.images, o.seed);
-    let dataset: Arc<dyn Dataset> = Arc::new(Synthetic::new(len, image_size, seed));
+    let defaults = Defaults {
+        model: "densenet-tiny",
+        image_size,
+        batch_size: 32,
+        epochs: 6,
+        lr: 3e-3,
+        schedule: ScheduleSpec::Cosine { warmup_epochs: 0.0 },
+        out: PathBuf::from("runs/default"),
+    };
+    let normalization = normalization(o, defaults.model)?;
+    let dataset = Synthetic::new(len, image_size, seed).with_normalization(normalization);
+    let dataset: Arc<dyn Dataset> = Arc::new(dataset);
     let (train, val) = split(len, 0.2, seed)?;
     if writer {
         println!(
@@ -556,15 +567,6 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
         val.len()
     );
     }
-    let defaults = Defaults {
-        model: "densenet-tiny",
-        image_size,
-        batch_size: 32,
-        epochs: 6,
-        lr: 3e-3,
-        schedule: ScheduleSpec::Cosine { warmup_epochs: 0.0 },
-        out: PathBuf::from("runs/default"),
-    };
     let mut spec = run_spec(o, dataset, (train, val.clone()), image_size, defaults)?;
     spec.data = format!("embedded:{len}:{seed}");
     let samples = Synthetic::new(len, image_size, seed);
@@ -572,6 +574,22 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
         run::write_samples(&samples, &val, &spec.out.join("samples"))?;
     }
     fit(spec, group)
+}
+
+/// The input normalisation a run trains with: that of the `--init` weights (recorded, or
+/// their family's), else the family's of the model (`--model`, else `default_model`).
+fn normalization(o: &TrainOpts, default_model: &str) -> RunResult<Normalization> {
+    if let Some(init) = &o.init {
+        return run::weights_normalization(init);
+    }
+    let preset = o.model.as_deref().unwrap_or(default_model);
+    match models::preset(preset, 2) {
+        Some(config) => Ok(config.normalization()),
+        None => Err(RunError::UnknownModel {
+            name: preset.to_string(),
+            choices: models::preset_names(),
+        }),
+    }
 }
 
 /// A run on an image folder; `d.image_size` applies unless `--image-size` is given.
@@ -587,11 +605,13 @@ fn folder_spec(
     for w in warnings.iter().filter(|_| writer) {
         eprintln!("warning: {w}");
     }
-    let folder = folder.with_augmentation(if o.augment {
-        Augmentation::CropFlip
-    } else {
-        Augmentation::Flip
-    });
+    let folder = folder
+        .with_augmentation(if o.augment {
+            Augmentation::CropFlip
+        } else {
+            Augmentation::Flip
+        })
+        .with_normalization(normalization(o, d.model)?);
     let seed = o.seed;
     let (train, val) = split(folder.len(), val_split, seed)?;
     if writer {
@@ -683,7 +703,8 @@ fn cmd_eval(a: &EvalArgs) -> Result<ExitCode, Failure> {
                 })?;
             let val = split(len, 0.2, seed)?.1;
             let source = format!("embedded dataset, validation split (seed {seed})");
-            (Arc::new(Synthetic::new(len, image_size, seed)), val, source)
+            let data = Synthetic::new(len, image_size, seed).with_normalization(info.normalization);
+            (Arc::new(data), val, source)
         }
         (None, None) => {
             return Err(Failure::Usage(format!(
@@ -709,6 +730,7 @@ fn cmd_eval(a: &EvalArgs) -> Result<ExitCode, Failure> {
                 Some(frac) => split(folder.len(), frac, a.seed)?.1,
                 None => (0..folder.len()).collect(),
             };
+            let folder = folder.with_normalization(info.normalization);
             (Arc::new(folder), indices, data.display().to_string())
         }
     };
@@ -752,7 +774,7 @@ fn cmd_predict(a: &PredictArgs) -> RunResult<ExitCode> {
     });
     let mut failures = 0;
     for path in &a.images {
-        let image = match load_image(path, image_size) {
+        let image = match load_image(path, image_size, &info.normalization) {
             Ok(i) => i,
             Err(e) => {
                 eprintln!("error: {e}");
