@@ -476,30 +476,8 @@ pub fn infer_config(file: &TensorFile) -> Result<ModelConfig, WeightsError> {
 fn infer_resnet(file: &TensorFile) -> Result<ResNetConfig, WeightsError> {
     let width = file.get("conv1.weight")?.shape[0];
     let fc = file.matrix("fc.weight")?;
-    let block = if file.tensors.contains_key("layer1.0.conv3.weight") {
-        ResNetBlock::Bottleneck
-    } else {
-        ResNetBlock::Basic
-    };
-    let mut layers = Vec::new();
-    for stage in 1.. {
-        let blocks = (0..)
-            .take_while(|b| {
-                file.tensors
-                    .contains_key(&format!("layer{stage}.{b}.conv1.weight"))
-            })
-            .count();
-        if blocks == 0 {
-            break;
-        }
-        layers.push(blocks);
-    }
-    if layers.is_empty() {
-        return Err(WeightsError::NoBlocks {
-            path: file.path.clone(),
-            family: "torchvision ResNet (layer1.0.conv1.weight)",
-        });
-    }
+    let family = "torchvision ResNet (layer1.0.conv1.weight)";
+    let (block, layers) = residual_stages(file, |s, b| format!("layer{}.{b}", s + 1), family)?;
     Ok(ResNetConfig {
         block,
         layers,
@@ -518,34 +496,43 @@ fn infer_resnet_v2(file: &TensorFile) -> Result<ResNetV2Config, WeightsError> {
             shape: head.shape.clone(),
         });
     }
-    let block = if file.tensors.contains_key("stages.0.blocks.0.conv3.weight") {
-        ResNetBlock::Bottleneck
-    } else {
-        ResNetBlock::Basic
-    };
-    let layers: Vec<usize> = (0..)
-        .map(|stage| {
-            (0..)
-                .take_while(|b| {
-                    file.tensors
-                        .contains_key(&format!("stages.{stage}.blocks.{b}.conv1.weight"))
-                })
-                .count()
-        })
-        .take_while(|&blocks| blocks > 0)
-        .collect();
-    if layers.is_empty() {
-        return Err(WeightsError::NoBlocks {
-            path: file.path.clone(),
-            family: "timm ResNetV2 (stages.0.blocks.0.conv1.weight)",
-        });
-    }
+    let family = "timm ResNetV2 (stages.0.blocks.0.conv1.weight)";
+    let (block, layers) = residual_stages(file, |s, b| format!("stages.{s}.blocks.{b}"), family)?;
     Ok(ResNetV2Config {
         block,
         layers,
         width,
         num_classes: head.shape[0],
     })
+}
+
+/// A residual network's block kind (a `conv3` in the first block: bottlenecks) and blocks
+/// per stage, counted from the `conv1` of each block `block_name(stage, block)` names (both
+/// from 0); [`WeightsError::NoBlocks`] naming `family` when there is none.
+fn residual_stages(
+    file: &TensorFile,
+    block_name: impl Fn(usize, usize) -> String,
+    family: &'static str,
+) -> Result<(ResNetBlock, Vec<usize>), WeightsError> {
+    let has = |stage, block, tensor| {
+        let name = format!("{}.{tensor}.weight", block_name(stage, block));
+        file.tensors.contains_key(&name)
+    };
+    let layers: Vec<usize> = (0..)
+        .map(|stage| (0..).take_while(|&b| has(stage, b, "conv1")).count())
+        .take_while(|&blocks| blocks > 0)
+        .collect();
+    if layers.is_empty() {
+        return Err(WeightsError::NoBlocks {
+            path: file.path.clone(),
+            family,
+        });
+    }
+    let block = match has(0, 0, "conv3") {
+        true => ResNetBlock::Bottleneck,
+        false => ResNetBlock::Basic,
+    };
+    Ok((block, layers))
 }
 
 fn infer_densenet(file: &TensorFile) -> Result<DenseNetConfig, WeightsError> {

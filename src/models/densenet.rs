@@ -212,24 +212,7 @@ impl DenseNet {
 }
 
 impl Model for DenseNet {
-    fn config(&self) -> ModelConfig {
-        ModelConfig::DenseNet(self.config.clone())
-    }
-    fn store(&self) -> &ParamStore {
-        &self.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.store
-    }
-    fn mode(&self) -> BlockMode {
-        self.mode
-    }
-    fn set_mode(&mut self, mode: BlockMode) {
-        self.mode = mode;
-    }
-    fn classifier_prefix(&self) -> &'static str {
-        "classifier."
-    }
+    model_fields!(DenseNet, "classifier.");
 
     fn forward(&self, tape: &mut Tape, images: Var, training: bool) -> Result<Var> {
         let n = batch_size("densenet", tape, images)?;

@@ -2,6 +2,32 @@
 //! them, behind one [`Model`] trait, made from shared [`layers`] and named in one preset
 //! registry ([`PRESETS`]).
 
+/// The [`Model`] methods that every model implements the same way, from its `config`,
+/// `store` and `mode` fields: the [`ModelConfig`] variant that wraps its config, and the
+/// state_dict prefix of its classifier.
+macro_rules! model_fields {
+    ($variant:ident, $classifier:literal) => {
+        fn config(&self) -> ModelConfig {
+            ModelConfig::$variant(self.config.clone())
+        }
+        fn store(&self) -> &ParamStore {
+            &self.store
+        }
+        fn store_mut(&mut self) -> &mut ParamStore {
+            &mut self.store
+        }
+        fn mode(&self) -> BlockMode {
+            self.mode
+        }
+        fn set_mode(&mut self, mode: BlockMode) {
+            self.mode = mode;
+        }
+        fn classifier_prefix(&self) -> &'static str {
+            $classifier
+        }
+    };
+}
+
 pub mod densenet;
 pub mod layers;
 pub mod resnet;
@@ -78,6 +104,21 @@ fn batch_size(net: &str, tape: &Tape, images: Var) -> Result<usize> {
         return Err(GpuError::shape(net, problem));
     }
     Ok(s[0])
+}
+
+/// Checks a residual network's configuration: stages of at least one block, a width and a
+/// class count of at least 1.
+fn check_residual_config(net: &str, layers: &[usize], width: usize, classes: usize) -> Result<()> {
+    let shortest = layers.iter().copied().min().unwrap_or(0);
+    check_config(
+        net,
+        &[
+            ("stages", layers.len()),
+            ("blocks in a stage", shortest),
+            ("width", width),
+            ("num_classes", classes),
+        ],
+    )
 }
 
 /// Checks that each of a configuration's `sizes` (name, value) is at least 1.
@@ -233,22 +274,22 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "resnetv2_18",
-        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_18(k)),
+        config: |k| ModelConfig::ResNetV2(ResNetConfig::resnet18(k).into()),
         about: "timm resnetv2_18 (pre-activation basic blocks, 2-2-2-2)",
     },
     Preset {
         name: "resnetv2_34",
-        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_34(k)),
+        config: |k| ModelConfig::ResNetV2(ResNetConfig::resnet34(k).into()),
         about: "timm resnetv2_34 (pre-activation basic blocks, 3-4-6-3)",
     },
     Preset {
         name: "resnetv2_50",
-        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_50(k)),
+        config: |k| ModelConfig::ResNetV2(ResNetConfig::resnet50(k).into()),
         about: "timm resnetv2_50 (pre-activation bottlenecks, 3-4-6-3)",
     },
     Preset {
         name: "resnetv2_101",
-        config: |k| ModelConfig::ResNetV2(ResNetV2Config::resnetv2_101(k)),
+        config: |k| ModelConfig::ResNetV2(ResNetConfig::resnet101(k).into()),
         about: "timm resnetv2_101 (pre-activation bottlenecks, 3-4-23-3)",
     },
 ];

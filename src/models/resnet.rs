@@ -119,18 +119,7 @@ const fn spec(stride: usize, padding: usize) -> Conv2dSpec {
 impl ResNet {
     /// Builds a ResNet with torchvision's initialisation, seeded.
     pub fn new(gpu: &Gpu, config: ResNetConfig, seed: u64) -> Result<ResNet> {
-        super::check_config(
-            "resnet",
-            &[
-                ("stages", config.layers.len()),
-                (
-                    "blocks in a stage",
-                    config.layers.iter().copied().min().unwrap_or(0),
-                ),
-                ("width", config.width),
-                ("num_classes", config.num_classes),
-            ],
-        )?;
+        super::check_residual_config("resnet", &config.layers, config.width, config.num_classes)?;
         let mut b = Init::new(gpu, seed, FanMode::FanOut);
         let conv1 = b.conv2d("conv1", config.width, 3, 7, spec(2, 3))?;
         let bn1 = b.batch_norm("bn1", config.width)?;
@@ -242,24 +231,7 @@ impl ResNet {
 }
 
 impl Model for ResNet {
-    fn config(&self) -> ModelConfig {
-        ModelConfig::ResNet(self.config.clone())
-    }
-    fn store(&self) -> &ParamStore {
-        &self.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.store
-    }
-    fn mode(&self) -> BlockMode {
-        self.mode
-    }
-    fn set_mode(&mut self, mode: BlockMode) {
-        self.mode = mode;
-    }
-    fn classifier_prefix(&self) -> &'static str {
-        "fc."
-    }
+    model_fields!(ResNet, "fc.");
 
     fn forward(&self, tape: &mut Tape, images: Var, training: bool) -> Result<Var> {
         batch_size("resnet", tape, images)?;

@@ -29,7 +29,7 @@
 //! [`BlockMode::Plain`] materialises every BN+ReLU as timm's modules do.
 
 use super::layers::{BatchNorm2d, Conv2d, FanMode, Init, ParamStore, PointwiseHead};
-use super::{batch_size, BlockMode, Model, ModelConfig, ResNetBlock};
+use super::{batch_size, BlockMode, Model, ModelConfig, ResNetBlock, ResNetConfig};
 use crate::gpu::{Gpu, Result};
 use crate::ops::avg_pool2d::Pool2dSpec;
 use crate::ops::conv2d::Conv2dSpec;
@@ -49,28 +49,20 @@ pub struct ResNetV2Config {
     pub num_classes: usize,
 }
 
-impl ResNetV2Config {
-    fn timm(block: ResNetBlock, layers: &[usize], num_classes: usize) -> Self {
-        Self {
-            block,
-            layers: layers.to_vec(),
-            width: 64,
-            num_classes,
+/// The pre-activation twin of a torchvision ResNet: timm's `resnetv2_18/34/50/101` have
+/// the blocks, stages and widths of `resnet18/34/50/101`.
+impl From<ResNetConfig> for ResNetV2Config {
+    fn from(c: ResNetConfig) -> Self {
+        ResNetV2Config {
+            block: c.block,
+            layers: c.layers,
+            width: c.width,
+            num_classes: c.num_classes,
         }
     }
-    pub fn resnetv2_18(num_classes: usize) -> Self {
-        Self::timm(ResNetBlock::Basic, &[2, 2, 2, 2], num_classes)
-    }
-    pub fn resnetv2_34(num_classes: usize) -> Self {
-        Self::timm(ResNetBlock::Basic, &[3, 4, 6, 3], num_classes)
-    }
-    pub fn resnetv2_50(num_classes: usize) -> Self {
-        Self::timm(ResNetBlock::Bottleneck, &[3, 4, 6, 3], num_classes)
-    }
-    pub fn resnetv2_101(num_classes: usize) -> Self {
-        Self::timm(ResNetBlock::Bottleneck, &[3, 4, 23, 3], num_classes)
-    }
+}
 
+impl ResNetV2Config {
     /// Output channels of each stage (timm's `channels`): width·2^i, times 4 for
     /// bottleneck blocks.
     pub fn stage_channels(&self) -> Vec<usize> {
@@ -150,18 +142,7 @@ impl ResNetV2 {
     /// (fan_out) convolutions, BN weight 1 and bias 0, `head.fc` from N(0, 0.01²) with a
     /// zero bias. Tensors are created in timm's registration order.
     pub fn new(gpu: &Gpu, config: ResNetV2Config, seed: u64) -> Result<ResNetV2> {
-        super::check_config(
-            "resnetv2",
-            &[
-                ("stages", config.layers.len()),
-                (
-                    "blocks in a stage",
-                    config.layers.iter().copied().min().unwrap_or(0),
-                ),
-                ("width", config.width),
-                ("num_classes", config.num_classes),
-            ],
-        )?;
+        super::check_residual_config("resnetv2", &config.layers, config.width, config.num_classes)?;
         let mut b = Init::new(gpu, seed, FanMode::FanOut);
         let stem = b.conv2d("stem.conv", config.width, 3, 7, spec(2, 3))?;
         let mut in_chs = config.width;
@@ -272,24 +253,7 @@ impl ResNetV2 {
 }
 
 impl Model for ResNetV2 {
-    fn config(&self) -> ModelConfig {
-        ModelConfig::ResNetV2(self.config.clone())
-    }
-    fn store(&self) -> &ParamStore {
-        &self.store
-    }
-    fn store_mut(&mut self) -> &mut ParamStore {
-        &mut self.store
-    }
-    fn mode(&self) -> BlockMode {
-        self.mode
-    }
-    fn set_mode(&mut self, mode: BlockMode) {
-        self.mode = mode;
-    }
-    fn classifier_prefix(&self) -> &'static str {
-        "head.fc."
-    }
+    model_fields!(ResNetV2, "head.fc.");
 
     fn forward(&self, tape: &mut Tape, images: Var, training: bool) -> Result<Var> {
         batch_size("resnetv2", tape, images)?;
