@@ -44,11 +44,13 @@ pub enum WeightsError {
         path: PathBuf,
         tensor: String,
     },
-    /// A tensor of another rank than the model's (a classifier's weight that is not 2-D).
+    /// A tensor of another rank than the model's (a classifier's weight that is not 2-D):
+    /// `expected` names the layout.
     TensorShape {
         path: PathBuf,
         tensor: String,
         shape: Vec<usize>,
+        expected: &'static str,
     },
     /// Neither a DenseNet, a ResNet nor a pre-activation ResNet state_dict.
     UnknownArchitecture {
@@ -107,9 +109,11 @@ impl fmt::Display for WeightsError {
                 path,
                 tensor,
                 shape,
+                expected,
             } => write!(
                 f,
-                "{}: not a usable safetensors file: {tensor} has shape {shape:?}",
+                "{}: not a usable safetensors file: {tensor} has shape {shape:?}, expected \
+                 {expected}",
                 path.display()
             ),
             WeightsError::UnknownArchitecture { path } => write!(
@@ -277,6 +281,7 @@ impl TensorFile {
                 path: self.path.clone(),
                 tensor: name.to_string(),
                 shape: t.shape.clone(),
+                expected: "2-D",
             });
         }
         Ok(t)
@@ -494,6 +499,7 @@ fn infer_resnet_v2(file: &TensorFile) -> Result<ResNetV2Config, WeightsError> {
             path: file.path.clone(),
             tensor: "head.fc.weight".into(),
             shape: head.shape.clone(),
+            expected: "4-D [classes, C, 1, 1]",
         });
     }
     let family = "timm ResNetV2 (stages.0.blocks.0.conv1.weight)";

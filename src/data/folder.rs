@@ -18,6 +18,7 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 
 use super::{normalize_rgb8, DataError, Dataset, Normalization};
+use crate::rng::Rng;
 
 /// A path [`ImageFolder::open`] leaves out of the dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +63,6 @@ impl std::fmt::Display for FolderSkip {
         }
     }
 }
-use crate::rng::Rng;
 
 /// File extensions read as images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];

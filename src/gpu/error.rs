@@ -297,7 +297,7 @@ impl fmt::Display for GpuError {
             GpuError::Limit(e) => write!(f, "device limit: {e}"),
             GpuError::KernelNotApplicable(e) => write!(
                 f,
-                "forced kernel {} cannot run here: {} of x {:?}: it needs {}",
+                "forced kernel {} cannot run here: {} of x {:?}: {}",
                 e.kernel, e.op, e.x, e.needs
             ),
             GpuError::Pipeline { name, message } => write!(f, "pipeline {name}: {message}"),
@@ -460,17 +460,19 @@ impl fmt::Display for LimitError {
 impl fmt::Display for KernelNeeds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelNeeds::Pass(pass) => write!(f, "the {pass} pass, which it does not serve"),
+            KernelNeeds::Pass(pass) => write!(f, "it does not serve the {pass} pass"),
             KernelNeeds::Pointwise => f.write_str(
-                "a 1x1 kernel, stride 1, padding 0 and views with offsets and batch strides \
-                 that are multiples of 4",
+                "it needs a 1x1 kernel, stride 1, padding 0 and views with offsets and batch \
+                 strides that are multiples of 4",
             ),
             KernelNeeds::Same3x3Aligned => f.write_str(
-                "a 3x3 kernel, stride 1, padding 1, W >= 4, and either H*W % 4 == 0 with views \
-                 aligned to 4, or no BN+ReLU prologue",
+                "it needs a 3x3 kernel, stride 1, padding 1, W >= 4, and either H*W % 4 == 0 \
+                 with views aligned to 4, or no BN+ReLU prologue",
             ),
-            KernelNeeds::Same3x3 => f.write_str("a 3x3 kernel, stride 1 and padding 1"),
-            KernelNeeds::OutputAligned => f.write_str("OH*OW % 4 == 0 and d_y aligned to 4"),
+            KernelNeeds::Same3x3 => f.write_str("it needs a 3x3 kernel, stride 1 and padding 1"),
+            KernelNeeds::OutputAligned => {
+                f.write_str("it needs OH*OW % 4 == 0 and d_y aligned to 4")
+            }
         }
     }
 }

@@ -142,10 +142,12 @@ impl Tensor {
             return Err(GpuError::shape("reshape", problem));
         }
         if shape.iter().product::<usize>() != self.numel() {
-            let problem = ShapeProblem::ValueCount {
+            let problem = ShapeProblem::Mismatch {
                 tensor: tensor(),
-                values: self.numel(),
-                shape: shape.to_vec(),
+                shape: self.shape.clone(),
+                dim: "element count",
+                other: "the new shape".into(),
+                other_shape: shape.to_vec(),
             };
             return Err(GpuError::shape("reshape", problem));
         }

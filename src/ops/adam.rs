@@ -138,7 +138,7 @@ pub fn step(
             };
             return Err(GpuError::shape(op, problem));
         }
-        expect_contiguous(op, name, t)?;
+        expect_contiguous(op, &format!("{name} ({})", t.label()), t)?;
         to_u32(op, name, t.offset + numel)?;
     }
     check_distinct(

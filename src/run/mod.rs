@@ -108,7 +108,7 @@ pub enum RunError {
     /// A step that could not run: a data-parallel rank without an image under
     /// synchronised batch norm, or a gradient-reduce hook that skipped the pass.
     #[error(transparent)]
-    Step(#[from] crate::train::StepError),
+    Step(crate::train::StepError),
     /// The device could not be opened, or refused an op (a shape, a limit, a forced
     /// kernel that cannot run).
     #[error(transparent)]
@@ -161,6 +161,17 @@ pub enum RunError {
     /// The data could not be read (it names the file or the folder).
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+}
+
+/// A step's device error is the run's [`RunError::Device`]; its other failures are
+/// [`RunError::Step`].
+impl From<crate::train::StepError> for RunError {
+    fn from(e: crate::train::StepError) -> Self {
+        match e {
+            crate::train::StepError::Gpu(e) => RunError::Device(e),
+            other => RunError::Step(other),
+        }
+    }
 }
 
 impl RunError {

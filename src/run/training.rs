@@ -637,7 +637,8 @@ fn build_trainer<'a>(
 ) -> RunResult<Trainer<'a>> {
     let mut model = spec.config.build(gpu, spec.seed)?;
     model.set_mode(spec.mode);
-    if let Some(init) = &spec.init {
+    // Only the first rank reads the weights to start from; the others receive them.
+    if let Some(init) = spec.init.as_ref().filter(|_| group.is_writer()) {
         let weights = super::weights_normalization(init)?;
         let data = spec.dataset.normalization();
         if weights != data {
@@ -647,8 +648,6 @@ fn build_trainer<'a>(
                 data,
             });
         }
-    }
-    if let Some(init) = spec.init.as_ref().filter(|_| group.is_writer()) {
         observer.event(&super::init_from(gpu, model.as_mut(), init)?);
     }
     if spec.freeze_features {

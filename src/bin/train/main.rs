@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use densenet_wgpu::data::folder::{load_image, Augmentation, ImageFolder};
 use densenet_wgpu::data::synthetic::Synthetic;
 use densenet_wgpu::data::{split, Dataset, Normalization};
-use densenet_wgpu::dist::{self, Collective};
+use densenet_wgpu::dist::{self, Collective, SingleProcess};
 use densenet_wgpu::gpu::{DeviceOptions, Gpu};
 use densenet_wgpu::metrics;
 use densenet_wgpu::models::{self, BlockMode};
@@ -259,7 +259,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Started by mpirun (with the `mpi` feature): one rank of a data-parallel run.
     let group = dist::init();
-    let writer = group.is_writer();
     // Training commands stop gracefully on the first Ctrl-C; the others keep the default.
     let training = matches!(
         cli.command,
@@ -288,7 +287,7 @@ fn main() -> ExitCode {
         None => cmd_default(&cli.default, group.as_ref()).map_err(Failure::Run),
         Some(Command::Fit(a)) => {
             let d = fit_defaults(&a.data);
-            folder_spec(&a.data, a.val_split, &a.train, d, writer)
+            folder_spec(&a.data, a.val_split, &a.train, d, group.as_ref())
                 .and_then(|spec| fit(spec, group.as_ref()))
                 .map_err(Failure::Run)
         }
@@ -554,7 +553,7 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
         schedule: ScheduleSpec::Cosine { warmup_epochs: 0.0 },
         out: PathBuf::from("runs/default"),
     };
-    let normalization = normalization(o, defaults.model)?;
+    let normalization = normalization(o, defaults.model, group)?;
     let dataset = Synthetic::new(len, image_size, seed).with_normalization(normalization);
     let dataset: Arc<dyn Dataset> = Arc::new(dataset);
     let (train, val) = split(len, 0.2, seed)?;
@@ -578,9 +577,27 @@ fn cmd_default(a: &DefaultArgs, group: &dyn Collective) -> RunResult<ExitCode> {
 
 /// The input normalisation a run trains with: that of the `--init` weights (recorded, or
 /// their family's), else the family's of the model (`--model`, else `default_model`).
-fn normalization(o: &TrainOpts, default_model: &str) -> RunResult<Normalization> {
+fn normalization(
+    o: &TrainOpts,
+    default_model: &str,
+    group: &dyn Collective,
+) -> RunResult<Normalization> {
     if let Some(init) = &o.init {
-        return run::weights_normalization(init);
+        // Only the first rank reads --init (the others may not have the file); it sends
+        // the normalisation as a sum to which every other rank adds zeros.
+        let mut values = [0.0f64; 6];
+        if group.is_writer() {
+            let n = run::weights_normalization(init)?;
+            for c in 0..3 {
+                (values[c], values[3 + c]) = (n.mean[c] as f64, n.std[c] as f64);
+            }
+        }
+        group.all_reduce_sum_f64(&mut values);
+        let channel = |i: usize| values[i] as f32;
+        return Ok(Normalization {
+            mean: [0, 1, 2].map(channel),
+            std: [3, 4, 5].map(channel),
+        });
     }
     let preset = o.model.as_deref().unwrap_or(default_model);
     match models::preset(preset, 2) {
@@ -598,8 +615,9 @@ fn folder_spec(
     val_split: f64,
     o: &TrainOpts,
     d: Defaults,
-    writer: bool,
+    group: &dyn Collective,
 ) -> RunResult<RunSpec> {
+    let writer = group.is_writer();
     let image_size = o.image_size.map_or(d.image_size, |v| v as usize);
     let (folder, warnings) = ImageFolder::open(data, image_size)?;
     for w in warnings.iter().filter(|_| writer) {
@@ -611,7 +629,7 @@ fn folder_spec(
         } else {
             Augmentation::Flip
         })
-        .with_normalization(normalization(o, d.model)?);
+        .with_normalization(normalization(o, d.model, group)?);
     let seed = o.seed;
     let (train, val) = split(folder.len(), val_split, seed)?;
     if writer {
@@ -651,7 +669,7 @@ fn cmd_compare(a: &CompareArgs) -> Result<ExitCode, Failure> {
         flip: false,
         ..a.train.clone()
     };
-    let base = folder_spec(&a.data, 0.2, &opts, defaults, true)?;
+    let base = folder_spec(&a.data, 0.2, &opts, defaults, &SingleProcess)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut plan = study::Plan {
         base,

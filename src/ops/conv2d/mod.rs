@@ -97,7 +97,7 @@ struct Geom {
 /// A parameter-like tensor (weight, bias, prologue vectors): exact shape, one dense run.
 fn contiguous_offset(op: &str, what: &str, t: &Tensor, want: &[usize]) -> Result<u32> {
     expect_shape(op, what, &t.shape, want)?;
-    expect_contiguous(op, what, t)?;
+    expect_contiguous(op, &format!("{what} ({})", t.label()), t)?;
     to_u32(op, what, t.offset + t.numel())?;
     Ok(t.offset as u32)
 }

@@ -100,10 +100,10 @@ pub fn forward(
     let [n, k] = dims(op, logits, "logits", labels)?;
     expect_contiguous_like(op, "probs", probs, logits)?;
     if loss.numel() != 1 {
-        let problem = ShapeProblem::ValueCount {
+        let problem = ShapeProblem::Expected {
             tensor: "loss".into(),
-            values: 1,
             shape: loss.shape.clone(),
+            expected: vec![1],
         };
         return Err(GpuError::shape(op, problem));
     }
