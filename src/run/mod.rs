@@ -530,14 +530,14 @@ fn check_memory(
     }
 }
 
-/// A step that failed on the device: for a lost device, what was kept.
-fn step_failure(error: &GpuError, trainer: &Trainer, spec: &RunSpec) -> RunError {
+/// Optimizer step `step` failed on the device: for a lost device, what was kept.
+fn step_failure(error: &GpuError, step: u32, spec: &RunSpec) -> RunError {
     match error {
         GpuError::DeviceLost(_) => {
             let checkpoint = checkpoint_file(spec);
             RunError::DeviceLost {
                 error: error.clone(),
-                step: trainer.opt.step + 1,
+                step,
                 written: checkpoint.exists(),
                 checkpoint,
             }
@@ -550,7 +550,7 @@ fn step_failure(error: &GpuError, trainer: &Trainer, spec: &RunSpec) -> RunError
 /// the failure as it is.
 fn device_lost_or(gpu: &Gpu, failure: RunError, trainer: &Trainer, spec: &RunSpec) -> RunError {
     match gpu.check_device_error() {
-        Err(e @ GpuError::DeviceLost(_)) => step_failure(&e, trainer, spec),
+        Err(e @ GpuError::DeviceLost(_)) => step_failure(&e, trainer.opt.step + 1, spec),
         _ => failure,
     }
 }

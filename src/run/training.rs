@@ -362,6 +362,9 @@ impl<'a> Run<'a> {
         let time_is_up = spec.checkpoint_minutes > 0.0
             && e.last_save.elapsed().as_secs_f64() >= spec.checkpoint_minutes * 60.0;
         let cancelled = spec.is_cancelled();
+        // The optimizer step this is (Adam counts it once the update is recorded, before
+        // the step's last wait).
+        let step_number = self.trainer.opt.step + 1;
         let step = match () {
             #[cfg(not(target_arch = "wasm32"))]
             () if self.group.size() > 1 => {
@@ -427,7 +430,7 @@ impl<'a> Run<'a> {
                     Err(lost @ GpuError::DeviceLost(_)) => lost,
                     _ => e,
                 };
-                Err(super::step_failure(&e, &self.trainer, spec))
+                Err(super::step_failure(&e, step_number, spec))
             }
             Err(e @ (StepError::EmptyShare { .. } | StepError::PassNotRun)) => {
                 Err(RunError::Step(e))
