@@ -11,7 +11,7 @@ use crate::budget::RunShape;
 use crate::gpu::Gpu;
 use crate::measure::median;
 use crate::metrics::EpochMetrics;
-use crate::models::{self, BlockMode, ModelConfig, ResNetBlock};
+use crate::models::{BlockMode, ModelConfig, ResNetBlock};
 use crate::plot::{write_chart, PlotError, Series};
 use crate::rng::Rng;
 use crate::run::events::{Observer, RunEvent};
@@ -504,14 +504,7 @@ pub struct Plan {
 pub async fn compare(plan: &Plan, observer: &mut dyn Observer) -> RunResult<()> {
     let base = &plan.base;
     let classes = base.dataset.classes().len();
-    let preset = |n: &String| {
-        models::preset(n, classes)
-            .map(|c| (n.clone(), c))
-            .ok_or_else(|| RunError::UnknownModel {
-                name: n.clone(),
-                choices: models::preset_names(),
-            })
-    };
+    let preset = |n: &String| run::preset_config(n, classes).map(|c| (n.clone(), c));
     let trained: Vec<(String, ModelConfig)> =
         plan.models.iter().map(preset).collect::<RunResult<_>>()?;
     let extra: Vec<(String, ModelConfig)> = plan

@@ -328,12 +328,7 @@ impl RunSpec {
         preset: &str,
         out: impl Into<PathBuf>,
     ) -> RunResult<RunSpec> {
-        let config = crate::models::preset(preset, dataset.classes().len()).ok_or_else(|| {
-            RunError::UnknownModel {
-                name: preset.to_string(),
-                choices: crate::models::preset_names(),
-            }
-        })?;
+        let config = preset_config(preset, dataset.classes().len())?;
         Ok(RunSpec {
             image_size: dataset.image_size(),
             dataset,
@@ -528,6 +523,15 @@ fn check_memory(
             })
         }
     }
+}
+
+/// The architecture of the model preset `name` for `num_classes` classes, or
+/// [`RunError::UnknownModel`] listing the presets.
+pub fn preset_config(name: &str, num_classes: usize) -> RunResult<ModelConfig> {
+    crate::models::preset(name, num_classes).ok_or_else(|| RunError::UnknownModel {
+        name: name.to_string(),
+        choices: crate::models::preset_names(),
+    })
 }
 
 /// Optimizer step `step` failed on the device: for a lost device, what was kept.

@@ -483,11 +483,7 @@ fn run_spec(
     d: Defaults,
 ) -> RunResult<RunSpec> {
     let preset = o.model.clone().unwrap_or_else(|| d.model.to_string());
-    let config =
-        models::preset(&preset, dataset.classes().len()).ok_or_else(|| RunError::UnknownModel {
-            name: preset.clone(),
-            choices: models::preset_names(),
-        })?;
+    let config = run::preset_config(&preset, dataset.classes().len())?;
     Ok(RunSpec {
         dataset,
         train,
@@ -600,13 +596,7 @@ fn normalization(
         });
     }
     let preset = o.model.as_deref().unwrap_or(default_model);
-    match models::preset(preset, 2) {
-        Some(config) => Ok(config.normalization()),
-        None => Err(RunError::UnknownModel {
-            name: preset.to_string(),
-            choices: models::preset_names(),
-        }),
-    }
+    Ok(run::preset_config(preset, 2)?.normalization())
 }
 
 /// A run on an image folder; `d.image_size` applies unless `--image-size` is given.
