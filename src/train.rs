@@ -253,12 +253,10 @@ impl<'g> Trainer<'g> {
         }
         // The gradients are final: count their non-finite values, and read the counts with
         // the loss and the probabilities in one wait.
-        let params = self.model.params();
-        let trainable: Vec<_> = params.iter().filter(|p| p.trainable).collect();
-        let flags = gpu.zeros(&[trainable.len().max(1)], "non-finite gradient counts")?;
+        let flags = gpu.zeros(&[grads.len().max(1)], "non-finite gradient counts")?;
         let mut enc = gpu.encoder("finite check");
-        for (slot, p) in trainable.iter().enumerate() {
-            finite::count_nonfinite(&mut enc, &flags, slot, &p.grad)?;
+        for (slot, (_, grad)) in grads.iter().enumerate() {
+            finite::count_nonfinite(&mut enc, &flags, slot, grad)?;
         }
         enc.submit()?;
         let (local, counts) = match outputs {
@@ -271,7 +269,8 @@ impl<'g> Trainer<'g> {
             None => (BatchResult::default(), gpu.read(&flags).await?),
         };
         let loss = reduce.reduce_loss(&local);
-        self.apply_or_reject(loss, &counts)?;
+        let nonfinite = grads.iter().zip(&counts).find(|(_, &c)| c > 0.0);
+        self.apply_or_reject(loss, nonfinite.map(|((name, _), _)| name.clone()))?;
         // The step ends with the update done: left in flight, it runs beside the next
         // step's recording, which on a CPU adapter (the same cores) made steps slower
         // (docs/performance.md).
@@ -281,29 +280,27 @@ impl<'g> Trainer<'g> {
 
     /// The end of every step, once each trainable gradient holds the batch's gradient
     /// (summed over the ranks in a data-parallel step), `loss` is the batch's loss and
-    /// `counts` the number of non-finite values of each trainable gradient, read back
-    /// before Adam may touch the weights: if any, or if the loss is not finite, it clears
-    /// the gradients, applies nothing and names the first such parameter (state_dict
-    /// order); else Adam on every parameter, which zeroes the gradients.
-    fn apply_or_reject(&mut self, loss: f32, counts: &[f32]) -> std::result::Result<(), StepError> {
+    /// `nonfinite` the first trainable parameter (state_dict order) whose gradient holds a
+    /// non-finite value, as read back before Adam may touch the weights: if there is one,
+    /// or if the loss is not finite, it clears the gradients and applies nothing; else Adam
+    /// on every parameter, which zeroes the gradients.
+    fn apply_or_reject(
+        &mut self,
+        loss: f32,
+        nonfinite: Option<String>,
+    ) -> std::result::Result<(), StepError> {
         let gpu = self.gpu;
         let params = self.model.params();
-        if !loss.is_finite() || counts.iter().any(|&c| c > 0.0) {
+        if !loss.is_finite() || nonfinite.is_some() {
             let mut enc = gpu.encoder("clear gradients");
             for p in params {
                 enc.clear(&p.grad);
             }
             enc.submit()?;
-            let param = params
-                .iter()
-                .filter(|p| p.trainable)
-                .zip(counts)
-                .find(|(_, &c)| c > 0.0)
-                .map(|(p, _)| p.name.clone());
             return Err(StepError::NonFinite {
                 step: self.opt.step + 1,
                 loss,
-                param,
+                param: nonfinite,
             });
         }
         let mut enc = gpu.encoder("adam");
