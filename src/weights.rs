@@ -4,7 +4,7 @@
 //! A checkpoint is the same file plus the optimizer state under `optim.` names
 //! (`optim.m.<param>`, `optim.v.<param>`, `optim.step`), which PyTorch loaders can filter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -213,6 +213,8 @@ impl HostTensor {
 pub struct TensorFile {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, HostTensor>,
+    /// The header's `__metadata__` (empty when it has none).
+    pub metadata: HashMap<String, String>,
 }
 
 impl TensorFile {
@@ -258,9 +260,14 @@ impl TensorFile {
                 },
             );
         }
+        let metadata = SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .unwrap_or_default();
         Ok(TensorFile {
             path: path.to_path_buf(),
             tensors,
+            metadata,
         })
     }
 

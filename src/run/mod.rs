@@ -779,14 +779,14 @@ pub fn load_model(gpu: &Gpu, path: &Path) -> RunResult<(Box<dyn Model>, RunInfo)
     let config = infer_config(&file)?;
     let mut model = config.build(gpu, 0)?;
     model.store_mut().load(gpu, &file, &["optim."])?;
-    let meta = read_metadata(path);
+    let meta = &file.metadata;
     let info = RunInfo {
         classes: meta
             .get("classes")
             .map(|c| c.lines().map(String::from).collect()),
         image_size: meta.get("image_size").and_then(|s| s.parse().ok()),
         data: meta.get("data").cloned(),
-        normalization: recorded_normalization(&meta).unwrap_or(config.normalization()),
+        normalization: recorded_normalization(meta).unwrap_or(config.normalization()),
     };
     Ok((model, info))
 }
@@ -805,10 +805,16 @@ fn recorded_normalization(meta: &HashMap<String, String>) -> Option<Normalizatio
         .and_then(|n| Normalization::from_metadata(n))
 }
 
-/// [`RunSpec::init`]: loads weights of the same architecture into `model`. When the file's
+/// [`RunSpec::init`]: loads weights of the same architecture into `model`, trained on
+/// inputs normalised as `data` (else [`RunError::NormalizationMismatch`]). When the file's
 /// classifier is for another class count, the model keeps its freshly initialised one, and
 /// the event says so.
-pub fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> RunResult<RunEvent> {
+pub fn init_from(
+    gpu: &Gpu,
+    model: &mut dyn Model,
+    path: &Path,
+    data: Normalization,
+) -> RunResult<RunEvent> {
     let file = TensorFile::read(path)?;
     let theirs = infer_config(&file)?;
     let ours = model.config();
@@ -817,6 +823,14 @@ pub fn init_from(gpu: &Gpu, model: &mut dyn Model, path: &Path) -> RunResult<Run
             path: path.to_path_buf(),
             file_model: theirs.to_string(),
             model: ours.to_string(),
+        });
+    }
+    let weights = recorded_normalization(&file.metadata).unwrap_or(theirs.normalization());
+    if weights != data {
+        return Err(RunError::NormalizationMismatch {
+            path: path.to_path_buf(),
+            weights,
+            data,
         });
     }
     let head = model.classifier_prefix();

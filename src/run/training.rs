@@ -642,16 +642,8 @@ fn build_trainer<'a>(
     model.set_mode(spec.mode);
     // Only the first rank reads the weights to start from; the others receive them.
     if let Some(init) = spec.init.as_ref().filter(|_| group.is_writer()) {
-        let weights = super::weights_normalization(init)?;
         let data = spec.dataset.normalization();
-        if weights != data {
-            return Err(RunError::NormalizationMismatch {
-                path: init.clone(),
-                weights,
-                data,
-            });
-        }
-        observer.event(&super::init_from(gpu, model.as_mut(), init)?);
+        observer.event(&super::init_from(gpu, model.as_mut(), init, data)?);
     }
     if spec.freeze_features {
         model.freeze_features();
